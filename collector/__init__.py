@@ -1,0 +1,1 @@
+"""Collector sidecar: streaming-transparent proxy, engine and GPU telemetry, usage shipping."""

@@ -1,0 +1,1 @@
+"""Dashboards: Streamlit app over metering and throttle."""

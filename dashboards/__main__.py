@@ -1,0 +1,3 @@
+from serving.cli import run_as_module
+
+run_as_module(["dashboard"])

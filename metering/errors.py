@@ -1,0 +1,43 @@
+"""Errors of the metering package.
+
+Hierarchy::
+
+    MeteringError
+    ├── RecordError        one usage record / GPU sample is invalid (names index and field)
+    ├── CatalogError       the price catalog is malformed (names file, line and field)
+    └── StorageError       the DuckDB / DuckLake store failed or the URI is unsupported
+
+They become HTTP codes only in ``metering/api.py``.
+"""
+
+from __future__ import annotations
+
+
+class MeteringError(Exception):
+    """Base class of every metering error."""
+
+
+class RecordError(MeteringError):
+    """A record failed validation; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        self.message = message
+        at = f"record {index}: " if index is not None else ""
+        super().__init__(f"{at}{field}: {message}")
+
+
+class CatalogError(MeteringError):
+    """The price catalog is malformed."""
+
+    def __init__(self, message: str, *, source: str = "", field: str = "", line: int = 0) -> None:
+        self.source = source
+        self.field = field
+        self.line = line
+        parts = [p for p in (source, f"line {line}" if line else "", field) if p]
+        super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
+
+
+class StorageError(MeteringError):
+    """The store failed, or its URI names an unsupported backend."""

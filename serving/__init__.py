@@ -1,0 +1,1 @@
+"""Serving tier: vLLM launcher, vLLM-compatible simulator, gateway, CLI and configuration."""

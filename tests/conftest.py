@@ -1,0 +1,123 @@
+"""Shared fixtures: free ports, real servers on 127.0.0.1, a manual clock, promtool."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VLLM_ARTIFACTS = SHARED / "vllm-cpu" / "artifacts"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    """Poll ``url`` until it answers (any status) or raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+class ServerThread:
+    """Run an ASGI app under a real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None, **uvicorn_kwargs: Any) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", **uvicorn_kwargs
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ManualClock:
+    """An injectable clock for tests: ``clock()`` returns the current time; ``advance`` moves it."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    """Start ASGI apps on real loopback ports; all are stopped at teardown."""
+    started: list[ServerThread] = []
+
+    def _serve(app: Any, **kwargs: Any) -> ServerThread:
+        server = ServerThread(app, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in reversed(started):
+        server.stop()
+
+
+def promtool_check(exposition: str) -> tuple[int, list[str]]:
+    """Run ``promtool check metrics`` on an exposition; returns (exit code, lint findings)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise RuntimeError("promtool not installed: run ./dev.sh test (apt package prometheus)")
+    proc = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    findings = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return proc.returncode, findings

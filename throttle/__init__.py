@@ -1,0 +1,1 @@
+"""Throttle: compute-priced fair usage, reserve-and-settle admission, autoscale signals."""
