@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Protocol
 
 from serving.errors import ServingError
@@ -51,6 +52,16 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+def optional_module(name: str) -> ModuleType | None:
+    """Import ``name`` if it (and its parent packages) exist, else return None."""
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every installed subcommand."""
     common = common_options()
@@ -61,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
+        module = optional_module(name)
+        if module is None:
             continue
-        module = importlib.import_module(name)
         register: _Registrar = module.register
         register(subparsers, common)
     return parser

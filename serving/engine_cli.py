@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+
+from serving.cli import optional_module
 
 # Each module exposes register(engine_subparsers, common) adding one engine subcommand.
 ENGINE_MODULES = ("serving.simulator.cli", "serving.vllm_cli")
@@ -20,6 +20,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     engine_sub = engine.add_subparsers(dest="engine", metavar="ENGINE")
     for name in ENGINE_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        importlib.import_module(name).register(engine_sub, common)
+        module = optional_module(name)
+        if module is not None:
+            module.register(engine_sub, common)

@@ -62,14 +62,13 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if len(path) < 2:
-            raise ConfigError("expected INFERMETER__<TABLE>__<KEY>", source="environment", field=name)
+            raise ConfigError(
+                "expected INFERMETER__<TABLE>__<KEY>", source="environment", field=name
+            )
         node = merged
         for part in path[:-1]:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-            else:
-                child = dict(child)
+            child = dict(child) if isinstance(child, dict) else {}
             node[part] = child
             node = child
         node[path[-1]] = _parse_env_value(raw)
