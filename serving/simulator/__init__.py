@@ -1,0 +1,7 @@
+"""A vLLM-compatible inference simulator driven by a performance model of continuous batching.
+
+Modules: ``profiles`` (GPU and model data sheets), ``perf_model`` (step times, KV capacity),
+``text`` (approximate tokenizer, seeded completion text), ``engine`` (scheduler in virtual
+time), ``metrics`` (vLLM's Prometheus families), ``protocol`` (OpenAI request validation and
+response bytes), ``server`` (raw ASGI app), ``settings`` and ``cli``.
+"""
