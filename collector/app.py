@@ -1,0 +1,322 @@
+"""Wiring: the collector's ASGI app (own endpoints + proxy) and its background tasks.
+
+Own endpoints: ``GET /metrics`` (the collector's Prometheus exposition; the engine's own is
+scraped, not proxied), ``GET /healthz``, ``GET /readyz`` (engine reachable) and
+``GET /v1/signals`` (the latest engine signals, the body throttle receives). Every other
+route goes to :class:`~collector.proxy.Proxy`. Background tasks: the record pipeline, the
+usage and GPU shippers, the engine scraper and the NVML sampler, all started by the ASGI
+lifespan and stopped (records drained to the spool) at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import orjson
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from collector.engine_scraper import EngineScraper
+from collector.engine_signals import SignalDeriver
+from collector.gpu import NvmlSampler, load_nvml
+from collector.otel import GenAiTelemetry
+from collector.pipeline import RecordExporter, RecordPipeline
+from collector.proxy import Message, Proxy, Receive, Scope, Send, read_body, send_json
+from collector.request_metrics import RequestMetrics
+from collector.settings import CollectorSettings
+from collector.shipper import Shipper, ShipperMetrics
+from collector.spool import Spool
+from serving.tenancy import TenantResolver
+
+log = logging.getLogger(__name__)
+_NO_NVML = object()
+
+
+def _depth(spool: Spool) -> float:
+    return float(spool.depth_bytes)
+
+
+def _pending(spool: Spool) -> float:
+    return float(spool.pending)
+
+
+class _Hooks:
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.untrusted_tenant = metrics.untrusted_tenant.inc
+        self._errors = {
+            k: metrics.upstream_errors.labels(k) for k in ("connect", "timeout", "midstream")
+        }
+
+    def upstream_error(self, kind: str) -> None:
+        self._errors[kind].inc()
+
+
+class CollectorApp:
+    """The collector service as one ASGI application."""
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        resolver: TenantResolver | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        nvml: ModuleType | object | None = _NO_NVML,
+        telemetry: GenAiTelemetry | object | None = _NO_NVML,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = s = settings
+        self.resolver = resolver or TenantResolver()
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RequestMetrics(self.registry, s.tenant_label_limit)
+        self.replica = s.replica_name()
+        env = os.environ if environ is None else environ
+        if telemetry is _NO_NVML:
+            telemetry = GenAiTelemetry.from_environment(env)
+        self.telemetry: GenAiTelemetry | None = telemetry  # type: ignore[assignment]
+        self.shipper_metrics = ShipperMetrics(self.registry)
+        self.usage_spool: Spool | None = None
+        self.gpu_spool: Spool | None = None
+        near_full = Gauge(
+            "infermeter_collector_spool_near_full",
+            "1 when a spool passed its warning fraction (metering unreachable for long)",
+            ["kind"],
+            registry=self.registry,
+        )
+        if s.metering_url:
+            root = Path(s.spool_dir)
+            self.usage_spool = self._spool(root / "usage", near_full.labels("usage"))
+            self.gpu_spool = self._spool(root / "gpu-samples", near_full.labels("gpu_samples"))
+            self._spool_gauges()
+        self.sampler = NvmlSampler(
+            load_nvml() if nvml is _NO_NVML else nvml,  # type: ignore[arg-type]
+            node=s.node,
+            replica=self.replica,
+            engine_pid=s.engine_pid,
+        )
+        self.registry.register(self.sampler)
+        self.scraper: EngineScraper | None = None
+        self.pipeline: RecordPipeline | None = None
+        self.proxy: Proxy | None = None
+        self.usage_shipper: Shipper | None = None
+        self.gpu_shipper: Shipper | None = None
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def _spool(self, path: Path, near: Any) -> Spool:
+        s = self.settings
+        return Spool(
+            path,
+            max_bytes=s.spool_max_bytes,
+            segment_bytes=s.spool_segment_bytes,
+            warn_fraction=s.spool_warn_fraction,
+            on_near_full=lambda depth, cap: near.set(1),
+        )
+
+    def _spool_gauges(self) -> None:
+        depth = Gauge(
+            "infermeter_collector_spool_bytes",
+            "Bytes in the on-disk spool not yet acknowledged by metering",
+            ["kind"],
+            registry=self.registry,
+        )
+        records = Gauge(
+            "infermeter_collector_spool_records",
+            "Payloads in the on-disk spool not yet acknowledged by metering",
+            ["kind"],
+            registry=self.registry,
+        )
+        cap = Gauge(
+            "infermeter_collector_spool_capacity_bytes",
+            "Size limit of the on-disk spool",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind, spool in (("usage", self.usage_spool), ("gpu_samples", self.gpu_spool)):
+            assert spool is not None
+            depth.labels(kind).set_function(functools.partial(_depth, spool))
+            records.labels(kind).set_function(functools.partial(_pending, spool))
+            cap.labels(kind).set(spool.max_bytes)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        s = self.settings
+        proxy_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.upstream_connections, force_close=False),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=s.connect_timeout_s, sock_read=s.read_timeout_s
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        bg_session = aiohttp.ClientSession(auto_decompress=True)
+        self._sessions = [proxy_session, bg_session]
+        exporters: list[RecordExporter] = [self.telemetry] if self.telemetry else []
+        if s.metering_url:
+            base = s.metering_url.rstrip("/")
+            assert self.usage_spool is not None and self.gpu_spool is not None
+            common: dict[str, Any] = {
+                "batch_size": s.batch_size,
+                "batch_interval_s": s.batch_interval_s,
+                "retry_initial_s": s.retry_initial_s,
+                "retry_max_s": s.retry_max_s,
+                "timeout_s": s.ship_timeout_s,
+            }
+            self.usage_shipper = Shipper(
+                self.usage_spool, bg_session, f"{base}/v1/usage", s.ingest_token, "usage",
+                self.shipper_metrics, **common,
+            )  # fmt: skip
+            self.gpu_shipper = Shipper(
+                self.gpu_spool, bg_session, f"{base}/v1/gpu-samples", s.ingest_token,
+                "gpu_samples", self.shipper_metrics, **common,
+            )  # fmt: skip
+        self.pipeline = RecordPipeline(
+            self.metrics,
+            pool=s.pool,
+            replica=self.replica,
+            maxsize=s.record_queue_size,
+            spool=self.usage_spool,
+            shipper=self.usage_shipper,
+            exporters=exporters,
+            durable_ack=s.durable_ack,
+        )
+        self.proxy = Proxy(
+            proxy_session,
+            s.upstream,
+            self.resolver,
+            self.pipeline,
+            _Hooks(self.metrics),
+            metered_paths=s.metered_paths,
+            force_usage=s.force_usage,
+            overhead_header=s.overhead_header,
+            max_tags_bytes=s.max_tags_bytes,
+        )
+        self.scraper = EngineScraper(
+            bg_session,
+            s.upstream.rstrip("/") + s.engine_metrics_path,
+            SignalDeriver(s.pool, self.replica),
+            interval_s=s.scrape_interval_s,
+            throttle_url=s.throttle_url,
+            metered_totals=lambda: self.metrics.totals,
+        )
+        self.registry.register(self.scraper)
+        if s.nvml:
+            self.sampler.start()
+        self._tasks = [asyncio.create_task(self.pipeline.run(), name="records")]
+        self._tasks.append(asyncio.create_task(self.scraper.run(), name="scraper"))
+        for shipper in (self.usage_shipper, self.gpu_shipper):
+            if shipper is not None:
+                self._tasks.append(asyncio.create_task(shipper.run(), name=shipper.kind))
+        if self.sampler.up:
+            self._tasks.append(asyncio.create_task(self._gpu_loop(), name="nvml"))
+
+    async def _gpu_loop(self) -> None:
+        while True:
+            samples = await asyncio.to_thread(self.sampler.sample)
+            if samples and self.gpu_spool is not None and self.gpu_shipper is not None:
+                lines = [orjson.dumps(x.to_json()) for x in samples]
+                try:
+                    await asyncio.to_thread(self.gpu_spool.append, lines)
+                    self.gpu_shipper.notify()
+                except Exception as exc:
+                    self.metrics.records_dropped.labels("gpu_spool_full").inc(len(lines))
+                    log.error("GPU samples not kept: %s", exc)
+            await asyncio.sleep(self.settings.gpu_interval_s)
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.pipeline is not None:
+            await self.pipeline.drain()
+        for shipper in (self.usage_shipper, self.gpu_shipper):
+            if shipper is not None and shipper.spool.pending:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(shipper.drain(), 2.0)
+        for spool in (self.usage_spool, self.gpu_spool):
+            if spool is not None:
+                spool.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
+        for session in self._sessions:
+            await session.close()
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind == "http" and scope["method"] == "GET":
+            path = scope["path"]
+            if path == "/metrics":
+                await self._metrics(send)
+                return
+            if path in ("/healthz", "/readyz", "/v1/signals"):
+                await read_body(receive)
+                await self._own(path, send)
+                return
+        assert self.proxy is not None, "lifespan startup did not run"
+        await self.proxy(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("collector startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _metrics(self, send: Send) -> None:
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _own(self, path: str, send: Send) -> None:
+        if path == "/healthz":
+            await send_json(send, 200, b'{"status":"ok"}')
+            return
+        if path == "/v1/signals":
+            signals = self.scraper.latest_json() if self.scraper else []
+            await send_json(send, 200, orjson.dumps(signals))
+            return
+        problems: dict[str, str] = {}
+        assert self.proxy is not None
+        try:
+            async with self.proxy.session.get(
+                self.settings.upstream.rstrip("/") + "/health",
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                if resp.status != 200:
+                    problems["upstream"] = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problems["upstream"] = f"unreachable: {type(exc).__name__}"
+        body: dict[str, Any] = {"status": "ready" if not problems else "not ready"}
+        if problems:
+            body["problems"] = problems
+        if self.usage_shipper is not None:
+            # metering being down does not stop the proxy (records spool): informational only
+            body["metering"] = self.usage_shipper.last_error or "ok"
+            body["spool_records"] = self.usage_shipper.spool.pending
+        await send_json(send, 503 if problems else 200, orjson.dumps(body))

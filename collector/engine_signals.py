@@ -1,0 +1,165 @@
+"""Engine signals derived from an engine's Prometheus exposition (vLLM 0.32 names).
+
+Pure arithmetic, no I/O: :class:`SignalDeriver` is fed one exposition text at a time with its
+scrape time and returns :class:`EngineSignals` per model: gauges as read (summed over engine
+cores; KV-cache use averaged), token and preemption rates from counter deltas (a counter that
+went down was reset: its new value is the delta), TTFT / ITL quantiles from histogram bucket
+deltas (linear interpolation inside the bucket, as PromQL's ``histogram_quantile``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
+TTFT = "vllm:time_to_first_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, PREEMPTIONS)
+_HISTOGRAMS = (TTFT, ITL)
+
+
+@dataclass(slots=True)
+class EngineSignals:
+    """One replica's signals (the ``POST /v1/signals`` body of docs/api-contracts.md)."""
+
+    pool: str
+    replica: str
+    model: str
+    ts: float
+    num_requests_running: float = 0.0
+    num_requests_waiting: float = 0.0
+    kv_cache_usage_perc: float = 0.0
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    preemptions_per_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    counters: dict[str, float]
+    buckets: dict[str, list[tuple[float, float]]]  # sorted (le, cumulative count)
+
+
+def counter_delta(previous: float, current: float) -> float:
+    """Increase of a counter between two reads, treating a decrease as a reset."""
+    return current if current < previous else current - previous
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of cumulative ``(le, count)`` buckets, or None when empty."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le  # the highest finite bound, as PromQL does
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def parse_exposition(text: str) -> dict[str, tuple[dict[str, float], _Snapshot]]:
+    """Per model: gauges, counters and cumulative histogram buckets summed over engines."""
+    gauges: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    gauge_n: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    buckets: dict[str, dict[str, dict[float, float]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(float))
+    )
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            model = sample.labels.get("model_name", "")
+            name = sample.name
+            if name in (RUNNING, WAITING, KV_USAGE):
+                gauges[model][name] += sample.value
+                gauge_n[model][name] += 1
+            elif name in _COUNTERS:
+                counters[model][name] += sample.value
+            elif name.endswith("_bucket") and name[: -len("_bucket")] in _HISTOGRAMS:
+                le = float(sample.labels["le"])
+                buckets[model][name[: -len("_bucket")]][le] += sample.value
+    out: dict[str, tuple[dict[str, float], _Snapshot]] = {}
+    for model in set(gauges) | set(counters) | set(buckets):
+        g = dict(gauges[model])
+        if gauge_n[model].get(KV_USAGE):
+            g[KV_USAGE] = g[KV_USAGE] / gauge_n[model][KV_USAGE]
+        snap = _Snapshot(
+            counters=dict(counters[model]),
+            buckets={h: sorted(b.items()) for h, b in buckets[model].items()},
+        )
+        out[model] = (g, snap)
+    return out
+
+
+class SignalDeriver:
+    """Turns successive expositions of one engine into signals."""
+
+    def __init__(self, pool: str, replica: str) -> None:
+        self.pool = pool
+        self.replica = replica
+        self._previous: dict[str, tuple[float, _Snapshot]] = {}
+        self.totals: dict[str, dict[str, float]] = {}
+
+    def update(self, text: str, mono: float, wall: float) -> list[EngineSignals]:
+        """Feed one exposition read at ``mono`` (monotonic) / ``wall`` (epoch seconds)."""
+        parsed = parse_exposition(text)
+        signals: list[EngineSignals] = []
+        for model, (gauges, snap) in sorted(parsed.items()):
+            self.totals[model] = dict(snap.counters)
+            sig = EngineSignals(
+                pool=self.pool,
+                replica=self.replica,
+                model=model,
+                ts=wall,
+                num_requests_running=gauges.get(RUNNING, 0.0),
+                num_requests_waiting=gauges.get(WAITING, 0.0),
+                kv_cache_usage_perc=gauges.get(KV_USAGE, 0.0),
+            )
+            previous = self._previous.get(model)
+            if previous is not None and mono > previous[0]:
+                self._rates(sig, previous[1], snap, mono - previous[0])
+            self._previous[model] = (mono, snap)
+            signals.append(sig)
+        return signals
+
+    @staticmethod
+    def _rates(sig: EngineSignals, old: _Snapshot, new: _Snapshot, dt: float) -> None:
+        def rate(name: str) -> float:
+            if name not in new.counters:
+                return 0.0
+            return counter_delta(old.counters.get(name, 0.0), new.counters[name]) / dt
+
+        sig.prompt_tokens_per_s = rate(PROMPT_TOKENS)
+        sig.generation_tokens_per_s = rate(GENERATION_TOKENS)
+        sig.preemptions_per_s = rate(PREEMPTIONS)
+        for hist, p50, p95 in ((TTFT, "ttft_p50_s", "ttft_p95_s"), (ITL, "itl_p50_s", "itl_p95_s")):
+            cur = new.buckets.get(hist)
+            if not cur:
+                continue
+            before = dict(old.buckets.get(hist, []))
+            reset = cur[-1][1] < before.get(math.inf, 0.0)
+            delta = [(le, c if reset else c - before.get(le, 0.0)) for le, c in cur]
+            setattr(sig, p50, histogram_quantile(0.5, delta))
+            setattr(sig, p95, histogram_quantile(0.95, delta))

@@ -1,0 +1,50 @@
+"""Errors of the collector package.
+
+Hierarchy::
+
+    CollectorError
+    ├── RequestError        a client request the collector itself refuses (names the field)
+    ├── UpstreamError       the engine could not be reached or did not answer in time
+    │   └── UpstreamTimeout the engine did not answer within the configured timeout
+    ├── ShippingError       metering refused or could not take a batch (retried, then spooled)
+    └── SpoolError          the on-disk spool is full or corrupt
+
+They become HTTP codes only in ``collector/proxy.py`` (the request path) and stay counters
+everywhere else: telemetry and shipping failures never reach proxied traffic.
+"""
+
+from __future__ import annotations
+
+
+class CollectorError(Exception):
+    """Base class of every collector error."""
+
+
+class RequestError(CollectorError):
+    """A request the collector refuses before forwarding it; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        self.field = field
+        self.message = message
+        self.status = status
+        super().__init__(f"{field}: {message}")
+
+
+class UpstreamError(CollectorError):
+    """The upstream engine is unreachable or failed before answering."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream engine did not answer within the configured timeout."""
+
+
+class ShippingError(CollectorError):
+    """A batch could not be delivered to metering (network error or non-2xx status)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class SpoolError(CollectorError):
+    """The on-disk spool cannot accept more data or holds a corrupt segment."""

@@ -1,0 +1,126 @@
+"""Finished records off the request path: a bounded in-memory queue and its consumer.
+
+The proxy calls :meth:`RecordPipeline.submit` (an append and an event set). A background task
+turns each record into the metering contract's :class:`~metering.contracts.UsageRecord`,
+updates Prometheus and any telemetry exporters (OpenTelemetry), and appends the batch to the
+spool (one ``fsync``) for the shipper. With ``durable_ack`` the proxy waits, before it ends a
+response, until its record is on disk: a ``kill -9`` then loses nothing that a client saw
+finish. Exporter failures are counted and logged, never raised into the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+import orjson
+
+from collector.errors import SpoolError
+from collector.record import RequestRecord, inter_token_gaps, to_usage_record
+from collector.request_metrics import RequestMetrics
+from collector.spool import Spool
+from metering.contracts import UsageRecord
+
+log = logging.getLogger(__name__)
+BATCH = 256
+
+
+class RecordExporter(Protocol):
+    """Something that consumes finished usage records (e.g. OpenTelemetry)."""
+
+    def export(self, rec: UsageRecord, gaps: Sequence[float]) -> None: ...
+
+
+class Notifiable(Protocol):
+    def notify(self) -> None: ...
+
+
+class RecordPipeline:
+    """Bounded queue of finished records and the task that consumes it."""
+
+    def __init__(
+        self,
+        metrics: RequestMetrics,
+        *,
+        pool: str,
+        replica: str,
+        maxsize: int = 100_000,
+        spool: Spool | None = None,
+        shipper: Notifiable | None = None,
+        exporters: Sequence[RecordExporter] = (),
+        durable_ack: bool = False,
+    ) -> None:
+        self.metrics = metrics
+        self.pool = pool
+        self.replica = replica
+        self.maxsize = maxsize
+        self.spool = spool
+        self.shipper = shipper
+        self.exporters = list(exporters)
+        self.durable_ack = durable_ack and spool is not None
+        self._items: deque[RequestRecord] = deque()
+        self._wake = asyncio.Event()
+        self._dropped_full = metrics.records_dropped.labels("queue_full")
+        self._dropped_spool = metrics.records_dropped.labels("spool_full")
+        self._export_failed = metrics.records_dropped.labels("exporter_error")
+        metrics.queue_depth.set_function(lambda: len(self._items))
+        self.processed = 0
+
+    def submit(self, rec: RequestRecord) -> None:
+        """Queue a finished record (called on the request path)."""
+        if len(self._items) >= self.maxsize:
+            self._dropped_full.inc()
+            log.error("record queue full (%d): dropping record %s", self.maxsize, rec.request_id)
+            return
+        if self.durable_ack:
+            rec.durable = asyncio.get_running_loop().create_future()
+        self._items.append(rec)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Consume forever (until cancelled)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._items:
+                await self.process_batch()
+
+    async def process_batch(self) -> None:
+        """Take up to one batch off the queue and account for it."""
+        batch: list[RequestRecord] = []
+        while self._items and len(batch) < BATCH:
+            batch.append(self._items.popleft())
+        lines: list[bytes] = []
+        for rec in batch:
+            usage = to_usage_record(rec, pool=self.pool, replica=self.replica)
+            gaps = inter_token_gaps(rec.token_times) if rec.stream else []
+            self.metrics.observe(usage, gaps)
+            self.metrics.overhead.observe(rec.overhead_s)
+            for exporter in self.exporters:
+                try:
+                    exporter.export(usage, gaps)
+                except Exception:  # an exporter must never break accounting
+                    self._export_failed.inc()
+                    log.exception("telemetry exporter %r failed", exporter)
+            if self.spool is not None:
+                lines.append(orjson.dumps(usage.to_json()))
+        if self.spool is not None and lines:
+            try:
+                await asyncio.to_thread(self.spool.append, lines)
+            except SpoolError as exc:
+                self._dropped_spool.inc(len(lines))
+                log.error("%s: %d usage records not kept", exc, len(lines))
+            if self.shipper is not None:
+                self.shipper.notify()
+        for rec in batch:
+            if rec.durable is not None and not rec.durable.done():
+                rec.durable.set_result(None)
+        self.processed += len(batch)
+
+    async def drain(self) -> None:
+        """Process everything queued (used at shutdown)."""
+        while self._items:
+            await self.process_batch()

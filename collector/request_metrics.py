@@ -1,0 +1,234 @@
+"""Prometheus series for proxied requests, updated off the request path from finished records.
+
+Labels are bound once per (tenant, model, status) and the children cached, so recording a
+request is a handful of ``inc``/``observe`` calls. A cardinality guard caps the distinct
+tenant label values; tenants beyond the cap are reported as ``other`` (and counted).
+Per-request facts (request ids, exact timings) belong to usage records, never to labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from metering.contracts import UsageRecord
+
+# Buckets of vLLM 0.32's own histograms (shared/vllm-cpu/artifacts), so panels compare.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+E2E_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+OTHER_TENANT = "other"
+RATE_WINDOW_S = 10.0
+
+
+class TenantGuard:
+    """Caps distinct tenant label values at ``limit``; the rest become ``other``."""
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._on_overflow = on_overflow
+
+    def label(self, tenant: str) -> str:
+        if tenant in self._seen:
+            return tenant
+        if len(self._seen) < self.limit:
+            self._seen.add(tenant)
+            return tenant
+        if self._on_overflow is not None:
+            self._on_overflow()
+        return OTHER_TENANT
+
+
+class _TokenRates(Collector):
+    """tokens/s per model over a sliding window, computed at scrape time."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self._events: dict[str, deque[tuple[float, int, int]]] = {}
+
+    def add(self, model: str, prompt: int, completion: int) -> None:
+        self._events.setdefault(model, deque()).append((self._now(), prompt, completion))
+
+    def rates(self) -> dict[str, tuple[float, float]]:
+        cutoff = self._now() - RATE_WINDOW_S
+        out: dict[str, tuple[float, float]] = {}
+        for model, events in self._events.items():
+            while events and events[0][0] < cutoff:
+                events.popleft()
+            prompt = sum(e[1] for e in events)
+            completion = sum(e[2] for e in events)
+            out[model] = (prompt / RATE_WINDOW_S, completion / RATE_WINDOW_S)
+        return out
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        prompt = GaugeMetricFamily(
+            "infermeter_prompt_tokens_per_second",
+            f"Prompt tokens per second through this collector over the last {RATE_WINDOW_S:g} s",
+            labels=["model"],
+        )
+        generation = GaugeMetricFamily(
+            "infermeter_generation_tokens_per_second",
+            f"Completion tokens per second through this collector over the last "
+            f"{RATE_WINDOW_S:g} s",
+            labels=["model"],
+        )
+        for model, (p, c) in sorted(self.rates().items()):
+            prompt.add_metric([model], p)
+            generation.add_metric([model], c)
+        yield prompt
+        yield generation
+
+
+class RequestMetrics:
+    """Request, token, latency and overhead series, plus the collector's own health."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        tenant_limit: int = 100,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        r = registry
+        self.requests = Counter(
+            "infermeter_requests",
+            "Inference requests through the collector by tenant, model and status",
+            ["tenant", "model", "status"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "infermeter_prompt_tokens",
+            "Prompt tokens (engine-reported) by tenant and model",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.cached_prompt_tokens = Counter(
+            "infermeter_cached_prompt_tokens",
+            "Prompt tokens served from the prefix cache by tenant and model",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "infermeter_completion_tokens",
+            "Completion tokens by tenant and model (for aborts: tokens streamed before it)",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "infermeter_time_to_first_token_seconds",
+            "Time to first token seen by the collector (streamed requests)",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "infermeter_inter_token_latency_seconds",
+            "Gaps between streamed content frames seen by the collector",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "infermeter_e2e_request_latency_seconds",
+            "End-to-end request latency seen by the collector",
+            ["model"],
+            buckets=E2E_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "infermeter_collector_overhead_seconds",
+            "Time the collector itself added to a request (parsing, forwarding, accounting)",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.untrusted_tenant = Counter(
+            "infermeter_collector_untrusted_tenant_headers",
+            "Requests whose tenant header lacked the gateway secret (header ignored)",
+            registry=r,
+        )
+        self.tenant_overflow = Counter(
+            "infermeter_collector_tenant_label_overflow",
+            "Records whose tenant label became 'other' because of the cardinality cap",
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "infermeter_collector_upstream_errors",
+            "Upstream failures by kind (connect, timeout, midstream)",
+            ["kind"],
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            "infermeter_collector_records_dropped",
+            "Usage records that could not be kept, by reason (an alert should fire on any)",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "infermeter_collector_record_queue_depth",
+            "Finished records waiting for the background consumer",
+            registry=r,
+        )
+        self.rates = _TokenRates(now)
+        r.register(self.rates)
+        self.guard = TenantGuard(tenant_limit, self.tenant_overflow.inc)
+        self._children: dict[tuple[str, str, str], tuple[object, ...]] = {}
+        self._model_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self.totals: dict[str, list[int]] = {}  # model -> [prompt, completion], all tenants
+
+    def observe(self, rec: UsageRecord, token_gaps: list[float]) -> None:
+        """Account one finished record (called by the background consumer)."""
+        tenant = self.guard.label(rec.tenant)
+        key = (tenant, rec.model, rec.status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(tenant, rec.model, rec.status),
+                self.prompt_tokens.labels(tenant, rec.model),
+                self.cached_prompt_tokens.labels(tenant, rec.model),
+                self.completion_tokens.labels(tenant, rec.model),
+            )
+            self._children[key] = children
+        req, prompt, cached, completion = children
+        req.inc()  # type: ignore[attr-defined]
+        if rec.prompt_tokens:
+            prompt.inc(rec.prompt_tokens)  # type: ignore[attr-defined]
+        if rec.cached_prompt_tokens:
+            cached.inc(rec.cached_prompt_tokens)  # type: ignore[attr-defined]
+        if rec.completion_tokens:
+            completion.inc(rec.completion_tokens)  # type: ignore[attr-defined]
+        hists = self._model_children.get(rec.model)
+        if hists is None:
+            hists = (
+                self.ttft.labels(rec.model),
+                self.itl.labels(rec.model),
+                self.e2e.labels(rec.model),
+            )
+            self._model_children[rec.model] = hists
+        ttft, itl, e2e = hists
+        if rec.ttft_s is not None:
+            ttft.observe(rec.ttft_s)
+        for gap in token_gaps:
+            itl.observe(gap)
+        if rec.e2e_s is not None:
+            e2e.observe(rec.e2e_s)
+        self.rates.add(rec.model, rec.prompt_tokens, rec.completion_tokens)
+        totals = self.totals.setdefault(rec.model, [0, 0])
+        totals[0] += rec.prompt_tokens
+        totals[1] += rec.completion_tokens

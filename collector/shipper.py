@@ -1,0 +1,174 @@
+"""Ships spooled payloads to metering in order: batches by size and time, retry with backoff.
+
+One :class:`Shipper` per destination (``/v1/usage`` for usage records, ``/v1/gpu-samples``
+for GPU samples). Payloads are acknowledged in the spool only after metering answered 200,
+which it does only once the batch is durably committed (docs/api-contracts.md); a crash
+between the two replays the batch, and metering ignores the duplicates by key. Records that
+metering rejects one by one are logged and counted (metering keeps them in its dead-letter
+table); a whole batch refused as malformed (400/422) is written to ``dead-letter.jsonl`` in
+the spool directory so it never blocks the ones behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from collector.errors import ShippingError
+from collector.spool import Spool
+
+log = logging.getLogger(__name__)
+_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 409, 425, 429})
+
+
+class ShipperMetrics:
+    """Counters shared by every shipper (label ``kind`` = usage | gpu_samples)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.shipped = Counter(
+            "infermeter_collector_shipped_records",
+            "Payloads acknowledged by metering",
+            ["kind"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "infermeter_collector_shipping_failures",
+            "Failed attempts to ship a batch to metering (retried from the spool)",
+            ["kind"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "infermeter_collector_rejected_records",
+            "Payloads metering refused as invalid (kept in its dead-letter table or ours)",
+            ["kind"],
+            registry=registry,
+        )
+
+
+class Shipper:
+    """Drain ``spool`` to ``url`` with a bearer ``token``."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        session: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        kind: str,
+        metrics: ShipperMetrics,
+        *,
+        batch_size: int = 500,
+        batch_interval_s: float = 1.0,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        timeout_s: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spool = spool
+        self.session = session
+        self.url = url
+        self.token = token
+        self.kind = kind
+        self.batch_size = batch_size
+        self.batch_interval_s = batch_interval_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._sleep = sleep
+        self._now = now
+        self._wake = asyncio.Event()
+        self._shipped = metrics.shipped.labels(kind)
+        self._failures = metrics.failures.labels(kind)
+        self._rejected = metrics.rejected.labels(kind)
+        self.last_error: str = ""
+
+    def notify(self) -> None:
+        """New payloads are in the spool."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Ship forever (until cancelled)."""
+        while True:
+            if self.spool.pending == 0:
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = self._now() + self.batch_interval_s
+            while self.spool.pending < self.batch_size and self._now() < deadline:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), deadline - self._now())
+                except TimeoutError:
+                    break
+            await self.drain()
+
+    async def drain(self) -> bool:
+        """Ship until the spool is empty; True when it is, False after a failed attempt."""
+        backoff = self.retry_initial_s
+        while self.spool.pending > 0:
+            payloads, pos = await asyncio.to_thread(self.spool.peek, self.batch_size)
+            if not payloads:
+                return True
+            try:
+                await self._post(payloads)
+            except ShippingError as exc:
+                self._failures.inc()
+                if self.last_error != str(exc):
+                    log.warning("shipping %s to %s failed: %s (retrying)", self.kind, self.url, exc)
+                self.last_error = str(exc)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.retry_max_s)
+                continue
+            await asyncio.to_thread(self.spool.ack, pos, len(payloads))
+            self._shipped.inc(len(payloads))
+            if self.last_error:
+                log.info("shipping %s to %s recovered", self.kind, self.url)
+            self.last_error = ""
+            backoff = self.retry_initial_s
+        return True
+
+    async def _post(self, payloads: list[bytes]) -> None:
+        body = b"[" + b",".join(payloads) + b"]"
+        headers = {"content-type": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            async with self.session.post(
+                self.url, data=body, headers=headers, timeout=self.timeout
+            ) as resp:
+                text = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ShippingError(f"{type(exc).__name__}: {exc}") from exc
+        if status == 200:
+            self._count_rejected(text, payloads)
+            return
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise ShippingError(f"HTTP {status}: {text[:200]!r}")
+        # the batch as a whole is malformed: set it aside so it never blocks the rest
+        self._rejected.inc(len(payloads))
+        await asyncio.to_thread(self._dead_letter, payloads, f"HTTP {status}: {text[:500]!r}")
+
+    def _count_rejected(self, text: bytes, payloads: list[bytes]) -> None:
+        try:
+            answer = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        if isinstance(rejected, list) and rejected:
+            self._rejected.inc(len(rejected))
+            log.error(
+                "metering rejected %d %s payloads: %s", len(rejected), self.kind, rejected[:5]
+            )
+
+    def _dead_letter(self, payloads: list[bytes], reason: str) -> None:
+        log.error("metering refused a %s batch of %d: %s", self.kind, len(payloads), reason)
+        with open(self.spool.dir / "dead-letter.jsonl", "ab") as fh:
+            for p in payloads:
+                fh.write(p + b"\n")
