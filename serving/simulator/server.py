@@ -1,0 +1,368 @@
+"""The simulator's HTTP server: a raw ASGI app (no framework on the streaming path).
+
+Routes as vLLM's OpenAI server: ``GET /health``, ``/metrics``, ``/version``, ``/v1/models``,
+``POST /v1/completions`` and ``/v1/chat/completions`` (streaming or not). Each generation
+request becomes a :class:`SimRequest` in the one :class:`Engine`; the engine loop wakes the
+handler when the request has new tokens and the handler writes every pending chunk in one
+``send``. A client that disconnects aborts its request (its KV is freed, the tokens already
+generated stay counted, as in vLLM). :class:`RequestError` becomes an HTTP status here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from serving.simulator.engine import FINISHED, Engine, SimRequest
+from serving.simulator.errors import RequestError
+from serving.simulator.loop import EngineLoop, Sleep, model_clock
+from serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
+from serving.simulator.protocol import (
+    DONE,
+    VLLM_VERSION,
+    ChunkWriter,
+    ParsedRequest,
+    completion_body,
+    error_body,
+    models_body,
+    new_id,
+    parse_request,
+)
+from serving.simulator.settings import SimulatorSettings, build_profile
+from serving.simulator.text import OutputLength, plan_completion
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"vary", b"Origin")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"vary", b"Origin")]
+INSTRUMENTED = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/version"}
+
+
+class _Wakeup:
+    """Wakes one handler when its request has progress (no lost wake-ups)."""
+
+    __slots__ = ("_dirty", "_waiter")
+
+    def __init__(self) -> None:
+        self._dirty = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        self._dirty = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if not self._dirty:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        self._dirty = False
+
+
+class SimulatorApp:
+    """ASGI application of one simulated vLLM replica."""
+
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        wall: Callable[[], float] = time.monotonic,
+        epoch: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.profile = build_profile(settings)
+        perf = self.profile.perf
+        self.served = settings.served_name
+        self.max_model_len = self.profile.max_model_len
+        self.epoch = epoch
+        self.wall = wall
+        self.metrics = VllmMetrics(
+            self.served,
+            cache_config=self._cache_config(),
+            simulator_labels={
+                "simulator": "true",
+                "gpu": perf.gpu.model_name,
+                "mig_profile": perf.gpu.mig_profile,
+                "model_profile": perf.model.name,
+                "quantization": perf.quantization.name,
+                "replica": settings.replica,
+            },
+        )
+        self.engine = Engine(
+            perf,
+            self.metrics,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            clock=model_clock(settings.time_scale, wall),
+        )
+        self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep)
+        self.rng = random.Random(settings.seed)
+        self.length = OutputLength(settings.output_tokens_median, settings.output_tokens_sigma)
+        self.created = int(epoch())
+
+    def _cache_config(self) -> dict[str, str]:
+        perf = self.profile.perf
+        s = self.settings
+        return {
+            "_block_size_resolved": "True",
+            "block_size": str(s.block_size),
+            "cache_dtype": "auto",
+            "cache_hit_alignment_tokens": "None",
+            "effective_attention_block_size": str(s.block_size),
+            "enable_mamba_shared_prefix_checkpoint": "False",
+            "enable_prefix_caching": "True",
+            "gpu_memory_utilization": str(s.gpu_memory_utilization),
+            "hash_block_size": "None",
+            "is_attention_free": "False",
+            "kv_cache_dtype_skip_layers": "[]",
+            "kv_cache_layout": "None",
+            "kv_cache_max_concurrency": str(perf.max_concurrency(self.max_model_len)),
+            "kv_cache_memory_bytes": str(int(perf.kv_cache_bytes)),
+            "kv_cache_size_tokens": str(perf.kv_capacity_tokens),
+            "kv_offloading_backend": "native",
+            "kv_offloading_size": "None",
+            "kv_sharing_fast_prefill": "False",
+            "mamba_block_size": "None",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_page_size_padded": "None",
+            "mamba_ssm_cache_dtype": "auto",
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(perf.num_gpu_blocks),
+            "num_gpu_blocks_override": "None",
+            "prefix_cache_retention_interval": "0",
+            "prefix_caching_hash_algo": "sha256",
+            "prefix_match_unit": "None",
+            "replayssm_buffer_len": "16",
+            "skip_page_size_padded": "None",
+            "sliding_window": "None",
+            "swa_bounded_replay": "True",
+            "use_kda_recoverssm": "False",
+            "use_replayssm": "False",
+            "user_specified_block_size": "False",
+        }
+
+    # -- ASGI ---------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        self.loop.start()
+        path = scope["path"]
+        method = scope["method"]
+        started = self.wall()
+        status, request_bytes, response_bytes = 200, 0, 0
+        try:
+            if path == "/v1/completions" or path == "/v1/chat/completions":
+                if method != "POST":
+                    status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
+                    return
+                raw = await _read_body(receive)
+                request_bytes = len(raw)
+                status, response_bytes = await self._generate(
+                    raw, path == "/v1/chat/completions", receive, send
+                )
+            elif method not in ("GET", "HEAD"):
+                status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
+            elif path == "/health":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+            elif path == "/metrics":
+                body = generate_latest(self.metrics.registry)
+                headers = [(b"content-type", CONTENT_TYPE.encode()), (b"vary", b"Origin")]
+                await _respond(send, 200, headers, body)
+            elif path == "/v1/models":
+                body = models_body(
+                    self.served, self.settings.model, self.max_model_len, self.created
+                )
+                response_bytes = len(body)
+                await _respond(send, 200, JSON_HEADERS, body)
+            elif path == "/version":
+                body = b'{"version":"' + VLLM_VERSION.encode() + b'"}'
+                response_bytes = len(body)
+                await _respond(send, 200, JSON_HEADERS, body)
+            else:
+                status = await self._plain(send, 404, b'{"detail":"Not Found"}')
+        finally:
+            if path in INSTRUMENTED:
+                self.metrics.http.observe(
+                    path, method, status, request_bytes, response_bytes, self.wall() - started
+                )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.loop.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.loop.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _plain(self, send: Send, status: int, body: bytes) -> int:
+        await _respond(send, status, JSON_HEADERS, body)
+        return status
+
+    # -- generation ---------------------------------------------------------------------
+    def _plan(self, parsed: ParsedRequest) -> Any:
+        if parsed.seed is not None:
+            rng = random.Random(parsed.seed)
+        elif parsed.temperature == 0:
+            digest = hashlib.blake2b(parsed.prompt_key, digest_size=8).digest()
+            rng = random.Random(int.from_bytes(digest, "big") ^ self.settings.seed)
+        else:
+            rng = random.Random(self.rng.getrandbits(64))
+        return plan_completion(
+            rng,
+            parsed.max_tokens,
+            ignore_eos=parsed.ignore_eos,
+            stop=parsed.stop,
+            length=self.length,
+        )
+
+    async def _generate(
+        self, raw: bytes, chat: bool, receive: Receive, send: Send
+    ) -> tuple[int, int]:
+        try:
+            parsed = parse_request(
+                raw, chat=chat, served_model=self.served, max_model_len=self.max_model_len
+            )
+        except RequestError as exc:
+            body = error_body(exc.status, exc.error_type, exc.message, exc.param)
+            await _respond(send, exc.status, JSON_HEADERS, body)
+            return exc.status, len(body)
+        plan = self._plan(parsed)
+        wakeup = _Wakeup()
+        req = SimRequest(new_id(chat), parsed.prompt_tokens, plan, parsed.max_tokens, wakeup.notify)
+        created = int(self.epoch())
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, wakeup))
+        self.engine.add(req)
+        self.loop.wake()
+        try:
+            if parsed.stream:
+                await self._stream(req, parsed, created, wakeup, watcher, send)
+                return 200, 0
+            while req.status != FINISHED:
+                await wakeup.wait()
+                if watcher.done():
+                    self.engine.abort(req)
+                    return 200, 0
+            body = completion_body(
+                req.request_id,
+                created,
+                self.served,
+                chat=chat,
+                text=plan.full_text(),
+                finish_reason=plan.finish_reason,
+                stop_reason=plan.stop_reason,
+                prompt_tokens=req.prompt_tokens,
+                completion_tokens=req.num_output,
+            )
+            await _respond(send, 200, JSON_HEADERS, body)
+            return 200, len(body)
+        finally:
+            watcher.cancel()
+
+    async def _stream(
+        self,
+        req: SimRequest,
+        parsed: ParsedRequest,
+        created: int,
+        wakeup: _Wakeup,
+        watcher: asyncio.Task[None],
+        send: Send,
+    ) -> None:
+        writer = ChunkWriter(
+            req.request_id,
+            created,
+            self.served,
+            chat=parsed.chat,
+            prompt_tokens=req.prompt_tokens,
+            continuous_usage=parsed.continuous_usage,
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        plan = req.plan
+        last = req.target - 1
+        sent = 0
+        chat = parsed.chat
+        while True:
+            await wakeup.wait()
+            if watcher.done():
+                self.engine.abort(req)
+                return
+            upto = req.num_output
+            parts: list[bytes] = []
+            if sent == 0 and upto and chat:
+                parts.append(writer.role())
+            for i in range(sent, upto):
+                if i == last:
+                    parts.append(
+                        writer.final(plan.json_text(i), plan.finish_reason, plan.stop_reason, i + 1)
+                    )
+                elif not chat or plan.pieces[i] >= 0:
+                    parts.append(writer.token(plan.json_text(i), i + 1))
+            sent = upto
+            if req.status == FINISHED:
+                if parsed.include_usage:
+                    parts.append(writer.usage_chunk(req.num_output))
+                parts.append(DONE)
+                await send({"type": "http.response.body", "body": b"".join(parts)})
+                return
+            if parts:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _watch_disconnect(receive: Receive, wakeup: _Wakeup) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            wakeup.notify()
+            return
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: SimulatorSettings, **kwargs: Any) -> SimulatorApp:
+    """The ASGI app for ``settings`` (raises ProfileError when it cannot run)."""
+    return SimulatorApp(settings, **kwargs)

@@ -1,0 +1,97 @@
+"""The ``[simulator]`` table: every option of ``infermeter engine simulate``.
+
+Defaults follow vLLM's (``max_num_seqs`` 256, ``max_num_batched_tokens`` 8192,
+``gpu_memory_utilization`` 0.9, block size 16). :func:`build_profile` resolves the named
+profiles into a performance model and fails with a clear :class:`ProfileError` when the
+configuration cannot run (unknown profile, model too big for the GPU, context longer than
+the KV cache holds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.simulator.errors import ProfileError
+from serving.simulator.perf_model import Efficiency, PerformanceModel
+from serving.simulator.profiles import resolve_gpu, resolve_model, resolve_quantization
+
+
+class SimulatorSettings(BaseModel):
+    """Options of one simulated vLLM replica (``[simulator]`` table; CLI flags override)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model: str = "llama-3.1-8b"
+    served_model_name: str | None = None
+    gpu: str = "h100-sxm"
+    quantization: str = "bf16"
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_batched_tokens: int = Field(default=8192, ge=16)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    block_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    time_scale: float = Field(default=1.0, ge=0.0)
+    replica_name: str | None = None
+    output_tokens_median: float = Field(default=256.0, gt=0.0)
+    output_tokens_sigma: float = Field(default=0.8, ge=0.0)
+    mfu: float = Field(default=0.55, gt=0.0, le=1.0)
+    bandwidth_efficiency: float = Field(default=0.80, gt=0.0, le=1.0)
+    step_overhead_ms: float = Field(default=0.5, ge=0.0)
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def replica(self) -> str:
+        return self.replica_name or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The resolved configuration: performance model and effective context length."""
+
+    perf: PerformanceModel
+    max_model_len: int
+
+
+def build_profile(settings: SimulatorSettings) -> Profile:
+    """Resolve the GPU/model/quantization names and check the configuration can run."""
+    gpu = resolve_gpu(settings.gpu)
+    model = resolve_model(settings.model)
+    quant = resolve_quantization(settings.quantization)
+    efficiency = Efficiency(
+        mfu=settings.mfu,
+        bandwidth=settings.bandwidth_efficiency,
+        step_overhead_s=settings.step_overhead_ms / 1000.0,
+    )
+    perf = PerformanceModel(
+        gpu,
+        model,
+        quant,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        block_size=settings.block_size,
+        efficiency=efficiency,
+    )
+    if settings.max_model_len is None:
+        max_model_len = min(model.max_context, perf.kv_capacity_tokens)
+    else:
+        max_model_len = settings.max_model_len
+        if max_model_len > model.max_context:
+            raise ProfileError(
+                f"max_model_len={max_model_len} is longer than {model.name}'s context "
+                f"({model.max_context} tokens)"
+            )
+        if max_model_len > perf.kv_capacity_tokens:
+            raise ProfileError(
+                f"max_model_len={max_model_len} needs more KV cache than {gpu.name} has left "
+                f"for {model.name} ({perf.kv_capacity_tokens} tokens); lower max_model_len or "
+                "raise gpu_memory_utilization"
+            )
+    return Profile(perf, max_model_len)
