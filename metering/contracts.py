@@ -194,7 +194,9 @@ def parse_usage_record(obj: Any) -> UsageRecord:
     upstream = _str(obj, "upstream", default="self_hosted")
     if upstream not in UPSTREAM_KINDS:
         raise RecordError("upstream", f"must be one of {sorted(UPSTREAM_KINDS)}")
-    stream = obj.get("stream", False)
+    stream = obj.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise RecordError("stream", "must be a boolean")
     started = parse_ts(obj.get("started_at"), "started_at")

@@ -4,6 +4,8 @@ Hierarchy::
 
     MeteringError
     ├── RecordError        one usage record / GPU sample is invalid (names index and field)
+    ├── BatchError         a whole ingest body is unreadable (not JSON, not an array, bad Arrow)
+    ├── QueryError         a report / query parameter is invalid (names the parameter)
     ├── CatalogError       the price catalog is malformed (names file, line and field)
     └── StorageError       the DuckDB / DuckLake store failed or the URI is unsupported
 
@@ -26,6 +28,24 @@ class RecordError(MeteringError):
         self.message = message
         at = f"record {index}: " if index is not None else ""
         super().__init__(f"{at}{field}: {message}")
+
+
+class BatchError(MeteringError):
+    """An ingest body cannot be read as a batch at all; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class QueryError(MeteringError):
+    """A query parameter is invalid; ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        self.message = message
+        super().__init__(f"{param}: {message}")
 
 
 class CatalogError(MeteringError):

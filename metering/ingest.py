@@ -1,0 +1,333 @@
+"""Batch ingest of usage records and GPU samples: idempotent, transactional, per-record errors.
+
+Three body formats: a JSON array of records, a CloudEvents JSON batch (the records in each
+event's ``data``) and an Arrow IPC stream. The JSON fast path hands the body to DuckDB's own
+JSON reader and validates every row with vectorised SQL (``sql/ingest.sql``); when any row is
+invalid or an id repeats inside the batch, the batch takes the per-record path
+(:func:`metering.contracts.parse_usage_record`), which names each bad record's index and field.
+Both paths store the good records and dead-letter the bad ones in one transaction: a crash
+leaves all of a batch or none of it. An id counts as seen only by the transaction that stores
+it (``INSERT ... ON CONFLICT DO NOTHING`` on the primary key), so a failed write never marks
+an id as done.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from metering import columns
+from metering.contracts import (
+    GpuSample,
+    UsageRecord,
+    parse_gpu_sample,
+    parse_usage_record,
+    unwrap_event,
+)
+from metering.errors import BatchError, RecordError, StorageError
+from metering.sql_files import bind, query
+from metering.store import Store
+
+ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
+MAX_PAYLOAD_CHARS = 65_536
+_SPOOL_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What happened to one batch: stored, already known, and rejected records."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+@dataclass(slots=True)
+class KindCounters:
+    received: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    batches_failed: int = 0
+    fast_path_batches: int = 0
+    bytes: int = 0
+
+
+class IngestStats:
+    """Process-wide ingest counters (exported on ``/metrics``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kinds = {"usage": KindCounters(), "gpu_samples": KindCounters()}
+
+    def add(self, kind: str, result: IngestResult, received: int, nbytes: int, fast: bool) -> None:
+        with self.lock:
+            c = self.kinds[kind]
+            c.received += received
+            c.stored += result.accepted
+            c.duplicate += result.duplicates
+            c.dead_lettered += len(result.rejected)
+            c.batches += 1
+            c.fast_path_batches += int(fast)
+            c.bytes += nbytes
+
+    def failed(self, kind: str) -> None:
+        with self.lock:
+            self.kinds[kind].batches_failed += 1
+
+
+def _now_naive(now: Callable[[], float]) -> datetime:
+    return datetime.fromtimestamp(now(), tz=UTC).replace(tzinfo=None)
+
+
+def _dead_letter_table(kind: str, rejected: list[tuple[int, str, str, str]]) -> pa.Table:
+    return pa.table(
+        {
+            "kind": [kind] * len(rejected),
+            "batch_index": [r[0] for r in rejected],
+            "field": [r[1] for r in rejected],
+            "error": [r[2] for r in rejected],
+            "payload": [r[3] for r in rejected],
+        },
+        schema=pa.schema(
+            [
+                ("kind", pa.string()),
+                ("batch_index", pa.int32()),
+                ("field", pa.string()),
+                ("error", pa.string()),
+                ("payload", pa.string()),
+            ]
+        ),
+    )
+
+
+def _payload(obj: Any) -> str:
+    try:
+        text = orjson.dumps(obj, default=str).decode()
+    except TypeError:
+        text = repr(obj)
+    return text[:MAX_PAYLOAD_CHARS]
+
+
+def _json_items(body: bytes) -> list[Any]:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BatchError("body", f"not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise BatchError("body", "must be a JSON array of records or of CloudEvents")
+    return items
+
+
+def _arrow_table(body: bytes, schema: pa.Schema, required: tuple[str, ...]) -> pa.Table:
+    try:
+        reader = ipc.open_stream(pa.py_buffer(body))
+        table = reader.read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        try:
+            table = ipc.open_file(pa.py_buffer(body)).read_all()
+        except (pa.ArrowInvalid, OSError):
+            raise BatchError("body", f"not an Arrow IPC stream: {exc}") from exc
+    out = []
+    for target in schema:
+        name = target.name
+        if name not in table.column_names:
+            if name in required:
+                raise BatchError(name, "column is required")
+            out.append(pa.nulls(table.num_rows, target.type))
+            continue
+        col = table.column(name)
+        try:
+            if pa.types.is_timestamp(target.type) and pa.types.is_timestamp(col.type):
+                if col.type.tz is not None:
+                    col = col.cast(columns.TS_UTC)
+                col = col.cast(pa.timestamp("us", tz=None)) if col.type.tz is None else col
+                col = pa.chunked_array(
+                    [c.cast(pa.int64()).cast(target.type) for c in col.chunks], target.type
+                )
+            else:
+                col = col.cast(target.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+            raise BatchError(name, f"cannot be read as {target.type}: {exc}") from exc
+        out.append(col)
+    return pa.Table.from_arrays(out, schema=schema)
+
+
+class Ingestor:
+    """Stores batches into a :class:`Store`; ``now`` is injected for received_at."""
+
+    def __init__(
+        self, store: Store, now: Callable[[], float], stats: IngestStats | None = None
+    ) -> None:
+        self.store = store
+        self.now = now
+        self.stats = stats or IngestStats()
+
+    # -- usage records ---------------------------------------------------------------------
+    def usage(self, body: bytes, content_type: str = "application/json") -> IngestResult:
+        """Ingest one batch of usage records; raises :class:`BatchError` for unreadable bodies."""
+        try:
+            result, received, fast = self._usage(body, content_type)
+        except Exception:
+            self.stats.failed("usage")
+            raise
+        self.stats.add("usage", result, received, len(body), fast)
+        return result
+
+    def _usage(self, body: bytes, content_type: str) -> tuple[IngestResult, int, bool]:
+        cur = self.store.cursor()
+        try:
+            if content_type.split(";")[0].strip().lower() in ARROW_TYPES:
+                table = _arrow_table(body, columns.USAGE_SCHEMA, columns.USAGE_REQUIRED)
+                cur.register("usage_arrow", table)
+                cur.execute(query("ingest", "stage_usage_arrow"))
+                cur.unregister("usage_arrow")
+                if self._stage_clean(cur):
+                    return self._commit_usage(cur, []), table.num_rows, True
+                items = columns.records_from_arrow(table)
+            else:
+                if self._stage_json(cur, body) and self._stage_clean(cur):
+                    rows = cur.execute("SELECT count(*) FROM usage_stage").fetchone()
+                    return self._commit_usage(cur, []), int(rows[0]) if rows else 0, True
+                items = _json_items(body)
+            return self._usage_slow(cur, items), len(items), False
+        finally:
+            cur.close()
+
+    def _stage_json(self, cur: duckdb.DuckDBPyConnection, body: bytes) -> bool:
+        with tempfile.NamedTemporaryFile(
+            dir=_SPOOL_DIR, prefix="infermeter-batch-", suffix=".json"
+        ) as spool:
+            spool.write(body)
+            spool.flush()
+            try:
+                cur.execute(query("ingest", "stage_usage_json"), {"path": spool.name})
+            except duckdb.Error:
+                return False
+        return True
+
+    @staticmethod
+    def _stage_clean(cur: duckdb.DuckDBPyConnection) -> bool:
+        row = cur.execute(query("ingest", "stage_summary")).fetchone()
+        return row is not None and row[1] == 0 and row[2] == row[0]
+
+    def _usage_slow(self, cur: duckdb.DuckDBPyConnection, items: list[Any]) -> IngestResult:
+        good: list[UsageRecord] = []
+        seen: set[str] = set()
+        dead: list[tuple[int, str, str, str]] = []
+        in_batch_dups = 0
+        for index, item in enumerate(items):
+            try:
+                record = parse_usage_record(unwrap_event(item))
+            except RecordError as exc:
+                dead.append((index, exc.field, exc.message, _payload(item)))
+                continue
+            if record.request_id in seen:
+                in_batch_dups += 1
+                continue
+            seen.add(record.request_id)
+            good.append(record)
+        cur.register("usage_arrow", columns.usage_table(good))
+        cur.execute(query("ingest", "stage_usage_arrow"))
+        cur.unregister("usage_arrow")
+        result = self._commit_usage(cur, dead)
+        result.duplicates += in_batch_dups
+        return result
+
+    def _commit_usage(
+        self, cur: duckdb.DuckDBPyConnection, dead: list[tuple[int, str, str, str]]
+    ) -> IngestResult:
+        params = {"now": _now_naive(self.now)}
+        staged = cur.execute("SELECT count(*) FROM usage_stage WHERE ok").fetchone()
+        n = int(staged[0]) if staged else 0
+        inserted = self._transaction(cur, "usage", query("ingest", "insert_usage"), params, dead)
+        return IngestResult(
+            accepted=inserted,
+            duplicates=n - inserted,
+            rejected=[{"index": i, "field": f, "error": e} for i, f, e, _ in dead],
+        )
+
+    def _transaction(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        kind: str,
+        insert_sql: str,
+        params: dict[str, Any],
+        dead: list[tuple[int, str, str, str]],
+    ) -> int:
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            row = cur.execute(insert_sql, bind(insert_sql, params)).fetchone()
+            if dead:
+                cur.register("dead_letter_arrow", _dead_letter_table(kind, dead))
+                sql = query("ingest", "insert_dead_letter")
+                cur.execute(sql, bind(sql, params))
+            cur.execute("COMMIT")
+        except duckdb.Error as exc:
+            try:
+                cur.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise StorageError(f"{kind} batch not stored: {exc}") from exc
+        return int(row[0]) if row else 0
+
+    # -- GPU samples -----------------------------------------------------------------------
+    def gpu_samples(self, body: bytes, content_type: str = "application/json") -> IngestResult:
+        """Ingest one batch of GPU samples (key ``(node, gpu_uuid, mig_uuid, ts)``)."""
+        try:
+            if content_type.split(";")[0].strip().lower() in ARROW_TYPES:
+                table = _arrow_table(body, columns.SAMPLE_SCHEMA, ("ts", "node", "gpu_uuid"))
+                items: list[Any] = columns.records_from_arrow(table)
+            else:
+                items = _json_items(body)
+            result = self._samples(items)
+        except Exception:
+            self.stats.failed("gpu_samples")
+            raise
+        self.stats.add("gpu_samples", result, len(items), len(body), False)
+        return result
+
+    def _samples(self, items: list[Any]) -> IngestResult:
+        good: list[GpuSample] = []
+        seen: set[tuple[str, str, str, datetime]] = set()
+        dead: list[tuple[int, str, str, str]] = []
+        dups = 0
+        for index, item in enumerate(items):
+            try:
+                sample = parse_gpu_sample(unwrap_event(item))
+            except RecordError as exc:
+                dead.append((index, exc.field, exc.message, _payload(item)))
+                continue
+            if sample.key() in seen:
+                dups += 1
+                continue
+            seen.add(sample.key())
+            good.append(sample)
+        cur = self.store.cursor()
+        try:
+            cur.register("samples_arrow", columns.sample_table(good))
+            params = {"now": _now_naive(self.now)}
+            inserted = self._transaction(
+                cur, "gpu_samples", query("ingest", "insert_samples"), params, dead
+            )
+        finally:
+            cur.close()
+        return IngestResult(
+            accepted=inserted,
+            duplicates=len(good) - inserted + dups,
+            rejected=[{"index": i, "field": f, "error": e} for i, f, e, _ in dead],
+        )

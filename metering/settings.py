@@ -1,0 +1,80 @@
+"""The ``[metering]`` configuration table, validated with pydantic.
+
+Keys (all optional; see ``infermeter.example.toml``):
+
+- ``host``, ``port``: where ``infermeter metering serve`` listens (default 127.0.0.1:8200).
+- ``storage``: ``duckdb:///path/file.duckdb`` (default ``duckdb:///<data_dir>/metering.duckdb``)
+  or ``duckdb:///:memory:``.
+- ``ingest_token``: bearer token for ingest and admin endpoints (empty = open, loopback only).
+- ``read_token``: bearer token for queries (empty = the ingest token also reads; both empty =
+  open). The ingest token always reads too.
+- ``catalog``: a TOML file overriding entries of the shipped price catalog.
+- ``window_s``: allocation window in seconds (default 60).
+- ``share_idle``: share idle cost back to tenants in proportion to their use (default false).
+- ``price_energy``: add the metered energy (kWh x catalog $/kWh) to the replica cost; for owned
+  hardware, where the hourly price excludes power (default false).
+- ``allocate_every_s``, ``allocation_lag_s``, ``reallocate_s``: the background allocation loop
+  (run every N s over windows older than the lag, recomputing the last ``reallocate_s``).
+- ``alert_webhook``: URL that receives a JSON POST when a budget is projected to be exceeded.
+- ``[metering.replicas.<name>]``: ``gpu``, ``mig_profile``, ``count``, ``pool``, ``pricing``,
+  ``model`` — the capacity a replica holds when GPU samples do not say.
+- ``[metering.budgets.<tenant>]``: ``daily_usd``, ``monthly_usd``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Pricing = Literal["on_demand", "reserved", "spot"]
+
+
+class ReplicaSettings(BaseModel):
+    """Capacity held by one replica: ``count`` GPUs (or MIG slices) of one catalog type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: str
+    mig_profile: str = ""
+    count: int = Field(default=1, ge=1, le=1024)
+    pool: str = ""
+    pricing: Pricing = "on_demand"
+    model: str = ""
+
+
+class BudgetSettings(BaseModel):
+    """A tenant's spending limits in USD (0 = no limit for that period)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float = Field(default=0.0, ge=0)
+    monthly_usd: float = Field(default=0.0, ge=0)
+
+
+class MeteringSettings(BaseModel):
+    """The validated ``[metering]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8200, ge=0, le=65535)
+    storage: str = ""
+    data_dir: str = ".data"
+    ingest_token: str = ""
+    read_token: str = ""
+    catalog: str = ""
+    window_s: int = Field(default=60, ge=1, le=3600)
+    share_idle: bool = False
+    price_energy: bool = False
+    allocate_every_s: float = Field(default=60.0, ge=0)
+    allocation_lag_s: float = Field(default=120.0, ge=0)
+    reallocate_s: float = Field(default=3600.0, ge=0)
+    alert_webhook: str = ""
+    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    replicas: dict[str, ReplicaSettings] = Field(default_factory=dict)
+    budgets: dict[str, BudgetSettings] = Field(default_factory=dict)
+
+    def storage_uri(self) -> str:
+        """The storage URI, defaulting to a DuckDB file under ``data_dir``."""
+        return self.storage or f"duckdb:///{self.data_dir}/metering.duckdb"
