@@ -1,0 +1,321 @@
+"""The gateway's HTTP API: OpenAI-compatible routes, async jobs, health and metrics.
+
+This module only maps HTTP to the domain and gateway errors to statuses (OpenAI-style error
+bodies: ``{"error": {"message", "type", "param", "code"}}``). Routes::
+
+    POST /v1/chat/completions, /v1/completions, /v1/embeddings   (Bearer API key)
+    GET  /v1/models
+    POST /v1/jobs                       202 + job id, status URL, events URL
+    GET  /v1/jobs/{id}                  status, result, usage, cost
+    GET  /v1/jobs/{id}/events           server-sent events; Last-Event-ID resumes
+    GET  /healthz, /readyz, /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from serving.gateway.errors import (
+    AuthError,
+    GatewayError,
+    JobNotFound,
+    ModelNotFound,
+    QueueError,
+    RequestError,
+    Throttled,
+    ThrottleUnavailable,
+    UpstreamConnectError,
+    UpstreamError,
+)
+from serving.gateway.jobs.model import Job, JobBackend
+from serving.gateway.pipeline import REQUEST_ID_HEADER, CacheReply, Caller, Pipeline
+from serving.gateway.replay import json_body, sse_events
+from serving.gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_inference
+from serving.tenancy import TenantResolver
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+KEEPALIVE_S = 15.0
+OVERHEAD_HEADER = "x-infermeter-overhead-ms"
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+# (path, GatewayApi method, HTTP method)
+ROUTES = (
+    (CHAT, "inference", "POST"),
+    (COMPLETIONS, "inference", "POST"),
+    (EMBEDDINGS, "inference", "POST"),
+    ("/v1/models", "models", "GET"),
+    ("/v1/jobs", "submit_job", "POST"),
+    ("/v1/jobs/{job_id}", "get_job", "GET"),
+    ("/v1/jobs/{job_id}/events", "job_events", "GET"),
+    ("/healthz", "healthz", "GET"),
+    ("/readyz", "readyz", "GET"),
+    ("/metrics", "metrics", "GET"),
+)
+
+
+def error_response(
+    status: int, message: str, type_: str, param: str | None = None, **headers: str
+) -> Response:
+    """An OpenAI-style JSON error."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def _map_error(exc: GatewayError) -> Response:
+    if isinstance(exc, RequestError):
+        return error_response(400, str(exc), "invalid_request_error", exc.param)
+    if isinstance(exc, AuthError):
+        return error_response(401, str(exc), "authentication_error")
+    if isinstance(exc, ModelNotFound):
+        return error_response(404, str(exc), "model_not_found", "model")
+    if isinstance(exc, JobNotFound):
+        return error_response(404, str(exc), "not_found_error", "id")
+    if isinstance(exc, Throttled):
+        resp = error_response(429, str(exc), "rate_limit_error")
+        resp.headers.update(exc.headers)
+        return resp
+    if isinstance(exc, ThrottleUnavailable | QueueError):
+        return error_response(503, str(exc), "service_unavailable", None, **{"retry-after": "1"})
+    if isinstance(exc, UpstreamConnectError):
+        return error_response(503, str(exc), "upstream_unavailable", None, **{"retry-after": "1"})
+    if isinstance(exc, UpstreamError):
+        return error_response(502, str(exc), "upstream_error")
+    return error_response(500, str(exc), "internal_error")
+
+
+class GatewayApi:
+    """Route handlers bound to one pipeline, resolver and job backend."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        resolver: TenantResolver,
+        jobs: JobBackend,
+        *,
+        registry: CollectorRegistry,
+        job_deadline_s: float,
+        readiness: Readiness,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.resolver = resolver
+        self.jobs = jobs
+        self.registry = registry
+        self._deadline_s = job_deadline_s
+        self._readiness = readiness
+        self._now = now
+        self.responses = Counter(
+            "infermeter_gateway_responses",
+            "Responses by route and HTTP status",
+            ["route", "code"],
+            registry=registry,
+        )
+
+    def caller(self, request: Request) -> Caller:
+        """Authenticate: a known API key (or the trusted gateway-secret headers)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        attribution = self.resolver.resolve(headers)
+        if attribution.source == "anonymous":
+            if "authorization" not in headers:
+                raise AuthError("Missing API key: send 'Authorization: Bearer <key>'.")
+            raise AuthError("Incorrect API key provided.")
+        return Caller(attribution.tenant, attribution.key_id, attribution.tier, attribution.tags)
+
+    async def inference(self, request: Request) -> Response:
+        """Chat, completion or embeddings through cache, throttle and upstream."""
+        route = request.url.path
+        try:
+            caller = self.caller(request)
+            req = parse_inference(route, await request.body())
+            begun = await self.pipeline.begin(caller, req)
+        except GatewayError as exc:
+            resp = _map_error(exc)
+            self.responses.labels(route, str(resp.status_code)).inc()
+            return resp
+        if isinstance(begun, CacheReply):
+            self.responses.labels(route, "200").inc()
+            headers = {
+                REQUEST_ID_HEADER: begun.request_id,
+                "x-infermeter-cache": "hit",
+                "x-infermeter-cache-similarity": f"{begun.hit.similarity:.4f}",
+            }
+            if req.stream:
+                events = sse_events(req, begun.hit.answer, begun.request_id)
+                return StreamingResponse(
+                    _iterate(events), 200, {**SSE_HEADERS, **headers}, "text/event-stream"
+                )
+            return Response(
+                json_body(req, begun.hit.answer, begun.request_id),
+                200,
+                headers,
+                media_type="application/json",
+            )
+        flight = begun
+        headers = {
+            **flight.headers,
+            REQUEST_ID_HEADER: flight.request_id,
+            OVERHEAD_HEADER: f"{flight.overhead_s * 1000:.3f}",
+        }
+        self.responses.labels(route, str(flight.status)).inc()
+        if req.stream and flight.status == 200:
+            return StreamingResponse(flight.stream(), 200, {**SSE_HEADERS, **headers})
+        try:
+            body = await flight.read()
+        except UpstreamError as exc:
+            return _map_error(exc)
+        return Response(body, flight.status, headers)
+
+    async def models(self, request: Request) -> Response:
+        """The models this gateway routes, in OpenAI's list shape."""
+        try:
+            self.caller(request)
+        except AuthError as exc:
+            return _map_error(exc)
+        data = [
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": upstream.kind,
+                "pool": upstream.pool,
+            }
+            for model, upstream in sorted(self.pipeline.pools.items())
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), 200, media_type="application/json"
+        )
+
+    async def submit_job(self, request: Request) -> Response:
+        """Accept a chat or completion request as a job: 202 before any inference."""
+        try:
+            caller = self.caller(request)
+            raw = await request.body()
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise RequestError(f"request body is not valid JSON: {exc}") from exc
+            if not isinstance(body, dict):
+                raise RequestError("request body must be a JSON object")
+            endpoint = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else ""
+            if not endpoint:
+                raise RequestError("a job needs 'messages' (chat) or 'prompt'", "messages")
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+            req = parse_inference(endpoint, orjson.dumps(body))
+            upstream = self.pipeline.upstream_for(req.model)
+            now = self._now()
+            job = Job(
+                id="job_" + uuid.uuid4().hex,
+                pool=upstream.pool,
+                tenant=caller.tenant,
+                endpoint=endpoint,
+                request=body,
+                created_at=now,
+                deadline_at=now + self._deadline_s,
+                key_id=caller.key_id,
+                tier=caller.tier,
+                tags=dict(caller.tags),
+            )
+            await self.jobs.submit(job)
+        except GatewayError as exc:
+            resp = _map_error(exc)
+            self.responses.labels("/v1/jobs", str(resp.status_code)).inc()
+            return resp
+        self.responses.labels("/v1/jobs", "202").inc()
+        public = job.public()
+        return Response(
+            orjson.dumps(public),
+            202,
+            {"location": public["status_url"]},
+            media_type="application/json",
+        )
+
+    async def _owned_job(self, request: Request) -> Job:
+        caller = self.caller(request)
+        job_id = request.path_params["job_id"]
+        job = await self.jobs.get(job_id)
+        if job is None or job.tenant != caller.tenant:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        return job
+
+    async def get_job(self, request: Request) -> Response:
+        """The job's status and, when finished, its result, usage and cost."""
+        try:
+            job = await self._owned_job(request)
+        except GatewayError as exc:
+            return _map_error(exc)
+        return Response(orjson.dumps(job.public()), 200, media_type="application/json")
+
+    async def job_events(self, request: Request) -> Response:
+        """Server-sent events of a job, resumable with ``Last-Event-ID``."""
+        try:
+            job = await self._owned_job(request)
+            after = request.headers.get("last-event-id") or request.query_params.get(
+                "last_event_id"
+            )
+            if after is not None and not self.jobs.valid_event_id(after):
+                raise RequestError("not an event id of this job", "Last-Event-ID")
+        except GatewayError as exc:
+            return _map_error(exc)
+        return StreamingResponse(
+            self._sse(job.id, after), 200, SSE_HEADERS, media_type="text/event-stream"
+        )
+
+    async def _sse(self, job_id: str, after: str | None) -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        while True:
+            try:
+                events = await self.jobs.events(job_id, after, block_s=KEEPALIVE_S)
+            except QueueError:
+                yield b": queue unavailable, reconnect with Last-Event-ID\n\n"
+                return
+            if not events:
+                yield b": keepalive\n\n"
+                continue
+            for event in events:
+                after = event.id
+                yield (
+                    b"id: "
+                    + event.id.encode()
+                    + b"\nevent: "
+                    + event.type.encode()
+                    + b"\ndata: "
+                    + orjson.dumps(event.data)
+                    + b"\n\n"
+                )
+                if event.type in ("done", "failed"):
+                    return
+
+    async def healthz(self, request: Request) -> Response:
+        """Alive."""
+        return Response(b'{"status":"ok"}', 200, media_type="application/json")
+
+    async def readyz(self, request: Request) -> Response:
+        """Dependencies reachable: 503 naming those that are not."""
+        problems = await self._readiness()
+        if problems:
+            body = {"status": "unavailable", "problems": problems}
+            return Response(orjson.dumps(body), 503, media_type="application/json")
+        return Response(b'{"status":"ready"}', 200, media_type="application/json")
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus exposition."""
+        return Response(generate_latest(self.registry), 200, media_type=CONTENT_TYPE_LATEST)
+
+    def routes(self) -> list[Route]:
+        """Starlette routes bound to this instance."""
+        return [Route(path, getattr(self, name), methods=[m]) for path, name, m in ROUTES]
+
+
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(0)

@@ -1,0 +1,160 @@
+"""Usage records the gateway makes itself, shipped to metering off the request path.
+
+The collector meters what passes through it. The gateway meters what does not: cache hits
+(status ``cache_hit``, with the cost they saved in the ``saved_usd`` tag), managed-API calls
+(``upstream = managed``, priced by metering at the catalog's list prices) and throttled
+requests. Records are queued in memory and posted in batches (``POST /v1/usage``) by a
+background task; a failed post keeps the batch for the next attempt (bounded; overflow is
+counted, never silent). Prices for the saving come from ``GET /v1/rates``, refreshed lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+
+import aiohttp
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from metering.contracts import UsageRecord
+
+MAX_QUEUED = 50_000
+BATCH = 500
+
+
+class MeteringClient:
+    """Queue usage records and ship them; look up per-token rates for cache savings."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str,
+        *,
+        registry: CollectorRegistry,
+        flush_interval_s: float = 0.5,
+        rates_ttl_s: float = 60.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._headers = {"content-type": "application/json"}
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
+        self._queue: deque[UsageRecord] = deque()
+        self._interval = flush_interval_s
+        self._rates: dict[str, dict[str, float]] = {}
+        self._rates_at = float("-inf")
+        self._rates_ttl = rates_ttl_s
+        self._now = now
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.shipped = Counter(
+            "infermeter_gateway_usage_records",
+            "Gateway-made usage records, by outcome (shipped, dropped, failed_post)",
+            ["outcome"],
+            registry=registry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a metering URL is configured."""
+        return bool(self._base)
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue one record (never blocks, never raises)."""
+        if not self.enabled:
+            return
+        if len(self._queue) >= MAX_QUEUED:
+            self._queue.popleft()
+            self.shipped.labels("dropped").inc()
+        self._queue.append(record)
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the background shipper."""
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Flush what is queued (best effort) and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.enabled:
+            await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            await self.flush()
+            if self._queue:  # the post failed: back off before the next try
+                await asyncio.sleep(self._interval)
+
+    async def flush(self) -> int:
+        """Post queued records now; returns how many were accepted by metering."""
+        sent = 0
+        while self._queue:
+            batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            body = orjson.dumps([r.to_json() for r in batch])
+            try:
+                async with self._session.post(
+                    self._base + "/v1/usage",
+                    data=body,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                ok = False
+            if not ok:
+                self.shipped.labels("failed_post").inc()
+                return sent
+            for _ in batch:
+                self._queue.popleft()
+            self.shipped.labels("shipped").inc(len(batch))
+            sent += len(batch)
+        return sent
+
+    async def price(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """What the tokens cost at metering's current rate for ``model`` (None if unknown)."""
+        if not self.enabled:
+            return None
+        if self._now() - self._rates_at > self._rates_ttl:
+            await self._refresh_rates()
+        rate = self._rates.get(model)
+        if rate is None:
+            return None
+        return prompt_tokens * rate.get("usd_per_prompt_token", 0.0) + (
+            completion_tokens * rate.get("usd_per_completion_token", 0.0)
+        )
+
+    async def _refresh_rates(self) -> None:
+        self._rates_at = self._now()
+        try:
+            async with self._session.get(
+                self._base + "/v1/rates",
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                if resp.status != 200:
+                    return
+                payload = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+            return
+        models = payload.get("models") if isinstance(payload, dict) else None
+        if isinstance(models, dict):
+            self._rates = {
+                str(name): {k: float(v) for k, v in rate.items() if isinstance(v, int | float)}
+                for name, rate in models.items()
+                if isinstance(rate, dict)
+            }
