@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,8 +72,10 @@ class CollectorApp:
         nvml: ModuleType | object | None = _NO_NVML,
         telemetry: GenAiTelemetry | object | None = _NO_NVML,
         environ: Mapping[str, str] | None = None,
+        exporters: Sequence[RecordExporter] = (),
     ) -> None:
         self.settings = s = settings
+        self.extra_exporters = list(exporters)
         self.resolver = resolver or TenantResolver()
         self.registry = registry or CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, s.tenant_label_limit)
@@ -161,6 +163,7 @@ class CollectorApp:
         bg_session = aiohttp.ClientSession(auto_decompress=True)
         self._sessions = [proxy_session, bg_session]
         exporters: list[RecordExporter] = [self.telemetry] if self.telemetry else []
+        exporters.extend(self.extra_exporters)
         if s.metering_url:
             base = s.metering_url.rstrip("/")
             assert self.usage_spool is not None and self.gpu_spool is not None

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
+        server_header=False,  # the engine's own date/server headers pass through
+        date_header=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )

@@ -1,0 +1,89 @@
+"""Collector test fixtures: a scripted vLLM-shaped engine and collectors on real ports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from scripted_engine import ScriptedEngine
+
+from collector.app import CollectorApp
+from collector.settings import CollectorSettings
+from metering.contracts import UsageRecord
+from serving.tenancy import KeyEntry, TenantResolver, hash_key
+
+SECRET = "gateway-secret"
+API_KEY = "sk-tenant-b"
+
+
+class RecordingExporter:
+    """In-memory record exporter: what the pipeline finished, for assertions."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self.gaps: list[Sequence[float]] = []
+        self._lock = threading.Lock()
+
+    def export(self, rec: UsageRecord, gaps: Sequence[float]) -> None:
+        with self._lock:
+            self.records.append(rec)
+            self.gaps.append(list(gaps))
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[UsageRecord]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.records) >= n:
+                    return list(self.records)
+            time.sleep(0.01)
+        raise AssertionError(f"expected {n} records, got {len(self.records)}")
+
+
+@dataclass
+class RunningCollector:
+    server: Any
+    app: CollectorApp
+    records: RecordingExporter
+    registry: CollectorRegistry
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def resolver() -> TenantResolver:
+    return TenantResolver(SECRET, {hash_key(API_KEY): KeyEntry("tenant-b", "key-b", "pro")})
+
+
+@pytest.fixture
+def engine(serve: Callable[..., Any]) -> tuple[ScriptedEngine, Any]:
+    app = ScriptedEngine()
+    return app, serve(app)
+
+
+@pytest.fixture
+def make_collector(serve: Callable[..., Any]) -> Callable[..., RunningCollector]:
+
+    def _make(upstream: str, **overrides: Any) -> RunningCollector:
+        settings = CollectorSettings(
+            upstream=upstream, scrape_interval_s=overrides.pop("scrape_interval_s", 3600),
+            nvml=False, **overrides,
+        )  # fmt: skip
+        registry = CollectorRegistry()
+        exporter = RecordingExporter()
+        app = CollectorApp(
+            settings, resolver(), registry=registry, nvml=None, telemetry=None,
+            exporters=[exporter],
+        )  # fmt: skip
+        server = serve(app, server_header=False, date_header=False)
+        return RunningCollector(server, app, exporter, registry)
+
+    return _make
