@@ -1,0 +1,108 @@
+"""Price a request in the policy's cost unit from its token counts.
+
+Per-model prices come from metering's current figures (``GET /v1/rates``, refreshed in the
+background by :mod:`throttle.metering_rates`) when they are known, else from the policy's
+``[models]`` table (``*`` as the catch-all). A model priced nowhere costs 0: it is limited by
+concurrency only, and counted in ``unpriced_models``.
+
+Admission prices an *estimate*: prompt tokens (counted by the caller, or ``prompt_chars /
+chars_per_token``) plus ``max_tokens`` completion tokens. Settle prices the *actual* usage;
+cached prompt tokens cost ``cached_prompt_factor`` of a prompt token (no prefill work).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from throttle.algorithms.costs import estimate_cost, usage_cost
+from throttle.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Cost units per prompt token and per completion token, and where they came from."""
+
+    prompt: float
+    completion: float
+    source: str  # metering | policy | none
+
+
+def rates_from_metering(payload: Mapping[str, Any], unit: str) -> dict[str, Price]:
+    """Convert metering's ``GET /v1/rates`` body to prices in ``unit`` (usd or gpu_s)."""
+    models = payload.get("models")
+    if not isinstance(models, Mapping):
+        raise ValueError("rates body has no 'models' object")
+    prices: dict[str, Price] = {}
+    for model, rate in models.items():
+        if not isinstance(rate, Mapping):
+            continue
+        prompt = float(rate.get("usd_per_prompt_token", 0.0) or 0.0)
+        completion = float(rate.get("usd_per_completion_token", 0.0) or 0.0)
+        if unit == "gpu_s":
+            per_s = float(rate.get("usd_per_gpu_second", 0.0) or 0.0)
+            if per_s <= 0:
+                continue
+            prompt, completion = prompt / per_s, completion / per_s
+        if math.isfinite(prompt) and math.isfinite(completion) and prompt >= 0 <= completion:
+            prices[str(model)] = Price(prompt, completion, "metering")
+    return prices
+
+
+class Pricer:
+    """Prices per model; swap the metering table atomically with :meth:`set_metering`."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._metering: dict[str, Price] = {}
+        self._cache: dict[str, Price] = {}
+        self.metering_as_of: float | None = None
+        self.unpriced_models: set[str] = set()
+
+    def set_policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._cache = {}
+
+    def set_metering(self, prices: dict[str, Price], as_of: float) -> None:
+        self._metering = prices
+        self.metering_as_of = as_of
+        self._cache = {}
+
+    def price(self, model: str) -> Price:
+        """The price of ``model``: metering first, then the policy, else free."""
+        found = self._cache.get(model)
+        if found is not None:
+            return found
+        price = self._metering.get(model)
+        if price is None:
+            fallback = self._policy.fallback_rate(model)
+            if fallback is not None:
+                price = Price(fallback.prompt, fallback.completion, "policy")
+            else:
+                price = Price(0.0, 0.0, "none")
+                if len(self.unpriced_models) < 1000:
+                    self.unpriced_models.add(model)
+        if len(self._cache) < 10_000:
+            self._cache[model] = price
+        return price
+
+    def prompt_tokens(self, prompt_tokens: int | None, prompt_chars: int | None) -> int:
+        """Tokens as counted by the caller, else estimated from the prompt's characters."""
+        if prompt_tokens is not None:
+            return prompt_tokens
+        if prompt_chars is None:
+            return 0
+        return math.ceil(prompt_chars / self._policy.doc.chars_per_token)
+
+    def estimate(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
+        """The cost reserved at admission."""
+        price = self.price(model)
+        return estimate_cost(prompt_tokens, max_tokens, price.prompt, price.completion)
+
+    def actual(self, model: str, prompt_tokens: int, cached: int, completion: int) -> float:
+        """The cost of a finished request."""
+        price = self.price(model)
+        factor = self._policy.doc.cached_prompt_factor
+        return usage_cost(prompt_tokens, cached, completion, price.prompt, price.completion, factor)

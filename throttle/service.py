@@ -1,0 +1,239 @@
+"""Admission decisions: price, reserve, settle, read usage. No HTTP here.
+
+:class:`Throttle` turns an admission request into one atomic storage reservation (rate,
+concurrency lease, budgets and fair share, see :mod:`throttle.storage.base`) and a settle
+into one atomic correction. The pool's pressure state (from :mod:`throttle.signals`) decides
+whether fair share is enforced.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from throttle.algorithms import budgets
+from throttle.algorithms.fairshare import FairParams
+from throttle.errors import RequestError, UnknownReservation
+from throttle.policy import Limits, Policy
+from throttle.pricing import Pricer
+from throttle.storage.base import (
+    Decision,
+    ReserveRequest,
+    SettleUsage,
+    Storage,
+    Usage,
+    UsageRequest,
+)
+
+STATUSES = ("ok", "error", "client_abort", "throttled", "cache_hit")
+MAX_TOKENS_LIMIT = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """One question from a gateway: may ``tenant`` send this inference now?"""
+
+    tenant: str
+    model: str
+    max_tokens: int
+    prompt_tokens: int | None = None
+    prompt_chars: int | None = None
+    pool: str | None = None
+    request_id: str | None = None
+    tier_hint: str = ""
+    lease_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    """The answer, with what the HTTP layer needs for its headers."""
+
+    allowed: bool
+    reason: str
+    retry_after_s: float
+    reservation_id: str
+    estimate: float
+    lease_expires_at: float
+    tenant: str
+    pool: str
+    limits: Limits
+    decision: Decision
+    unit: str
+    pressure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """The outcome of a settle."""
+
+    reservation_id: str
+    tenant: str
+    estimate: float
+    actual: float
+    delta: float
+    duplicate: bool
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """A tenant's limits and where it stands against them."""
+
+    tenant: str
+    limits: Limits
+    usage: Usage
+    unit: str
+
+
+class Throttle:
+    """The decision service; ``pressure(pool)`` says whether a pool is saturated."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        storage: Storage,
+        now: Callable[[], float],
+        pressure: Callable[[str], bool] | None = None,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.pricer = Pricer(policy)
+        self.storage = storage
+        self._now = now
+        self._pressure = pressure or (lambda _pool: False)
+        self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
+        self._ids = itertools.count(1)
+        self.decisions: Counter[tuple[str, str]] = Counter()  # (decision, reason) -> n
+        self.settles: Counter[str] = Counter()  # status -> n
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swap the policy in force (atomic for every later decision)."""
+        self.policy = policy
+        self.pricer.set_policy(policy)
+
+    def set_pressure(self, pressure: Callable[[str], bool]) -> None:
+        self._pressure = pressure
+
+    def _reservation_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids):x}"
+
+    async def admit(self, req: AdmitRequest) -> AdmitResult:
+        """Price the request, reserve its cost; never raises for a refusal."""
+        if req.max_tokens < 0 or req.max_tokens > MAX_TOKENS_LIMIT:
+            raise RequestError("max_tokens", f"must be between 0 and {MAX_TOKENS_LIMIT}")
+        policy = self.policy
+        now = self._now()
+        limits = policy.limits_for(req.tenant, req.tier_hint)
+        pool_name = req.pool or policy.pool_of(req.model)
+        pool = policy.pool(pool_name)
+        price = self.pricer.price(req.model)
+        prompt_tokens = self.pricer.prompt_tokens(req.prompt_tokens, req.prompt_chars)
+        cost = prompt_tokens * price.prompt + req.max_tokens * price.completion
+        pressure = pool.fair_share and self._pressure(pool_name)
+        slack, max_lead = policy.fair_slack(pool, limits)
+        lease_s = req.lease_s if req.lease_s is not None else policy.doc.lease_s
+        day = budgets.day_window(now)
+        month = budgets.month_window(now)
+        rid = self._reservation_id()
+        lease_expires_at = now + lease_s
+        decision = await self.storage.reserve(
+            ReserveRequest(
+                reservation_id=rid,
+                tenant=req.tenant,
+                pool=pool_name,
+                cost=cost,
+                now=now,
+                rate_per_s=limits.rate_per_s,
+                burst=limits.burst,
+                concurrency=limits.concurrency,
+                lease_expires_at=lease_expires_at,
+                record_expires_at=lease_expires_at + policy.doc.settle_grace_s,
+                day_key=day.key,
+                day_end=day.end,
+                daily_budget=limits.daily_budget,
+                month_key=month.key,
+                month_end=month.end,
+                monthly_budget=limits.monthly_budget,
+                weight=limits.weight,
+                fair=FairParams(pressure, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
+                prompt_price=price.prompt,
+                completion_price=price.completion,
+                cached_factor=policy.doc.cached_prompt_factor,
+            )
+        )
+        self.decisions["allow" if decision.allowed else "deny", decision.reason] += 1
+        return AdmitResult(
+            allowed=decision.allowed,
+            reason=decision.reason,
+            retry_after_s=decision.retry_after_s,
+            reservation_id=rid if decision.allowed else "",
+            estimate=cost,
+            lease_expires_at=lease_expires_at if decision.allowed else 0.0,
+            tenant=req.tenant,
+            pool=pool_name,
+            limits=limits,
+            decision=decision,
+            unit=policy.unit,
+            pressure=pressure,
+        )
+
+    async def settle(
+        self,
+        reservation_id: str,
+        prompt_tokens: int,
+        cached_prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        status: str = "ok",
+    ) -> SettleResult:
+        """Replace the reservation's estimate by the cost of the actual usage."""
+        for name, value in (
+            ("prompt_tokens", prompt_tokens),
+            ("cached_prompt_tokens", cached_prompt_tokens),
+            ("completion_tokens", completion_tokens),
+        ):
+            if value < 0:
+                raise RequestError(name, "must be >= 0")
+        if status not in STATUSES:
+            raise RequestError("status", f"must be one of {', '.join(STATUSES)}")
+        used = SettleUsage(prompt_tokens, cached_prompt_tokens, completion_tokens)
+        settled = await self.storage.settle(reservation_id, used, self._now())
+        if settled is None:
+            raise UnknownReservation(reservation_id)
+        self.settles[status if not settled.duplicate else "duplicate"] += 1
+        return SettleResult(
+            reservation_id,
+            settled.tenant,
+            settled.estimate,
+            settled.actual,
+            settled.delta,
+            settled.duplicate,
+            self.policy.unit,
+        )
+
+    async def usage(self, tenant: str, tier_hint: str = "") -> TenantUsage:
+        """Limits and current standing of ``tenant`` (budgets, bucket, in-flight, fair share)."""
+        policy = self.policy
+        now = self._now()
+        limits = policy.limits_for(tenant, tier_hint)
+        pools = tuple(sorted({*policy.doc.pools, "default"}))
+        state = await self.storage.usage(
+            UsageRequest(
+                tenant,
+                now,
+                limits.rate_per_s,
+                limits.burst,
+                budgets.day_window(now).key,
+                budgets.month_window(now).key,
+                pools,
+            )
+        )
+        return TenantUsage(tenant, limits, state, policy.unit)
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` as whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds))) if math.isfinite(seconds) else "86400"

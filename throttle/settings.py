@@ -1,0 +1,62 @@
+"""The ``[throttle]`` table of the configuration file (see ``infermeter.example.toml``).
+
+Tenant attribution for ``/v1/check`` comes from the shared ``[tenancy]`` table
+(``shared_secret``, ``default_tenant``, ``[tenancy.keys."<sha256>"]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.settings import Config, section
+from serving.tenancy import TenantResolver
+
+
+class ThrottleSettings(BaseModel):
+    """Every throttle setting; CLI flags override the file, the file overrides these."""
+
+    model_config = {"extra": "forbid"}
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=1, le=65535)
+    storage: str = "memory://"  # or redis://127.0.0.1:6379/0?prefix=infermeter:throttle
+    policy_file: str = ""  # TOML policy; empty: no limits until one is PUT on /v1/policy
+    admin_token: str = ""  # bearer token of GET/PUT /v1/policy; empty disables the admin API
+    api_token: str = ""  # when set, gateway endpoints require this bearer token
+    fail_closed: bool = False  # refuse every admission while the shared storage is down
+    reload_interval_s: float = Field(default=5.0, gt=0)  # policy file / shared policy poll
+    probe_interval_s: float = Field(default=2.0, gt=0)  # storage reconnect probe while degraded
+    signals_refresh_s: float = Field(default=2.0, gt=0)  # pool pressure recomputation
+    metering_url: str = ""  # e.g. http://127.0.0.1:8200: current $/token from GET /v1/rates
+    metering_token: str = ""
+    rates_refresh_s: float = Field(default=60.0, gt=0)
+    rates_timeout_s: float = Field(default=2.0, gt=0)
+    workers: int = Field(default=1, ge=1)  # uvicorn workers (memory:// state is per worker!)
+
+
+class TenancySettings(BaseModel):
+    """The shared ``[tenancy]`` table (same as the collector and gateway)."""
+
+    model_config = {"extra": "allow"}
+
+    shared_secret: str = ""
+    default_tenant: str = "anonymous"
+    keys: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+def load(config: Config) -> tuple[ThrottleSettings, TenantResolver]:
+    """The throttle settings and the tenant resolver from the merged configuration."""
+    settings = section(config, "throttle", ThrottleSettings)
+    tenancy = section(config, "tenancy", TenancySettings)
+    resolver = TenantResolver.from_config(
+        tenancy.shared_secret, tenancy.keys, tenancy.default_tenant
+    )
+    return settings, resolver
+
+
+def override(settings: ThrottleSettings, **values: Any) -> ThrottleSettings:
+    """A copy with the non-None ``values`` applied (CLI flags)."""
+    changes = {k: v for k, v in values.items() if v is not None}
+    return settings.model_copy(update=changes) if changes else settings

@@ -1,0 +1,215 @@
+"""Engine signals per pool: saturation (pressure) and the replica recommendation.
+
+Collectors push one object per replica (``POST /v1/signals``, fields of
+``docs/api-contracts.md``). The monitor keeps the latest of each replica in storage (shared
+by every throttle replica on Redis), and on each refresh computes per pool:
+
+- *pressure*: saturated when the mean waiting queue per replica reaches ``queue_per_replica``,
+  or the waiting queue grew by more than one request per replica over
+  ``queue_growth_window_s``, or the mean KV-cache usage reaches ``kv_cache_usage``, or the
+  worst replica's TTFT p95 exceeds ``ttft_p95_slo_s``. Pressure holds ``pressure_hold_s``
+  after the last saturated refresh so that fair share does not flap;
+- the autoscale *recommendation* (:mod:`throttle.algorithms.autoscale`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from throttle.algorithms import autoscale
+from throttle.errors import RequestError, UnknownPool
+from throttle.policy import SIGNAL_NAMES, Policy
+from throttle.storage.base import Storage
+
+MAX_NAME = 200
+
+
+def parse_signal(raw: Any, now: float, index: int | None = None) -> dict[str, Any]:
+    """Validate one pushed signal object; raises :class:`RequestError` naming the field."""
+    where = f"[{index}]." if index is not None else ""
+    if not isinstance(raw, Mapping):
+        raise RequestError(where.rstrip(".") or "body", "must be a JSON object")
+    out: dict[str, Any] = {}
+    for name in ("pool", "replica"):
+        value = raw.get(name)
+        if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+            raise RequestError(f"{where}{name}", f"must be a non-empty string (<= {MAX_NAME})")
+        out[name] = value
+    model = raw.get("model", "")
+    if not isinstance(model, str):
+        raise RequestError(f"{where}model", "must be a string")
+    out["model"] = model
+    ts = raw.get("ts", now)
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise RequestError(f"{where}ts", "must be a number (epoch seconds)")
+    out["ts"] = float(ts)
+    for name in SIGNAL_NAMES:
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestError(f"{where}{name}", "must be a number")
+        if not math.isfinite(value) or value < 0:
+            raise RequestError(f"{where}{name}", "must be a finite number >= 0")
+        if name == "kv_cache_usage_perc" and value > 1:
+            raise RequestError(f"{where}{name}", "is a fraction: must be within [0, 1]")
+        out[name] = float(value)
+    return out
+
+
+@dataclass(slots=True)
+class PoolState:
+    """What the monitor knows about a pool after its last refresh."""
+
+    pool: str
+    replicas: int = 0
+    means: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+    saturated: list[str] = field(default_factory=list)  # conditions met at the last refresh
+    last_saturated: float | None = None
+    pressure: bool = False
+    refreshed_at: float = 0.0
+    recommendation: autoscale.Recommendation | None = None
+
+
+class PoolMonitor:
+    """Pressure flags (read on the decision path, from memory) and autoscale answers."""
+
+    def __init__(
+        self, policy: Callable[[], Policy], storage: Storage, now: Callable[[], float]
+    ) -> None:
+        self._policy = policy
+        self._storage = storage
+        self._now = now
+        self.states: dict[str, PoolState] = {}
+        self._waiting: dict[str, deque[tuple[float, float]]] = {}
+        self.received = 0
+
+    def pressure(self, pool: str) -> bool:
+        """Whether ``pool`` is saturated (cheap: no I/O)."""
+        state = self.states.get(pool)
+        return state.pressure if state is not None else False
+
+    async def ingest(self, body: Any) -> list[str]:
+        """Store pushed signals (an object or an array); returns the pools touched."""
+        now = self._now()
+        items = body if isinstance(body, list) else [body]
+        parsed = [
+            parse_signal(item, now, i if isinstance(body, list) else None)
+            for i, item in enumerate(items)
+        ]
+        pools: set[str] = set()
+        for signal in parsed:
+            await self._storage.put_signal(signal["pool"], signal["replica"], signal, signal["ts"])
+            pools.add(signal["pool"])
+        self.received += len(parsed)
+        for pool in sorted(pools):
+            await self.refresh(pool)
+        return sorted(pools)
+
+    async def known_pools(self) -> list[str]:
+        declared = set(self._policy().doc.pools)
+        return sorted(declared | set(await self._storage.pools()) | set(self.states))
+
+    async def refresh_all(self) -> None:
+        """Refresh every known pool (run periodically by the app)."""
+        for pool in await self.known_pools():
+            await self.refresh(pool)
+
+    async def refresh(self, pool: str) -> PoolState:
+        """Recompute a pool's aggregates and pressure from the latest fresh signals."""
+        policy = self._policy()
+        settings = policy.pool(pool)
+        now = self._now()
+        fresh = await self._storage.signals(pool, now - settings.stale_after_s)
+        state = self.states.get(pool) or PoolState(pool)
+        state.replicas = len(fresh)
+        totals: dict[str, float] = {}
+        worst: dict[str, float] = {}
+        for signal in fresh:
+            for name in SIGNAL_NAMES:
+                if name in signal:
+                    totals[name] = totals.get(name, 0.0) + signal[name]
+                    worst[name] = max(worst.get(name, 0.0), signal[name])
+        count = {n: sum(1 for s in fresh if n in s) for n in totals}
+        state.totals = totals
+        state.means = {n: totals[n] / count[n] for n in totals}
+        saturated: list[str] = []
+        waiting = totals.get("num_requests_waiting")
+        if waiting is not None:
+            history = self._waiting.setdefault(pool, deque())
+            history.append((now, waiting))
+            while history and history[0][0] < now - settings.queue_growth_window_s:
+                history.popleft()
+            if state.means["num_requests_waiting"] >= settings.queue_per_replica:
+                saturated.append("queue")
+            elif len(history) > 1 and waiting - history[0][1] > max(state.replicas, 1):
+                saturated.append("queue_growing")
+        if state.means.get("kv_cache_usage_perc", 0.0) >= settings.kv_cache_usage:
+            saturated.append("kv_cache")
+        if settings.ttft_p95_slo_s > 0 and worst.get("ttft_p95_s", 0.0) > settings.ttft_p95_slo_s:
+            saturated.append("ttft")
+        state.saturated = saturated
+        if saturated:
+            state.last_saturated = now
+        state.pressure = (
+            state.last_saturated is not None
+            and now - state.last_saturated <= settings.pressure_hold_s
+        )
+        state.refreshed_at = now
+        self.states[pool] = state
+        return state
+
+    async def recommend(self, pool: str) -> tuple[PoolState, autoscale.Recommendation]:
+        """Refresh ``pool`` and compute its stabilised replica recommendation."""
+        policy = self._policy()
+        if pool not in policy.doc.pools and pool not in await self.known_pools():
+            raise UnknownPool(pool)
+        settings = policy.pool(pool).autoscale
+        state = await self.refresh(pool)
+        now = self._now()
+        current = state.replicas
+        raw, driver, desires = autoscale.raw_recommendation(
+            current,
+            state.means,
+            settings.targets,
+            settings.tolerance,
+            settings.min_replicas,
+            settings.max_replicas,
+        )
+        keep = max(settings.scale_up_window_s, settings.scale_down_window_s)
+        history = await self._storage.record_recommendation(pool, now, raw, keep)
+        desired = autoscale.stabilise(
+            current, history, now, settings.scale_up_window_s, settings.scale_down_window_s
+        )
+        desired = min(max(desired, settings.min_replicas), settings.max_replicas)
+        rec = autoscale.Recommendation(current, raw, desired, driver, desires)
+        state.recommendation = rec
+        return state, rec
+
+
+def keda_body(state: PoolState, rec: autoscale.Recommendation, now: float) -> dict[str, Any]:
+    """The JSON KEDA's metrics-api scaler reads (``valueLocation: desired_replicas``)."""
+    return {
+        "pool": state.pool,
+        "desired_replicas": rec.desired,
+        "current_replicas": rec.current,
+        "raw_desired_replicas": rec.raw_desired,
+        "driver": rec.driver,
+        "pressure": state.pressure,
+        "saturated": list(state.saturated),
+        "signals": {
+            d.signal: {
+                "observed": d.observed,
+                "target": d.target,
+                "ratio": round(d.ratio, 6),
+                "desired": d.desired,
+            }
+            for d in rec.desires
+        },
+        "evaluated_at": now,
+    }

@@ -1,0 +1,157 @@
+"""The storage protocol every backend implements, and the values that cross it.
+
+A backend holds state and performs each decision as one atomic operation: ``reserve``
+(rate, concurrency lease, budgets and fair share checked and charged together), ``settle``
+(estimate replaced by the actual cost everywhere it was charged), ``usage`` (a read).
+The arithmetic is that of :mod:`throttle.algorithms`; the backend only makes it atomic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from throttle.algorithms.fairshare import FairParams
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """Everything one admission needs; times are epoch seconds from the injected clock."""
+
+    reservation_id: str
+    tenant: str
+    pool: str
+    cost: float
+    now: float
+    rate_per_s: float
+    burst: float
+    concurrency: int
+    lease_expires_at: float
+    record_expires_at: float
+    day_key: str
+    day_end: float
+    daily_budget: float
+    month_key: str
+    month_end: float
+    monthly_budget: float
+    weight: float
+    fair: FairParams
+    prompt_price: float = 0.0  # cost units per token, locked in for settle
+    completion_price: float = 0.0
+    cached_factor: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a backend answers to a reservation."""
+
+    allowed: bool
+    reason: str  # "" | rate | concurrency | budget | fair_share
+    retry_after_s: float
+    remaining: float  # cost units left in the burst bucket
+    reset_s: float  # seconds until the bucket is full
+    in_flight: int
+    day_spent: float
+    month_spent: float
+    fair_counter: float = 0.0
+    fair_floor: float | None = None
+    detail: str = ""  # e.g. daily | monthly for a budget refusal
+
+
+@dataclass(frozen=True, slots=True)
+class SettleUsage:
+    """The actual usage of a finished request."""
+
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of settling a reservation."""
+
+    reservation_id: str
+    tenant: str
+    pool: str
+    estimate: float
+    actual: float
+    duplicate: bool = False  # this reservation was already settled; nothing changed
+
+    @property
+    def delta(self) -> float:
+        return self.actual - self.estimate
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRequest:
+    """A read of a tenant's state."""
+
+    tenant: str
+    now: float
+    rate_per_s: float
+    burst: float
+    day_key: str
+    month_key: str
+    pools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A tenant's current state."""
+
+    remaining: float
+    reset_s: float
+    in_flight: int
+    day_spent: float
+    month_spent: float
+    fair_counters: dict[str, float] = field(default_factory=dict)
+
+
+class Storage(Protocol):
+    """State backend: in-process memory or Redis (see :func:`throttle.storage.from_uri`)."""
+
+    name: str
+
+    async def reserve(self, request: ReserveRequest) -> Decision: ...
+
+    async def settle(self, reservation_id: str, used: SettleUsage, now: float) -> Settlement | None:
+        """Price ``used`` at the reservation's locked-in prices and replace the estimate.
+
+        None when the reservation is unknown (never made, or its record expired).
+        """
+        ...
+
+    async def has_reservation(self, reservation_id: str) -> bool: ...
+
+    async def usage(self, request: UsageRequest) -> Usage: ...
+
+    async def put_signal(self, pool: str, replica: str, payload: dict[str, Any], ts: float) -> None:
+        """Keep the latest engine signals of one replica."""
+        ...
+
+    async def signals(self, pool: str, since: float) -> list[dict[str, Any]]:
+        """Latest signals of every replica of ``pool`` pushed at or after ``since``."""
+        ...
+
+    async def pools(self) -> list[str]:
+        """Pools that have signals."""
+        ...
+
+    async def record_recommendation(
+        self, pool: str, ts: float, value: int, keep_s: float
+    ) -> list[tuple[float, int]]:
+        """Append a raw replica recommendation and return those within ``keep_s``."""
+        ...
+
+    async def put_policy(self, text: str) -> int:
+        """Store a policy document for every throttle replica; returns its new version."""
+        ...
+
+    async def get_policy(self) -> tuple[int, str] | None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`throttle.errors.StorageUnavailable` when unreachable."""
+        ...
+
+    async def close(self) -> None: ...

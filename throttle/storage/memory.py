@@ -1,0 +1,263 @@
+"""In-process state (``memory://``): the default, and the local fallback when Redis is down.
+
+Every operation runs to completion without awaiting, so on one event loop it is atomic.
+Expired reservation records are swept lazily from a heap; budget counters of past windows
+are dropped when read after their window ended.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+from throttle.algorithms import budgets, fairshare, gcra, leases
+from throttle.algorithms.costs import usage_cost
+from throttle.storage.base import (
+    Decision,
+    ReserveRequest,
+    Settlement,
+    SettleUsage,
+    Usage,
+    UsageRequest,
+)
+
+SWEEP_BATCH = 64
+FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fair-share table
+WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
+
+
+@dataclass(slots=True)
+class _Record:
+    tenant: str
+    pool: str
+    estimate: float
+    weight: float
+    rate_per_s: float
+    day_key: str
+    month_key: str
+    expires_at: float
+    prompt_price: float
+    completion_price: float
+    cached_factor: float
+    settled: bool = False
+    actual: float = 0.0
+
+
+class MemoryStorage:
+    """All throttle state in dictionaries of this process."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+        self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
+        self._fair: dict[str, dict[str, float]] = {}
+        self._seen: dict[str, dict[str, float]] = {}
+        self._records: dict[str, _Record] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
+        self._history: dict[str, list[tuple[float, int]]] = {}
+        self._policy: tuple[int, str] | None = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _spent(self, tenant: str, key: str, now: float) -> float:
+        entry = self._spend.get((tenant, key))
+        if entry is None:
+            return 0.0
+        if entry[1] <= now:
+            del self._spend[(tenant, key)]
+            return 0.0
+        return entry[0]
+
+    def _add_spend(self, tenant: str, key: str, amount: float, expires: float) -> float:
+        spent, old_exp = self._spend.get((tenant, key), (0.0, expires))
+        value = spent + amount
+        self._spend[(tenant, key)] = (value, max(old_exp, expires))
+        return value
+
+    def _sweep(self, now: float) -> None:
+        heap = self._expiry
+        for _ in range(SWEEP_BATCH):
+            if not heap or heap[0][0] > now:
+                return
+            _, rid = heapq.heappop(heap)
+            record = self._records.pop(rid, None)
+            if record is not None:
+                held = self._leases.get(record.tenant)
+                if held is not None:
+                    held.pop(rid, None)
+                    if not held:
+                        del self._leases[record.tenant]
+
+    def _active(
+        self, pool: str, tenant: str, now: float, window: float
+    ) -> tuple[bool, float | None]:
+        seen = self._seen.setdefault(pool, {})
+        counters = self._fair.setdefault(pool, {})
+        horizon = now - window
+        forget = now - window * FORGET_FACTOR
+        was_active = seen.get(tenant, -1.0) >= horizon
+        active: list[tuple[str, float]] = []
+        stale: list[str] = []
+        for name, ts in seen.items():
+            if ts >= horizon:
+                active.append((name, counters.get(name, 0.0)))
+            elif ts < forget:
+                stale.append(name)
+        for name in stale:
+            del seen[name]
+            counters.pop(name, None)
+        return was_active, fairshare.min_active(active, tenant)
+
+    # -- decisions -----------------------------------------------------------------------
+    async def reserve(self, r: ReserveRequest) -> Decision:
+        now = r.now
+        self._sweep(now)
+        held = self._leases.get(r.tenant)
+        if held is None:
+            held = self._leases[r.tenant] = {}
+        leases.purge(held, now)
+        day = self._spent(r.tenant, r.day_key, now)
+        month = self._spent(r.tenant, r.month_key, now)
+        tat = self._tat.get(r.tenant, now)
+        fair = r.fair
+        counters = self._fair.setdefault(r.pool, {})
+        was_active, floor = self._active(r.pool, r.tenant, now, fair.active_window_s)
+        own = fairshare.lift(counters.get(r.tenant, 0.0), was_active, floor)
+        counters[r.tenant] = own
+        self._seen[r.pool][r.tenant] = now
+
+        def deny(reason: str, retry: float, detail: str = "") -> Decision:
+            remaining, reset = gcra.state(tat, now, r.rate_per_s, r.burst)
+            return Decision(
+                False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail
+            )
+
+        if not budgets.fits(day, r.cost, r.daily_budget):
+            return deny("budget", r.day_end - now, "daily")
+        if not budgets.fits(month, r.cost, r.monthly_budget):
+            return deny("budget", r.month_end - now, "monthly")
+        if not leases.has_slot(len(held), r.concurrency):
+            return deny("concurrency", leases.retry_after(held, now))
+        rate = gcra.check(tat, now, r.cost, r.rate_per_s, r.burst)
+        if not rate.allowed:
+            return deny("rate", rate.retry_after_s)
+        if not fairshare.admits(own, floor, fair):
+            return deny("fair_share", fair.retry_s)
+        # admit: charge everything
+        if r.rate_per_s > 0:
+            self._tat[r.tenant] = rate.tat
+        held[r.reservation_id] = r.lease_expires_at
+        day = self._add_spend(r.tenant, r.day_key, r.cost, r.day_end + WINDOW_GRACE_S)
+        month = self._add_spend(r.tenant, r.month_key, r.cost, r.month_end + WINDOW_GRACE_S)
+        own = fairshare.charge(own, r.cost, r.weight, floor, fair.max_lead)
+        counters[r.tenant] = own
+        self._records[r.reservation_id] = _Record(
+            r.tenant,
+            r.pool,
+            r.cost,
+            r.weight,
+            r.rate_per_s,
+            r.day_key,
+            r.month_key,
+            r.record_expires_at,
+            r.prompt_price,
+            r.completion_price,
+            r.cached_factor,
+        )
+        heapq.heappush(self._expiry, (r.record_expires_at, r.reservation_id))
+        return Decision(
+            True, "", 0.0, rate.remaining, rate.reset_s, len(held), day, month, own, floor
+        )
+
+    async def settle(self, reservation_id: str, used: SettleUsage, now: float) -> Settlement | None:
+        record = self._records.get(reservation_id)
+        if record is None or record.expires_at <= now:
+            return None
+        if record.settled:
+            return Settlement(
+                reservation_id, record.tenant, record.pool, record.estimate, record.actual, True
+            )
+        actual = usage_cost(
+            used.prompt_tokens,
+            used.cached_prompt_tokens,
+            used.completion_tokens,
+            record.prompt_price,
+            record.completion_price,
+            record.cached_factor,
+        )
+        delta = actual - record.estimate
+        if record.rate_per_s > 0:
+            tat = self._tat.get(record.tenant, now)
+            self._tat[record.tenant] = gcra.adjust(tat, now, delta, record.rate_per_s)
+        for key in (record.day_key, record.month_key):
+            entry = self._spend.get((record.tenant, key))
+            if entry is not None:
+                self._spend[(record.tenant, key)] = (max(0.0, entry[0] + delta), entry[1])
+        counters = self._fair.get(record.pool)
+        if counters is not None and record.tenant in counters:
+            counters[record.tenant] = max(0.0, counters[record.tenant] + delta / record.weight)
+        held = self._leases.get(record.tenant)
+        if held is not None:
+            held.pop(reservation_id, None)
+        record.settled = True
+        record.actual = actual
+        return Settlement(reservation_id, record.tenant, record.pool, record.estimate, actual)
+
+    async def has_reservation(self, reservation_id: str) -> bool:
+        return reservation_id in self._records
+
+    async def usage(self, q: UsageRequest) -> Usage:
+        held = self._leases.get(q.tenant, {})
+        leases.purge(held, q.now)
+        remaining, reset = gcra.state(self._tat.get(q.tenant, q.now), q.now, q.rate_per_s, q.burst)
+        counters = {
+            pool: self._fair[pool][q.tenant]
+            for pool in q.pools
+            if q.tenant in self._fair.get(pool, {})
+        }
+        return Usage(
+            remaining,
+            reset,
+            len(held),
+            self._spent(q.tenant, q.day_key, q.now),
+            self._spent(q.tenant, q.month_key, q.now),
+            counters,
+        )
+
+    # -- signals, autoscale history, policy ----------------------------------------------
+    async def put_signal(self, pool: str, replica: str, payload: dict[str, Any], ts: float) -> None:
+        self._signals.setdefault(pool, {})[replica] = (ts, payload)
+
+    async def signals(self, pool: str, since: float) -> list[dict[str, Any]]:
+        replicas = self._signals.get(pool, {})
+        for name in [n for n, (ts, _) in replicas.items() if ts < since]:
+            del replicas[name]
+        return [payload for _, payload in replicas.values()]
+
+    async def pools(self) -> list[str]:
+        return sorted(self._signals)
+
+    async def record_recommendation(
+        self, pool: str, ts: float, value: int, keep_s: float
+    ) -> list[tuple[float, int]]:
+        history = [(t, v) for t, v in self._history.get(pool, []) if t >= ts - keep_s]
+        history.append((ts, value))
+        self._history[pool] = history
+        return list(history)
+
+    async def put_policy(self, text: str) -> int:
+        version = (self._policy[0] if self._policy else 0) + 1
+        self._policy = (version, text)
+        return version
+
+    async def get_policy(self) -> tuple[int, str] | None:
+        return self._policy
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
