@@ -121,3 +121,21 @@ def promtool_check(exposition: str) -> tuple[int, list[str]]:
     )
     findings = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return proc.returncode, findings
+
+
+# promtool lint findings of real vLLM 0.32 (kept by the conformance suite, which checks them
+# against real vLLM): `:` in every vllm: name, and `vllm:iteration_tokens_total`, a histogram
+# named like a counter. Expositions reusing vLLM's names may get a subset of these, no more.
+VLLM_PROMTOOL_BASELINE = REPO / "tests" / "serving" / "conformance" / "promtool_baseline.txt"
+
+
+def vllm_promtool_findings() -> frozenset[str]:
+    """The promtool findings real vLLM's /metrics gets, one string per finding line."""
+    lines = VLLM_PROMTOOL_BASELINE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line.strip() and not line.startswith("#"))
+
+
+@pytest.fixture(scope="session")
+def vllm_promtool_baseline() -> frozenset[str]:
+    """Findings allowed by real vLLM's precedent: assert ``set(findings) <= baseline``."""
+    return vllm_promtool_findings()
