@@ -96,6 +96,7 @@ class Spool:
             if self.ack_pos.segment < 1:
                 self.ack_pos = Position(1, 0)
         self._active = max(self._sizes)
+        (self.dir / _segment_name(self._active)).touch()
         self._repair_tail()
         self.pending = self._count_pending()
         self._fh = open(self.dir / _segment_name(self._active), "ab")  # noqa: SIM115

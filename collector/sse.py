@@ -1,7 +1,9 @@
 """Cheap accounting of an OpenAI/vLLM server-sent-event stream, chunk by chunk.
 
-Per chunk the scanner only looks for frame boundaries and a few byte patterns: a frame is a
-*content frame* (one token step) when it carries a non-empty delta; only frames that mention
+Per chunk the scanner only looks for frame boundaries and a few byte patterns: every frame
+with a choice is one generation step (vLLM sends one per engine step; a step whose text the
+detokenizer holds back, e.g. half a UTF-8 character, arrives with empty text), except the
+chat role frame that precedes the first token. Only frames that mention
 ``"usage"`` are JSON-parsed (normally just the last one), and ``finish_reason`` is read with a
 byte search. No frame is decoded otherwise and nothing is tokenised.
 
@@ -20,7 +22,9 @@ import orjson
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
-_EMPTY_MARKERS = (b'"content":""', b'"text":""', b'"delta":{}')
+_ROLE = b'"role":"'
+_CONTENT = b'"content":'
+_NO_CONTENT = (b'"content":""', b'"content":null')
 _FINISH = b'"finish_reason":"'
 _MAX_TAIL = 4 * 1024 * 1024  # a "frame" this long without a blank line is not SSE; stop holding
 
@@ -107,7 +111,7 @@ class SseScanner:
             usage_only = self._usage(payload)
             if usage_only:
                 return self.strip_usage
-        if b'"choices":[{' in payload and not any(m in payload for m in _EMPTY_MARKERS):
+        if b'"choices":[{' in payload and not _role_only(payload):
             self.token_times.append(now)
         if _FINISH in payload:
             start = payload.find(_FINISH) + len(_FINISH)
@@ -128,6 +132,13 @@ class SseScanner:
         if isinstance(usage, dict):
             apply_usage(self, usage)
         return isinstance(usage, dict) and not obj.get("choices")
+
+
+def _role_only(payload: bytes) -> bool:
+    """The chat role frame vLLM sends before the first token (carries no token)."""
+    if _ROLE not in payload:
+        return False
+    return _CONTENT not in payload or any(m in payload for m in _NO_CONTENT)
 
 
 def apply_usage(target: Any, usage: dict[str, Any]) -> None:

@@ -76,8 +76,10 @@ class ScriptedEngine:
     async def _generate(
         self, path: str, headers: dict[str, str], raw: bytes, receive: Any, send: Any
     ) -> None:
-        if "x-test-hang" in headers:
-            await asyncio.sleep(3600)
+        if "x-test-hang" in headers:  # answer nothing until the client gives up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
         try:
             body = json.loads(raw)
         except ValueError:
@@ -138,10 +140,10 @@ class ScriptedEngine:
                         "finish_reason": finish}  # fmt: skip
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
-        first = content("", None)
-        if chat:
+        if chat:  # vLLM's role frame precedes the first token; completions have none
+            first = content("", None)
             first["delta"] = {"role": "assistant", "content": ""}
-        await send({"type": "http.response.body", "body": frame(first), "more_body": True})
+            await send({"type": "http.response.body", "body": frame(first), "more_body": True})
         sent = 0
         for i, word in enumerate(words):
             if delay:
