@@ -51,7 +51,8 @@ class EngineLoop:
         *,
         time_scale: float,
         sleep: Sleep = asyncio.sleep,
-        max_idle_yield_steps: int = 1,
+        wall: Callable[[], float] = time.monotonic,
+        yield_interval_s: float = 0.01,
     ) -> None:
         if time_scale < 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
@@ -61,7 +62,8 @@ class EngineLoop:
         self._wake = asyncio.Event()
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
-        self.max_idle_yield_steps = max_idle_yield_steps
+        self.wall = wall
+        self.yield_interval_s = yield_interval_s
 
     def wake(self) -> None:
         """Tell the loop new work arrived (call after ``engine.add``)."""
@@ -81,13 +83,22 @@ class EngineLoop:
     async def run(self) -> None:
         """Step until stopped; wait for :meth:`wake` while idle."""
         engine = self.engine
+        wall = self.wall
+        last_yield = wall()
         while not self._stopped:
             step = engine.schedule()
             if step is None:
                 self._wake.clear()
                 await self._wake.wait()
+                last_yield = wall()
                 continue
-            await self.sleep(self._delay(step.end))
+            delay = self._delay(step.end)
+            if delay > 0:
+                await self.sleep(delay)
+                last_yield = wall()
+            elif wall() - last_yield >= self.yield_interval_s:
+                await self.sleep(0)
+                last_yield = wall()
             engine.complete(step)
 
     def _delay(self, step_end: float) -> float:

@@ -107,7 +107,7 @@ class SimulatorApp:
             max_num_batched_tokens=settings.max_num_batched_tokens,
             clock=model_clock(settings.time_scale, wall),
         )
-        self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep)
+        self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep, wall=wall)
         self.rng = random.Random(settings.seed)
         self.length = OutputLength(settings.output_tokens_median, settings.output_tokens_sigma)
         self.created = int(epoch())

@@ -1,0 +1,126 @@
+"""Simulator throughput: concurrent streams and streamed chunks per second on loopback.
+
+Run: ``./dev.sh bench -k simulator`` (or ``.venv/bin/pytest tests/benchmarks/
+test_simulator_throughput.py -s``). The simulator runs as its own process (as in a load
+test), the client is a bounded aiohttp load generator in this process; both share the
+machine's cores. Figures are printed, never asserted against a time budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+
+@dataclass
+class LoadResult:
+    streams: int
+    requests: int
+    chunks: int
+    tokens: int
+    wall_s: float
+    peak_concurrent: int
+    errors: int
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.wall_s
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label}: {self.streams} concurrent streams, {self.requests} requests, "
+            f"{self.chunks} chunks in {self.wall_s:.2f} s = {self.chunks_per_s:,.0f} chunks/s, "
+            f"peak {self.peak_concurrent} open streams, {self.errors} errors"
+        )
+
+
+async def run_load(url: str, streams: int, requests_per_stream: int, max_tokens: int) -> LoadResult:
+    """``streams`` workers, each sending ``requests_per_stream`` streaming requests in turn."""
+    chunks = tokens = errors = 0
+    open_now = peak = 0
+    body = {
+        "model": "sim",
+        "prompt": "Measure the simulator under a bounded load test on loopback.",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal chunks, tokens, errors, open_now, peak
+        for _ in range(requests_per_stream):
+            async with session.post(f"{url}/v1/completions", json=body) as resp:
+                if resp.status != 200:
+                    errors += 1
+                    continue
+                open_now += 1
+                peak = max(peak, open_now)
+                tail = b""
+                async for data in resp.content.iter_any():
+                    chunks += data.count(b"data: ")
+                    tail = (tail + data)[-64:]
+                open_now -= 1
+                if not tail.endswith(b"data: [DONE]\n\n"):
+                    errors += 1
+                tokens += max_tokens
+
+    connector = aiohttp.TCPConnector(limit=streams)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(streams)))
+        wall = time.perf_counter() - start
+    return LoadResult(streams, streams * requests_per_stream, chunks, tokens, wall, peak, errors)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def simulator(request: pytest.FixtureRequest) -> Iterator[str]:
+    root = request.config.pluginmanager.get_plugin(str(REPO / "tests" / "conftest.py"))
+    time_scale = getattr(request, "param", "0")
+    port = root.free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "serving", "engine", "simulate", "--port", str(port),
+            "--served-model-name", "sim", "--max-num-seqs", "1024", "--max-model-len", "4096",
+            "--time-scale", time_scale,
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        root.wait_http(f"http://127.0.0.1:{port}/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("simulator", ["0"], indirect=True)
+@pytest.mark.parametrize("streams", [300, 500])
+def test_fast_mode_throughput(simulator: str, streams: int) -> None:
+    """Time scale 0: the simulator as fast as it can go (the load generator shares the CPU)."""
+    result = asyncio.run(run_load(simulator, streams, requests_per_stream=3, max_tokens=128))
+    print("\n" + result.line(f"time-scale 0, max_tokens 128, {streams} streams"))
+    assert result.errors == 0
+    assert result.peak_concurrent >= streams * 0.9
+
+
+@pytest.mark.parametrize("simulator", ["1"], indirect=True)
+def test_real_time_throughput(simulator: str) -> None:
+    """Time scale 1: Llama-3.1-8B bf16 on one H100 as modelled, 300 concurrent streams."""
+    result = asyncio.run(run_load(simulator, 300, requests_per_stream=1, max_tokens=256))
+    print("\n" + result.line("time-scale 1 (H100, llama-3.1-8b), max_tokens 256, 300 streams"))
+    assert result.errors == 0
