@@ -1,0 +1,39 @@
+"""Gateway fixtures: the real embedding model (loaded once), free ports, a metering contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from gateway_fixtures import MODEL, MeteringContract
+
+from serving.gateway.embeddings.local import LocalEmbedder
+
+
+def root_conftest(config: pytest.Config) -> ModuleType:
+    """tests/conftest.py as pytest loaded it."""
+    path = Path(__file__).resolve().parents[2] / "conftest.py"
+    module = config.pluginmanager.get_plugin(str(path))
+    assert isinstance(module, ModuleType)
+    return module
+
+
+@pytest.fixture
+def free_port(pytestconfig: pytest.Config) -> Callable[[], int]:
+    port: Callable[[], int] = root_conftest(pytestconfig).free_port
+    return port
+
+
+@pytest.fixture(scope="session")
+def embedder() -> LocalEmbedder:
+    """The real MiniLM, loaded once."""
+    return LocalEmbedder()
+
+
+@pytest.fixture
+def metering_contract() -> Iterator[MeteringContract]:
+    yield MeteringContract(
+        rates={MODEL: {"usd_per_prompt_token": 1e-6, "usd_per_completion_token": 4e-6}}
+    )
