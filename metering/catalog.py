@@ -84,16 +84,16 @@ class Catalog:
             raise CatalogError(f"no {pricing} price", field=f"gpus.{entry.name}.{pricing}")
         return entry.prices[pricing] * self.fraction(gpu, mig_profile)
 
-    def price_rows(self) -> list[tuple[str, str, str, str, float]]:
-        """``(gpu key, lookup name, mig_profile, pricing, usd_per_hour)`` for SQL joins."""
-        rows: list[tuple[str, str, str, str, float]] = []
+    def price_rows(self) -> list[tuple[str, str, str, str, float, float]]:
+        """``(gpu, lookup name, mig_profile, pricing, fraction, usd_per_hour)`` for SQL joins."""
+        rows: list[tuple[str, str, str, str, float, float]] = []
         for gpu in self.gpus.values():
             names = {gpu.name.lower(), *(a.lower() for a in gpu.aliases)}
             profiles = {"": 1.0, **gpu.mig}
             for tier, price in gpu.prices.items():
                 for lookup in sorted(names):
                     for profile, frac in profiles.items():
-                        rows.append((gpu.name, lookup, profile, tier, price * frac))
+                        rows.append((gpu.name, lookup, profile, tier, frac, price * frac))
         return rows
 
 

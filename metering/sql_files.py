@@ -45,4 +45,4 @@ def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _strip_strings(sql: str) -> str:
-    return re.sub(r"'(?:[^']|'')*'", "''", sql)
+    return re.sub(r"'(?:[^']|'')*'|--[^\n]*", "''", sql)

@@ -1,0 +1,277 @@
+"""Cost allocation: the replica's cost per window, split over the requests active in it.
+
+The arithmetic lives in ``sql/allocate.sql`` (set-based, no per-request Python); this module
+registers the inputs (price catalog, configured replicas, managed prices), runs the steps in
+order, chooses the calibration (:mod:`metering.calibration`) and writes the results for one
+range of windows in one transaction, replacing whatever an earlier run wrote for that range.
+Re-running a range is therefore idempotent, and late records are picked up by re-running it.
+
+Invariant (tested with hypothesis): in every replica-window, the requests' costs plus the idle
+cost equal the replica's cost exactly, in integer micro-dollars; no request's cost is negative.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+
+from metering import calibration
+from metering.catalog import Catalog
+from metering.errors import QueryError, StorageError
+from metering.settings import ReplicaSettings
+from metering.sql_files import bind, query
+from metering.store import Store
+
+HOUR_US = 3_600_000_000
+SAMPLE_LOOKBACK_US = 600_000_000
+
+
+@dataclass(slots=True)
+class AllocationResult:
+    """Summary of one allocation run."""
+
+    range_start: datetime
+    range_end: datetime
+    replica_windows: int = 0
+    request_windows: int = 0
+    unpriced_requests: int = 0
+    cost_micro: int = 0
+    idle_micro: int = 0
+    duration_s: float = 0.0
+    calibrations: list[calibration.Calibration] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "range_start": self.range_start.isoformat() + "Z",
+            "range_end": self.range_end.isoformat() + "Z",
+            "replica_windows": self.replica_windows,
+            "request_windows": self.request_windows,
+            "unpriced_requests": self.unpriced_requests,
+            "cost_usd": self.cost_micro / 1e6,
+            "idle_usd": self.idle_micro / 1e6,
+            "duration_s": round(self.duration_s, 3),
+            "calibrations": [c.to_json() for c in self.calibrations],
+        }
+
+
+def epoch_us(value: datetime) -> int:
+    """Microseconds since the epoch of a naive-UTC or aware datetime."""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return int(aware.timestamp()) * 1_000_000 + aware.microsecond
+
+
+def from_us(value: int) -> datetime:
+    """Naive UTC datetime from epoch microseconds."""
+    return datetime.fromtimestamp(value / 1e6, tz=UTC).replace(tzinfo=None)
+
+
+def _price_table(catalog: Catalog) -> pa.Table:
+    rows = catalog.price_rows()
+    names = ["gpu", "lookup", "mig_profile", "pricing", "fraction", "usd_per_hour"]
+    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+
+def _replica_table(replicas: Mapping[str, ReplicaSettings]) -> pa.Table:
+    items = sorted(replicas.items())
+    return pa.table(
+        {
+            "replica": pa.array([n for n, _ in items], pa.string()),
+            "gpu": pa.array([r.gpu for _, r in items], pa.string()),
+            "mig_profile": pa.array([r.mig_profile for _, r in items], pa.string()),
+            "count": pa.array([r.count for _, r in items], pa.int64()),
+            "pool": pa.array([r.pool for _, r in items], pa.string()),
+            "pricing": pa.array([r.pricing for _, r in items], pa.string()),
+            "model": pa.array([r.model for _, r in items], pa.string()),
+        }
+    )
+
+
+def _managed_table(catalog: Catalog) -> pa.Table:
+    rows: dict[str, tuple[float, float]] = {}
+    for name, price in sorted(catalog.managed.items()):
+        rows.setdefault(name.split("/", 1)[-1], (price.input_per_mtok, price.output_per_mtok))
+    for name, price in catalog.managed.items():
+        rows[name] = (price.input_per_mtok, price.output_per_mtok)
+    return pa.table(
+        {
+            "model": pa.array(list(rows), pa.string()),
+            "input_per_mtok": pa.array([v[0] for v in rows.values()], pa.float64()),
+            "output_per_mtok": pa.array([v[1] for v in rows.values()], pa.float64()),
+        }
+    )
+
+
+class Allocator:
+    """Runs allocation over ranges of windows of one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        *,
+        window_s: int = 60,
+        replicas: Mapping[str, ReplicaSettings] | None = None,
+        price_energy: bool = False,
+        now: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if 3600 % window_s:
+            raise QueryError("window_s", "must divide 3600 (windows align with hours)")
+        self.store = store
+        self.catalog = catalog
+        self.window_us = window_s * 1_000_000
+        self.replicas = dict(replicas or {})
+        self.price_energy = price_energy
+        self.now = now
+        self.clock = clock
+
+    def run(self, since: datetime, until: datetime) -> AllocationResult:
+        """Allocate every window in ``[since, until)`` (since aligned down to the hour, until
+        down to the window) and replace earlier results for that range."""
+        w_since = (epoch_us(since) // HOUR_US) * HOUR_US // self.window_us
+        w_until = epoch_us(until) // self.window_us
+        result = AllocationResult(
+            from_us(w_since * self.window_us), from_us(max(w_until, w_since) * self.window_us)
+        )
+        if w_until <= w_since:
+            return result
+        started = self.clock()
+        params = {
+            "w_since": w_since,
+            "w_until": w_until,
+            "window_us": self.window_us,
+            "lookback_us": SAMPLE_LOOKBACK_US,
+            "overhead": self.catalog.overhead_multiplier,
+            "usd_per_kwh": self.catalog.energy_usd_per_kwh,
+            "price_energy": self.price_energy,
+        }
+        cur = self.store.cursor()
+        try:
+            cur.register("price_catalog", _price_table(self.catalog))
+            cur.register("replica_config", _replica_table(self.replicas))
+            cur.register("managed_prices", _managed_table(self.catalog))
+            for step in ("capacity", "requests", "request_windows", "busy"):
+                self._exec(cur, step, params)
+            result.calibrations = self._calibrate(cur, result)
+            self._exec(cur, "shares", params)
+            self._write(cur, params, result, started)
+        except duckdb.Error as exc:
+            raise StorageError(f"allocation failed: {exc}") from exc
+        finally:
+            cur.close()
+        result.duration_s = self.clock() - started
+        return result
+
+    @staticmethod
+    def _exec(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, object]) -> None:
+        sql = query("allocate", name)
+        cur.execute(sql, bind(sql, params))
+
+    def _calibrate(
+        self, cur: duckdb.DuckDBPyConnection, result: AllocationResult
+    ) -> list[calibration.Calibration]:
+        sums = {
+            row[0]: calibration.Sums(*row[1:])
+            for row in cur.execute(query("allocate", "calibration_sums")).fetchall()
+        }
+        models = [r[0] for r in cur.execute("SELECT DISTINCT model FROM alloc_req").fetchall()]
+        previous = {
+            row[0]: calibration.Calibration(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+            for row in cur.execute(query("reports", "latest_fit_calibration")).fetchall()
+        }
+        chosen = [
+            calibration.choose(m, sums.get(m), previous.get(m)) for m in sorted(set(models))
+        ]
+        cur.register(
+            "alloc_weights",
+            pa.table(
+                {
+                    "model": pa.array([c.model for c in chosen], pa.string()),
+                    "a": pa.array([c.prefill_s_per_token for c in chosen], pa.float64()),
+                    "b": pa.array([c.decode_s_per_token for c in chosen], pa.float64()),
+                }
+            ),
+        )
+        return chosen
+
+    def _write(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        params: dict[str, object],
+        result: AllocationResult,
+        started: float,
+    ) -> None:
+        now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
+        unpriced = cur.execute(
+            "SELECT count(DISTINCT request_id) FROM alloc_rw rw WHERE NOT EXISTS "
+            "(SELECT 1 FROM alloc_capacity c WHERE c.priced AND c.replica = rw.replica "
+            "AND c.w = rw.w)"
+        ).fetchone()
+        result.unpriced_requests = int(unpriced[0]) if unpriced else 0
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            for step in (
+                "clear_request_windows",
+                "clear_replica_windows",
+                "insert_replica_windows",
+                "insert_request_windows",
+                "insert_managed",
+                "clear_hourly",
+                "insert_hourly",
+            ):
+                self._exec(cur, step, params)
+            totals = cur.execute(
+                "SELECT count(*), coalesce(sum(cost_micro), 0), coalesce(sum(idle_micro), 0) "
+                "FROM replica_window WHERE window_start >= make_timestamp($a) "
+                "AND window_start < make_timestamp($b)",
+                {
+                    "a": params["w_since"] * self.window_us,  # type: ignore[operator]
+                    "b": params["w_until"] * self.window_us,  # type: ignore[operator]
+                },
+            ).fetchone()
+            rw = cur.execute("SELECT count(*) FROM alloc_share").fetchone()
+            result.replica_windows, result.cost_micro, result.idle_micro = (
+                (int(totals[0]), int(totals[1]), int(totals[2])) if totals else (0, 0, 0)
+            )
+            result.request_windows = int(rw[0]) if rw else 0
+            for c in result.calibrations:
+                cur.execute(
+                    "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        c.model,
+                        now,
+                        result.range_start,
+                        result.range_end,
+                        c.windows,
+                        c.prefill_s_per_token,
+                        c.decode_s_per_token,
+                        c.r2,
+                        c.rmse_s,
+                        c.source,
+                    ],
+                )
+            cur.execute(
+                "INSERT INTO allocation_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    result.range_start,
+                    result.range_end,
+                    now,
+                    self.clock() - started,
+                    result.replica_windows,
+                    result.request_windows,
+                    result.unpriced_requests,
+                    result.cost_micro,
+                    result.idle_micro,
+                ],
+            )
+            cur.execute("COMMIT")
+        except duckdb.Error:
+            cur.execute("ROLLBACK")
+            raise
+        for table in ("alloc_capacity", "alloc_req", "alloc_rw", "alloc_busy", "alloc_share"):
+            cur.execute(f"DROP TABLE IF EXISTS {table}")

@@ -1,0 +1,259 @@
+-- Cost allocation over one range of windows [$w_since::BIGINT, $w_until::BIGINT) (window index = epoch
+-- microseconds // $window_us::BIGINT). Temp tables in order; see docs/metering.md "Allocation".
+-- Inputs registered by metering/allocation.py: price_catalog, replica_config, managed_prices.
+
+-- name: capacity
+-- Each replica's priced capacity per window: GPUs / MIG slices seen in its GPU samples, or,
+-- for configured replicas without samples in the range, the configured count for every window.
+CREATE OR REPLACE TEMP TABLE alloc_capacity AS
+WITH s AS (
+    SELECT replica, node, gpu_uuid, mig_uuid, lower(gpu_model) AS gpu_lookup, mig_profile, ts,
+           epoch_us(ts) // $window_us::BIGINT AS w,
+           energy_j - lag(energy_j) OVER (
+               PARTITION BY node, gpu_uuid, mig_uuid ORDER BY ts) AS de
+    FROM gpu_samples
+    WHERE replica <> '' AND ts >= make_timestamp($w_since::BIGINT * $window_us::BIGINT - $lookback_us::BIGINT)
+      AND ts < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+), dev AS (
+    SELECT replica, w, node, gpu_uuid, mig_uuid, any_value(gpu_lookup) AS gpu_lookup,
+           any_value(mig_profile) AS mig_profile, sum(greatest(coalesce(de, 0), 0)) AS de
+    FROM s
+    WHERE w >= $w_since::BIGINT AND w < $w_until::BIGINT
+    GROUP BY replica, w, node, gpu_uuid, mig_uuid
+), sampled AS (
+    SELECT d.replica, d.w,
+           coalesce(any_value(rc.pool), '') AS pool,
+           coalesce(any_value(rc.model), '') AS model,
+           coalesce(min(pc.gpu), min(d.gpu_lookup)) AS gpu,
+           coalesce(any_value(rc.pricing), 'on_demand') AS pricing,
+           sum(coalesce(pc.fraction, 0)) AS gpu_equiv,
+           sum(d.de * coalesce(pc.fraction, 1)) AS energy_j,
+           sum(pc.usd_per_hour) * $window_us::BIGINT / 3.6e9 AS capacity_usd,
+           bool_and(pc.usd_per_hour IS NOT NULL) AS priced
+    FROM dev d
+    LEFT JOIN replica_config rc ON rc.replica = d.replica
+    LEFT JOIN price_catalog pc
+        ON pc.lookup = d.gpu_lookup AND pc.mig_profile = d.mig_profile
+       AND pc.pricing = coalesce(rc.pricing, 'on_demand')
+    GROUP BY d.replica, d.w
+), configured AS (
+    SELECT rc.replica, t.w, rc.pool, rc.model, coalesce(pc.gpu, rc.gpu) AS gpu, rc.pricing,
+           rc.count * coalesce(pc.fraction, 0) AS gpu_equiv, 0.0 AS energy_j,
+           rc.count * pc.usd_per_hour * $window_us::BIGINT / 3.6e9 AS capacity_usd,
+           pc.usd_per_hour IS NOT NULL AS priced
+    FROM replica_config rc
+    CROSS JOIN (SELECT unnest(range($w_since::BIGINT, $w_until::BIGINT)) AS w) t
+    LEFT JOIN price_catalog pc
+        ON pc.lookup = lower(rc.gpu) AND pc.mig_profile = rc.mig_profile
+       AND pc.pricing = rc.pricing
+    WHERE rc.replica NOT IN (SELECT DISTINCT replica FROM dev)
+), unioned AS (
+    SELECT * FROM sampled UNION ALL SELECT * FROM configured
+)
+SELECT replica, w, pool, model, gpu, pricing, gpu_equiv, $window_us::BIGINT / 1e6 AS provisioned_s,
+       energy_j, coalesce(capacity_usd, 0) AS capacity_usd,
+       CASE WHEN $price_energy THEN energy_j / 3.6e6 * $usd_per_kwh ELSE 0 END AS energy_usd,
+       round((coalesce(capacity_usd, 0)
+              + CASE WHEN $price_energy THEN energy_j / 3.6e6 * $usd_per_kwh ELSE 0 END)
+             * $overhead * 1e6)::BIGINT AS cost_micro,
+       priced
+FROM unioned;
+
+-- name: requests
+-- Self-hosted requests overlapping the range, as integer-microsecond intervals: queued until
+-- x0, prefill [x0, p1], decode [d0, f] (without a first token both phases span [x0, f]).
+CREATE OR REPLACE TEMP TABLE alloc_req AS
+WITH base AS (
+    SELECT request_id, replica, tenant, model, feature, api_key_id, pool, upstream,
+           greatest(prompt_tokens - cached_prompt_tokens, 0)::DOUBLE AS prefill,
+           completion_tokens::DOUBLE AS decode,
+           prompt_tokens, cached_prompt_tokens, completion_tokens,
+           epoch_us(finished_at) AS f,
+           least(epoch_us(started_at) + coalesce(round(queue_s * 1e6), 0)::BIGINT,
+                 epoch_us(finished_at)) AS x0,
+           epoch_us(first_token_at) AS ft
+    FROM usage
+    WHERE upstream = 'self_hosted' AND status NOT IN ('throttled', 'cache_hit')
+      AND replica <> ''
+      AND finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND started_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+)
+SELECT *,
+       CASE WHEN ft IS NULL THEN f ELSE least(greatest(ft, x0), f) END AS p1,
+       CASE WHEN ft IS NULL THEN x0 ELSE least(greatest(ft, x0), f) END AS d0,
+       x0 // $window_us::BIGINT AS w0,
+       greatest(x0, f - 1) // $window_us::BIGINT AS w1
+FROM base;
+
+-- name: request_windows
+-- One row per request and window it overlaps, with its prefill / decode tokens pro-rated by
+-- the overlap of each phase with the window.
+CREATE OR REPLACE TEMP TABLE alloc_rw AS
+SELECT r.request_id, r.replica, t.w, r.model, r.tenant, r.feature, r.api_key_id, r.pool,
+       r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens,
+       greatest(least(r.f, (t.w + 1) * $window_us::BIGINT) - greatest(r.x0, t.w * $window_us::BIGINT), 0) AS ov_us,
+       r.prefill * CASE WHEN r.p1 > r.x0
+           THEN greatest(least(r.p1, (t.w + 1) * $window_us::BIGINT)
+                         - greatest(r.x0, t.w * $window_us::BIGINT), 0)::DOUBLE / (r.p1 - r.x0)
+           ELSE (r.x0 // $window_us::BIGINT = t.w)::INTEGER END AS p_tok,
+       r.decode * CASE WHEN r.f > r.d0
+           THEN greatest(least(r.f, (t.w + 1) * $window_us::BIGINT)
+                         - greatest(r.d0, t.w * $window_us::BIGINT), 0)::DOUBLE / (r.f - r.d0)
+           ELSE (greatest(r.f - 1, r.x0) // $window_us::BIGINT = t.w)::INTEGER END AS d_tok,
+       (r.w1 = t.w) AS is_last
+FROM alloc_req r,
+     unnest(range(greatest(r.w0, $w_since::BIGINT), least(r.w1, $w_until::BIGINT - 1) + 1)) AS t(w);
+
+-- name: busy
+-- Engine busy time per replica and window: the union of request intervals (islands).
+CREATE OR REPLACE TEMP TABLE alloc_busy AS
+WITH ordered AS (
+    SELECT replica, x0, f,
+           max(f) OVER (PARTITION BY replica ORDER BY x0, f
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+    FROM alloc_req
+    WHERE f > x0
+), marked AS (
+    SELECT replica, x0, f,
+           sum(CASE WHEN prev_end IS NULL OR x0 > prev_end THEN 1 ELSE 0 END) OVER (
+               PARTITION BY replica ORDER BY x0, f ROWS UNBOUNDED PRECEDING) AS island
+    FROM ordered
+), islands AS (
+    SELECT replica, min(x0) AS a, max(f) AS b FROM marked GROUP BY replica, island
+)
+SELECT replica, t.w,
+       sum(least(b, (t.w + 1) * $window_us::BIGINT) - greatest(a, t.w * $window_us::BIGINT)) AS busy_us
+FROM islands,
+     unnest(range(greatest(a // $window_us::BIGINT, $w_since::BIGINT),
+                  least((b - 1) // $window_us::BIGINT, $w_until::BIGINT - 1) + 1)) AS t(w)
+GROUP BY replica, t.w;
+
+-- name: calibration_sums
+-- Normal-equation sums for busy_s ~ a * prefill + b * decode per model, over replica-windows
+-- that served one model and were busy.
+WITH win AS (
+    SELECT rw.replica, rw.w, min(rw.model) AS model, count(DISTINCT rw.model) AS models,
+           sum(rw.p_tok) AS p, sum(rw.d_tok) AS d
+    FROM alloc_rw rw
+    GROUP BY rw.replica, rw.w
+)
+SELECT win.model, count(*) AS n,
+       sum(p * p) AS pp, sum(p * d) AS pd, sum(d * d) AS dd,
+       sum(p * b.busy_us / 1e6) AS pb, sum(d * b.busy_us / 1e6) AS db,
+       sum((b.busy_us / 1e6) ^ 2) AS bb, sum(b.busy_us / 1e6) AS b_sum
+FROM win JOIN alloc_busy b USING (replica, w)
+WHERE win.models = 1 AND b.busy_us > 0 AND (p > 0 OR d > 0)
+GROUP BY win.model
+ORDER BY win.model;
+
+-- name: shares
+-- Split each replica-window's busy cost over its requests by work, in integer micro-dollars,
+-- with a largest-remainder step so the parts sum exactly to the allocated total.
+CREATE OR REPLACE TEMP TABLE alloc_share AS
+WITH rw AS (
+    SELECT x.*, x.p_tok * cw.a + x.d_tok * cw.b AS work
+    FROM alloc_rw x JOIN alloc_weights cw ON cw.model = x.model
+), tot AS (
+    SELECT replica, w, sum(work) AS work_sum, sum(ov_us) AS ov_sum, count(*) AS n
+    FROM rw GROUP BY replica, w
+), win AS (
+    SELECT c.replica, c.w, c.cost_micro, c.provisioned_s, c.gpu_equiv, c.energy_j,
+           least(coalesce(b.busy_us, 0) / 1e6, c.provisioned_s) AS busy_s
+    FROM alloc_capacity c LEFT JOIN alloc_busy b USING (replica, w)
+    WHERE c.priced
+), base AS (
+    SELECT rw.request_id, rw.replica, rw.w, rw.pool, rw.tenant, rw.model, rw.feature,
+           rw.api_key_id, rw.work, rw.p_tok, rw.d_tok, rw.is_last, rw.prompt_tokens,
+           rw.cached_prompt_tokens, rw.completion_tokens,
+           win.busy_s, win.provisioned_s, win.gpu_equiv, win.energy_j,
+           win.cost_micro - round(win.cost_micro * (win.provisioned_s - win.busy_s)
+                                  / win.provisioned_s)::BIGINT AS alloc_total,
+           CASE WHEN tot.work_sum > 0 THEN rw.work / tot.work_sum
+                WHEN tot.ov_sum > 0 THEN rw.ov_us / tot.ov_sum
+                ELSE 1.0 / tot.n END AS share
+    FROM rw JOIN tot USING (replica, w) JOIN win USING (replica, w)
+), floored AS (
+    SELECT *, alloc_total * share AS exact, floor(alloc_total * share)::BIGINT AS fl
+    FROM base
+), ranked AS (
+    SELECT *,
+           alloc_total - sum(fl) OVER (PARTITION BY replica, w) AS deficit,
+           row_number() OVER (PARTITION BY replica, w ORDER BY exact - fl DESC, request_id) AS rk
+    FROM floored
+)
+SELECT request_id, replica, w, pool, tenant, model, feature, api_key_id, work, p_tok, d_tok,
+       is_last, prompt_tokens, cached_prompt_tokens, completion_tokens, share,
+       fl + (rk <= deficit)::BIGINT AS cost_micro,
+       share * gpu_equiv * busy_s AS gpu_s,
+       share * energy_j * busy_s / provisioned_s AS energy_j
+FROM ranked;
+
+-- name: clear_request_windows
+DELETE FROM request_window
+WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: clear_replica_windows
+DELETE FROM replica_window
+WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_replica_windows
+INSERT INTO replica_window
+SELECT c.replica, make_timestamp(c.w * $window_us::BIGINT), c.pool,
+       coalesce(nullif(c.model, ''), m.model, ''), c.gpu, c.pricing, c.gpu_equiv,
+       c.provisioned_s, least(coalesce(b.busy_us, 0) / 1e6, c.provisioned_s), c.energy_j,
+       c.capacity_usd, c.energy_usd, c.cost_micro,
+       coalesce(s.allocated, 0),
+       c.cost_micro - coalesce(s.allocated, 0),
+       coalesce(s.p, 0), coalesce(s.d, 0), coalesce(s.n, 0)
+FROM alloc_capacity c
+LEFT JOIN alloc_busy b USING (replica, w)
+LEFT JOIN (SELECT replica, w, sum(cost_micro) AS allocated, sum(p_tok) AS p, sum(d_tok) AS d,
+                  count(*) AS n
+           FROM alloc_share GROUP BY replica, w) s USING (replica, w)
+LEFT JOIN (SELECT replica, min(model) AS model FROM alloc_req GROUP BY replica) m USING (replica)
+ORDER BY c.w, c.replica;
+
+-- name: insert_request_windows
+INSERT INTO request_window
+SELECT request_id, make_timestamp(w * $window_us::BIGINT), replica, pool, tenant, model, feature,
+       api_key_id, 'self_hosted', cost_micro, work, p_tok, d_tok, gpu_s, energy_j, is_last,
+       CASE WHEN is_last THEN prompt_tokens ELSE 0 END,
+       CASE WHEN is_last THEN cached_prompt_tokens ELSE 0 END,
+       CASE WHEN is_last THEN completion_tokens ELSE 0 END
+FROM alloc_share
+ORDER BY w;
+
+-- name: insert_managed
+-- Requests served by a managed API: priced at the catalog's token prices, in the window where
+-- they finished.
+INSERT INTO request_window
+SELECT u.request_id, make_timestamp((epoch_us(u.finished_at) // $window_us::BIGINT) * $window_us::BIGINT), '',
+       u.pool, u.tenant, u.model, u.feature, u.api_key_id, 'managed',
+       round(u.prompt_tokens * mp.input_per_mtok + u.completion_tokens * mp.output_per_mtok)::BIGINT,
+       0, u.prompt_tokens - u.cached_prompt_tokens, u.completion_tokens, 0, 0, true,
+       u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
+FROM usage u JOIN managed_prices mp ON mp.model = u.model
+WHERE u.upstream = 'managed' AND u.status NOT IN ('throttled', 'cache_hit')
+  AND u.finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND u.finished_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: clear_hourly
+DELETE FROM cost_hourly
+WHERE hour >= date_trunc('hour', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
+  AND hour < date_trunc('hour', make_timestamp($w_until::BIGINT * $window_us::BIGINT - 1)) + INTERVAL 1 HOUR;
+
+-- name: insert_hourly
+-- Hourly rollup by every reporting dimension, rebuilt from request_window for every hour the
+-- range touches. Requests and tokens count in the window the request finished; cost and
+-- GPU-seconds in the windows they were spent.
+INSERT INTO cost_hourly
+SELECT date_trunc('hour', window_start) AS hour, replica, pool, tenant, model, feature,
+       api_key_id, upstream, sum(cost_micro), count(*) FILTER (WHERE is_last),
+       sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens),
+       sum(gpu_s), sum(energy_j)
+FROM request_window
+WHERE window_start >= date_trunc('hour', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
+  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+GROUP BY ALL;
