@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,8 +16,7 @@ from collector.settings import CollectorSettings
 from metering.contracts import UsageRecord
 from serving.tenancy import KeyEntry, TenantResolver, hash_key
 
-SECRET = "gateway-secret"
-API_KEY = "sk-tenant-b"
+from tests_helpers_collector import API_KEY, SECRET, RunningCollector
 
 
 class RecordingExporter:
@@ -42,21 +40,6 @@ class RecordingExporter:
                     return list(self.records)
             time.sleep(0.01)
         raise AssertionError(f"expected {n} records, got {len(self.records)}")
-
-
-@dataclass
-class RunningCollector:
-    server: Any
-    app: CollectorApp
-    records: RecordingExporter
-    registry: CollectorRegistry
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 def resolver() -> TenantResolver:

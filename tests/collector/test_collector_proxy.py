@@ -10,9 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, SECRET, RunningCollector
-
-from tests_helpers_collector import sse_frames
+from tests_helpers_collector import API_KEY, SECRET, RunningCollector, sse_frames
 
 
 def chat(stream: bool, include_usage: bool | None = None, **extra: Any) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_batches_reach_metering_and_survive_an_outage(engine: Any, make_collecto
     wait_until(lambda: len(receiver.usage) == 30)
     assert receiver.order == [f"a{i}" for i in range(30)]  # replayed in order
     wait_until(lambda: col.sample("infermeter_collector_spool_records", {"kind": "usage"}) == 0)
-    assert col.sample("infermeter_collector_shipped_records_total", {"kind": "usage"}) == 30
+    wait_until(lambda: col.sample("infermeter_collector_shipped_records_total", {"kind": "usage"}) == 30)
     rec = receiver.usage["a3"]
     assert rec["completion_tokens"] == 3 and rec["prompt_tokens"] == 3 and rec["pool"] == "default"
 
