@@ -10,6 +10,10 @@ it had generated (vLLM's recompute preemption). The step's duration comes from t
 performance model; :meth:`Engine.complete` then advances virtual time to the step's end,
 emits one token for every request whose computed tokens caught up, and finishes requests.
 
+``lookahead`` (used when the simulator runs without waiting) holds back a request whose
+client has not yet been sent its last ``lookahead`` tokens, so a fast engine cannot race
+past its readers and a client abort still cuts a stream short.
+
 Time: with ``clock=None`` the engine runs in pure virtual time (arrivals happen at the end
 of the last step; steps follow each other without gaps). With a clock, a step starts at
 ``max(clock(), end of last step)``, so idle periods come from the clock. Nothing here
@@ -35,6 +39,7 @@ class SimRequest:
     __slots__ = (
         "arrival",
         "blocks",
+        "delivered",
         "finished_at",
         "first_scheduled",
         "first_token",
@@ -75,6 +80,7 @@ class SimRequest:
         self.last_token = 0.0
         self.finished_at: float | None = None
         self.preemptions = 0
+        self.delivered = 1 << 62  # tokens the client has been sent (streaming handlers set it)
 
     @property
     def finish_reason(self) -> str:
@@ -106,8 +112,10 @@ class Engine:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         clock: Callable[[], float] | None = None,
+        lookahead: int | None = None,
     ) -> None:
         self.perf = perf
+        self.lookahead = lookahead
         self.metrics = metrics
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -167,9 +175,13 @@ class Engine:
         context = 0
         preempted = False
         running = self.running
+        lookahead = self.lookahead
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
+            if lookahead is not None and req.num_output - req.delivered >= lookahead:
+                i += 1  # its client is this far behind: let it catch up first
+                continue
             n = min(req.prompt_tokens + req.num_output - req.num_computed, budget)
             extra = -(-(req.num_computed + n) // block) - req.blocks
             if extra > self.free_blocks:

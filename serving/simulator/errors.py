@@ -30,10 +30,12 @@ class RequestError(SimulatorError):
     status = 400
     error_type = "BadRequestError"
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, error_type: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if error_type:
+            self.error_type = error_type
 
 
 class ModelNotFound(RequestError):

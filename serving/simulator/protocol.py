@@ -8,6 +8,7 @@ where it was captured (unknown model, ``max_tokens`` over ``max_model_len``).
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,16 @@ class ParsedRequest:
     ignore_eos: bool = False
     seed: int | None = None
     temperature: float | None = None
+    return_token_ids: bool = False
     prompt_key: bytes = b""  # canonical prompt bytes: greedy decoding depends only on them
+
+
+def validation_error(kind: str, loc: str, msg: str, body: Any, **ctx: str) -> RequestError:
+    """A request-schema error worded as vLLM's FastAPI validation handler words it."""
+    size = f"<dict of {len(body)} items>" if isinstance(body, dict) else repr(body)
+    extra = f", 'ctx': {ctx!r}" if ctx else ""
+    detail = f"{{'type': '{kind}', 'loc': '{loc}', 'msg': '{msg}', 'input': '{size}'{extra}}}"
+    return RequestError(f"1 validation error:\n  {detail}", param=loc, error_type="Bad Request")
 
 
 def _bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
@@ -71,17 +81,27 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 naming what is wrong."""
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"JSON decode error: {exc}", param="body") from None
+    except orjson.JSONDecodeError:
+        try:  # the standard library's wording and offset, as FastAPI reports them
+            json.loads(raw)
+            message, pos = "Invalid JSON", 0
+        except ValueError as exc:
+            message = getattr(exc, "msg", str(exc))
+            pos = getattr(exc, "pos", 0)
+        raise validation_error(
+            "json_invalid", f"body.{pos}", "JSON decode error", {}, error=message
+        ) from None
     if not isinstance(body, dict):
-        raise RequestError("Input should be a valid JSON object", param="body")
+        raise validation_error(
+            "model_attributes_type", "body", "Input should be a valid dictionary", body
+        )
     return body
 
 
 def _prompt_tokens_completion(body: dict[str, Any]) -> int:
     prompt = body.get("prompt")
     if prompt is None:
-        raise RequestError("Field required: prompt", param="prompt")
+        raise validation_error("missing", "body.prompt", "Field required", body)
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
@@ -98,7 +118,7 @@ def _prompt_tokens_completion(body: dict[str, Any]) -> int:
 def _prompt_tokens_chat(body: dict[str, Any]) -> int:
     messages = body.get("messages")
     if messages is None:
-        raise RequestError("Field required: messages", param="messages")
+        raise validation_error("missing", "body.messages", "Field required", body)
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", param="messages")
     contents: list[str] = []
@@ -200,6 +220,7 @@ def parse_request(
         ignore_eos=_bool(body, "ignore_eos"),
         seed=_int(body, "seed"),
         temperature=temperature,
+        return_token_ids=_bool(body, "return_token_ids"),
         prompt_key=orjson.dumps(key_source, option=orjson.OPT_SORT_KEYS),
     )
 
@@ -263,6 +284,7 @@ def completion_body(
     stop_reason: str | None,
     prompt_tokens: int,
     completion_tokens: int,
+    token_ids: list[int] | None = None,
 ) -> bytes:
     """A non-streaming response body."""
     if chat:
@@ -278,7 +300,7 @@ def completion_body(
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
     else:
         choice = {"index": 0, "text": text, "logprobs": None}
-    choice.update(finish_reason=finish_reason, stop_reason=stop_reason, token_ids=None)
+    choice.update(finish_reason=finish_reason, stop_reason=stop_reason, token_ids=token_ids)
     if not chat:
         choice.update(prompt_logprobs=None, prompt_token_ids=None)
     choice["routed_experts"] = None
@@ -305,26 +327,27 @@ def completion_body(
 class ChunkWriter:
     """Pre-formatted SSE chunks of one streaming response (the hot path: byte joins only)."""
 
-    __slots__ = ("chat", "continuous", "head", "prompt_tokens", "tail", "usage_head")
+    __slots__ = ("chat", "continuous", "head", "prompt_tokens", "tail", "token_ids", "usage_head")
 
     def __init__(
         self, request_id: str, created: int, model: str, *, chat: bool, prompt_tokens: int,
-        continuous_usage: bool = False,
+        continuous_usage: bool = False, token_ids: bool = False,
     ) -> None:  # fmt: skip
         obj = "chat.completion.chunk" if chat else "text_completion"
         start = orjson.dumps({"id": request_id, "object": obj, "created": created, "model": model})
         self.chat = chat
         self.prompt_tokens = prompt_tokens
         self.continuous = continuous_usage
+        self.token_ids = token_ids
         self.usage_head = b"data: " + start[:-1] + b',"choices":[],"usage":'
         if chat:
             self.head = b"data: " + start[:-1] + b',"choices":[{"index":0,"delta":{"content":'
-            self.tail = b'},"logprobs":null,"finish_reason":null,"token_ids":null}]'
+            self.tail = b'},"logprobs":null,"finish_reason":null,"token_ids":'
         else:
             self.head = b"data: " + start[:-1] + b',"choices":[{"index":0,"text":'
             self.tail = (
                 b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
-                b'"prompt_token_ids":null,"token_ids":null}]'
+                b'"prompt_token_ids":null,"token_ids":'
             )
 
     def _usage(self, completion_tokens: int) -> bytes:
@@ -340,17 +363,25 @@ class ChunkWriter:
             + b"}\n\n"
         )
 
-    def token(self, json_text: bytes, completion_tokens: int) -> bytes:
+    def _ids(self, token_id: int) -> bytes:
+        return b"[%d]}]" % token_id if self.token_ids else b"null}]"
+
+    def token(self, json_text: bytes, completion_tokens: int, token_id: int) -> bytes:
         """A chunk carrying one token's text (already a JSON string literal)."""
         if self.continuous:
             return (
-                self.head + json_text + self.tail + b',"usage":' + self._usage(completion_tokens)
-                + b"}\n\n"
+                self.head + json_text + self.tail + self._ids(token_id) + b',"usage":'
+                + self._usage(completion_tokens) + b"}\n\n"
             )  # fmt: skip
-        return self.head + json_text + self.tail + b"}\n\n"
+        return self.head + json_text + self.tail + self._ids(token_id) + b"}\n\n"
 
     def final(
-        self, json_text: bytes, finish_reason: str, stop_reason: str | None, completion_tokens: int
+        self,
+        json_text: bytes,
+        finish_reason: str,
+        stop_reason: str | None,
+        completion_tokens: int,
+        token_id: int,
     ) -> bytes:
         """The chunk of the last token, with its finish (and stop) reason."""
         reasons = (
@@ -360,11 +391,18 @@ class ChunkWriter:
         if self.chat:
             delta = b'{"content":' + json_text + b"}" if json_text != b'""' else b"{}"
             head = self.head[: -len(b'{"content":')]
-            body = head + delta + b',"logprobs":null,' + reasons + b',"token_ids":null}]'
+            body = (
+                head
+                + delta
+                + b',"logprobs":null,'
+                + reasons
+                + b',"token_ids":'
+                + self._ids(token_id)
+            )
         else:
             body = (
                 self.head + json_text + b',"logprobs":null,' + reasons
-                + b',"prompt_token_ids":null,"token_ids":null}]'
+                + b',"prompt_token_ids":null,"token_ids":' + self._ids(token_id)
             )  # fmt: skip
         if self.continuous:
             body += b',"usage":' + self._usage(completion_tokens)

@@ -35,7 +35,7 @@ from serving.simulator.protocol import (
     parse_request,
 )
 from serving.simulator.settings import SimulatorSettings, build_profile
-from serving.simulator.text import OutputLength, plan_completion
+from serving.simulator.text import CompletionPlan, OutputLength, plan_completion
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +44,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"vary", b"Origin")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"vary", b"Origin")]
+FAST_MODE_LOOKAHEAD = 32  # tokens a stream may run ahead of its client at time scale 0
 INSTRUMENTED = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/version"}
 
 
@@ -106,6 +107,7 @@ class SimulatorApp:
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             clock=model_clock(settings.time_scale, wall),
+            lookahead=FAST_MODE_LOOKAHEAD if settings.time_scale == 0 else None,
         )
         self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep, wall=wall)
         self.rng = random.Random(settings.seed)
@@ -220,7 +222,7 @@ class SimulatorApp:
         return status
 
     # -- generation ---------------------------------------------------------------------
-    def _plan(self, parsed: ParsedRequest) -> Any:
+    def _plan(self, parsed: ParsedRequest) -> CompletionPlan:
         if parsed.seed is not None:
             rng = random.Random(parsed.seed)
         elif parsed.temperature == 0:
@@ -273,6 +275,9 @@ class SimulatorApp:
                 stop_reason=plan.stop_reason,
                 prompt_tokens=req.prompt_tokens,
                 completion_tokens=req.num_output,
+                token_ids=[plan.token_id(i) for i in range(req.num_output)]
+                if parsed.return_token_ids
+                else None,
             )
             await _respond(send, 200, JSON_HEADERS, body)
             return 200, len(body)
@@ -295,9 +300,11 @@ class SimulatorApp:
             chat=parsed.chat,
             prompt_tokens=req.prompt_tokens,
             continuous_usage=parsed.continuous_usage,
+            token_ids=parsed.return_token_ids,
         )
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         plan = req.plan
+        req.delivered = 0
         last = req.target - 1
         sent = 0
         chat = parsed.chat
@@ -313,11 +320,19 @@ class SimulatorApp:
             for i in range(sent, upto):
                 if i == last:
                     parts.append(
-                        writer.final(plan.json_text(i), plan.finish_reason, plan.stop_reason, i + 1)
+                        writer.final(
+                            plan.json_text(i),
+                            plan.finish_reason,
+                            plan.stop_reason,
+                            i + 1,
+                            plan.token_id(i),
+                        )
                     )
                 elif not chat or plan.pieces[i] >= 0:
-                    parts.append(writer.token(plan.json_text(i), i + 1))
+                    parts.append(writer.token(plan.json_text(i), i + 1, plan.token_id(i)))
             sent = upto
+            req.delivered = upto
+            self.loop.wake()
             if req.status == FINISHED:
                 if parsed.include_usage:
                     parts.append(writer.usage_chunk(req.num_output))

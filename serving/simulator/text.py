@@ -30,6 +30,8 @@ _PIECE = re.compile(r"[^\W\d_]+|\d{1,3}|\S")
 BOS_TOKENS = 1
 CHAT_MESSAGE_OVERHEAD = 5  # <|start_header_id|> role <|end_header_id|> \n\n ... <|eot_id|>
 CHAT_REPLY_OVERHEAD = 4  # <|start_header_id|> assistant <|end_header_id|> \n\n
+FIRST_TOKEN_ID = 1000  # ids reported for vocabulary pieces (return_token_ids)
+EOS_TOKEN_ID = 128001  # Llama-3 <|end_of_text|>
 
 _WORDS = """ the of and to in is that for it as with was on be by this are or an at from which
     not have but all can has were more one their will also its been other new used when
@@ -111,6 +113,11 @@ class CompletionPlan:
             return orjson.dumps(self.last_text)
         piece = self.pieces[index]
         return b'""' if piece < 0 else PIECES_JSON[piece]
+
+    def token_id(self, index: int) -> int:
+        """A stable token id for output token ``index`` (end-of-sequence: EOS_TOKEN_ID)."""
+        piece = self.pieces[index]
+        return EOS_TOKEN_ID if piece < 0 else FIRST_TOKEN_ID + piece
 
     def full_text(self) -> str:
         return "".join(self.text(i) for i in range(len(self.pieces)))
