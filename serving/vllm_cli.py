@@ -213,6 +213,7 @@ def serve(
     out(f"infermeter: starting vLLM: {command.render()}")
     with _signals_set(stop):
         proc.start()
+        out(f"infermeter: vLLM started (pid {proc.pid}, its own process group)")
         try:
             took = proc.wait_healthy(settings.health_timeout_s, sleep=stop.sleep)
             out(f"infermeter: vLLM healthy at {command.base_url} after {took:.1f} s")

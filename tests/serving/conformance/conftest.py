@@ -8,6 +8,7 @@ runs carry the ``vllm`` marker; when the CPU install is missing they FAIL with i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +24,8 @@ import pytest
 from conformance_reference import MAX_MODEL_LEN, SERVED_MODEL
 
 from serving import vllm_cpu
-from serving.errors import EngineError, EngineNotInstalled
-from serving.vllm_launcher import VllmSettings, apply_cpu_dev, build_command
-from serving.vllm_process import VllmProcess, ensure_installed
+from serving.errors import EngineNotInstalled
+from serving.vllm_process import ensure_installed
 
 REPO = Path(__file__).resolve().parents[3]
 VLLM_START_TIMEOUT_S = 240.0
@@ -68,11 +68,39 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _isolated_env() -> dict[str, str]:
+    """This environment without INFERMETER__* overrides, which would reconfigure the engines."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER__")}
+
+
+def _wait_healthy(proc: subprocess.Popen[Any], url: str, log: Path, timeout: float) -> float:
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode}:\n{_log_tail(log)}", pytrace=False)
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout:
+            _stop_group(proc)
+            pytest.fail(f"not healthy after {timeout:.0f} s:\n{_log_tail(log)}", pytrace=False)
+        time.sleep(0.2)
+
+
+_VLLM_PID = re.compile(r"vLLM started \(pid (\d+)")
+
+
 @pytest.fixture(scope="session")
 def vllm_engine(
     pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    """Real vLLM (CPU build, tiny model) on a free port, started by our own launcher."""
+    """Real vLLM (CPU build, tiny model) started through ``infermeter engine vllm --cpu-dev``.
+
+    Teardown checks the launcher itself: SIGTERM must stop it with exit code 0 and leave no
+    vLLM process behind.
+    """
     try:
         install = vllm_cpu.require_install()
         ensure_installed(str(install.python))
@@ -83,22 +111,50 @@ def vllm_engine(
             pytrace=False,
         )
     port = _root_conftest(pytestconfig).free_port()
-    settings = apply_cpu_dev(
-        VllmSettings(cpu_dev=True, port=port, max_model_len=MAX_MODEL_LEN), install
-    )
-    command = build_command(settings)
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    with log_path.open("w", encoding="utf-8", buffering=1) as log:
-        proc = VllmProcess(command, sink=lambda line: log.write(line + "\n")).start()
+    workdir = tmp_path_factory.mktemp("vllm")
+    (workdir / "empty.toml").write_text("", encoding="utf-8")
+    argv = [
+        sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev",
+        "--config", str(workdir / "empty.toml"), "--port", str(port),
+        "--max-model-len", str(MAX_MODEL_LEN), "--stop-grace", "20",
+    ]  # fmt: skip
+    log_path = workdir / "vllm.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=_isolated_env(),
+            start_new_session=True,
+        )
         try:
-            _STARTUP["vllm"] = proc.wait_healthy(VLLM_START_TIMEOUT_S)
-        except EngineError as exc:
-            proc.stop(grace=10)
-            pytest.fail(f"real vLLM did not start ({command.render()}): {exc}", pytrace=False)
-        try:
-            yield Engine("vllm", command.base_url)
+            _STARTUP["vllm"] = _wait_healthy(proc, url, log_path, VLLM_START_TIMEOUT_S)
+            yield Engine("vllm", url)
         finally:
-            proc.stop(grace=20)
+            _stop_launcher(proc, log_path)
+
+
+def _stop_launcher(proc: subprocess.Popen[Any], log: Path) -> None:
+    """SIGTERM the launcher only; it must stop vLLM's process group by itself."""
+    found = _VLLM_PID.search(log.read_text(errors="replace"))
+    engine_pgid = int(found.group(1)) if found else None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+    leftovers = False
+    if engine_pgid is not None:
+        try:
+            os.killpg(engine_pgid, signal.SIGKILL)
+            leftovers = True
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f"launcher exit code {proc.returncode}:\n{_log_tail(log)}"
+    assert not leftovers, "vLLM processes outlived the launcher's SIGTERM"
 
 
 def _stop_group(proc: subprocess.Popen[Any]) -> None:
@@ -117,35 +173,27 @@ def simulator_engine(
 ) -> Iterator[Engine]:
     """The simulator as a subprocess (``infermeter engine simulate``), zero time scale."""
     port = _root_conftest(pytestconfig).free_port()
+    workdir = tmp_path_factory.mktemp("simulator")
+    (workdir / "empty.toml").write_text("", encoding="utf-8")
     argv = [
         sys.executable, "-m", "serving", "engine", "simulate",
-        "--port", str(port), "--served-model-name", SERVED_MODEL,
+        "--config", str(workdir / "empty.toml"), "--port", str(port),
+        "--served-model-name", SERVED_MODEL,
         "--max-model-len", str(MAX_MODEL_LEN), "--time-scale", "0",
     ]  # fmt: skip
-    log_path = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    log_path = workdir / "simulator.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=_isolated_env(),
+            start_new_session=True,
         )
         try:
-            started = time.monotonic()
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(
-                        f"simulator exited with {proc.returncode}: {' '.join(argv)}\n"
-                        f"{_log_tail(log_path)}",
-                        pytrace=False,
-                    )
-                try:
-                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() - started > SIMULATOR_START_TIMEOUT_S:
-                    pytest.fail(f"simulator not healthy: {_log_tail(log_path)}", pytrace=False)
-                time.sleep(0.1)
-            _STARTUP["simulator"] = time.monotonic() - started
+            _STARTUP["simulator"] = _wait_healthy(proc, url, log_path, SIMULATOR_START_TIMEOUT_S)
             yield Engine("simulator", url)
         finally:
             _stop_group(proc)
