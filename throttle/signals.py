@@ -87,6 +87,7 @@ class PoolMonitor:
         self._now = now
         self.states: dict[str, PoolState] = {}
         self._waiting: dict[str, deque[tuple[float, float]]] = {}
+        self._since: dict[str, float] = {}
         self.received = 0
 
     def pressure(self, pool: str) -> bool:
@@ -183,8 +184,14 @@ class PoolMonitor:
         )
         keep = max(settings.scale_up_window_s, settings.scale_down_window_s)
         history = await self._storage.record_recommendation(pool, now, raw, keep)
+        since = self._since.setdefault(pool, now)
         desired = autoscale.stabilise(
-            current, history, now, settings.scale_up_window_s, settings.scale_down_window_s
+            current,
+            history,
+            now,
+            settings.scale_up_window_s,
+            settings.scale_down_window_s,
+            history_since=since,
         )
         desired = min(max(desired, settings.min_replicas), settings.max_replicas)
         rec = autoscale.Recommendation(current, raw, desired, driver, desires)

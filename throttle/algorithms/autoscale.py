@@ -81,10 +81,18 @@ def stabilise(
     now: float,
     up_window_s: float,
     down_window_s: float,
+    history_since: float | None = None,
 ) -> int:
-    """HPA behaviour: ``history`` holds ``(ts, raw desired)`` including the newest one."""
+    """HPA behaviour: ``history`` holds ``(ts, raw desired)`` including the newest one.
+
+    ``history_since`` is when the history started (e.g. the throttle's start): until it
+    covers the whole scale-down window the current count counts as a recommendation, so a
+    restarted throttle never scales a pool down before it has watched a full window.
+    """
     up = [v for ts, v in history if ts >= now - up_window_s]
     down = [v for ts, v in history if ts >= now - down_window_s]
+    if history_since is not None and history_since > now - down_window_s:
+        down.append(current)
     up_limit = min(up) if up else current
     down_limit = max(down) if down else current
     if up_limit > current:
