@@ -242,20 +242,23 @@ def build_router(rt: Runtime) -> APIRouter:
         "Header-only admission for Envoy ext_authz (200 allows, 429 refuses) and nginx "
         "auth_request (send X-Infermeter-Deny-Status: 403)."
     )
-    router.add_api_route(
-        "/v1/check",
-        check,
-        methods=["GET", "POST", "HEAD"],
-        tags=["proxy"],
-        description=check_doc,
-    )
-    router.add_api_route(
-        "/v1/check/{path:path}",
-        check,
-        methods=["GET", "POST", "HEAD", "PUT", "DELETE"],
-        tags=["proxy"],
-        description=check_doc + " (Envoy path_prefix form)",
-    )
+    for method in ("GET", "POST", "HEAD", "PUT", "DELETE"):
+        router.add_api_route(
+            "/v1/check",
+            check,
+            methods=[method],
+            tags=["proxy"],
+            description=check_doc,
+            operation_id=f"check_{method.lower()}",
+        )
+        router.add_api_route(
+            "/v1/check/{path:path}",
+            check,
+            methods=[method],
+            tags=["proxy"],
+            description=check_doc + " (Envoy path_prefix form: the original path follows)",
+            operation_id=f"check_path_{method.lower()}",
+        )
 
     @router.get("/v1/tenants/{tenant}/usage", tags=["gateway"])
     async def usage(tenant: str, request: Request) -> Response:
