@@ -77,8 +77,12 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.replace("’", "'"))
 
 
+_PUNCT = "\"'()[]{}<>,;:!?."
+
+
 def _lower_words(text: str) -> set[str]:
     words = {w.lower() for w in _words(text)}
+    words.update(t.strip(_PUNCT).lower() for t in text.split())
     if "n't" in text.lower() or "n’t" in text.lower():
         words.add("not")
     return words
@@ -90,7 +94,7 @@ def _names(text: str) -> set[str]:
     sentence_start = True
     for match in re.finditer(r"\S+", text):
         token = match.group(0)
-        word = token.strip("\"'()[]{}<>,;:!?.")
+        word = token.strip(_PUNCT)
         if word and (
             (word[0].isupper() and not sentence_start and not word.isupper())
             or (any(c.isdigit() for c in word) and any(c.isalpha() for c in word))

@@ -1,0 +1,149 @@
+"""Async jobs end to end on loopback: 202 at once, SSE delivery and resume, throttle waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+from gateway_fixtures import MODEL, auth, gateway_app, gateway_settings, simulator_app
+
+from throttle.app import Runtime, create_app
+from throttle.policy import load_policy_text
+from throttle.settings import ThrottleSettings
+
+JOB = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Write a haiku."}],
+    "max_tokens": 12,
+}
+
+
+def read_sse(url: str, key: str, last_event_id: str | None = None) -> list[dict[str, Any]]:
+    """Every event of a job's stream until done/failed: [{id, event, data}]."""
+    headers = auth(key)
+    if last_event_id is not None:
+        headers["last-event-id"] = last_event_id
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    with httpx.stream("GET", url, headers=headers, timeout=30.0) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("id: "):
+                current["id"] = line[4:]
+            elif line.startswith("event: "):
+                current["event"] = line[7:]
+            elif line.startswith("data: "):
+                current["data"] = orjson.loads(line[6:])
+            elif line == "" and "event" in current:
+                events.append(current)
+                current = {}
+    return events
+
+
+def test_job_acknowledged_at_once_and_delivered_by_sse(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app(time_scale=5.0, output_tokens_median=1000.0))
+    gw = serve(gateway_app(gateway_settings([sim.url])))
+    started = time.monotonic()
+    resp = httpx.post(gw.url + "/v1/jobs", json=JOB, headers=auth("sk-acme"))
+    accepted_in = time.monotonic() - started
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "queued" and body["id"].startswith("job_")
+    assert resp.headers["location"] == body["status_url"] == f"/v1/jobs/{body['id']}"
+    assert accepted_in < 1.0
+    events = read_sse(gw.url + body["events_url"], "sk-acme")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "done"
+    deltas = [e["data"]["text"] for e in events if e["event"] == "delta"]
+    assert len(deltas) >= 2
+    done = events[-1]["data"]
+    assert done["usage"]["completion_tokens"] == 12
+    status = httpx.get(gw.url + body["status_url"], headers=auth("sk-acme")).json()
+    assert status["status"] == "succeeded" and status["attempts"] == 1
+    assert status["result"]["choices"][0]["message"]["content"] == "".join(deltas)
+    assert status["usage"] == done["usage"]
+    # Reconnecting with Last-Event-ID resumes exactly after that event.
+    resumed = read_sse(gw.url + body["events_url"], "sk-acme", last_event_id=events[1]["id"])
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[2:]]
+    # Another tenant cannot see the job; a malformed event id is a 400.
+    other = httpx.get(gw.url + body["status_url"], headers=auth("sk-globex"))
+    assert other.status_code == 404
+    bad = httpx.get(gw.url + body["events_url"], headers={**auth("sk-acme"), "last-event-id": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_job_validation(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app())
+    gw = serve(gateway_app(gateway_settings([sim.url])))
+    url = gw.url + "/v1/jobs"
+    assert httpx.post(url, json=JOB).status_code == 401
+    no_kind = httpx.post(url, json={"model": MODEL}, headers=auth("sk-acme"))
+    assert no_kind.status_code == 400 and no_kind.json()["error"]["param"] == "messages"
+    bad_model = httpx.post(url, json={**JOB, "model": "nope"}, headers=auth("sk-acme"))
+    assert bad_model.status_code == 404
+    missing = httpx.get(url + "/job_missing", headers=auth("sk-acme"))
+    assert missing.status_code == 404
+
+
+POLICY = f"""
+unit = "usd"
+default_tier = "pro"
+[tiers.pro]
+rate = 1000.0
+per_s = 60
+burst = 1000.0
+[tiers.tiny]
+rate = 0.000002
+per_s = 1
+burst = 0.000002
+[tiers.frozen]
+rate = 0.000000001
+per_s = 3600
+burst = 0.000002
+[tenants.tiny]
+tier = "tiny"
+[tenants.acme]
+tier = "frozen"
+[models."{MODEL}"]
+prompt = 1.0e-8
+completion = 1.0e-7
+"""
+
+
+def test_over_limit_job_waits_for_the_throttle(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app())
+    runtime = Runtime(ThrottleSettings(), policy=load_policy_text(POLICY))
+    thr = serve(create_app(runtime, background=False))
+    settings = gateway_settings([sim.url], throttle_url=thr.url, jobs={"deadline_s": 20.0})
+    gw = serve(gateway_app(settings))
+    job = {**JOB, "max_tokens": 15}
+    ids = [
+        httpx.post(gw.url + "/v1/jobs", json=job, headers=auth("sk-tiny")).json()["id"]
+        for _ in range(3)
+    ]
+    all_events = [read_sse(f"{gw.url}/v1/jobs/{i}/events", "sk-tiny") for i in ids]
+    assert all(events[-1]["event"] == "done" for events in all_events)
+    waited = [e for events in all_events for e in events if e["event"] == "throttled"]
+    assert waited, "no job had to wait although the tenant was over its limit"
+    assert all(e["data"]["retry_after_s"] > 0 for e in waited)
+
+
+def test_job_fails_when_still_throttled_at_its_deadline(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app())
+    runtime = Runtime(ThrottleSettings(), policy=load_policy_text(POLICY))
+    thr = serve(create_app(runtime, background=False))
+    settings = gateway_settings([sim.url], throttle_url=thr.url, jobs={"deadline_s": 1.0})
+    gw = serve(gateway_app(settings))
+    job = {**JOB, "max_tokens": 15}
+    first = httpx.post(gw.url + "/v1/jobs", json=job, headers=auth("sk-acme")).json()
+    assert read_sse(gw.url + first["events_url"], "sk-acme")[-1]["event"] == "done"
+    second = httpx.post(gw.url + "/v1/jobs", json=job, headers=auth("sk-acme")).json()
+    events = read_sse(gw.url + second["events_url"], "sk-acme")
+    assert events[-1]["event"] == "failed"
+    assert "deadline" in events[-1]["data"]["error"]
+    status = httpx.get(gw.url + second["status_url"], headers=auth("sk-acme")).json()
+    assert status["status"] == "failed"
