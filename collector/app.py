@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from collector.engine_scraper import EngineScraper
 from collector.engine_signals import SignalDeriver
-from collector.gpu import NvmlSampler, load_nvml
+from collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
 from collector.otel import GenAiTelemetry
 from collector.pipeline import RecordExporter, RecordPipeline
 from collector.proxy import Message, Proxy, Receive, Scope, Send, read_body, send_json
@@ -291,7 +291,7 @@ class CollectorApp:
                 return
 
     async def _metrics(self, send: Send) -> None:
-        body = await asyncio.to_thread(generate_latest, self.registry)
+        body = dcgm_exposition(await asyncio.to_thread(generate_latest, self.registry))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -83,6 +83,7 @@ class NvmlSampler(Collector):
         self.up = False
         self.readings: list[Reading] = []
         self._xid_set: Any = None
+        self._last_xid: dict[str, int] = {}
 
     def start(self) -> bool:
         """Initialise NVML; False (logged once, ``nvml_up 0``) when it is unavailable."""
@@ -161,13 +162,13 @@ class NvmlSampler(Collector):
         n = self.nvml
         readings: list[Reading] = []
         try:
-            xids = self._poll_xids()
+            self._last_xid.update(self._poll_xids())
             for i in range(n.nvmlDeviceGetCount()):
                 handle = n.nvmlDeviceGetHandleByIndex(i)
                 uuid = _text(n.nvmlDeviceGetUUID(handle))
                 name = _text(n.nvmlDeviceGetName(handle))
                 gpu = self._read(handle, i, uuid, name)
-                gpu.xid = xids.get(uuid)
+                gpu.xid = self._last_xid.get(uuid)
                 readings.append(gpu)
                 mode = self._try(n.nvmlDeviceGetMigMode, handle)
                 if not mode or mode[0] != n.NVML_DEVICE_MIG_ENABLE:
@@ -261,6 +262,18 @@ class NvmlSampler(Collector):
             engine.add_metric(r.labels(host), 1.0 if self.engine_uses(r) else 0.0)
         yield procs
         yield engine
+
+
+DCGM_COUNTERS = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")
+
+
+def dcgm_exposition(body: bytes) -> bytes:
+    """Undo client_python's ``_total`` on DCGM counters' HELP/TYPE lines (DCGM has none)."""
+    for name in DCGM_COUNTERS:
+        raw = name.encode()
+        body = body.replace(b"# HELP " + raw + b"_total ", b"# HELP " + raw + b" ")
+        body = body.replace(b"# TYPE " + raw + b"_total ", b"# TYPE " + raw + b" ")
+    return body
 
 
 def load_nvml() -> ModuleType | None:
