@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${INFERMETER_FOCUS_VENV:-$ROOT/.venv-focus}"
 PY="${PYTHON:-python3}"
-REQ="focus-validator==1.0.0 multimethod<2"
+REQ="focus-validator==1.0.0 multimethod<2 pyarrow"
 STAMP="$VENV/.infermeter-focus-installed"
 if [[ -x "$VENV/bin/focus-validator" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQ" ]]; then
   exit 0

@@ -5,3 +5,191 @@ SELECT model, prefill_s_per_token, decode_s_per_token, windows, source, r2, rmse
 FROM calibration
 WHERE source = 'fit'
 QUALIFY row_number() OVER (PARTITION BY model ORDER BY computed_at DESC, range_end DESC) = 1;
+
+-- name: calibration_history
+SELECT model, computed_at, range_start, range_end, windows, prefill_s_per_token,
+       decode_s_per_token, r2, rmse_s, source
+FROM calibration
+WHERE ($model = '' OR model = $model)
+ORDER BY computed_at DESC, model
+LIMIT $limit;
+
+-- name: latest_calibration
+SELECT model, prefill_s_per_token, decode_s_per_token, windows, source, r2, rmse_s, computed_at
+FROM calibration
+QUALIFY row_number() OVER (PARTITION BY model ORDER BY computed_at DESC, range_end DESC) = 1
+ORDER BY model;
+
+-- name: cost_by
+-- Cost per bucket and key (__DIM__ and __BUCKET__ are whitelisted by metering/reports.py).
+-- Idle is shared back per replica and bucket in proportion to each key's allocated cost.
+WITH c AS (
+    SELECT __BUCKET__ AS bucket, replica, __DIM__ AS key, sum(cost_micro) AS cost,
+           sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens,
+           sum(cached_prompt_tokens) AS cached_prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
+           sum(energy_j) AS energy_j
+    FROM cost_hourly
+    WHERE hour >= $since AND hour < $until AND ($tenant = '' OR tenant = $tenant)
+      AND ($model = '' OR model = $model)
+    GROUP BY ALL
+), idle AS (
+    SELECT __BUCKET_W__ AS bucket, replica, sum(idle_micro) AS idle
+    FROM replica_window
+    WHERE window_start >= $since AND window_start < $until
+    GROUP BY ALL
+), used AS (
+    SELECT bucket, replica, sum(cost) AS used FROM c GROUP BY ALL
+)
+SELECT c.bucket, c.key, sum(c.cost) AS cost_micro,
+       sum(CASE WHEN $share_idle AND u.used > 0
+                THEN floor(coalesce(i.idle, 0) * c.cost / u.used) ELSE 0 END)::BIGINT
+           AS idle_share_micro,
+       sum(c.requests) AS requests, sum(c.prompt_tokens) AS prompt_tokens,
+       sum(c.cached_prompt_tokens) AS cached_prompt_tokens,
+       sum(c.completion_tokens) AS completion_tokens, sum(c.gpu_s) AS gpu_s,
+       sum(c.energy_j) / 3.6e6 AS kwh
+FROM c
+JOIN used u USING (bucket, replica)
+LEFT JOIN idle i USING (bucket, replica)
+GROUP BY c.bucket, c.key
+ORDER BY c.bucket, cost_micro DESC, c.key;
+
+-- name: idle_by
+-- Idle cost per bucket and replica (or pool): capacity no request used, and how much of it
+-- was shared back to tenants when share_idle is on.
+WITH w AS (
+    SELECT __BUCKET_W__ AS bucket, __IDLE_DIM__ AS key, sum(cost_micro) AS cost,
+           sum(allocated_micro) AS allocated, sum(idle_micro) AS idle,
+           sum(busy_s) AS busy_s, sum(provisioned_s) AS provisioned_s,
+           sum(gpu_equiv * provisioned_s) AS gpu_s, sum(energy_j) / 3.6e6 AS kwh
+    FROM replica_window
+    WHERE window_start >= $since AND window_start < $until
+    GROUP BY ALL
+)
+SELECT bucket, key, cost, allocated, idle, busy_s, provisioned_s, gpu_s, kwh
+FROM w
+ORDER BY bucket, key;
+
+-- name: request_lookup
+SELECT u.*, rw.window_start, rw.replica AS rw_replica, rw.cost_micro, rw.work,
+       rw.prefill_tokens AS rw_prefill, rw.decode_tokens AS rw_decode, rw.gpu_s, rw.energy_j,
+       rw.upstream AS rw_upstream
+FROM usage u
+LEFT JOIN request_window rw
+       ON rw.request_id = u.request_id
+      AND rw.window_start >= u.started_at - INTERVAL 1 HOUR
+      AND rw.window_start <= u.finished_at
+WHERE u.request_id = $request_id
+ORDER BY rw.window_start;
+
+-- name: buy_vs_build
+-- Self-hosted cost (allocated, and with the idle share: what was reserved) beside the token
+-- volumes the managed prices are applied to, per model and tenant.
+WITH c AS (
+    SELECT model, tenant, replica, hour, sum(cost_micro) AS cost,
+           sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(requests) AS requests
+    FROM cost_hourly
+    WHERE hour >= $since AND hour < $until AND upstream = 'self_hosted'
+    GROUP BY ALL
+), idle AS (
+    SELECT date_trunc('hour', window_start) AS hour, replica, sum(idle_micro) AS idle
+    FROM replica_window WHERE window_start >= $since AND window_start < $until GROUP BY ALL
+), used AS (
+    SELECT hour, replica, sum(cost) AS used FROM c GROUP BY ALL
+)
+SELECT c.model, c.tenant, sum(c.cost) AS cost_micro,
+       sum(CASE WHEN u.used > 0 THEN floor(coalesce(i.idle, 0) * c.cost / u.used) ELSE 0 END)
+           AS idle_share_micro,
+       sum(c.prompt_tokens) AS prompt_tokens, sum(c.completion_tokens) AS completion_tokens,
+       sum(c.requests) AS requests
+FROM c JOIN used u USING (hour, replica) LEFT JOIN idle i USING (hour, replica)
+GROUP BY c.model, c.tenant
+ORDER BY c.model, c.tenant;
+
+-- name: tenant_spend
+-- A tenant's cost (allocated + idle share when shared) in [$since, $until).
+WITH c AS (
+    SELECT hour, replica, tenant, sum(cost_micro) AS cost
+    FROM cost_hourly WHERE hour >= $since AND hour < $until GROUP BY ALL
+), idle AS (
+    SELECT date_trunc('hour', window_start) AS hour, replica, sum(idle_micro) AS idle
+    FROM replica_window WHERE window_start >= $since AND window_start < $until GROUP BY ALL
+), used AS (
+    SELECT hour, replica, sum(cost) AS used FROM c GROUP BY ALL
+)
+SELECT coalesce(sum(c.cost), 0)::BIGINT,
+       coalesce(sum(CASE WHEN $share_idle AND u.used > 0
+                         THEN floor(coalesce(i.idle, 0) * c.cost / u.used) ELSE 0 END), 0)::BIGINT
+FROM c JOIN used u USING (hour, replica) LEFT JOIN idle i USING (hour, replica)
+WHERE c.tenant = $tenant;
+
+-- name: allocated_until
+SELECT max(window_start) FROM replica_window;
+
+-- name: model_rates
+-- Per model over [$since, $until): replica $ per wall second, $ per GPU-second, idle share.
+WITH m AS (
+    SELECT replica, any_value(model) AS model FROM cost_hourly
+    WHERE hour >= $since AND hour < $until AND upstream = 'self_hosted' AND replica <> ''
+    GROUP BY replica
+)
+SELECT m.model, sum(rw.cost_micro) / 1e6 / nullif(sum(rw.provisioned_s), 0) AS usd_per_s,
+       sum(rw.cost_micro) / 1e6 / nullif(sum(rw.gpu_equiv * rw.provisioned_s), 0)
+           AS usd_per_gpu_s,
+       sum(rw.idle_micro)::DOUBLE / nullif(sum(rw.cost_micro), 0) AS idle_fraction,
+       count(DISTINCT rw.replica) AS replicas
+FROM replica_window rw JOIN m USING (replica)
+WHERE rw.window_start >= $since AND rw.window_start < $until
+GROUP BY m.model
+ORDER BY m.model;
+
+-- name: fleet_rate
+SELECT sum(cost_micro) / 1e6 / nullif(sum(provisioned_s), 0),
+       sum(cost_micro) / 1e6 / nullif(sum(gpu_equiv * provisioned_s), 0),
+       sum(idle_micro)::DOUBLE / nullif(sum(cost_micro), 0)
+FROM replica_window WHERE window_start >= $since AND window_start < $until;
+
+-- name: latency
+-- Latency percentiles and throughput per bucket from the usage records.
+SELECT __BUCKET_U__ AS bucket, count(*) AS requests,
+       count(*) FILTER (WHERE status = 'error') AS errors,
+       count(*) FILTER (WHERE status = 'client_abort') AS aborts,
+       quantile_cont(coalesce(ttft_s, epoch(first_token_at - started_at)), [0.5, 0.95, 0.99])
+           AS ttft,
+       quantile_cont(coalesce(e2e_s, epoch(finished_at - started_at)), [0.5, 0.95, 0.99]) AS e2e,
+       quantile_cont(itl_p50_s, [0.5, 0.95]) AS itl,
+       quantile_cont(queue_s, [0.5, 0.95]) AS queue,
+       median(completion_tokens / nullif(epoch(finished_at - first_token_at), 0))
+           AS tokens_per_s_per_request,
+       sum(completion_tokens) AS completion_tokens, sum(prompt_tokens) AS prompt_tokens
+FROM usage
+WHERE finished_at >= $since AND finished_at < $until
+  AND ($model = '' OR model = $model) AND ($tenant = '' OR tenant = $tenant)
+  AND status NOT IN ('throttled', 'cache_hit')
+GROUP BY ALL
+ORDER BY bucket;
+
+-- name: gpu_series
+SELECT __BUCKET_S__ AS bucket, replica, gpu_uuid, mig_uuid, any_value(gpu_model) AS gpu_model,
+       any_value(mig_profile) AS mig_profile, avg(util_pct) AS util_pct,
+       max(mem_used_bytes) AS mem_used_bytes, max(mem_total_bytes) AS mem_total_bytes,
+       avg(power_w) AS power_w, max(energy_j) - min(energy_j) AS energy_j,
+       max(temp_c) AS temp_c, count(*) AS samples
+FROM gpu_samples
+WHERE ts >= $since AND ts < $until AND ($replica = '' OR replica = $replica)
+GROUP BY ALL
+ORDER BY bucket, replica, gpu_uuid, mig_uuid;
+
+-- name: cache_hits
+SELECT tenant, model, count(*) AS hits, sum(prompt_tokens) AS prompt_tokens,
+       sum(completion_tokens) AS completion_tokens
+FROM usage
+WHERE status = 'cache_hit' AND finished_at >= $since AND finished_at < $until
+GROUP BY ALL
+ORDER BY tenant, model;
+
+-- name: status_counts
+SELECT status, count(*) FROM usage
+WHERE finished_at >= $since AND finished_at < $until GROUP BY ALL ORDER BY status;

@@ -1,0 +1,449 @@
+"""Reports over the allocation results and the usage data: the Python API that the HTTP
+endpoints and the CLI both call. Every method returns JSON-ready dicts; SQL is in
+``sql/reports.sql`` (group-by columns and time buckets come from fixed whitelists)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from metering.catalog import Catalog
+from metering.errors import QueryError
+from metering.sql_files import bind, query
+from metering.store import Store
+from metering.timeparse import iso
+
+DIMENSIONS = {
+    "tenant": "tenant",
+    "model": "model",
+    "feature": "feature",
+    "api_key": "api_key_id",
+    "api_key_id": "api_key_id",
+    "key": "api_key_id",
+    "replica": "replica",
+    "pool": "pool",
+}
+GRANULARITIES = ("minute", "hour", "day", "total")
+RATE_LOOKBACK = timedelta(hours=24)
+DEFAULT_GPU = "h100-sxm"
+
+
+def _bucket(column: str, granularity: str, *, allow_minute: bool = False) -> str:
+    if granularity == "total":
+        return "CAST($since AS TIMESTAMP)"
+    if granularity == "minute" and not allow_minute:
+        raise QueryError("granularity", "must be hour, day or total for cost reports")
+    if granularity not in GRANULARITIES:
+        raise QueryError("granularity", f"must be one of {list(GRANULARITIES)}")
+    return f"date_trunc('{granularity}', {column})"
+
+
+def _usd(micro: float | int | None) -> float:
+    return round((micro or 0) / 1e6, 6)
+
+
+class Reports:
+    """Read-side queries of one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        *,
+        share_idle: bool = False,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.share_idle = share_idle
+        self.now = now
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        cur = self.store.cursor()
+        try:
+            return cur.execute(sql, bind(sql, params)).fetchall()
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _range(since: datetime, until: datetime) -> None:
+        if until <= since:
+            raise QueryError("until", "must be after since")
+
+    # -- cost ------------------------------------------------------------------------------
+    def cost(
+        self,
+        by: str,
+        since: datetime,
+        until: datetime,
+        granularity: str = "day",
+        tenant: str = "",
+        model: str = "",
+    ) -> dict[str, Any]:
+        """Cost per ``by`` key and bucket, with idle shared back when the policy says so."""
+        self._range(since, until)
+        if by not in DIMENSIONS:
+            raise QueryError("by", f"must be one of {sorted(DIMENSIONS)}")
+        sql = (
+            query("reports", "cost_by")
+            .replace("__DIM__", DIMENSIONS[by])
+            .replace("__BUCKET_W__", _bucket("window_start", granularity))
+            .replace("__BUCKET__", _bucket("hour", granularity))
+        )
+        params = {
+            "since": since,
+            "until": until,
+            "tenant": tenant,
+            "model": model,
+            "share_idle": self.share_idle,
+        }
+        rows = []
+        for bucket, key, cost, idle_share, req, prompt, cached, completion, gpu_s, kwh in self._rows(
+            sql, params
+        ):
+            total = (cost or 0) + (idle_share or 0)
+            tokens = (prompt or 0) + (completion or 0)
+            rows.append(
+                {
+                    "bucket": iso(bucket),
+                    by: key,
+                    "cost_usd": _usd(cost),
+                    "idle_share_usd": _usd(idle_share),
+                    "total_usd": _usd(total),
+                    "requests": int(req or 0),
+                    "prompt_tokens": int(prompt or 0),
+                    "cached_prompt_tokens": int(cached or 0),
+                    "completion_tokens": int(completion or 0),
+                    "usd_per_mtok": round(total / tokens, 6) if tokens else None,
+                    "gpu_seconds": round(gpu_s or 0.0, 3),
+                    "kwh": round(kwh or 0.0, 6),
+                }
+            )
+        idle = self.idle("replica", since, until, granularity)
+        return {
+            "by": by,
+            "granularity": granularity,
+            "since": iso(since),
+            "until": iso(until),
+            "share_idle": self.share_idle,
+            "rows": rows,
+            "idle": idle["rows"],
+            "totals": {
+                "allocated_usd": round(sum(r["cost_usd"] for r in rows), 6),
+                "idle_shared_usd": round(sum(r["idle_share_usd"] for r in rows), 6),
+                "idle_usd": idle["totals"]["idle_usd"],
+                "replica_cost_usd": idle["totals"]["cost_usd"],
+            },
+        }
+
+    def idle(
+        self, by: str, since: datetime, until: datetime, granularity: str = "day"
+    ) -> dict[str, Any]:
+        """Idle cost per replica or pool and bucket (capacity no request used)."""
+        self._range(since, until)
+        if by not in ("replica", "pool"):
+            raise QueryError("by", "must be replica or pool")
+        sql = (
+            query("reports", "idle_by")
+            .replace("__IDLE_DIM__", by)
+            .replace("__BUCKET_W__", _bucket("window_start", granularity))
+        )
+        rows = []
+        for bucket, key, cost, alloc, idle, busy_s, prov_s, gpu_s, kwh in self._rows(
+            sql, {"since": since, "until": until}
+        ):
+            rows.append(
+                {
+                    "bucket": iso(bucket),
+                    by: key,
+                    "cost_usd": _usd(cost),
+                    "allocated_usd": _usd(alloc),
+                    "idle_usd": _usd(idle),
+                    "utilization": round(busy_s / prov_s, 6) if prov_s else None,
+                    "busy_s": round(busy_s or 0.0, 3),
+                    "provisioned_s": round(prov_s or 0.0, 3),
+                    "gpu_seconds": round(gpu_s or 0.0, 3),
+                    "kwh": round(kwh or 0.0, 6),
+                }
+            )
+        return {
+            "by": by,
+            "granularity": granularity,
+            "rows": rows,
+            "totals": {
+                "cost_usd": round(sum(r["cost_usd"] for r in rows), 6),
+                "idle_usd": round(sum(r["idle_usd"] for r in rows), 6),
+            },
+        }
+
+    # -- one request -----------------------------------------------------------------------
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        """One request's usage record and cost breakdown per window; None if unknown."""
+        cur = self.store.cursor()
+        try:
+            sql = query("reports", "request_lookup")
+            result = cur.execute(sql, bind(sql, {"request_id": request_id}))
+            names = [d[0] for d in result.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+        finally:
+            cur.close()
+        if not rows:
+            return None
+        first = rows[0]
+        record = {k: first[k] for k in names[: names.index("received_at") + 1]}
+        for key in ("started_at", "first_token_at", "finished_at", "received_at"):
+            record[key] = iso(record[key])
+        windows = [
+            {
+                "window_start": iso(r["window_start"]),
+                "replica": r["rw_replica"],
+                "cost_usd": _usd(r["cost_micro"]),
+                "work": r["work"],
+                "prefill_tokens": r["rw_prefill"],
+                "decode_tokens": r["rw_decode"],
+                "gpu_seconds": r["gpu_s"],
+                "energy_j": r["energy_j"],
+            }
+            for r in rows
+            if r["window_start"] is not None
+        ]
+        micro = sum(r["cost_micro"] or 0 for r in rows)
+        return {
+            "request_id": request_id,
+            "record": record,
+            "allocated": bool(windows),
+            "cost_usd": _usd(micro),
+            "gpu_seconds": round(sum(w["gpu_seconds"] or 0 for w in windows), 6),
+            "kwh": round(sum(w["energy_j"] or 0 for w in windows) / 3.6e6, 9),
+            "windows": windows,
+        }
+
+    # -- buy vs build ----------------------------------------------------------------------
+    def buy_vs_build(self, since: datetime, until: datetime) -> dict[str, Any]:
+        """Self-hosted cost beside what every managed API in the catalog would have charged."""
+        self._range(since, until)
+        rows = []
+        for model, tenant, cost, idle_share, prompt, completion, req in self._rows(
+            query("reports", "buy_vs_build"), {"since": since, "until": until}
+        ):
+            managed = {
+                name: round(
+                    (prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1e6, 6
+                )
+                for name, p in sorted(self.catalog.managed.items())
+            }
+            rows.append(
+                {
+                    "model": model,
+                    "tenant": tenant,
+                    "requests": int(req),
+                    "prompt_tokens": int(prompt),
+                    "completion_tokens": int(completion),
+                    "self_hosted_usd": _usd(cost),
+                    "self_hosted_with_idle_usd": _usd((cost or 0) + (idle_share or 0)),
+                    "managed_usd": managed,
+                }
+            )
+        return {
+            "since": iso(since),
+            "until": iso(until),
+            "rows": rows,
+            "managed_prices": {
+                name: {
+                    "input_per_mtok": p.input_per_mtok,
+                    "output_per_mtok": p.output_per_mtok,
+                    "source": p.source,
+                    "as_of": p.as_of,
+                }
+                for name, p in sorted(self.catalog.managed.items())
+            },
+        }
+
+    # -- rates -----------------------------------------------------------------------------
+    def rates(self) -> dict[str, Any]:
+        """Current price per model for admission estimates (``GET /v1/rates``)."""
+        now = datetime.utcfromtimestamp(self.now())
+        params = {"since": now - RATE_LOOKBACK, "until": now + timedelta(minutes=1)}
+        calib = {row[0]: row for row in self._rows(query("reports", "latest_calibration"), {})}
+        fleet = self._rows(query("reports", "fleet_rate"), params)
+        usd_s, usd_gpu_s, idle_frac = fleet[0] if fleet else (None, None, None)
+        if usd_s is None:
+            usd_s = usd_gpu_s = self.catalog.usd_per_hour(DEFAULT_GPU) / 3600.0
+            idle_frac = 0.0
+        models: dict[str, Any] = {}
+        for model, m_usd_s, m_gpu_s, m_idle, _replicas in self._rows(
+            query("reports", "model_rates"), params
+        ):
+            models[model] = self._rate(calib.get(model), m_usd_s, m_gpu_s, m_idle or 0.0)
+        for model in calib:
+            models.setdefault(model, self._rate(calib[model], usd_s, usd_gpu_s, idle_frac or 0.0))
+        return {
+            "models": models,
+            "default": self._rate(None, usd_s, usd_gpu_s, idle_frac or 0.0),
+            "as_of": iso(now),
+        }
+
+    def _rate(
+        self, calib: tuple[Any, ...] | None, usd_s: float, usd_gpu_s: float, idle_frac: float
+    ) -> dict[str, Any]:
+        from metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
+
+        a = calib[1] if calib else DEFAULT_PREFILL_S
+        b = calib[2] if calib else DEFAULT_DECODE_S
+        markup = 1.0 / (1.0 - idle_frac) if self.share_idle and idle_frac < 0.99 else 1.0
+        return {
+            "usd_per_prompt_token": a * usd_s * markup,
+            "usd_per_completion_token": b * usd_s * markup,
+            "usd_per_gpu_second": usd_gpu_s,
+            "calibration": calib[4] if calib else "default",
+        }
+
+    # -- calibration -----------------------------------------------------------------------
+    def calibration(self, model: str = "", limit: int = 50) -> dict[str, Any]:
+        """Latest calibration per model and the history of fits."""
+        latest = [
+            {
+                "model": r[0],
+                "prefill_s_per_token": r[1],
+                "decode_s_per_token": r[2],
+                "windows": r[3],
+                "source": r[4],
+                "r2": r[5],
+                "rmse_s": r[6],
+                "computed_at": iso(r[7]),
+            }
+            for r in self._rows(query("reports", "latest_calibration"), {})
+            if not model or r[0] == model
+        ]
+        history = [
+            {
+                "model": r[0],
+                "computed_at": iso(r[1]),
+                "range_start": iso(r[2]),
+                "range_end": iso(r[3]),
+                "windows": r[4],
+                "prefill_s_per_token": r[5],
+                "decode_s_per_token": r[6],
+                "r2": r[7],
+                "rmse_s": r[8],
+                "source": r[9],
+            }
+            for r in self._rows(
+                query("reports", "calibration_history"), {"model": model, "limit": limit}
+            )
+        ]
+        return {"latest": latest, "history": history}
+
+    # -- usage-side series -----------------------------------------------------------------
+    def latency(
+        self,
+        since: datetime,
+        until: datetime,
+        granularity: str = "hour",
+        model: str = "",
+        tenant: str = "",
+    ) -> dict[str, Any]:
+        """Latency percentiles and tokens/s per bucket from the usage records."""
+        self._range(since, until)
+        sql = query("reports", "latency").replace(
+            "__BUCKET_U__", _bucket("finished_at", granularity, allow_minute=True)
+        )
+        params = {"since": since, "until": until, "model": model, "tenant": tenant}
+        seconds = {"minute": 60, "hour": 3600, "day": 86400}.get(
+            granularity, (until - since).total_seconds()
+        )
+        rows = []
+        for r in self._rows(sql, params):
+            bucket, n, errors, aborts, ttft, e2e, itl, queue, tps, completion, prompt = r
+            rows.append(
+                {
+                    "bucket": iso(bucket),
+                    "requests": n,
+                    "errors": errors,
+                    "client_aborts": aborts,
+                    "ttft_s": _quantiles(ttft, ("p50", "p95", "p99")),
+                    "e2e_s": _quantiles(e2e, ("p50", "p95", "p99")),
+                    "itl_s": _quantiles(itl, ("p50", "p95")),
+                    "queue_s": _quantiles(queue, ("p50", "p95")),
+                    "tokens_per_s_per_request_p50": tps,
+                    "output_tokens_per_s": round((completion or 0) / seconds, 3),
+                    "prompt_tokens_per_s": round((prompt or 0) / seconds, 3),
+                }
+            )
+        return {"granularity": granularity, "rows": rows}
+
+    def gpu(
+        self, since: datetime, until: datetime, granularity: str = "minute", replica: str = ""
+    ) -> dict[str, Any]:
+        """GPU samples aggregated per bucket and device."""
+        self._range(since, until)
+        sql = query("reports", "gpu_series").replace(
+            "__BUCKET_S__", _bucket("ts", granularity, allow_minute=True)
+        )
+        cols = [
+            "bucket",
+            "replica",
+            "gpu_uuid",
+            "mig_uuid",
+            "gpu_model",
+            "mig_profile",
+            "util_pct",
+            "mem_used_bytes",
+            "mem_total_bytes",
+            "power_w",
+            "energy_j",
+            "temp_c",
+            "samples",
+        ]
+        rows = []
+        for r in self._rows(sql, {"since": since, "until": until, "replica": replica}):
+            row = dict(zip(cols, r, strict=True))
+            row["bucket"] = iso(row["bucket"])
+            rows.append(row)
+        return {"granularity": granularity, "rows": rows}
+
+    def cache_savings(self, since: datetime, until: datetime) -> dict[str, Any]:
+        """What cache hits would have cost at each model's current rate."""
+        self._range(since, until)
+        rates = self.rates()
+        rows = []
+        for tenant, model, hits, prompt, completion in self._rows(
+            query("reports", "cache_hits"), {"since": since, "until": until}
+        ):
+            rate = rates["models"].get(model, rates["default"])
+            saved = (prompt or 0) * rate["usd_per_prompt_token"] + (completion or 0) * rate[
+                "usd_per_completion_token"
+            ]
+            rows.append(
+                {
+                    "tenant": tenant,
+                    "model": model,
+                    "hits": hits,
+                    "prompt_tokens": int(prompt or 0),
+                    "completion_tokens": int(completion or 0),
+                    "saved_usd": round(saved, 6),
+                }
+            )
+        return {"rows": rows, "total_saved_usd": round(sum(r["saved_usd"] for r in rows), 6)}
+
+    def tenant_spend(self, tenant: str, since: datetime, until: datetime) -> float:
+        """A tenant's cost in USD over a range (idle share included when shared)."""
+        rows = self._rows(
+            query("reports", "tenant_spend"),
+            {"since": since, "until": until, "tenant": tenant, "share_idle": self.share_idle},
+        )
+        cost, idle = rows[0] if rows else (0, 0)
+        return ((cost or 0) + (idle or 0)) / 1e6
+
+    def allocated_until(self) -> datetime | None:
+        """End of the last allocated window (None before the first run)."""
+        rows = self._rows(query("reports", "allocated_until"), {})
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+
+def _quantiles(values: list[float] | None, names: tuple[str, ...]) -> dict[str, float | None]:
+    if not values:
+        return {n: None for n in names}
+    return {n: (round(v, 6) if v is not None else None) for n, v in zip(names, values, strict=True)}
