@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from importlib import resources
-from string import Template
 
 
 def template() -> str:
-    """The shipped config with ``${listen}``, ``${throttle}``, ``${upstream}`` placeholders."""
+    """The shipped config with ``@LISTEN@``, ``@THROTTLE@`` and ``@UPSTREAM@`` placeholders."""
     return resources.files("throttle.nginx").joinpath("throttle.conf").read_text("utf-8")
 
 
 def render(listen: str, throttle: str, upstream: str) -> str:
-    """The server block, filled in (include it in an ``http {}`` context)."""
-    return Template(template()).substitute(listen=listen, throttle=throttle, upstream=upstream)
+    """The config, filled in (include it in an ``http {}`` context)."""
+    text = template()
+    for marker, value in (("@LISTEN@", listen), ("@THROTTLE@", throttle), ("@UPSTREAM@", upstream)):
+        text = text.replace(marker, value)
+    return text
