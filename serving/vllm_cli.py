@@ -142,6 +142,11 @@ def register(
         help="seconds between SIGTERM and SIGKILL when stopping (default 30)",
     )
     p.add_argument(
+        "--log-prefix",
+        metavar="TEXT",
+        help="prefix of each vLLM log line copied to stdout (default '[vllm] ')",
+    )
+    p.add_argument(
         "--print-command",
         action="store_true",
         help="print the command line and environment that would start vLLM, then exit",

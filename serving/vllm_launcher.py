@@ -202,4 +202,15 @@ def build_command(settings: VllmSettings, default_python: str = sys.executable) 
     if settings.cpu_dev:
         env.update(CPU_DEV_ENV)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kvcache_space_gib)
-    return LaunchCommand(argv=argv, env=env, base_url=f"http://{settings.host}:{settings.port}")
+    return LaunchCommand(argv=argv, env=env, base_url=client_url(settings.host, settings.port))
+
+
+def client_url(host: str, port: int) -> str:
+    """Where a local client reaches a server bound to ``host`` (wildcards mean loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
