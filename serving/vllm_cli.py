@@ -105,7 +105,8 @@ def register(
         action="store_true",
         default=None,
         help="serve the tiny model with the CPU development install from "
-        "serving/vllm_cpu/setup.sh (its venv, float32, eager, offline; name tiny-llama)",
+        "serving/vllm_cpu/setup.sh (its venv, float32, eager, offline; name tiny-llama); "
+        "ignores the [vllm] table (set cpu_dev = true there to configure this mode)",
     )
     p.add_argument(
         "--entrypoint",
@@ -161,8 +162,14 @@ def register(
 
 
 def settings_from(args: argparse.Namespace, config: Config) -> VllmSettings:
-    """The ``[vllm]`` table with the command-line flags applied (CPU dev defaults last)."""
+    """The ``[vllm]`` table with the command-line flags applied (CPU dev defaults last).
+
+    ``--cpu-dev`` replaces the table (which describes the GPU deployment); with
+    ``cpu_dev = true`` in the table, the table's values are kept and defaults fill the rest.
+    """
     base = section(config, "vllm", VllmSettings)
+    if args.cpu_dev:  # the flag is a preset: the table describes the real (GPU) deployment
+        base = VllmSettings(cpu_dev=True)
     fields = set(VllmSettings.model_fields) - {"extra_args"}
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
     extra = [a for s in args.extra_args or [] for a in shlex.split(s)]

@@ -308,6 +308,31 @@ def test_cpu_dev_print_command(capsys, config_file, tmp_path, monkeypatch):
     assert f"{install.python} -m {API_SERVER} --model {install.model_dir}" in out
 
 
+def test_cpu_dev_flag_ignores_the_gpu_table(capsys, config_file, tmp_path, monkeypatch):
+    install = _fake_install(tmp_path / "home")
+    monkeypatch.setenv(vllm_cpu.HOME_ENV, str(install.home))
+    config_file.write_text(
+        '[vllm]\nmodel = "meta-llama/Llama-3.1-70B"\nquantization = "awq"\n'
+        'device = "MIG-4f0e8d2c"\nmax_model_len = 8192\n'
+    )
+    code, out, _ = _cli(
+        capsys, "--config", str(config_file), "--cpu-dev", "--max-num-seqs", "4", "--print-command"
+    )
+    assert code == 0
+    assert "Llama-3.1-70B" not in out and "--quantization" not in out
+    assert "CUDA_VISIBLE_DEVICES" not in out
+    assert "--max-model-len 512" in out and "--max-num-seqs 4" in out
+
+
+def test_cpu_dev_in_the_table_keeps_its_values(capsys, config_file, tmp_path, monkeypatch):
+    install = _fake_install(tmp_path / "home")
+    monkeypatch.setenv(vllm_cpu.HOME_ENV, str(install.home))
+    config_file.write_text("[vllm]\ncpu_dev = true\nmax_model_len = 1024\n")
+    code, out, _ = _cli(capsys, "--config", str(config_file), "--print-command")
+    assert code == 0
+    assert "--max-model-len 1024" in out and "--dtype float32" in out
+
+
 def test_port_in_use_is_detected():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -484,3 +509,12 @@ def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
     assert f"{sig.name} received, stopping vLLM" in rest
     assert "vLLM stopped (exit code 0)" in rest
     assert not _alive(engine_pid) and not _alive(child)
+
+
+def test_example_config_documents_a_valid_vllm_table():
+    table = load_config(str(REPO / "infermeter.example.toml")).table("vllm")
+    settings = VllmSettings.model_validate(table)
+    assert set(table) >= set(VllmSettings.model_fields) - {
+        "quantization", "kv_cache_dtype", "dtype", "device", "python",
+    }  # fmt: skip
+    assert build_command(settings).argv[3:5] == ["serve", settings.model]
