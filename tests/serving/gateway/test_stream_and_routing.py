@@ -1,0 +1,128 @@
+"""Stream accounting on real vLLM output, and replica choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from serving.gateway.routing import (
+    KV_SATURATED,
+    EngineSignals,
+    Replica,
+    Router,
+    parse_engine_gauges,
+)
+from serving.gateway.signals import signals_from_json
+from serving.gateway.usage import StreamTap, body_usage
+
+ARTIFACTS = Path(__file__).resolve().parents[4] / "shared" / "vllm-cpu" / "artifacts"
+CAPTURES = Path(__file__).resolve().parents[1] / "conformance" / "vllm_0_32_captures"
+
+
+def _artifact(name: str) -> bytes:
+    for folder in (CAPTURES, ARTIFACTS):
+        if (folder / name).exists():
+            return (folder / name).read_bytes()
+    raise FileNotFoundError(name)
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 100_000])
+def test_tap_on_real_vllm_chat_stream(size: int) -> None:
+    raw = _artifact("chat_stream.sse")
+    tap = StreamTap(drop_usage_event=True, capture=True, now=lambda: 5.0)
+    out = b"".join(tap.feed(raw[i : i + size]) for i in range(0, len(raw), size)) + tap.flush()
+    assert tap.usage.reported
+    assert (tap.usage.prompt_tokens, tap.usage.completion_tokens) == (12, 8)
+    assert tap.usage.finish_reason == "length" and tap.done
+    assert tap.first_token_at == 5.0 and tap.content_events == 8
+    assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert out.count(b"data: ") == raw.count(b"data: ") - 1
+    texts = [
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in raw.split(b"\n")
+        if line.startswith(b"data: {") and b'"choices":[]' not in line
+    ]
+    assert tap.final_answer().text == "".join(texts)
+
+
+def test_tap_keeps_usage_the_client_asked_for() -> None:
+    raw = _artifact("chat_stream.sse")
+    tap = StreamTap(drop_usage_event=False, capture=False)
+    assert tap.feed(raw) + tap.flush() == raw
+    assert tap.usage.completion_tokens == 8
+
+
+def test_tap_on_an_aborted_stream_counts_what_was_seen() -> None:
+    raw = _artifact("completions_stream.sse")
+    cut = raw[: len(raw) // 2]
+    tap = StreamTap(drop_usage_event=True, capture=False)
+    tap.feed(cut)
+    assert not tap.usage.reported and tap.content_events > 0
+
+
+def test_body_usage_on_real_vllm_response() -> None:
+    usage, answer = body_usage(_artifact("chat_nonstream.json"))
+    assert (usage.prompt_tokens, usage.completion_tokens) == (22, 16)
+    assert answer is not None and answer.text.startswith("classdirect")
+    assert usage.finish_reason == "length"
+
+
+def test_engine_gauges_from_real_vllm_metrics() -> None:
+    text = _artifact("metrics_final_after_abort_and_errors.txt").decode()
+    # The real exposition with the gauges set to known values (lines otherwise untouched).
+    text = text.replace(
+        'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 0.0',
+        'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 7.0',
+    ).replace(
+        'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0',
+        'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.83',
+    )
+    sig = parse_engine_gauges(text, ts=1.0)
+    assert (sig.waiting, sig.kv_cache_usage, sig.ts) == (7.0, 0.83, 1.0)
+    assert sig.running == 0.0
+
+
+def _router(now: list[float]) -> Router:
+    replicas = [Replica(n, f"http://{n}", f"http://{n}/v1/signals") for n in ("a", "b", "c")]
+    return Router(replicas, max_age_s=5.0, now=lambda: now[0])
+
+
+def test_least_outstanding_wins_and_ties_rotate() -> None:
+    now = [100.0]
+    router = _router(now)
+    a, b, c = router.replicas
+    a.outstanding, b.outstanding, c.outstanding = 3, 1, 2
+    assert router.pick() is b
+    assert router.pick(frozenset({"b"})) is c
+    a.outstanding = b.outstanding = c.outstanding = 0
+    assert {router.pick().name for _ in range(3)} == {"a", "b", "c"}  # type: ignore[union-attr]
+    assert router.pick(frozenset({"a", "b", "c"})) is None
+
+
+def test_fresh_signals_refine_and_stale_ones_are_ignored() -> None:
+    now = [100.0]
+    router = _router(now)
+    a, b, c = router.replicas
+    a.signals = EngineSignals(ts=99.0, waiting=10)
+    b.signals = EngineSignals(ts=99.0, waiting=0, kv_cache_usage=KV_SATURATED)
+    c.signals = EngineSignals(ts=99.0, waiting=2)
+    c.outstanding = 1
+    assert router.pick() is c  # a is queued, b's KV cache is full
+    now[0] = 200.0  # every reading is stale now: plain least-outstanding
+    picks = {router.pick().name for _ in range(4)}  # type: ignore[union-attr]
+    assert picks == {"a", "b"}
+
+
+def test_signals_from_collector_json_age_by_their_timestamp() -> None:
+    payload = [
+        {"ts": 990.0, "num_requests_waiting": 2, "num_requests_running": 3,
+         "kv_cache_usage_perc": 0.4},
+        {"ts": 995.0, "num_requests_waiting": 1, "kv_cache_usage_perc": 0.7},
+    ]  # fmt: skip
+    sig = signals_from_json(payload, received_mono=50.0, wall_now=1000.0)
+    assert sig is not None
+    assert (sig.waiting, sig.running, sig.kv_cache_usage) == (3.0, 3.0, 0.7)
+    assert sig.ts == 40.0  # the older reading decides the age
+    assert signals_from_json([], 1.0, 1.0) is None
