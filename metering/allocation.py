@@ -141,7 +141,7 @@ class Allocator:
         if w_until <= w_since:
             return result
         started = self.clock()
-        params = {
+        params: dict[str, object] = {
             "w_since": w_since,
             "w_until": w_until,
             "window_us": self.window_us,
@@ -184,9 +184,7 @@ class Allocator:
             row[0]: calibration.Calibration(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
             for row in cur.execute(query("reports", "latest_fit_calibration")).fetchall()
         }
-        chosen = [
-            calibration.choose(m, sums.get(m), previous.get(m)) for m in sorted(set(models))
-        ]
+        chosen = [calibration.choose(m, sums.get(m), previous.get(m)) for m in sorted(set(models))]
         cur.register(
             "alloc_weights",
             pa.table(
@@ -207,6 +205,7 @@ class Allocator:
         started: float,
     ) -> None:
         now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
+        result_range = (epoch_us(result.range_start), epoch_us(result.range_end))
         unpriced = cur.execute(
             "SELECT count(DISTINCT request_id) FROM alloc_rw rw WHERE NOT EXISTS "
             "(SELECT 1 FROM alloc_capacity c WHERE c.priced AND c.replica = rw.replica "
@@ -229,10 +228,7 @@ class Allocator:
                 "SELECT count(*), coalesce(sum(cost_micro), 0), coalesce(sum(idle_micro), 0) "
                 "FROM replica_window WHERE window_start >= make_timestamp($a) "
                 "AND window_start < make_timestamp($b)",
-                {
-                    "a": params["w_since"] * self.window_us,  # type: ignore[operator]
-                    "b": params["w_until"] * self.window_us,  # type: ignore[operator]
-                },
+                {"a": result_range[0], "b": result_range[1]},
             ).fetchone()
             rw = cur.execute("SELECT count(*) FROM alloc_share").fetchone()
             result.replica_windows, result.cost_micro, result.idle_micro = (

@@ -155,7 +155,15 @@ class Budgets:
                 "INSERT INTO budget_alerts VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET sent_at = excluded.sent_at, "
                 "projected_usd = excluded.projected_usd, delivered = excluded.delivered",
-                [tenant, ps.period, ps.period_start, now, ps.projected_usd, ps.limit_usd, delivered],
+                [
+                    tenant,
+                    ps.period,
+                    ps.period_start,
+                    now,
+                    ps.projected_usd,
+                    ps.limit_usd,
+                    delivered,
+                ],
             )
         finally:
             cur.close()

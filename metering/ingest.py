@@ -13,6 +13,7 @@ an id as done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -278,10 +279,8 @@ class Ingestor:
                 cur.execute(sql, bind(sql, params))
             cur.execute("COMMIT")
         except duckdb.Error as exc:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 cur.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
             raise StorageError(f"{kind} batch not stored: {exc}") from exc
         return int(row[0]) if row else 0
 

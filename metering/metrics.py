@@ -28,10 +28,16 @@ class MeteringCollector(Collector):
             "records_received": ("Records received in ingest batches.", "received"),
             "records_stored": ("Records stored (new request ids / sample keys).", "stored"),
             "records_duplicate": ("Records ignored because their id was stored.", "duplicate"),
-            "records_dead_lettered": ("Records rejected into the dead-letter table.", "dead_lettered"),
+            "records_dead_lettered": (
+                "Records rejected into the dead-letter table.",
+                "dead_lettered",
+            ),
             "ingest_batches": ("Ingest batches committed.", "batches"),
             "ingest_batches_failed": ("Ingest batches refused or not stored.", "batches_failed"),
-            "ingest_fast_path_batches": ("Batches validated by the vectorised path.", "fast_path_batches"),
+            "ingest_fast_path_batches": (
+                "Batches validated by the vectorised path.",
+                "fast_path_batches",
+            ),
             "ingest_bytes": ("Bytes of ingest bodies received.", "bytes"),
         }
         with stats.lock:
@@ -42,7 +48,9 @@ class MeteringCollector(Collector):
                     family.add_metric([kind], float(getattr(c, attr)))
                 yield family
         yield GaugeMetricFamily(
-            P + "db_size_bytes", "Size of the DuckDB file and its WAL.", self.service.store.size_bytes()
+            P + "db_size_bytes",
+            "Size of the DuckDB file and its WAL.",
+            self.service.store.size_bytes(),
         )
         alloc = self.service.allocation_state
         yield CounterMetricFamily(P + "allocation_runs", "Allocation runs completed.", alloc.runs)

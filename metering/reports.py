@@ -100,9 +100,18 @@ class Reports:
             "share_idle": self.share_idle,
         }
         rows = []
-        for bucket, key, cost, idle_share, req, prompt, cached, completion, gpu_s, kwh in self._rows(
-            sql, params
-        ):
+        for (
+            bucket,
+            key,
+            cost,
+            idle_share,
+            req,
+            prompt,
+            cached,
+            completion,
+            gpu_s,
+            kwh,
+        ) in self._rows(sql, params):
             total = (cost or 0) + (idle_share or 0)
             tokens = (prompt or 0) + (completion or 0)
             rows.append(
@@ -229,9 +238,7 @@ class Reports:
             query("reports", "buy_vs_build"), {"since": since, "until": until}
         ):
             managed = {
-                name: round(
-                    (prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1e6, 6
-                )
+                name: round((prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1e6, 6)
                 for name, p in sorted(self.catalog.managed.items())
             }
             rows.append(

@@ -72,7 +72,9 @@ class MeteringService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def allocate(self, since: datetime | None = None, until: datetime | None = None) -> AllocationResult:
+    def allocate(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> AllocationResult:
         """Allocate ``[since, until)``; by default the closed windows not yet final (from the
         watermark, or ``reallocate_s`` back, up to now minus the lag)."""
         now = self.now()

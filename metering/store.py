@@ -76,8 +76,7 @@ def open_store(uri: str, *, migrate: bool = True) -> Store:
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in OPENERS:
         raise StorageError(
-            f"unsupported storage URI {uri!r}: use duckdb:///path/file.duckdb or "
-            "duckdb:///:memory:"
+            f"unsupported storage URI {uri!r}: use duckdb:///path/file.duckdb or duckdb:///:memory:"
         )
     store = OPENERS[scheme](rest, uri)
     store.connection.execute("SET TimeZone = 'UTC'")
