@@ -48,6 +48,7 @@ class MeteringClient:
         self._queue: deque[UsageRecord] = deque()
         self._interval = flush_interval_s
         self._rates: dict[str, dict[str, float]] = {}
+        self._default_rate: dict[str, float] | None = None
         self._rates_at = float("-inf")
         self._rates_ttl = rates_ttl_s
         self._now = now
@@ -126,12 +127,13 @@ class MeteringClient:
         return sent
 
     async def price(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """What the tokens cost at metering's current rate for ``model`` (None if unknown)."""
+        """What the tokens cost at metering's current rate for ``model`` (its ``default`` rate
+        when the model has none yet; None when metering is not configured or unreachable)."""
         if not self.enabled:
             return None
         if self._now() - self._rates_at > self._rates_ttl:
             await self._refresh_rates()
-        rate = self._rates.get(model)
+        rate = self._rates.get(model) or self._default_rate
         if rate is None:
             return None
         return prompt_tokens * rate.get("usd_per_prompt_token", 0.0) + (
@@ -151,10 +153,20 @@ class MeteringClient:
                 payload = orjson.loads(await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
             return
-        models = payload.get("models") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict):
+            return
+        models = payload.get("models")
         if isinstance(models, dict):
             self._rates = {
-                str(name): {k: float(v) for k, v in rate.items() if isinstance(v, int | float)}
-                for name, rate in models.items()
-                if isinstance(rate, dict)
+                str(name): _numbers(rate) for name, rate in models.items() if isinstance(rate, dict)
             }
+        default = payload.get("default")
+        self._default_rate = _numbers(default) if isinstance(default, dict) else None
+
+
+def _numbers(rate: dict[str, object]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in rate.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
-from gateway_fixtures import MODEL, MeteringContract
+from gateway_fixtures import MODEL, MeteringContract, root_conftest
 
 from serving.gateway.embeddings.local import LocalEmbedder
-
-
-def root_conftest(config: pytest.Config) -> ModuleType:
-    """tests/conftest.py as pytest loaded it."""
-    path = Path(__file__).resolve().parents[2] / "conftest.py"
-    module = config.pluginmanager.get_plugin(str(path))
-    assert isinstance(module, ModuleType)
-    return module
 
 
 @pytest.fixture

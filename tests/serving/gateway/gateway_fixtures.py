@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -37,6 +39,14 @@ def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
+def root_conftest(config: Any) -> ModuleType:
+    """tests/conftest.py as pytest loaded it (free_port, ServerThread, ...)."""
+    path = Path(__file__).resolve().parents[2] / "conftest.py"
+    module = config.pluginmanager.get_plugin(str(path))
+    assert isinstance(module, ModuleType)
+    return module
+
+
 def resolver() -> TenantResolver:
     return TenantResolver(SECRET, {hash_key(k): v for k, v in KEYS.items()})
 
@@ -64,7 +74,7 @@ def gateway_settings(replica_urls: list[str], **overrides: Any) -> GatewaySettin
         },
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
+        if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "models":
             data[key] = {**data[key], **value}
         else:
             data[key] = value
