@@ -44,6 +44,7 @@ class TinySpec:
     heads: int = 4
     max_positions: int = 2048
     seed: int = 0
+    corpus_files: int = CORPUS_FILES
 
 
 def is_built(out: Path, spec: TinySpec) -> bool:
@@ -81,7 +82,7 @@ def build_tokenizer(out: Path, spec: TinySpec) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train(corpus(), trainer)
+    bpe.train(corpus(spec.corpus_files), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<s>",
@@ -151,9 +152,23 @@ def main(argv: list[str] | None = None) -> int:
         "--max-positions", type=int, default=defaults.max_positions, help="context window"
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="weight init seed")
+    parser.add_argument(
+        "--corpus-files",
+        type=int,
+        default=defaults.corpus_files,
+        help="standard-library source files to train the tokenizer on",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if already built")
     args = parser.parse_args(argv)
-    spec = TinySpec(args.vocab, args.hidden, args.layers, args.heads, args.max_positions, args.seed)
+    spec = TinySpec(
+        args.vocab,
+        args.hidden,
+        args.layers,
+        args.heads,
+        args.max_positions,
+        args.seed,
+        args.corpus_files,
+    )
     print(build(args.out.resolve(), spec, force=args.force))
     return 0
 

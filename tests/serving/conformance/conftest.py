@@ -101,12 +101,14 @@ def vllm_engine(
     Teardown checks the launcher itself: SIGTERM must stop it with exit code 0 and leave no
     vLLM process behind.
     """
+    problem = ""
     try:
-        install = vllm_cpu.require_install()
-        ensure_installed(str(install.python))
+        ensure_installed(str(vllm_cpu.require_install().python))
     except EngineNotInstalled as exc:
+        problem = str(exc)
+    if problem:
         pytest.fail(
-            f"real vLLM is needed for the conformance suite: {exc}\n"
+            f"real vLLM is needed for the conformance suite: {problem}\n"
             "(./dev.sh test runs the setup script unless INFERMETER_SKIP_VLLM=1)",
             pytrace=False,
         )
