@@ -52,7 +52,7 @@ def test_gcra_unlimited_and_adjust() -> None:
 
 def test_leases_purge_and_retry() -> None:
     held = {"a": T0 + 5, "b": T0 + 10, "c": T0}
-    assert leases.purge(held, T0) == 1 and set(held) == {"a", "b"}
+    assert leases.purge(held, T0) == ["c"] and set(held) == {"a", "b"}
     assert not leases.has_slot(2, 2) and leases.has_slot(1, 2) and leases.has_slot(99, 0)
     assert leases.retry_after(held, T0) == 5
 

@@ -9,8 +9,11 @@ As an *admission* rule (the throttle does not own the engine's queue) this becom
 
 - every admission charges ``cost / weight`` to the tenant's counter in the pool, and settle
   replaces the estimate by the actual cost (VTC charges settled compute, not bytes);
-- a tenant is *active* while it has asked within ``active_window_s``; on re-activation its
-  counter is lifted to the smallest counter of the other active tenants;
+- a tenant is *active* while it has asked within ``active_window_s``; the smallest counter
+  among the other active tenants is the *floor*;
+- a tenant whose queue was empty (nothing in flight, or not active) is lifted to the floor
+  when it asks, as VTC lifts a client whose queue becomes non-empty again: a light tenant
+  never banks credit, and its counter never drifts behind or ahead of the others';
 - under pressure only, a tenant whose counter leads the smallest active counter by more than
   ``slack`` is refused (reason ``fair_share``): the tenant with the least weighted service
   always passes, light tenants are never held back by a heavy one;
@@ -45,9 +48,9 @@ def min_active(counters: Iterable[tuple[str, float]], tenant: str) -> float | No
     return best
 
 
-def lift(own: float, was_active: bool, floor: float | None) -> float:
-    """VTC re-activation: an inactive tenant's counter rises to the active minimum."""
-    if was_active or floor is None:
+def lift(own: float, backlogged: bool, floor: float | None) -> float:
+    """VTC re-activation: a tenant that was not backlogged rises to the active minimum."""
+    if backlogged or floor is None:
         return own
     return max(own, floor)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 
 
-def purge(leases: MutableMapping[str, float], now: float) -> int:
-    """Drop leases whose expiry is at or before ``now``; returns how many were dropped."""
+def purge(leases: MutableMapping[str, float], now: float) -> list[str]:
+    """Drop leases whose expiry is at or before ``now``; returns their ids."""
     expired = [rid for rid, expires in leases.items() if expires <= now]
     for rid in expired:
         del leases[rid]
-    return len(expired)
+    return expired
 
 
 def has_slot(in_flight: int, cap: int) -> bool:

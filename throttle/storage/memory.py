@@ -52,6 +52,8 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
+        self._lease_pool: dict[str, str] = {}  # reservation id -> pool of its lease
+        self._inflight: dict[str, dict[str, int]] = {}  # pool -> tenant -> leases held
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
         self._fair: dict[str, dict[str, float]] = {}
         self._seen: dict[str, dict[str, float]] = {}
@@ -77,6 +79,21 @@ class MemoryStorage:
         self._spend[(tenant, key)] = (value, max(old_exp, expires))
         return value
 
+    def _released(self, tenant: str, rid: str) -> None:
+        pool = self._lease_pool.pop(rid, None)
+        if pool is None:
+            return
+        counts = self._inflight.get(pool, {})
+        left = counts.get(tenant, 0) - 1
+        if left > 0:
+            counts[tenant] = left
+        else:
+            counts.pop(tenant, None)
+
+    def _purge(self, tenant: str, held: dict[str, float], now: float) -> None:
+        for rid in leases.purge(held, now):
+            self._released(tenant, rid)
+
     def _sweep(self, now: float) -> None:
         heap = self._expiry
         for _ in range(SWEEP_BATCH):
@@ -86,30 +103,34 @@ class MemoryStorage:
             record = self._records.pop(rid, None)
             if record is not None:
                 held = self._leases.get(record.tenant)
-                if held is not None:
-                    held.pop(rid, None)
-                    if not held:
-                        del self._leases[record.tenant]
+                if held is not None and held.pop(rid, None) is not None:
+                    self._released(record.tenant, rid)
+                if held is not None and not held:
+                    del self._leases[record.tenant]
 
     def _active(
         self, pool: str, tenant: str, now: float, window: float
     ) -> tuple[bool, float | None]:
+        """``(backlogged, floor)``: whether ``tenant`` has work in flight in ``pool`` while
+        active, and the smallest counter among the other active, backlogged tenants."""
         seen = self._seen.setdefault(pool, {})
         counters = self._fair.setdefault(pool, {})
+        inflight = self._inflight.setdefault(pool, {})
         horizon = now - window
         forget = now - window * FORGET_FACTOR
-        was_active = seen.get(tenant, -1.0) >= horizon
+        backlogged = seen.get(tenant, -1.0) >= horizon and inflight.get(tenant, 0) > 0
         active: list[tuple[str, float]] = []
         stale: list[str] = []
         for name, ts in seen.items():
             if ts >= horizon:
-                active.append((name, counters.get(name, 0.0)))
+                if inflight.get(name, 0) > 0:
+                    active.append((name, counters.get(name, 0.0)))
             elif ts < forget:
                 stale.append(name)
         for name in stale:
             del seen[name]
             counters.pop(name, None)
-        return was_active, fairshare.min_active(active, tenant)
+        return backlogged, fairshare.min_active(active, tenant)
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
@@ -118,14 +139,14 @@ class MemoryStorage:
         held = self._leases.get(r.tenant)
         if held is None:
             held = self._leases[r.tenant] = {}
-        leases.purge(held, now)
+        self._purge(r.tenant, held, now)
         day = self._spent(r.tenant, r.day_key, now)
         month = self._spent(r.tenant, r.month_key, now)
         tat = self._tat.get(r.tenant, now)
         fair = r.fair
         counters = self._fair.setdefault(r.pool, {})
-        was_active, floor = self._active(r.pool, r.tenant, now, fair.active_window_s)
-        own = fairshare.lift(counters.get(r.tenant, 0.0), was_active, floor)
+        backlogged, floor = self._active(r.pool, r.tenant, now, fair.active_window_s)
+        own = fairshare.lift(counters.get(r.tenant, 0.0), backlogged, floor)
         counters[r.tenant] = own
         self._seen[r.pool][r.tenant] = now
 
@@ -150,6 +171,9 @@ class MemoryStorage:
         if r.rate_per_s > 0:
             self._tat[r.tenant] = rate.tat
         held[r.reservation_id] = r.lease_expires_at
+        self._lease_pool[r.reservation_id] = r.pool
+        pool_counts = self._inflight.setdefault(r.pool, {})
+        pool_counts[r.tenant] = pool_counts.get(r.tenant, 0) + 1
         day = self._add_spend(r.tenant, r.day_key, r.cost, r.day_end + WINDOW_GRACE_S)
         month = self._add_spend(r.tenant, r.month_key, r.cost, r.month_end + WINDOW_GRACE_S)
         own = fairshare.charge(own, r.cost, r.weight, floor, fair.max_lead)
@@ -200,8 +224,8 @@ class MemoryStorage:
         if counters is not None and record.tenant in counters:
             counters[record.tenant] = max(0.0, counters[record.tenant] + delta / record.weight)
         held = self._leases.get(record.tenant)
-        if held is not None:
-            held.pop(reservation_id, None)
+        if held is not None and held.pop(reservation_id, None) is not None:
+            self._released(record.tenant, reservation_id)
         record.settled = True
         record.actual = actual
         return Settlement(reservation_id, record.tenant, record.pool, record.estimate, actual)
@@ -211,7 +235,7 @@ class MemoryStorage:
 
     async def usage(self, q: UsageRequest) -> Usage:
         held = self._leases.get(q.tenant, {})
-        leases.purge(held, q.now)
+        in_flight = sum(1 for expires in held.values() if expires > q.now)
         remaining, reset = gcra.state(self._tat.get(q.tenant, q.now), q.now, q.rate_per_s, q.burst)
         counters = {
             pool: self._fair[pool][q.tenant]
@@ -221,7 +245,7 @@ class MemoryStorage:
         return Usage(
             remaining,
             reset,
-            len(held),
+            in_flight,
             self._spent(q.tenant, q.day_key, q.now),
             self._spent(q.tenant, q.month_key, q.now),
             counters,

@@ -104,6 +104,7 @@ class RedisStorage:
             self.key("fair", r.pool),
             self.key("seen", r.pool),
             self.key("res", r.reservation_id),
+            self.key("inflight", r.pool),
         ]
         fair = r.fair
         args = [
@@ -131,6 +132,7 @@ class RedisStorage:
             _f(r.prompt_price),
             _f(r.completion_price),
             _f(r.cached_factor),
+            self._tag,
         ]
         out = await self._call(self._reserve, keys, args)
         return Decision(

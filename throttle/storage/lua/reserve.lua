@@ -4,18 +4,21 @@
 -- fair share (only when ARGV[14] pressure = 1); charges all of them only when all pass.
 --
 -- KEYS[1] tat        string  GCRA theoretical arrival time of the tenant
--- KEYS[2] leases     zset    reservation id -> lease expiry (in-flight requests)
+-- KEYS[2] leases     zset    "<reservation id>|<pool>" -> lease expiry (in-flight requests)
 -- KEYS[3] day        string  cost spent in the current UTC day
 -- KEYS[4] month      string  cost spent in the current UTC month
 -- KEYS[5] fair       hash    tenant -> VTC counter of the pool
 -- KEYS[6] seen       zset    tenant -> last time it asked in the pool
 -- KEYS[7] record     hash    the reservation record (read by settle.lua)
+-- KEYS[8] inflight   hash    tenant -> leases held in the pool (VTC "backlogged")
 -- ARGV[1] now  [2] cost  [3] rate_per_s (0 = unlimited)  [4] burst  [5] concurrency (0 = none)
 -- ARGV[6] lease_expires_at  [7] record_expires_at  [8] daily_budget  [9] day_end
 -- ARGV[10] monthly_budget  [11] month_end  [12] tenant  [13] weight  [14] pressure (0|1)
 -- ARGV[15] slack  [16] max_lead  [17] active_window_s  [18] fair_retry_s  [19] pool
 -- ARGV[20] reservation id  [21] forget factor (a tenant idle that many windows is dropped)
 -- ARGV[22] prompt price  [23] completion price  [24] cached prompt factor (locked for settle)
+-- ARGV[25] key tag ("{prefix}"): expired leases of other pools release "<tag>:inflight:<pool>",
+--          a key of the same hash slot as every KEYS[i]
 -- Returns {allowed, reason, retry_after_s, remaining, reset_s, in_flight, day_spent,
 --          month_spent, fair_counter, fair_floor ("" when alone), detail} as strings.
 local now = tonumber(ARGV[1])
@@ -34,8 +37,16 @@ local forget = tonumber(ARGV[21])
 local function f(x) return string.format('%.17g', x) end
 local function ms(seconds) return math.max(1, math.ceil(seconds * 1000)) end
 
--- leases: drop expired ones, count the rest
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+-- leases: drop expired ones (releasing their pool's in-flight count), count the rest
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, member in ipairs(expired) do
+  local p = string.match(member, '^[^|]*|(.*)$')
+  if p then
+    local key = ARGV[25] .. ':inflight:' .. p
+    if redis.call('HINCRBY', key, tenant, -1) <= 0 then redis.call('HDEL', key, tenant) end
+  end
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1]) end
 local in_flight = redis.call('ZCARD', KEYS[2])
 local day = tonumber(redis.call('GET', KEYS[3]) or '0')
 local month = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -51,20 +62,24 @@ end
 local horizon = now - window
 local last = redis.call('ZSCORE', KEYS[6], tenant)
 local was_active = last and tonumber(last) >= horizon
+-- floor: smallest counter among the other active tenants with work in flight in this pool
 local active = redis.call('ZRANGEBYSCORE', KEYS[6], f(horizon), '+inf')
 local floor = nil
 for i = 1, #active, 500 do
   local chunk = {unpack(active, i, math.min(i + 499, #active))}
   local values = redis.call('HMGET', KEYS[5], unpack(chunk))
+  local busy = redis.call('HMGET', KEYS[8], unpack(chunk))
   for j, name in ipairs(chunk) do
-    if name ~= tenant then
+    if name ~= tenant and (tonumber(busy[j]) or 0) > 0 then
       local v = tonumber(values[j]) or 0
       if floor == nil or v < floor then floor = v end
     end
   end
 end
 local own = tonumber(redis.call('HGET', KEYS[5], tenant) or '0')
-if (not was_active) and floor ~= nil and floor > own then own = floor end
+local backlogged = was_active and (tonumber(redis.call('HGET', KEYS[8], tenant)) or 0) > 0
+-- VTC lift: a tenant whose queue was empty rises to the floor
+if (not backlogged) and floor ~= nil and floor > own then own = floor end
 redis.call('HSET', KEYS[5], tenant, f(own))
 redis.call('ZADD', KEYS[6], f(now), tenant)
 local fair_ttl = ms(window * forget)
@@ -119,7 +134,9 @@ if t > 0 then
   redis.call('SET', KEYS[1], f(new_tat), 'PX', ms(new_tat - now + 1))
 end
 local lease_exp = tonumber(ARGV[6])
-redis.call('ZADD', KEYS[2], f(lease_exp), ARGV[20])
+redis.call('ZADD', KEYS[2], f(lease_exp), ARGV[20] .. '|' .. ARGV[19])
+redis.call('HINCRBY', KEYS[8], tenant, 1)
+redis.call('PEXPIRE', KEYS[8], math.max(fair_ttl, ms(lease_exp - now + 60)))
 redis.call('PEXPIRE', KEYS[2], ms(lease_exp - now + 60))
 in_flight = in_flight + 1
 day = tonumber(redis.call('INCRBYFLOAT', KEYS[3], f(cost)))
@@ -134,7 +151,7 @@ own = charged
 redis.call('HSET', KEYS[5], tenant, f(own))
 redis.call('HSET', KEYS[7], 'tenant', tenant, 'pool', ARGV[19], 'estimate', ARGV[2],
   'weight', ARGV[13], 'rate', ARGV[3], 'tat', KEYS[1], 'leases', KEYS[2], 'day', KEYS[3],
-  'month', KEYS[4], 'fair', KEYS[5], 'pp', ARGV[22], 'cp', ARGV[23], 'cf', ARGV[24],
+  'month', KEYS[4], 'fair', KEYS[5], 'inflight', KEYS[8], 'pp', ARGV[22], 'cp', ARGV[23], 'cf', ARGV[24],
   'exp', ARGV[7], 'settled', '0')
 redis.call('PEXPIRE', KEYS[7], ms(tonumber(ARGV[7]) - now))
 return {'1', '', '0', f(remaining), f(reset), tostring(in_flight), f(day), f(month), f(own),

@@ -12,7 +12,7 @@
 -- Returns {} when the record does not exist, else
 --         {tenant, pool, estimate, actual, duplicate (0|1)} as strings.
 local rec = redis.call('HMGET', KEYS[1], 'tenant', 'pool', 'estimate', 'weight', 'rate', 'tat',
-  'leases', 'day', 'month', 'fair', 'settled', 'actual', 'pp', 'cp', 'cf', 'exp')
+  'leases', 'day', 'month', 'fair', 'settled', 'actual', 'pp', 'cp', 'cf', 'exp', 'inflight')
 if not rec[1] or tonumber(rec[16]) <= tonumber(ARGV[4]) then return {} end
 local function f(x) return string.format('%.17g', x) end
 local tenant, pool = rec[1], rec[2]
@@ -39,6 +39,8 @@ local counter = redis.call('HGET', rec[10], tenant)
 if counter then
   redis.call('HSET', rec[10], tenant, f(math.max(0, tonumber(counter) + delta / tonumber(rec[4]))))
 end
-redis.call('ZREM', rec[7], ARGV[5])
+if redis.call('ZREM', rec[7], ARGV[5] .. '|' .. pool) == 1 then
+  if redis.call('HINCRBY', rec[17], tenant, -1) <= 0 then redis.call('HDEL', rec[17], tenant) end
+end
 redis.call('HSET', KEYS[1], 'settled', '1', 'actual', f(actual))
 return {tenant, pool, rec[3], f(actual), '0'}

@@ -1,0 +1,1 @@
+"""Experiments that exercise the real throttle code on scripted pools (figures in docs/)."""
