@@ -316,7 +316,7 @@ class Engine:
         m.running.set(len(self.running))
         m.waiting.set(len(self.waiting))
         m.waiting_capacity.set(len(self.waiting))
-        m.kv_usage.set(1.0 - self.free_blocks / self.total_blocks)
+        m.kv_usage.set(self.kv_usage())
 
     def kv_usage(self) -> float:
         """Fraction of KV-cache blocks in use."""

@@ -304,7 +304,9 @@ class SimulatorApp:
         )
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         plan = req.plan
-        req.delivered = 0
+        paced = self.engine.lookahead is not None
+        if paced:
+            req.delivered = 0
         last = req.target - 1
         sent = 0
         chat = parsed.chat
@@ -331,8 +333,9 @@ class SimulatorApp:
                 elif not chat or plan.pieces[i] >= 0:
                     parts.append(writer.token(plan.json_text(i), i + 1, plan.token_id(i)))
             sent = upto
-            req.delivered = upto
-            self.loop.wake()
+            if paced:  # fast mode: the engine may be holding this stream back
+                req.delivered = upto
+                self.loop.wake()
             if req.status == FINISHED:
                 if parsed.include_usage:
                     parts.append(writer.usage_chunk(req.num_output))
