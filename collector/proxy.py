@@ -283,21 +283,9 @@ class Proxy:
             )
             return
         ident = [(REQUEST_ID_HEADER.encode(), rec.request_id.encode())]
-        task = asyncio.current_task()
-        state: dict[str, Any] = {"resp": None, "aborted": False}
-
-        def on_disconnect(fut: asyncio.Future[Message]) -> None:
-            if fut.cancelled() or state.get("finished"):
-                return
-            state["aborted"] = True
-            resp = state["resp"]
-            if resp is not None:
-                resp.close()
-            elif task is not None:
-                task.cancel()
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_disconnect)
+        watch = _DisconnectWatch(receive, asyncio.current_task())
+        if not rec.stream:
+            watch.start()  # a stream starts watching once it outlives its first chunk
         rec.overhead_s = self.mono() - t0
         try:
             try:
@@ -305,21 +293,20 @@ class Proxy:
                     "POST", self._url(scope), headers=headers, data=body, allow_redirects=False
                 )
             except asyncio.CancelledError:
-                if not state["aborted"]:
+                if not watch.aborted:
                     raise
                 self._finish_abort(rec)
                 return
             except (TimeoutError, aiohttp.ClientError) as exc:
                 await self._upstream_failure(send, exc, rec, ident)
                 return
-            state["resp"] = resp
+            watch.resp = resp
             try:
-                await self._respond(resp, rec, send, strip, ident, state)
+                await self._respond(resp, rec, send, strip, ident, watch)
             finally:
                 resp.release()
         finally:
-            state["finished"] = True
-            watcher.cancel()
+            watch.stop()
 
     def _finish_abort(self, rec: RequestRecord) -> None:
         rec.status = "client_abort"
@@ -341,7 +328,7 @@ class Proxy:
         send: Send,
         strip: bool,
         ident: list[tuple[bytes, bytes]],
-        state: dict[str, Any],
+        watch: _DisconnectWatch,
     ) -> None:
         mono = self.mono
         t_headers = mono()
@@ -351,34 +338,48 @@ class Proxy:
         content_type = resp.headers.get("content-type", "")
         streaming = rec.stream and content_type.startswith("text/event-stream")
         if not streaming:
-            await self._respond_whole(resp, rec, send, ident, t_headers, state)
+            await self._respond_whole(resp, rec, send, ident, t_headers, watch)
             return
         scanner = SseScanner(rec.token_times, strip_usage=strip)
         out = self._response_headers(resp, drop_length=True)
         rec.overhead_s += mono() - t_headers
         out.extend(self._overhead_headers(rec, ident))
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        ended = False
         try:
             async for chunk in resp.content.iter_any():
                 t = mono()
                 data = scanner.feed(chunk, t)
                 rec.overhead_s += mono() - t
-                if data:
+                if watch.aborted:
+                    break
+                if scanner.done and not ended:
+                    # [DONE] seen: the stream is over for the client; account, then end it
+                    ended = True
+                    self._collect(rec, scanner)
+                    rec.finished_mono = t
+                    self.sink.submit(rec)
+                    await self._await_durable(rec)
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                elif data and not ended:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    watch.start()
             tail = scanner.flush()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            if state["aborted"]:
-                self._collect(rec, scanner)
-                self._finish_abort(rec)
+            if ended:
                 return
             self._collect(rec, scanner)
+            if watch.aborted:
+                self._finish_abort(rec)
+                return
             await self._midstream_failure(rec, send, exc)
             return
-        if state["aborted"]:
-            self._collect(rec, scanner)
-            self._finish_abort(rec)
+        if ended:
             return
         self._collect(rec, scanner)
+        if watch.aborted:
+            self._finish_abort(rec)
+            return
         if scanner.error:
             rec.status = "error"
         rec.finished_mono = mono()
@@ -411,12 +412,12 @@ class Proxy:
         send: Send,
         ident: list[tuple[bytes, bytes]],
         t_headers: float,
-        state: dict[str, Any],
+        watch: _DisconnectWatch,
     ) -> None:
         try:
             body = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            if state["aborted"]:
+            if watch.aborted:
                 self._finish_abort(rec)
                 return
             await self._upstream_failure(send, exc, rec, ident)
@@ -443,3 +444,42 @@ class Proxy:
             await asyncio.wait_for(asyncio.shield(rec.durable), _DURABLE_WAIT_S)
         except TimeoutError:
             return
+
+
+class _DisconnectWatch:
+    """Notices the client going away and cancels the upstream request.
+
+    Started lazily: a waiter on ``receive()`` costs a task, so a stream starts one only once
+    it outlives its first chunk (a client that leaves while the engine is still queueing or
+    prefilling is noticed at the first token); non-streamed requests watch from the start.
+    """
+
+    __slots__ = ("aborted", "receive", "resp", "task", "watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self.receive = receive
+        self.task = task
+        self.resp: aiohttp.ClientResponse | None = None
+        self.watcher: asyncio.Future[Message] | None = None
+        self.aborted = False
+
+    def start(self) -> None:
+        if self.watcher is None:
+            self.watcher = asyncio.ensure_future(self.receive())
+            self.watcher.add_done_callback(self._fired)
+
+    def _fired(self, fut: asyncio.Future[Message]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result().get("type") != "http.disconnect":
+            return
+        self.aborted = True
+        if self.resp is not None:
+            self.resp.close()
+        elif self.task is not None:
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self.watcher is not None and not self.watcher.done():
+            self.watcher.remove_done_callback(self._fired)
+            self.watcher.cancel()

@@ -9,12 +9,14 @@ Per-request facts (request ids, exact timings) belong to usage records, never to
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from metering.contracts import UsageRecord
 
@@ -97,6 +99,41 @@ class _TokenRates(Collector):
         yield generation
 
 
+class _GapHistogram(Collector):
+    """Per-model histogram of many observations at once (inter-token gaps, ~1 per token).
+
+    client_python's ``observe`` takes a lock and walks the buckets in Python per value; a
+    request brings dozens of gaps, so they are bucketed here with ``bisect`` in one pass.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = list(buckets)
+        self._data: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe_many(self, model: str, values: list[float]) -> None:
+        entry = self._data.get(model)
+        if entry is None:
+            entry = self._data[model] = ([0] * (len(self.bounds) + 1), [0.0])
+        counts, total = entry
+        bounds = self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        total[0] += sum(values)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+        for model, (counts, total) in sorted(self._data.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), float(cumulative)))
+            family.add_metric([model], buckets, total[0])
+        yield family
+
+
 class RequestMetrics:
     """Request, token, latency and overhead series, plus the collector's own health."""
 
@@ -138,13 +175,12 @@ class RequestMetrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
-        self.itl = Histogram(
+        self.itl = _GapHistogram(
             "infermeter_inter_token_latency_seconds",
-            "Gaps between streamed content frames seen by the collector",
-            ["model"],
-            buckets=ITL_BUCKETS,
-            registry=r,
+            "Gaps between streamed tokens seen by the collector",
+            ITL_BUCKETS,
         )
+        r.register(self.itl)
         self.e2e = Histogram(
             "infermeter_e2e_request_latency_seconds",
             "End-to-end request latency seen by the collector",
@@ -189,7 +225,7 @@ class RequestMetrics:
         r.register(self.rates)
         self.guard = TenantGuard(tenant_limit, self.tenant_overflow.inc)
         self._children: dict[tuple[str, str, str], tuple[object, ...]] = {}
-        self._model_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self._model_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.totals: dict[str, list[int]] = {}  # model -> [prompt, completion], all tenants
 
     def observe(self, rec: UsageRecord, token_gaps: list[float]) -> None:
@@ -215,17 +251,13 @@ class RequestMetrics:
             completion.inc(rec.completion_tokens)  # type: ignore[attr-defined]
         hists = self._model_children.get(rec.model)
         if hists is None:
-            hists = (
-                self.ttft.labels(rec.model),
-                self.itl.labels(rec.model),
-                self.e2e.labels(rec.model),
-            )
+            hists = (self.ttft.labels(rec.model), self.e2e.labels(rec.model))
             self._model_children[rec.model] = hists
-        ttft, itl, e2e = hists
+        ttft, e2e = hists
         if rec.ttft_s is not None:
             ttft.observe(rec.ttft_s)
-        for gap in token_gaps:
-            itl.observe(gap)
+        if token_gaps:
+            self.itl.observe_many(rec.model, token_gaps)
         if rec.e2e_s is not None:
             e2e.observe(rec.e2e_s)
         self.rates.add(rec.model, rec.prompt_tokens, rec.completion_tokens)

@@ -1,17 +1,19 @@
 """Cheap accounting of an OpenAI/vLLM server-sent-event stream, chunk by chunk.
 
-Per chunk the scanner only looks for frame boundaries and a few byte patterns: every frame
-with a choice is one generation step (vLLM sends one per engine step; a step whose text the
-detokenizer holds back, e.g. half a UTF-8 character, arrives with empty text), except the
-chat role frame that precedes the first token. Only frames that mention
-``"usage"`` are JSON-parsed (normally just the last one), and ``finish_reason`` is read with a
-byte search. No frame is decoded otherwise and nothing is tokenised.
+Per chunk the scanner does a handful of C-level byte searches and no per-frame Python work:
+it counts frames (``\\n\\ndata: `` can only be a frame boundary, since JSON escapes newlines)
+and subtracts those that carry no token, found by markers that contain raw double quotes and
+so can never occur inside a JSON string value: the chat role frame vLLM sends before the
+first token, the usage-only frame (``"choices":[]``), ``[DONE]`` and error frames. Every other
+frame is one generation step (vLLM sends one per engine step; a step whose text the
+detokenizer holds back, e.g. half a UTF-8 character, arrives with empty text). Only the frame
+holding ``"usage":{`` is JSON-parsed (normally the last one); ``finish_reason`` is read with a
+byte search. Nothing is tokenised.
 
 When the collector injected ``stream_options.include_usage`` on the client's behalf
-(``strip_usage``), the usage-only frame (``"choices":[]``) is removed from the bytes the
-client receives; then complete frames are forwarded as soon as their blank line arrives (an
-SSE client cannot act on a partial frame anyway). Otherwise every chunk is forwarded
-unchanged, as received.
+(``strip_usage``), the usage-only frame is cut from the bytes the client receives; then
+complete frames are forwarded as soon as their blank line arrives (an SSE client cannot act
+on a partial frame anyway). Otherwise every chunk is forwarded unchanged, as received.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from typing import Any
 
 import orjson
 
-_DATA = b"data:"
-_DONE = b"[DONE]"
-_ROLE = b'"role":"'
-_CONTENT = b'"content":'
-_NO_CONTENT = (b'"content":""', b'"content":null')
+_FRAME = b"\n\ndata: "
+_DONE = b"data: [DONE]"
+_ERROR = b'data: {"error"'
+_USAGE = b'"usage":{'
+_USAGE_ONLY = b'"choices":[]'
+_ROLE_FRAMES = (
+    b'"delta":{"role":"assistant","content":""}',
+    b'"delta":{"role":"assistant"}',
+    b'"delta":{"role":"assistant","content":null}',
+)
 _FINISH = b'"finish_reason":"'
 _MAX_TAIL = 4 * 1024 * 1024  # a "frame" this long without a blank line is not SSE; stop holding
 
@@ -59,86 +66,88 @@ class SseScanner:
         """Account for ``chunk`` (received at ``now``) and return what the client gets."""
         data = self._tail + chunk if self._tail else chunk
         end = data.rfind(b"\n\n")
-        crlf = False
         if end < 0 and b"\r\n\r\n" in data:
-            crlf = True
-            end = data.rfind(b"\r\n\r\n")
+            data = data.replace(b"\r\n", b"\n")  # CRLF framing: account on a normalised copy
+            end = data.rfind(b"\n\n")
         if end < 0:
             if len(data) >= _MAX_TAIL:  # no SSE framing after megabytes: stop holding
                 self._tail = b""
                 return data if self.strip_usage else chunk
             self._tail = data
             return b"" if self.strip_usage else chunk
-        sep = b"\r\n\r\n" if crlf else b"\n\n"
-        cut = end + len(sep)
-        complete = data[:cut]
-        self._tail = data[cut:]
-        dropped = False
-        kept: list[bytes] = []
-        for frame in complete.split(sep):
-            if not frame:
-                continue
-            if self._frame(frame, now):
-                dropped = True
-            elif self.strip_usage:
-                kept.append(frame)
-        if not self.strip_usage:
-            return chunk
-        if not dropped:
-            return complete
-        return b"".join(f + sep for f in kept)
+        cut = end + 2
+        complete = data[:cut] if cut < len(data) else data
+        self._tail = data[cut:] if cut < len(data) else b""
+        out = self._account(complete, now)
+        return out if self.strip_usage else chunk
 
     def flush(self) -> bytes:
         """Bytes still held at the end of the stream (an unterminated last frame)."""
         tail, self._tail = self._tail, b""
-        if tail:
-            self._frame(tail, 0.0)
-        return tail if self.strip_usage else b""
+        if not tail:
+            return b""
+        out = self._account(tail + b"\n\n", 0.0)
+        return out[:-2] if self.strip_usage else b""
 
-    def _frame(self, frame: bytes, now: float) -> bool:
-        """Account for one frame; True when it must be dropped from the client's copy."""
-        at = frame.find(_DATA)
-        if at < 0:
-            return False  # comment / event-only frame
-        payload = frame[at + 5 :].lstrip()
-        if payload.startswith(_DONE):
+    def _account(self, frames: bytes, now: float) -> bytes:
+        """Account for whole frames; returns them, less the usage-only frame in strip mode."""
+        first = frames.startswith(b"data: ")
+        n = frames.count(_FRAME) + first
+        if not n:
+            return frames  # comments / event-only frames
+        skip = 0
+        for marker in _ROLE_FRAMES:
+            if marker in frames:
+                skip += frames.count(marker)
+        done = frames.count(b"\n\n" + _DONE) + frames.startswith(_DONE)
+        if done:
             self.done = True
-            return False
-        if payload.startswith(b'{"error"'):
-            self.error = True
-            return False
-        if b'"usage"' in payload:
-            usage_only = self._usage(payload)
-            if usage_only:
-                return self.strip_usage
-        if b'"choices":[{' in payload and not _role_only(payload):
-            self.token_times.append(now)
-        if _FINISH in payload:
-            start = payload.find(_FINISH) + len(_FINISH)
-            stop = payload.find(b'"', start)
+            skip += done
+        if b'{"error"' in frames:
+            errors = frames.count(b"\n\n" + _ERROR) + frames.startswith(_ERROR)
+            if errors:
+                self.error = True
+                skip += errors
+        if _USAGE in frames:
+            frames, usage_only = self._usage(frames)
+            skip += usage_only
+        tokens = n - skip
+        if tokens > 0:
+            if tokens == 1:
+                self.token_times.append(now)
+            else:
+                self.token_times.extend([now] * tokens)
+        at = frames.rfind(_FINISH)
+        if at >= 0:
+            start = at + len(_FINISH)
+            stop = frames.find(b'"', start)
             if stop > start:
-                self.finish_reason = payload[start:stop].decode("utf-8", "replace")
-        return False
+                self.finish_reason = frames[start:stop].decode("utf-8", "replace")
+        return frames
 
-    def _usage(self, payload: bytes) -> bool:
-        """Read a usage object; True when the frame carries nothing but usage."""
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(obj, dict):
-            return False
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            apply_usage(self, usage)
-        return isinstance(usage, dict) and not obj.get("choices")
-
-
-def _role_only(payload: bytes) -> bool:
-    """The chat role frame vLLM sends before the first token (carries no token)."""
-    if _ROLE not in payload:
-        return False
-    return _CONTENT not in payload or any(m in payload for m in _NO_CONTENT)
+    def _usage(self, frames: bytes) -> tuple[bytes, int]:
+        """Read usage from the frames holding it; cut usage-only frames in strip mode."""
+        usage_only = 0
+        pos = frames.find(_USAGE)
+        while pos >= 0:
+            start = frames.rfind(b"\n\n", 0, pos)
+            start = 0 if start < 0 else start + 2
+            stop = frames.find(b"\n\n", pos)
+            stop = len(frames) if stop < 0 else stop + 2
+            frame = frames[start:stop]
+            try:
+                obj = orjson.loads(frame[frame.find(b"{") :])
+            except orjson.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+                apply_usage(self, obj["usage"])
+            if _USAGE_ONLY in frame:
+                usage_only += 1
+                if self.strip_usage:
+                    frames = frames[:start] + frames[stop:]
+                    stop = start
+            pos = frames.find(_USAGE, stop)
+        return frames, usage_only
 
 
 def apply_usage(target: Any, usage: dict[str, Any]) -> None:

@@ -1,0 +1,265 @@
+"""Benchmark: the gateway's own added latency, and the latency of a semantic-cache hit.
+
+Run: ``./dev.sh bench -k gateway`` (prints the tables; no timed asserts).
+
+Every server is its own process on 127.0.0.1 (simulator with ``--time-scale 0``, so the
+engine answers as fast as it can; a collector in front of it; the gateway through the real
+CLI; a bare aiohttp passthrough built here as the yardstick). The load client is aiohttp in
+this process. Added latency = p50/p99 of end-to-end time through a front minus through the
+collector alone, measured in the same run, interleaved in rounds so drift hits all paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from serving.tenancy import hash_key
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "bench-model"
+KEY = "sk-bench"
+ROUNDS = 3
+PASSTHROUGH = textwrap.dedent(
+    """
+    import sys
+    import aiohttp
+    from aiohttp import web
+
+    UPSTREAM = sys.argv[2]
+
+    async def session(app):
+        app["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app["s"].close()
+
+    async def proxy(request):
+        body = await request.read()
+        async with request.app["s"].post(
+            UPSTREAM + request.path, data=body, headers={"content-type": "application/json"}
+        ) as up:
+            resp = web.StreamResponse(status=up.status)
+            resp.content_type = up.content_type
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/v1/chat/completions", proxy)
+    app.router.add_get("/health", lambda r: web.Response(text="ok"))
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    """
+)
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{proc.args} exited"
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    work = tmp_path_factory.mktemp("gw-bench")
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
+    empty = work / "empty.toml"
+    empty.write_text("")
+
+    def spawn(argv: list[str], health: str) -> str:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        procs.append(proc)
+        _wait(health, proc)
+        return health.rsplit("/", 1)[0]
+
+    py = sys.executable
+    try:
+        p = _port()
+        sim = spawn(
+            [py, "-m", "serving", "engine", "simulate", "--config", str(empty), "--port", str(p),
+             "--served-model-name", MODEL, "--time-scale", "0", "--output-tokens-median", "1000"],
+            f"http://127.0.0.1:{p}/health",
+        )  # fmt: skip
+        p = _port()
+        collector = spawn(
+            [py, "-m", "collector", "--config", str(empty), "--upstream", sim, "--port", str(p),
+             "--no-nvml", "--no-durable-ack"],
+            f"http://127.0.0.1:{p}/healthz",
+        )  # fmt: skip
+        p = _port()
+        bare = spawn([py, "-c", PASSTHROUGH, str(p), collector], f"http://127.0.0.1:{p}/health")
+        p = _port()
+        tp = _port()
+        config = work / "gateway.toml"
+        config.write_text(
+            textwrap.dedent(
+                f"""
+                [tenancy]
+                shared_secret = "bench-secret"
+                [tenancy.keys."{hash_key(KEY)}"]
+                tenant = "bench"
+                key_id = "bench-key"
+                [gateway]
+                port = {p}
+                signal_poll_s = 1.0
+                [gateway.cache]
+                enabled = true
+                [gateway.models."{MODEL}"]
+                replicas = [{{ url = "{collector}" }}]
+                [throttle]
+                port = {tp}
+                """
+            )
+        )
+        gateway = spawn(
+            [py, "-m", "serving", "gateway", "--config", str(config)],
+            f"http://127.0.0.1:{p}/healthz",
+        )
+        policy = work / "policy.toml"
+        policy.write_text(
+            'unit = "usd"\ndefault_tier = "pro"\n[tiers.pro]\nrate = 1000000.0\n'
+            "per_s = 60\nburst = 1000000.0\n"
+        )
+        throttle = spawn(
+            [py, "-m", "throttle", "serve", "--config", str(config), "--policy", str(policy)],
+            f"http://127.0.0.1:{tp}/healthz",
+        )
+        p2 = _port()
+        gateway_throttled = spawn(
+            [py, "-m", "serving", "gateway", "--config", str(config), "--port", str(p2),
+             "--throttle-url", throttle],
+            f"http://127.0.0.1:{p2}/healthz",
+        )  # fmt: skip
+        yield {
+            "collector only": collector,
+            "bare aiohttp passthrough": bare,
+            "gateway": gateway,
+            "gateway + throttle": gateway_throttled,
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _body(stream: bool, i: int, temperature: float = 1.0) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Request number {i}: say something."}],
+        "max_tokens": 32,
+        "temperature": temperature,
+        "stream": stream,
+        "ignore_eos": True,
+    }
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> float:
+    start = time.perf_counter()
+    async with session.post(
+        url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}
+    ) as resp:
+        async for _ in resp.content.iter_any():
+            pass
+        assert resp.status == 200, resp.status
+    return time.perf_counter() - start
+
+
+async def _load(url: str, stream: bool, concurrency: int, total: int) -> list[float]:
+    latencies: list[float] = []
+    queue = list(range(total))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                latencies.append(await _one(session, url, _body(stream, i)))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+
+def test_gateway_added_latency(fronts: dict[str, str]) -> None:
+    scenarios = [("non-stream", False, 1, 200), ("stream", True, 1, 150), ("stream", True, 32, 640)]
+    print("\nGateway added latency (ms; end to end minus collector-only, same run)")
+    print(f"{'scenario':<22}{'front':<28}{'p50':>8}{'p99':>8}{'+p50':>8}{'+p99':>8}")
+    for label, stream, conc, total in scenarios:
+        results: dict[str, list[float]] = {name: [] for name in fronts}
+        asyncio.run(_load(fronts["gateway"], stream, conc, 40))  # warm every path
+        for _ in range(ROUNDS):
+            for name, url in fronts.items():
+                results[name] += asyncio.run(_load(url, stream, conc, total // ROUNDS))
+        base50 = _pct(results["collector only"], 0.5)
+        base99 = _pct(results["collector only"], 0.99)
+        for name, lat in results.items():
+            p50, p99 = _pct(lat, 0.5), _pct(lat, 0.99)
+            print(
+                f"{label + f' c={conc}':<22}{name:<28}{p50:>8.2f}{p99:>8.2f}"
+                f"{p50 - base50:>8.2f}{p99 - base99:>8.2f}"
+            )
+
+
+def test_cache_hit_latency(fronts: dict[str, str]) -> None:
+    url = fronts["gateway"]
+
+    async def run() -> tuple[list[float], list[float]]:
+        async with aiohttp.ClientSession() as session:
+            primer = _body(False, 0, temperature=0.0)
+            primer["messages"][0]["content"] = "How do I rotate my API keys?"
+            await _one(session, url, primer)
+            await asyncio.sleep(0.5)  # the store happens off the response path
+            hits, misses = [], []
+            for i in range(100):
+                body = _body(False, i, temperature=0.0)
+                body["messages"][0]["content"] = "How can I rotate my API keys?"
+                hits.append(await _one(session, url, body))
+                miss = _body(False, i, temperature=0.0)
+                miss["messages"][0]["content"] = f"Explain topic number {i} in detail."
+                misses.append(await _one(session, url, miss))
+            return hits, misses
+
+    hits, misses = asyncio.run(run())
+    print("\nSemantic cache (gateway, non-stream, 32 max tokens, sequential, ms)")
+    print(f"cache hit (paraphrase)    p50 {_pct(hits, 0.5):.2f}  p99 {_pct(hits, 0.99):.2f}")
+    print(f"miss -> engine (+embed)   p50 {_pct(misses, 0.5):.2f}  p99 {_pct(misses, 0.99):.2f}")
+    print(f"mean hit {statistics.mean(hits) * 1000:.2f} ms over {len(hits)} requests")
