@@ -23,19 +23,18 @@ from serving.simulator.engine import FINISHED, Engine, SimRequest
 from serving.simulator.errors import RequestError
 from serving.simulator.loop import EngineLoop, Sleep, model_clock
 from serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
-from serving.simulator.protocol import (
+from serving.simulator.responses import (
     DONE,
     VLLM_VERSION,
     ChunkWriter,
-    ParsedRequest,
     completion_body,
     error_body,
     models_body,
     new_id,
-    parse_request,
 )
-from serving.simulator.settings import SimulatorSettings, build_profile
+from serving.simulator.settings import SimulatorSettings, build_profile, cache_config_labels
 from serving.simulator.text import CompletionPlan, OutputLength, plan_completion
+from serving.simulator.validation import ParsedRequest, parse_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,7 +90,7 @@ class SimulatorApp:
         self.wall = wall
         self.metrics = VllmMetrics(
             self.served,
-            cache_config=self._cache_config(),
+            cache_config=cache_config_labels(settings, perf, self.max_model_len),
             simulator_labels={
                 "simulator": "true",
                 "gpu": perf.gpu.model_name,
@@ -113,48 +112,6 @@ class SimulatorApp:
         self.rng = random.Random(settings.seed)
         self.length = OutputLength(settings.output_tokens_median, settings.output_tokens_sigma)
         self.created = int(epoch())
-
-    def _cache_config(self) -> dict[str, str]:
-        perf = self.profile.perf
-        s = self.settings
-        return {
-            "_block_size_resolved": "True",
-            "block_size": str(s.block_size),
-            "cache_dtype": "auto",
-            "cache_hit_alignment_tokens": "None",
-            "effective_attention_block_size": str(s.block_size),
-            "enable_mamba_shared_prefix_checkpoint": "False",
-            "enable_prefix_caching": "True",
-            "gpu_memory_utilization": str(s.gpu_memory_utilization),
-            "hash_block_size": "None",
-            "is_attention_free": "False",
-            "kv_cache_dtype_skip_layers": "[]",
-            "kv_cache_layout": "None",
-            "kv_cache_max_concurrency": str(perf.max_concurrency(self.max_model_len)),
-            "kv_cache_memory_bytes": str(int(perf.kv_cache_bytes)),
-            "kv_cache_size_tokens": str(perf.kv_capacity_tokens),
-            "kv_offloading_backend": "native",
-            "kv_offloading_size": "None",
-            "kv_sharing_fast_prefill": "False",
-            "mamba_block_size": "None",
-            "mamba_cache_dtype": "auto",
-            "mamba_cache_mode": "none",
-            "mamba_page_size_padded": "None",
-            "mamba_ssm_cache_dtype": "auto",
-            "num_cpu_blocks": "None",
-            "num_gpu_blocks": str(perf.num_gpu_blocks),
-            "num_gpu_blocks_override": "None",
-            "prefix_cache_retention_interval": "0",
-            "prefix_caching_hash_algo": "sha256",
-            "prefix_match_unit": "None",
-            "replayssm_buffer_len": "16",
-            "skip_page_size_padded": "None",
-            "sliding_window": "None",
-            "swa_bounded_replay": "True",
-            "use_kda_recoverssm": "False",
-            "use_replayssm": "False",
-            "user_specified_block_size": "False",
-        }
 
     # -- ASGI ---------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

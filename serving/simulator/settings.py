@@ -95,3 +95,47 @@ def build_profile(settings: SimulatorSettings) -> Profile:
                 "raise gpu_memory_utilization"
             )
     return Profile(perf, max_model_len)
+
+
+def cache_config_labels(
+    settings: SimulatorSettings, perf: PerformanceModel, max_model_len: int
+) -> dict[str, str]:
+    """Labels of ``vllm:cache_config_info``: vLLM 0.32's set, with the simulated values."""
+    block = str(settings.block_size)
+    labels = dict.fromkeys(_NONE_LABELS, "None")
+    labels.update(dict.fromkeys(_FALSE_LABELS, "False"))
+    labels.update(
+        {
+            "_block_size_resolved": "True",
+            "block_size": block,
+            "cache_dtype": "auto",
+            "effective_attention_block_size": block,
+            "enable_prefix_caching": "True",
+            "gpu_memory_utilization": str(settings.gpu_memory_utilization),
+            "kv_cache_dtype_skip_layers": "[]",
+            "kv_cache_max_concurrency": str(perf.max_concurrency(max_model_len)),
+            "kv_cache_memory_bytes": str(int(perf.kv_cache_bytes)),
+            "kv_cache_size_tokens": str(perf.kv_capacity_tokens),
+            "kv_offloading_backend": "native",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_ssm_cache_dtype": "auto",
+            "num_gpu_blocks": str(perf.num_gpu_blocks),
+            "prefix_cache_retention_interval": "0",
+            "prefix_caching_hash_algo": "sha256",
+            "replayssm_buffer_len": "16",
+            "swa_bounded_replay": "True",
+        }
+    )
+    return labels
+
+
+_NONE_LABELS = (
+    "cache_hit_alignment_tokens", "hash_block_size", "kv_cache_layout", "kv_offloading_size",
+    "mamba_block_size", "mamba_page_size_padded", "num_cpu_blocks", "num_gpu_blocks_override",
+    "prefix_match_unit", "skip_page_size_padded", "sliding_window",
+)  # fmt: skip
+_FALSE_LABELS = (
+    "enable_mamba_shared_prefix_checkpoint", "is_attention_free", "kv_sharing_fast_prefill",
+    "use_kda_recoverssm", "use_replayssm", "user_specified_block_size",
+)  # fmt: skip
