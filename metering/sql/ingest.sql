@@ -52,9 +52,9 @@ WITH raw AS (
         AND im_opt_str(endpoint)
         AND (stream IS NULL OR json_type(stream) = 'BOOLEAN')
         AND (status IS NULL OR (json_type(status) = 'VARCHAR'
-             AND status ->> '$' IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit')))
+             AND (status ->> '$') IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit')))
         AND (upstream IS NULL OR (json_type(upstream) = 'VARCHAR'
-             AND upstream ->> '$' IN ('self_hosted', 'managed')))
+             AND (upstream ->> '$') IN ('self_hosted', 'managed')))
         AND im_opt_int(http_status)
         AND coalesce(TRY_CAST(http_status AS BIGINT), 200) BETWEEN 100 AND 599
         AND (finish_reason IS NULL OR json_type(finish_reason) = 'VARCHAR')
