@@ -86,8 +86,28 @@ async def run_load(url: str, streams: int, requests_per_stream: int, max_tokens:
 REPO = Path(__file__).resolve().parents[2]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, pid: int, streams: int, requests: int, tokens: int, label: str) -> LoadResult:
+    server_before, client_before = cpu_seconds(pid), time.process_time()
+    result = asyncio.run(run_load(url, streams, requests_per_stream=requests, max_tokens=tokens))
+    server = cpu_seconds(pid) - server_before
+    client = time.process_time() - client_before
+    print(
+        f"\n{result.line(label)}\n  CPU: simulator {server:.2f} s "
+        f"({server / result.chunks * 1e6:.1f} us/chunk, {result.chunks / max(server, 1e-9):,.0f} "
+        f"chunks per simulator CPU-second), load generator {client:.2f} s, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    return result
+
+
 @pytest.fixture
-def simulator(request: pytest.FixtureRequest) -> Iterator[str]:
+def simulator(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     root = request.config.pluginmanager.get_plugin(str(REPO / "tests" / "conftest.py"))
     time_scale = getattr(request, "param", "0")
     port = root.free_port()
@@ -102,7 +122,7 @@ def simulator(request: pytest.FixtureRequest) -> Iterator[str]:
     )  # fmt: skip
     try:
         root.wait_http(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -110,17 +130,17 @@ def simulator(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.mark.parametrize("simulator", ["0"], indirect=True)
 @pytest.mark.parametrize("streams", [300, 500])
-def test_fast_mode_throughput(simulator: str, streams: int) -> None:
+def test_fast_mode_throughput(simulator: tuple[str, int], streams: int) -> None:
     """Time scale 0: the simulator as fast as it can go (the load generator shares the CPU)."""
-    result = asyncio.run(run_load(simulator, streams, requests_per_stream=3, max_tokens=128))
-    print("\n" + result.line(f"time-scale 0, max_tokens 128, {streams} streams"))
+    label = f"time-scale 0, max_tokens 128, {streams} streams"
+    result = measure(*simulator, streams, 3, 128, label)
     assert result.errors == 0
     assert result.peak_concurrent >= streams * 0.9
 
 
 @pytest.mark.parametrize("simulator", ["1"], indirect=True)
-def test_real_time_throughput(simulator: str) -> None:
+def test_real_time_throughput(simulator: tuple[str, int]) -> None:
     """Time scale 1: Llama-3.1-8B bf16 on one H100 as modelled, 300 concurrent streams."""
-    result = asyncio.run(run_load(simulator, 300, requests_per_stream=1, max_tokens=256))
-    print("\n" + result.line("time-scale 1 (H100, llama-3.1-8b), max_tokens 256, 300 streams"))
+    label = "time-scale 1 (H100, llama-3.1-8b), max_tokens 256, 300 streams"
+    result = measure(*simulator, 300, 1, 256, label)
     assert result.errors == 0
