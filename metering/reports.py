@@ -37,7 +37,7 @@ def _bucket(column: str, granularity: str, *, allow_minute: bool = False) -> str
         raise QueryError("granularity", "must be hour, day or total for cost reports")
     if granularity not in GRANULARITIES:
         raise QueryError("granularity", f"must be one of {list(GRANULARITIES)}")
-    return f"date_trunc('{granularity}', {column})"
+    return f"CAST(date_trunc('{granularity}', {column}) AS TIMESTAMP)"
 
 
 def _usd(micro: float | int | None) -> float:
