@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -325,3 +326,31 @@ def test_client_disconnect_aborts_like_vllm(start: Callable[..., httpx.Client]) 
         assert metric(client, "vllm:request_success_total", finished_reason=reason) == 0
     assert metric(client, "vllm:e2e_request_latency_seconds_count") == 0
     assert metric(client, "vllm:kv_cache_usage_perc") == 0
+
+
+async def test_queueing_shows_in_metrics_under_load(start: Callable[..., httpx.Client]) -> None:
+    # 2 sequences at a time, 1/20 of real time: 6 concurrent streams must queue
+    client = start(max_num_seqs=2, time_scale=0.05)
+    body = {"model": MODEL, "prompt": "queue", "max_tokens": 40, "ignore_eos": True, "stream": True}
+    waiting_seen: list[float] = []
+    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as aclient:
+
+        async def one() -> str:
+            resp = await aclient.post("/v1/completions", json=body)
+            return resp.text
+
+        async def watch() -> None:
+            for _ in range(100):
+                text = (await aclient.get("/metrics")).text
+                for family in text_string_to_metric_families(text):
+                    if family.name == "vllm:num_requests_waiting":
+                        waiting_seen.append(family.samples[0].value)
+                if waiting_seen and waiting_seen[-1] > 0:
+                    return
+                await asyncio.sleep(0.01)
+
+        results = await asyncio.gather(watch(), *(one() for _ in range(6)))
+    assert max(waiting_seen) > 0
+    assert all(r.endswith("data: [DONE]\n\n") for r in results[1:])
+    assert metric(client, "vllm:request_queue_time_seconds_count") == 6
+    assert metric(client, "vllm:request_queue_time_seconds_sum") > 0
