@@ -109,21 +109,21 @@ GROUP BY c.model, c.tenant
 ORDER BY c.model, c.tenant;
 
 -- name: tenant_spend
--- A tenant's cost (allocated + idle share when shared) in [$since, $until).
+-- A tenant's cost (allocated + idle share when shared) in [$since, $until), per window.
 WITH c AS (
-    SELECT hour, replica, tenant, sum(cost_micro) AS cost
-    FROM cost_hourly WHERE hour >= $since AND hour < $until GROUP BY ALL
-), idle AS (
-    SELECT date_trunc('hour', window_start) AS hour, replica, sum(idle_micro) AS idle
-    FROM replica_window WHERE window_start >= $since AND window_start < $until GROUP BY ALL
+    SELECT window_start, replica, sum(cost_micro) AS cost
+    FROM request_window
+    WHERE window_start >= $since AND window_start < $until AND tenant = $tenant
+    GROUP BY ALL
 ), used AS (
-    SELECT hour, replica, sum(cost) AS used FROM c GROUP BY ALL
+    SELECT rw.window_start, rw.replica, rw.allocated_micro AS used, rw.idle_micro AS idle
+    FROM replica_window rw
+    WHERE rw.window_start >= $since AND rw.window_start < $until
 )
 SELECT coalesce(sum(c.cost), 0)::BIGINT,
        coalesce(sum(CASE WHEN $share_idle AND u.used > 0
-                         THEN floor(coalesce(i.idle, 0) * c.cost / u.used) ELSE 0 END), 0)::BIGINT
-FROM c JOIN used u USING (hour, replica) LEFT JOIN idle i USING (hour, replica)
-WHERE c.tenant = $tenant;
+                         THEN floor(u.idle * c.cost / u.used) ELSE 0 END), 0)::BIGINT
+FROM c LEFT JOIN used u USING (window_start, replica);
 
 -- name: allocated_until
 SELECT max(window_start) FROM replica_window;
