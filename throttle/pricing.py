@@ -60,15 +60,18 @@ class Pricer:
         self._cache: dict[str, Price] = {}
         self.metering_as_of: float | None = None
         self.unpriced_models: set[str] = set()
+        self.epoch = 0  # bumped whenever a price may have changed
 
     def set_policy(self, policy: Policy) -> None:
         self._policy = policy
         self._cache = {}
+        self.epoch += 1
 
     def set_metering(self, prices: dict[str, Price], as_of: float) -> None:
         self._metering = prices
         self.metering_as_of = as_of
         self._cache = {}
+        self.epoch += 1
 
     def price(self, model: str) -> Price:
         """The price of ``model``: metering first, then the policy, else free."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from throttle.algorithms import budgets
 from throttle.algorithms.fairshare import FairParams
 from throttle.errors import RequestError, UnknownReservation
-from throttle.policy import Limits, Policy
-from throttle.pricing import Pricer
+from throttle.policy import Limits, Policy, Pool
+from throttle.pricing import Price, Pricer
 from throttle.storage.base import (
     Decision,
     ReserveRequest,
@@ -31,6 +31,19 @@ from throttle.storage.base import (
 
 STATUSES = ("ok", "error", "client_abort", "throttled", "cache_hit")
 MAX_TOKENS_LIMIT = 10_000_000
+PLAN_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    policy: Policy
+    price_epoch: int
+    limits: Limits
+    pool_name: str
+    pool: Pool
+    price: Price
+    hot: FairParams
+    calm: FairParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +61,7 @@ class AdmitRequest:
     lease_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdmitResult:
     """The answer, with what the HTTP layer needs for its headers."""
 
@@ -109,6 +122,8 @@ class Throttle:
         self._ids = itertools.count(1)
         self.decisions: Counter[tuple[str, str]] = Counter()  # (decision, reason) -> n
         self.settles: Counter[str] = Counter()  # status -> n
+        self._windows = budgets.WindowCache()
+        self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
 
     def set_policy(self, policy: Policy) -> None:
         """Swap the policy in force (atomic for every later decision)."""
@@ -117,6 +132,29 @@ class Throttle:
 
     def set_pressure(self, pressure: Callable[[str], bool]) -> None:
         self._pressure = pressure
+
+    def _plan(self, key: tuple[str, str, str, str | None]) -> _Plan:
+        """Everything about (tenant, tier, model, pool) that only changes with the policy."""
+        tenant, tier_hint, model, pool_hint = key
+        policy = self.policy
+        limits = policy.limits_for(tenant, tier_hint)
+        pool_name = pool_hint or policy.pool_of(model)
+        pool = policy.pool(pool_name)
+        slack, max_lead = policy.fair_slack(pool, limits)
+        plan = _Plan(
+            policy,
+            self.pricer.epoch,
+            limits,
+            pool_name,
+            pool,
+            self.pricer.price(model),
+            FairParams(True, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
+            FairParams(False, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
+        )
+        if len(self._plans) >= PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _reservation_id(self) -> str:
         return f"{self._prefix}-{next(self._ids):x}"
@@ -127,17 +165,17 @@ class Throttle:
             raise RequestError("max_tokens", f"must be between 0 and {MAX_TOKENS_LIMIT}")
         policy = self.policy
         now = self._now()
-        limits = policy.limits_for(req.tenant, req.tier_hint)
-        pool_name = req.pool or policy.pool_of(req.model)
-        pool = policy.pool(pool_name)
-        price = self.pricer.price(req.model)
+        key = (req.tenant, req.tier_hint, req.model, req.pool)
+        plan = self._plans.get(key)
+        if plan is None or plan.policy is not policy or plan.price_epoch != self.pricer.epoch:
+            plan = self._plan(key)
+        limits, pool, pool_name, price = plan.limits, plan.pool, plan.pool_name, plan.price
         prompt_tokens = self.pricer.prompt_tokens(req.prompt_tokens, req.prompt_chars)
         cost = prompt_tokens * price.prompt + req.max_tokens * price.completion
         pressure = pool.fair_share and self._pressure(pool_name)
-        slack, max_lead = policy.fair_slack(pool, limits)
+        fair = plan.hot if pressure else plan.calm
         lease_s = req.lease_s if req.lease_s is not None else policy.doc.lease_s
-        day = budgets.day_window(now)
-        month = budgets.month_window(now)
+        day, month = self._windows.get(now)
         rid = self._reservation_id()
         lease_expires_at = now + lease_s
         decision = await self.storage.reserve(
@@ -159,7 +197,7 @@ class Throttle:
                 month_end=month.end,
                 monthly_budget=limits.monthly_budget,
                 weight=limits.weight,
-                fair=FairParams(pressure, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
+                fair=fair,
                 prompt_price=price.prompt,
                 completion_price=price.completion,
                 cached_factor=policy.doc.cached_prompt_factor,
@@ -226,8 +264,8 @@ class Throttle:
                 now,
                 limits.rate_per_s,
                 limits.burst,
-                budgets.day_window(now).key,
-                budgets.month_window(now).key,
+                self._windows.get(now)[0].key,
+                self._windows.get(now)[1].key,
                 pools,
             )
         )

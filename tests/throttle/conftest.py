@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from throttle_helpers import MACHINE_REDIS, free_port
+
 from throttle.storage.base import Storage
 from throttle.storage.memory import MemoryStorage
 from throttle.storage.redis import RedisStorage
+
 
 def redis_uri(prefix: str | None = None) -> str:
     """The machine's Redis with a key prefix unique to the caller."""
@@ -54,8 +55,19 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server not installed: run ./dev.sh test")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

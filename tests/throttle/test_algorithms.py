@@ -80,9 +80,7 @@ def test_fairshare_rules() -> None:
 
 
 def test_costs() -> None:
-    assert costs.usage_cost(100, 40, 10, 0.01, 0.02, 0.25) == pytest.approx(
-        (60 + 10) * 0.01 + 0.2
-    )
+    assert costs.usage_cost(100, 40, 10, 0.01, 0.02, 0.25) == pytest.approx((60 + 10) * 0.01 + 0.2)
     assert costs.usage_cost(10, 50, 0, 1.0, 0.0, 0.0) == 0.0  # cached capped at prompt
     assert costs.estimate_cost(100, 50, 0.01, 0.02) == pytest.approx(2.0)
 

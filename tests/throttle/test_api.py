@@ -69,8 +69,13 @@ def test_admit_settle_and_rate_refusal(server: tuple[ServerThread, Runtime, Manu
     # settle the first: 100 prompt + 10 completion tokens -> refund of 0.0198
     settled = httpx.post(
         f"{srv.url}/v1/settle",
-        json={"reservation_id": body["reservation_id"], "prompt_tokens": 100,
-              "cached_prompt_tokens": 0, "completion_tokens": 10, "status": "ok"},
+        json={
+            "reservation_id": body["reservation_id"],
+            "prompt_tokens": 100,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": 10,
+            "status": "ok",
+        },
     )
     assert settled.status_code == 200, settled.text
     assert settled.json()["actual"]["cost"] == pytest.approx(0.0012)
@@ -105,8 +110,11 @@ def test_concurrency_and_budget_refusals(server: tuple[ServerThread, Runtime, Ma
     [
         ("/v1/admit", {"tenant": "a", "model": "m", "max_tokens": -1}, "max_tokens"),
         ("/v1/admit", {"tenant": "a", "max_tokens": 1}, "model"),
-        ("/v1/admit", {"tenant": "a", "model": "m", "max_tokens": 1, "prompt_tokens": "x"},
-         "prompt_tokens"),
+        (
+            "/v1/admit",
+            {"tenant": "a", "model": "m", "max_tokens": 1, "prompt_tokens": "x"},
+            "prompt_tokens",
+        ),
         ("/v1/settle", {"prompt_tokens": 1}, "reservation_id"),
         ("/v1/settle", {"reservation_id": "x", "prompt_tokens": 1, "status": "bogus"}, "status"),
         ("/v1/signals", {"pool": "p1"}, "replica"),
@@ -159,8 +167,16 @@ def test_signals_autoscale_metrics_and_openapi(
     srv, _, clock = server
     push = httpx.post(
         f"{srv.url}/v1/signals",
-        json=[{"pool": "p1", "replica": f"r{i}", "ts": clock(), "num_requests_waiting": 20,
-               "kv_cache_usage_perc": 0.5} for i in range(2)],
+        json=[
+            {
+                "pool": "p1",
+                "replica": f"r{i}",
+                "ts": clock(),
+                "num_requests_waiting": 20,
+                "kv_cache_usage_perc": 0.5,
+            }
+            for i in range(2)
+        ],
     )
     assert push.status_code == 200 and push.json() == {"accepted": 2, "pools": ["p1"]}
     keda = httpx.get(f"{srv.url}/v1/autoscale/p1")
@@ -179,8 +195,14 @@ def test_signals_autoscale_metrics_and_openapi(
     spec = httpx.get(f"{srv.url}/openapi.json").json()
     admit_schema = spec["paths"]["/v1/admit"]["post"]["requestBody"]["content"]
     assert "max_tokens" in admit_schema["application/json"]["schema"]["properties"]
-    for path in ("/v1/settle", "/v1/check", "/v1/signals", "/v1/autoscale/{pool}",
-                 "/v1/tenants/{tenant}/usage", "/v1/policy"):
+    for path in (
+        "/v1/settle",
+        "/v1/check",
+        "/v1/signals",
+        "/v1/autoscale/{pool}",
+        "/v1/tenants/{tenant}/usage",
+        "/v1/policy",
+    ):
         assert path in spec["paths"]
     assert httpx.get(f"{srv.url}/readyz").json()["status"] == "ready"
 
@@ -195,9 +217,12 @@ def test_admin_policy_api(server: tuple[ServerThread, Runtime, ManualClock]) -> 
     assert rejected.json()["error"]["param"] == "tiers.free.rate"
     assert runtime.policy().doc.tiers["free"].rate == 0.6
     unknown_tier = POLICY.replace('tier = "pro"', 'tier = "platinum"')
-    assert httpx.put(f"{srv.url}/v1/policy", content=unknown_tier, headers=auth).json()["error"][
-        "param"
-    ] == "tenants.acme.tier"
+    assert (
+        httpx.put(f"{srv.url}/v1/policy", content=unknown_tier, headers=auth).json()["error"][
+            "param"
+        ]
+        == "tenants.acme.tier"
+    )
     good = POLICY.replace("concurrency = 3", "concurrency = 1")
     applied = httpx.put(f"{srv.url}/v1/policy", content=good, headers=auth)
     assert applied.status_code == 200 and applied.json()["version"] >= 1

@@ -49,8 +49,10 @@ def upstream_app() -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, object]:
         await request.body()
-        return {"object": "chat.completion", "tenant": request.headers.get(
-            "x-infermeter-throttle-tenant", "")}
+        return {
+            "object": "chat.completion",
+            "tenant": request.headers.get("x-infermeter-throttle-tenant", ""),
+        }
 
     return app
 

@@ -96,8 +96,13 @@ async def test_metering_rates_replace_policy_prices_and_fall_back() -> None:
     @metering.get("/v1/rates")
     async def rates() -> dict[str, object]:
         return {
-            "models": {"m": {"usd_per_prompt_token": 2e-6, "usd_per_completion_token": 8e-6,
-                             "usd_per_gpu_second": 0.001}},
+            "models": {
+                "m": {
+                    "usd_per_prompt_token": 2e-6,
+                    "usd_per_completion_token": 8e-6,
+                    "usd_per_gpu_second": 0.001,
+                }
+            },
             "as_of": 1,
         }
 
@@ -111,8 +116,15 @@ async def test_metering_rates_replace_policy_prices_and_fall_back() -> None:
     assert not await down.refresh() and down.failures == 1
     assert pricer.price("m").source == "metering"  # last good table kept
     gpu = rates_from_metering(
-        {"models": {"m": {"usd_per_prompt_token": 2e-6, "usd_per_completion_token": 8e-6,
-                          "usd_per_gpu_second": 0.001}}},
+        {
+            "models": {
+                "m": {
+                    "usd_per_prompt_token": 2e-6,
+                    "usd_per_completion_token": 8e-6,
+                    "usd_per_gpu_second": 0.001,
+                }
+            }
+        },
         "gpu_s",
     )
     assert gpu["m"].completion == pytest.approx(8e-3)
@@ -133,7 +145,9 @@ def test_cli_check_policy_and_help(tmp_path: Path) -> None:
     for flag in ("--storage", "--policy", "--admin-token", "--fail-closed", "--metering-url"):
         assert flag in helptext
     nginx = subprocess.run(
-        [*run, "nginx-config", "--upstream", "127.0.0.1:9"], capture_output=True, text=True,
+        [*run, "nginx-config", "--upstream", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
         cwd=REPO,
     )
     assert "server 127.0.0.1:9;" in nginx.stdout and "auth_request_set" in nginx.stdout

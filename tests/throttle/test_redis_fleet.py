@@ -75,7 +75,7 @@ async def test_settle_corrections_are_shared_across_instances() -> None:
     try:
         reservations = []
         for _ in range(20):
-            r = await a.admit(AdmitRequest(tenant="x", model="m", max_tokens=500, prompt_tokens=500))
+            r = await a.admit(AdmitRequest("x", "m", max_tokens=500, prompt_tokens=500))
             if r.allowed:
                 reservations.append(r.reservation_id)
         assert len(reservations) == 20  # 20 x 0.1 = the 2.0 burst

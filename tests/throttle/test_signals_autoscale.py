@@ -18,11 +18,19 @@ def monitor(clock: ManualClock) -> PoolMonitor:
     return PoolMonitor(lambda: policy, MemoryStorage(), clock)
 
 
-async def push(m: PoolMonitor, clock: ManualClock, replicas: int, waiting: float, kv: float) -> None:
+async def push(
+    m: PoolMonitor, clock: ManualClock, replicas: int, waiting: float, kv: float
+) -> None:
     await m.ingest(
         [
-            {"pool": "p1", "replica": f"r{i}", "ts": clock(), "num_requests_waiting": waiting,
-             "kv_cache_usage_perc": kv, "num_requests_running": 8}
+            {
+                "pool": "p1",
+                "replica": f"r{i}",
+                "ts": clock(),
+                "num_requests_waiting": waiting,
+                "kv_cache_usage_perc": kv,
+                "num_requests_running": 8,
+            }
             for i in range(replicas)
         ]
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from throttle_helpers import MACHINE_REDIS
 
 from throttle.algorithms import budgets
 from throttle.algorithms.fairshare import FairParams
 from throttle.storage.base import ReserveRequest, SettleUsage, Storage, UsageRequest
 from throttle.storage.memory import MemoryStorage
 from throttle.storage.redis import RedisStorage
-from throttle_helpers import MACHINE_REDIS
 
 T0 = 1_800_000_000.0
 NO_FAIR = FairParams(False, 0.0, 0.0, 30.0, 1.0)
@@ -129,6 +129,10 @@ async def test_settle_is_idempotent_and_unknown_is_none(backend: Storage) -> Non
     assert await backend.settle("never-made", SettleUsage(1, 0, 1), T0) is None
 
 
+def slot(now: float) -> ReserveRequest:
+    return req(cost=0.0, concurrency=2, lease_s=30.0, now=now)
+
+
 async def test_concurrency_leases_expire_when_a_gateway_crashes(backend: Storage) -> None:
     held = [req(cost=0.0, concurrency=2, lease_s=30.0) for _ in range(2)]
     for r in held:
@@ -138,10 +142,10 @@ async def test_concurrency_leases_expire_when_a_gateway_crashes(backend: Storage
     assert denied.retry_after_s == pytest.approx(20.0)
     # settling one frees its slot at once
     await backend.settle(held[0].reservation_id, SettleUsage(0, 0, 0), T0 + 11)
-    assert (await backend.reserve(req(cost=0.0, concurrency=2, lease_s=30.0, now=T0 + 11))).allowed
+    assert (await backend.reserve(slot(T0 + 11))).allowed
     # nobody settles: leases lapse after 30 s and the slots come back
-    assert not (await backend.reserve(req(cost=0.0, concurrency=2, lease_s=30.0, now=T0 + 12))).allowed
-    after = await backend.reserve(req(cost=0.0, concurrency=2, lease_s=30.0, now=T0 + 45))
+    assert not (await backend.reserve(slot(T0 + 12))).allowed
+    after = await backend.reserve(slot(T0 + 45))
     assert after.allowed and after.in_flight == 1
 
 
@@ -165,7 +169,8 @@ async def test_daily_and_monthly_budgets(backend: Storage) -> None:
     assert (denied.reason, denied.detail) == ("budget", "daily")
     assert denied.retry_after_s == pytest.approx(day.end - now)
     tomorrow = day.end + 1
-    assert (await backend.reserve(req(cost=0.4, now=tomorrow, rate=0, daily=1.0, monthly=1.5))).allowed
+    next_day = await backend.reserve(req(cost=0.4, now=tomorrow, rate=0, daily=1.0, monthly=1.5))
+    assert next_day.allowed
     over = await backend.reserve(req(cost=0.4, now=tomorrow, rate=0, daily=1.0, monthly=1.5))
     assert (over.reason, over.detail) == ("budget", "monthly")
 

@@ -37,6 +37,24 @@ def month_window(now: float) -> Window:
     return Window(start.strftime("%Y%m"), end.timestamp(), days * 86400.0)
 
 
+class WindowCache:
+    """The day and month windows of ``now``, recomputed only when a day boundary passes."""
+
+    __slots__ = ("_day", "_month", "_start")
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._day = Window("", 0.0, 0.0)
+        self._month = Window("", 0.0, 0.0)
+
+    def get(self, now: float) -> tuple[Window, Window]:
+        if not self._start <= now < self._day.end:
+            self._day = day_window(now)
+            self._month = month_window(now)
+            self._start = self._day.end - self._day.length_s
+        return self._day, self._month
+
+
 def fits(spent: float, cost: float, limit: float) -> bool:
     """Whether spending ``cost`` more stays within ``limit`` (``limit <= 0`` is unlimited)."""
     return limit <= 0 or spent + cost <= limit

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from throttle.algorithms.fairshare import FairParams
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReserveRequest:
     """Everything one admission needs; times are epoch seconds from the injected clock."""
 
@@ -41,7 +41,7 @@ class ReserveRequest:
     cached_factor: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """What a backend answers to a reservation."""
 

@@ -21,8 +21,10 @@ from throttle.storage.base import (
     Usage,
     UsageRequest,
 )
+from throttle.storage.fair_state import PoolFairState
 
 SWEEP_BATCH = 64
+POOL_PURGE_BATCH = 64
 FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fair-share table
 WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
 
@@ -53,10 +55,8 @@ class MemoryStorage:
         self._tat: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._lease_pool: dict[str, str] = {}  # reservation id -> pool of its lease
-        self._inflight: dict[str, dict[str, int]] = {}  # pool -> tenant -> leases held
+        self._pools: dict[str, PoolFairState] = {}
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
-        self._fair: dict[str, dict[str, float]] = {}
-        self._seen: dict[str, dict[str, float]] = {}
         self._records: dict[str, _Record] = {}
         self._expiry: list[tuple[float, str]] = []
         self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
@@ -79,20 +79,32 @@ class MemoryStorage:
         self._spend[(tenant, key)] = (value, max(old_exp, expires))
         return value
 
+    def _pool(self, pool: str) -> PoolFairState:
+        state = self._pools.get(pool)
+        if state is None:
+            state = self._pools[pool] = PoolFairState()
+        return state
+
     def _released(self, tenant: str, rid: str) -> None:
         pool = self._lease_pool.pop(rid, None)
-        if pool is None:
-            return
-        counts = self._inflight.get(pool, {})
-        left = counts.get(tenant, 0) - 1
-        if left > 0:
-            counts[tenant] = left
-        else:
-            counts.pop(tenant, None)
+        if pool is not None:
+            self._pool(pool).release(tenant)
 
     def _purge(self, tenant: str, held: dict[str, float], now: float) -> None:
         for rid in leases.purge(held, now):
             self._released(tenant, rid)
+
+    def _purge_pool(self, state: PoolFairState, now: float) -> None:
+        """Expire leases of every tenant of the pool (a crashed gateway's tenant included)."""
+        heap = state.lease_heap
+        purged = 0
+        while heap and heap[0][0] <= now and purged < POOL_PURGE_BATCH:
+            expires, rid, tenant = heapq.heappop(heap)
+            held = self._leases.get(tenant)
+            if held is not None and held.get(rid) == expires:
+                del held[rid]
+                self._released(tenant, rid)
+                purged += 1
 
     def _sweep(self, now: float) -> None:
         heap = self._expiry
@@ -108,34 +120,13 @@ class MemoryStorage:
                 if held is not None and not held:
                     del self._leases[record.tenant]
 
-    def _active(
-        self, pool: str, tenant: str, now: float, window: float
-    ) -> tuple[bool, float | None]:
-        """``(backlogged, floor)``: whether ``tenant`` has work in flight in ``pool`` while
-        active, and the smallest counter among the other active, backlogged tenants."""
-        seen = self._seen.setdefault(pool, {})
-        counters = self._fair.setdefault(pool, {})
-        inflight = self._inflight.setdefault(pool, {})
-        horizon = now - window
-        forget = now - window * FORGET_FACTOR
-        backlogged = seen.get(tenant, -1.0) >= horizon and inflight.get(tenant, 0) > 0
-        active: list[tuple[str, float]] = []
-        stale: list[str] = []
-        for name, ts in seen.items():
-            if ts >= horizon:
-                if inflight.get(name, 0) > 0:
-                    active.append((name, counters.get(name, 0.0)))
-            elif ts < forget:
-                stale.append(name)
-        for name in stale:
-            del seen[name]
-            counters.pop(name, None)
-        return backlogged, fairshare.min_active(active, tenant)
-
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
         now = r.now
+        fair = r.fair
         self._sweep(now)
+        state = self._pool(r.pool)
+        self._purge_pool(state, now)
         held = self._leases.get(r.tenant)
         if held is None:
             held = self._leases[r.tenant] = {}
@@ -143,12 +134,11 @@ class MemoryStorage:
         day = self._spent(r.tenant, r.day_key, now)
         month = self._spent(r.tenant, r.month_key, now)
         tat = self._tat.get(r.tenant, now)
-        fair = r.fair
-        counters = self._fair.setdefault(r.pool, {})
-        backlogged, floor = self._active(r.pool, r.tenant, now, fair.active_window_s)
-        own = fairshare.lift(counters.get(r.tenant, 0.0), backlogged, floor)
-        counters[r.tenant] = own
-        self._seen[r.pool][r.tenant] = now
+        state.touch(r.tenant, now, now - fair.active_window_s * FORGET_FACTOR)
+        floor = state.floor(r.tenant)
+        backlogged = r.tenant in state.inflight
+        own = fairshare.lift(state.counters.get(r.tenant, 0.0), backlogged, floor)
+        state.set_counter(r.tenant, own)
 
         def deny(reason: str, retry: float, detail: str = "") -> Decision:
             remaining, reset = gcra.state(tat, now, r.rate_per_s, r.burst)
@@ -172,12 +162,12 @@ class MemoryStorage:
             self._tat[r.tenant] = rate.tat
         held[r.reservation_id] = r.lease_expires_at
         self._lease_pool[r.reservation_id] = r.pool
-        pool_counts = self._inflight.setdefault(r.pool, {})
-        pool_counts[r.tenant] = pool_counts.get(r.tenant, 0) + 1
+        heapq.heappush(state.lease_heap, (r.lease_expires_at, r.reservation_id, r.tenant))
+        state.acquire(r.tenant)
         day = self._add_spend(r.tenant, r.day_key, r.cost, r.day_end + WINDOW_GRACE_S)
         month = self._add_spend(r.tenant, r.month_key, r.cost, r.month_end + WINDOW_GRACE_S)
         own = fairshare.charge(own, r.cost, r.weight, floor, fair.max_lead)
-        counters[r.tenant] = own
+        state.set_counter(r.tenant, own)
         self._records[r.reservation_id] = _Record(
             r.tenant,
             r.pool,
@@ -220,9 +210,10 @@ class MemoryStorage:
             entry = self._spend.get((record.tenant, key))
             if entry is not None:
                 self._spend[(record.tenant, key)] = (max(0.0, entry[0] + delta), entry[1])
-        counters = self._fair.get(record.pool)
-        if counters is not None and record.tenant in counters:
-            counters[record.tenant] = max(0.0, counters[record.tenant] + delta / record.weight)
+        state = self._pools.get(record.pool)
+        if state is not None and record.tenant in state.counters:
+            counter = max(0.0, state.counters[record.tenant] + delta / record.weight)
+            state.set_counter(record.tenant, counter)
         held = self._leases.get(record.tenant)
         if held is not None and held.pop(reservation_id, None) is not None:
             self._released(record.tenant, reservation_id)
@@ -238,9 +229,9 @@ class MemoryStorage:
         in_flight = sum(1 for expires in held.values() if expires > q.now)
         remaining, reset = gcra.state(self._tat.get(q.tenant, q.now), q.now, q.rate_per_s, q.burst)
         counters = {
-            pool: self._fair[pool][q.tenant]
+            pool: self._pools[pool].counters[q.tenant]
             for pool in q.pools
-            if q.tenant in self._fair.get(pool, {})
+            if pool in self._pools and q.tenant in self._pools[pool].counters
         }
         return Usage(
             remaining,

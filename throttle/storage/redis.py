@@ -105,6 +105,8 @@ class RedisStorage:
             self.key("seen", r.pool),
             self.key("res", r.reservation_id),
             self.key("inflight", r.pool),
+            self.key("backlog", r.pool),
+            self.key("pleases", r.pool),
         ]
         fair = r.fair
         args = [

@@ -12,7 +12,7 @@
 -- Returns {} when the record does not exist, else
 --         {tenant, pool, estimate, actual, duplicate (0|1)} as strings.
 local rec = redis.call('HMGET', KEYS[1], 'tenant', 'pool', 'estimate', 'weight', 'rate', 'tat',
-  'leases', 'day', 'month', 'fair', 'settled', 'actual', 'pp', 'cp', 'cf', 'exp', 'inflight')
+  'leases', 'day', 'month', 'fair', 'settled', 'actual', 'pp', 'cp', 'cf', 'exp', 'inflight', 'backlog', 'pleases')
 if not rec[1] or tonumber(rec[16]) <= tonumber(ARGV[4]) then return {} end
 local function f(x) return string.format('%.17g', x) end
 local tenant, pool = rec[1], rec[2]
@@ -37,10 +37,16 @@ for _, key in ipairs({rec[8], rec[9]}) do
 end
 local counter = redis.call('HGET', rec[10], tenant)
 if counter then
-  redis.call('HSET', rec[10], tenant, f(math.max(0, tonumber(counter) + delta / tonumber(rec[4]))))
+  local value = f(math.max(0, tonumber(counter) + delta / tonumber(rec[4])))
+  redis.call('HSET', rec[10], tenant, value)
+  if redis.call('ZSCORE', rec[18], tenant) then redis.call('ZADD', rec[18], value, tenant) end
 end
 if redis.call('ZREM', rec[7], ARGV[5] .. '|' .. pool) == 1 then
-  if redis.call('HINCRBY', rec[17], tenant, -1) <= 0 then redis.call('HDEL', rec[17], tenant) end
+  redis.call('ZREM', rec[19], ARGV[5] .. '|' .. tenant)
+  if redis.call('HINCRBY', rec[17], tenant, -1) <= 0 then
+    redis.call('HDEL', rec[17], tenant)
+    redis.call('ZREM', rec[18], tenant)
+  end
 end
 redis.call('HSET', KEYS[1], 'settled', '1', 'actual', f(actual))
 return {tenant, pool, rec[3], f(actual), '0'}

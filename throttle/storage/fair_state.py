@@ -1,0 +1,111 @@
+"""Per-pool fair-share state of the memory backend, with O(log n) floor lookups.
+
+The Redis backend keeps the same state in sorted sets (``reserve.lua``):
+
+- ``counters``: tenant -> VTC counter;
+- ``backlog``: the counters of tenants with work in flight in the pool (VTC's backlogged
+  clients), ordered, so the *floor* (smallest counter among the other backlogged tenants)
+  is the first or second entry;
+- ``inflight``: tenant -> leases held in the pool;
+- ``seen``: tenant -> last time it asked, to forget tenants idle for ``forget`` seconds.
+
+Heaps are lazy (stale entries are skipped when they surface, and the heap is rebuilt when
+it holds more than twice the live entries), which keeps every operation O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+
+class PoolFairState:
+    """Counters, backlog order and last-seen times of the tenants of one pool."""
+
+    __slots__ = (
+        "_backlog_heap",
+        "_seen_heap",
+        "backlog",
+        "counters",
+        "inflight",
+        "lease_heap",
+        "seen",
+    )
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.backlog: dict[str, float] = {}
+        self.inflight: dict[str, int] = {}
+        self.seen: dict[str, float] = {}
+        self._backlog_heap: list[tuple[float, str]] = []
+        self._seen_heap: list[tuple[float, str]] = []
+        # (lease expiry, reservation id, tenant) of every lease in the pool, lazily deleted
+        self.lease_heap: list[tuple[float, str, str]] = []
+
+    # -- backlog order --------------------------------------------------------------------
+    def _set_backlog(self, tenant: str, counter: float) -> None:
+        self.backlog[tenant] = counter
+        heapq.heappush(self._backlog_heap, (counter, tenant))
+        if len(self._backlog_heap) > 2 * len(self.backlog) + 64:
+            self._backlog_heap = [(v, t) for t, v in self.backlog.items()]
+            heapq.heapify(self._backlog_heap)
+
+    def _clean_top(self) -> None:
+        heap = self._backlog_heap
+        while heap and self.backlog.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+
+    def floor(self, tenant: str) -> float | None:
+        """The smallest counter among the *other* backlogged tenants (None when none)."""
+        self._clean_top()
+        heap = self._backlog_heap
+        if not heap:
+            return None
+        if heap[0][1] != tenant:
+            return heap[0][0]
+        top = heapq.heappop(heap)
+        self._clean_top()
+        second = heap[0][0] if heap else None
+        heapq.heappush(heap, top)
+        return second
+
+    def set_counter(self, tenant: str, value: float) -> None:
+        self.counters[tenant] = value
+        if tenant in self.backlog:
+            self._set_backlog(tenant, value)
+
+    # -- leases in flight -----------------------------------------------------------------
+    def acquire(self, tenant: str) -> None:
+        count = self.inflight.get(tenant, 0) + 1
+        self.inflight[tenant] = count
+        if count == 1:
+            self._set_backlog(tenant, self.counters.get(tenant, 0.0))
+
+    def release(self, tenant: str) -> None:
+        count = self.inflight.get(tenant, 0) - 1
+        if count > 0:
+            self.inflight[tenant] = count
+            return
+        self.inflight.pop(tenant, None)
+        self.backlog.pop(tenant, None)
+
+    # -- activity ---------------------------------------------------------------------------
+    def touch(self, tenant: str, now: float, forget_before: float) -> None:
+        """Record that ``tenant`` asked now; forget idle, non-backlogged tenants."""
+        heap = self._seen_heap
+        busy: list[tuple[float, str]] = []
+        while heap and heap[0][0] < forget_before:
+            ts, name = heapq.heappop(heap)
+            if self.seen.get(name) != ts:
+                continue
+            if name in self.inflight:
+                busy.append((ts, name))  # backlogged: forgotten once its leases are gone
+                continue
+            del self.seen[name]
+            self.counters.pop(name, None)
+        for entry in busy:
+            heapq.heappush(heap, entry)
+        self.seen[tenant] = now
+        heapq.heappush(heap, (now, tenant))
+        if len(heap) > 2 * len(self.seen) + 64:
+            self._seen_heap = [(ts, name) for name, ts in self.seen.items()]
+            heapq.heapify(self._seen_heap)
