@@ -1,9 +1,9 @@
-"""The gateway's HTTP API: OpenAI-compatible routes, async jobs, health and metrics.
+"""The gateway's HTTP API besides inference: models, async jobs, health and metrics.
 
-This module only maps HTTP to the domain and gateway errors to statuses (OpenAI-style error
-bodies: ``{"error": {"message", "type", "param", "code"}}``). Routes::
+This module only maps HTTP to the domain (errors map as in :func:`front.error_parts`).
+The inference routes (``POST /v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings``) are served by the raw ASGI :mod:`front`; these by Starlette::
 
-    POST /v1/chat/completions, /v1/completions, /v1/embeddings   (Bearer API key)
     GET  /v1/models
     POST /v1/jobs                       202 + job id, status URL, events URL
     GET  /v1/jobs/{id}                  status, result, usage, cost
@@ -13,7 +13,6 @@ bodies: ``{"error": {"message", "type", "param", "code"}}``). Routes::
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,33 +23,18 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.gateway.errors import (
-    AuthError,
-    GatewayError,
-    JobNotFound,
-    ModelNotFound,
-    QueueError,
-    RequestError,
-    Throttled,
-    ThrottleUnavailable,
-    UpstreamConnectError,
-    UpstreamError,
-)
+from serving.gateway.errors import AuthError, GatewayError, JobNotFound, QueueError, RequestError
+from serving.gateway.front import authenticate, error_parts
 from serving.gateway.jobs.model import Job, JobBackend
-from serving.gateway.pipeline import REQUEST_ID_HEADER, CacheReply, Caller, Pipeline
-from serving.gateway.replay import json_body, sse_events
-from serving.gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_inference
+from serving.gateway.pipeline import Caller, Pipeline
+from serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
 from serving.tenancy import TenantResolver
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 KEEPALIVE_S = 15.0
-OVERHEAD_HEADER = "x-infermeter-overhead-ms"
 Readiness = Callable[[], Awaitable[dict[str, str]]]
 # (path, GatewayApi method, HTTP method)
 ROUTES = (
-    (CHAT, "inference", "POST"),
-    (COMPLETIONS, "inference", "POST"),
-    (EMBEDDINGS, "inference", "POST"),
     ("/v1/models", "models", "GET"),
     ("/v1/jobs", "submit_job", "POST"),
     ("/v1/jobs/{job_id}", "get_job", "GET"),
@@ -61,34 +45,9 @@ ROUTES = (
 )
 
 
-def error_response(
-    status: int, message: str, type_: str, param: str | None = None, **headers: str
-) -> Response:
-    """An OpenAI-style JSON error."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-
 def _map_error(exc: GatewayError) -> Response:
-    if isinstance(exc, RequestError):
-        return error_response(400, str(exc), "invalid_request_error", exc.param)
-    if isinstance(exc, AuthError):
-        return error_response(401, str(exc), "authentication_error")
-    if isinstance(exc, ModelNotFound):
-        return error_response(404, str(exc), "model_not_found", "model")
-    if isinstance(exc, JobNotFound):
-        return error_response(404, str(exc), "not_found_error", "id")
-    if isinstance(exc, Throttled):
-        resp = error_response(429, str(exc), "rate_limit_error")
-        resp.headers.update(exc.headers)
-        return resp
-    if isinstance(exc, ThrottleUnavailable | QueueError):
-        return error_response(503, str(exc), "service_unavailable", None, **{"retry-after": "1"})
-    if isinstance(exc, UpstreamConnectError):
-        return error_response(503, str(exc), "upstream_unavailable", None, **{"retry-after": "1"})
-    if isinstance(exc, UpstreamError):
-        return error_response(502, str(exc), "upstream_error")
-    return error_response(500, str(exc), "internal_error")
+    status, body, headers = error_parts(exc)
+    return Response(body, status, headers, media_type="application/json")
 
 
 class GatewayApi:
@@ -121,57 +80,7 @@ class GatewayApi:
 
     def caller(self, request: Request) -> Caller:
         """Authenticate: a known API key (or the trusted gateway-secret headers)."""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
-        attribution = self.resolver.resolve(headers)
-        if attribution.source == "anonymous":
-            if "authorization" not in headers:
-                raise AuthError("Missing API key: send 'Authorization: Bearer <key>'.")
-            raise AuthError("Incorrect API key provided.")
-        return Caller(attribution.tenant, attribution.key_id, attribution.tier, attribution.tags)
-
-    async def inference(self, request: Request) -> Response:
-        """Chat, completion or embeddings through cache, throttle and upstream."""
-        route = request.url.path
-        try:
-            caller = self.caller(request)
-            req = parse_inference(route, await request.body())
-            begun = await self.pipeline.begin(caller, req)
-        except GatewayError as exc:
-            resp = _map_error(exc)
-            self.responses.labels(route, str(resp.status_code)).inc()
-            return resp
-        if isinstance(begun, CacheReply):
-            self.responses.labels(route, "200").inc()
-            headers = {
-                REQUEST_ID_HEADER: begun.request_id,
-                "x-infermeter-cache": "hit",
-                "x-infermeter-cache-similarity": f"{begun.hit.similarity:.4f}",
-            }
-            if req.stream:
-                events = sse_events(req, begun.hit.answer, begun.request_id)
-                return StreamingResponse(
-                    _iterate(events), 200, {**SSE_HEADERS, **headers}, "text/event-stream"
-                )
-            return Response(
-                json_body(req, begun.hit.answer, begun.request_id),
-                200,
-                headers,
-                media_type="application/json",
-            )
-        flight = begun
-        headers = {
-            **flight.headers,
-            REQUEST_ID_HEADER: flight.request_id,
-            OVERHEAD_HEADER: f"{flight.overhead_s * 1000:.3f}",
-        }
-        self.responses.labels(route, str(flight.status)).inc()
-        if req.stream and flight.status == 200:
-            return StreamingResponse(flight.stream(), 200, {**SSE_HEADERS, **headers})
-        try:
-            body = await flight.read()
-        except UpstreamError as exc:
-            return _map_error(exc)
-        return Response(body, flight.status, headers)
+        return authenticate(self.resolver, request.scope["headers"])
 
     async def models(self, request: Request) -> Response:
         """The models this gateway routes, in OpenAI's list shape."""
@@ -313,9 +222,3 @@ class GatewayApi:
     def routes(self) -> list[Route]:
         """Starlette routes bound to this instance."""
         return [Route(path, getattr(self, name), methods=[m]) for path, name, m in ROUTES]
-
-
-async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-        await asyncio.sleep(0)

@@ -26,6 +26,7 @@ from serving.gateway.api import ROUTES, GatewayApi
 from serving.gateway.cache import SemanticCache
 from serving.gateway.embeddings import Embedder
 from serving.gateway.errors import GatewayError
+from serving.gateway.front import PATHS, InferenceFront
 from serving.gateway.jobs.memory import MemoryJobs
 from serving.gateway.jobs.model import JobBackend
 from serving.gateway.jobs.redis_streams import RedisJobs
@@ -97,6 +98,7 @@ class GatewayApp:
         self.jobs = jobs if jobs is not None else job_backend(settings)
         self.routers: dict[str, Router] = {}
         self.api: GatewayApi | None = None
+        self.front: InferenceFront | None = None
         self.pipeline: Pipeline | None = None
         self.runner: JobRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -203,6 +205,7 @@ class GatewayApp:
             readiness=self.readiness,
             now=self._now,
         )
+        self.front = InferenceFront(self.pipeline, self.resolver, self.registry)
         metering.start()
         replicas = [r for router in self.routers.values() for r in router.replicas]
         self._poller = SignalPoller(session, replicas, interval_s=s.signal_poll_s)
@@ -267,4 +270,8 @@ class GatewayApp:
             await self.shutdown()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PATHS:
+            assert self.front is not None, "lifespan startup did not run"
+            await self.front(scope, receive, send)
+            return
         await self._starlette(scope, receive, send)

@@ -111,6 +111,8 @@ class StreamTap:
         if payload == b"[DONE]":
             self.done = True
             return True
+        if not self._capture and self._on_text is None and not self._needs_parse(payload):
+            return True
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -127,6 +129,21 @@ class StreamTap:
             if self._drop_usage and not choices:
                 return False
         return True
+
+    def _needs_parse(self, payload: bytes) -> bool:
+        """Cheap scan of a token event: count it; parse only usage and finish events."""
+        if b'"usage":{' in payload or b'"usage": {' in payload:
+            return True
+        if b'"finish_reason":"' in payload or b'"finish_reason": "' in payload:
+            return True
+        for key in (b'"content":"', b'"text":"'):
+            at = payload.find(key)
+            if at >= 0 and payload[at + len(key) : at + len(key) + 1] != b'"':
+                self.content_events += 1
+                if self.first_token_at is None:
+                    self.first_token_at = self._now()
+                break
+        return False
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")

@@ -252,3 +252,28 @@ def test_health_ready_metrics(serve: Callable[..., Any], free_port: Callable[[],
     assert ready.status_code == 503 and "throttle" in ready.json()["problems"]
     metrics = httpx.get(gw.url + "/metrics").text
     assert "infermeter_gateway_outstanding_requests" in metrics
+
+
+def test_client_abort_settles_with_the_tokens_seen(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app(time_scale=20.0, output_tokens_median=1000.0))
+    runtime = Runtime(ThrottleSettings(), policy=load_policy_text(POLICY))
+    thr = serve(create_app(runtime, background=False))
+    app = gateway_app(gateway_settings([sim.url], throttle_url=thr.url))
+    gw = serve(app)
+    body = {**CHAT, "stream": True, "max_tokens": 200}
+    with httpx.stream(
+        "POST", gw.url + "/v1/chat/completions", json=body, headers=auth("sk-acme")
+    ) as resp:
+        seen = 0
+        for chunk in resp.iter_raw():
+            seen += chunk.count(b"data: ")
+            if seen >= 3:
+                break
+    # The client went away mid-stream: the reservation is settled as an abort, the
+    # replica's slot is returned and the upstream request is cancelled.
+    replica = app.routers[MODEL].replicas[0]
+    deadline = time.monotonic() + 10
+    while runtime.throttle.settles.get("client_abort", 0) < 1 or replica.outstanding:
+        assert time.monotonic() < deadline, (runtime.throttle.settles, replica.outstanding)
+        time.sleep(0.05)
+    assert runtime.throttle.settles.get("ok", 0) == 0
