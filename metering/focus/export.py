@@ -93,6 +93,16 @@ def export_focus(
         cur.execute("DROP TABLE focus_export")
     finally:
         cur.close()
+    if fmt == "parquet":
+        # UTC timestamps; decimals as doubles (what pandas-based readers, focus-validator
+        # included, recognise as decimal columns)
+        for i, field in enumerate(table.schema):
+            if field.name in TIMESTAMP_COLUMNS:
+                table = table.set_column(
+                    i, field.name, table.column(i).cast(pa.timestamp("us", tz="UTC"))
+                )
+            elif pa.types.is_decimal(field.type):
+                table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
     if compat:
         table = _validator_compat(table)
     if fmt == "csv":
