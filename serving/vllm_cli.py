@@ -187,13 +187,20 @@ class _Interrupted(Exception):
 
 
 class _StopRequest:
-    """Set from a signal handler; :meth:`sleep` is a wait that a signal interrupts."""
+    """Set from a signal handler; :meth:`sleep` is a wait that a signal interrupts.
+
+    A second signal while stopping calls ``on_repeat`` (kill now instead of waiting).
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signal_name = ""
+        self.on_repeat: Callable[[], None] | None = None
 
     def handler(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set() and self.on_repeat is not None:
+            self.on_repeat()
+            return
         self.signal_name = signal.Signals(signum).name
         self.event.set()
 
@@ -232,7 +239,11 @@ def serve(
             while proc.poll() is None:
                 stop.sleep(0.5)
         except _Interrupted:
-            out(f"infermeter: {stop.signal_name} received, stopping vLLM")
+            stop.on_repeat = proc.kill
+            out(
+                f"infermeter: {stop.signal_name} received, stopping vLLM (up to "
+                f"{settings.stop_grace_s:.0f} s; signal again to kill it now)"
+            )
             code = proc.stop(settings.stop_grace_s)
             out(f"infermeter: vLLM stopped (exit code {code})")
             return 0

@@ -63,24 +63,24 @@ class VllmSettings(BaseModel):
 
     model: str | None = None
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     served_model_name: str | None = None
     quantization: Quantization | None = None
     kv_cache_dtype: KvCacheDtype | None = None
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_model_len: int | None = Field(None, ge=1)
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
-    max_num_seqs: int | None = Field(None, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_num_seqs: int | None = Field(default=None, ge=1)
     dtype: Dtype | None = None
     enforce_eager: bool = False
     device: str | None = None
     python: str | None = None
     cpu_dev: bool = False
     entrypoint: Entrypoint = "auto"
-    cpu_kvcache_space_gib: int = Field(vllm_cpu.KV_CACHE_GIB, ge=1)
+    cpu_kvcache_space_gib: int = Field(default=vllm_cpu.KV_CACHE_GIB, ge=1)
     extra_args: list[str] = Field(default_factory=list)
-    health_timeout_s: float = Field(900.0, gt=0)
-    stop_grace_s: float = Field(30.0, ge=0)
+    health_timeout_s: float = Field(default=900.0, gt=0)
+    stop_grace_s: float = Field(default=30.0, ge=0)
     log_prefix: str = "[vllm] "
 
     @field_validator("device")

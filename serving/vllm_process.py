@@ -198,6 +198,11 @@ class VllmProcess:
             self._reader.join(timeout=5)
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group now (a pending :meth:`stop` then returns)."""
+        if self.proc is not None:
+            self._signal_group(signal.SIGKILL)
+
     def _group_alive(self) -> bool:
         assert self.proc is not None
         try:

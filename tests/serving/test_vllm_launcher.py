@@ -475,21 +475,21 @@ SERVE_SCRIPT = textwrap.dedent(
     import sys
     from serving.vllm_cli import serve
     from serving.vllm_launcher import LaunchCommand, VllmSettings
-    script, port = sys.argv[1], sys.argv[2]
+    script, port, mode, grace = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     command = LaunchCommand(
-        argv=[sys.executable, script, port, "serve"], base_url=f"http://127.0.0.1:{port}"
+        argv=[sys.executable, script, port, mode], base_url=f"http://127.0.0.1:{port}"
     )
-    sys.exit(serve(command, VllmSettings(model="stand-in", stop_grace_s=5)))
+    sys.exit(serve(command, VllmSettings(model="stand-in", stop_grace_s=grace)))
     """
 )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
+def _launch_cli(tmp_path: Path, mode: str, grace: float) -> tuple[subprocess.Popen[str], list[str]]:
+    """Run serving.vllm_cli.serve on the stand-in engine until it reports healthy."""
     script = tmp_path / "stand_in_engine.py"
     script.write_text(STAND_IN)
     launcher = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, str(script), str(_free_port())],
+        [sys.executable, "-c", SERVE_SCRIPT, str(script), str(_free_port()), mode, str(grace)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -501,8 +501,19 @@ def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
         seen.append(line)
         if "healthy at" in line:
             break
-    engine_pid = int(next(s for s in seen if "started (pid" in s).split("pid ")[1].split(",")[0])
-    child = int(next(s for s in seen if "[vllm] child" in s).split()[-1])
+    return launcher, seen
+
+
+def _pid_after(seen: list[str], marker: str) -> int:
+    line = next(s for s in seen if marker in s)
+    return int(line.split(marker)[1].split(",")[0].split()[0].rstrip(")"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
+    launcher, seen = _launch_cli(tmp_path, "serve", grace=5)
+    engine_pid = _pid_after(seen, "started (pid ")
+    child = _pid_after(seen, "[vllm] child ")
     launcher.send_signal(sig)
     rest, _ = launcher.communicate(timeout=20)
     assert launcher.returncode == 0, [*seen, rest]
@@ -511,10 +522,16 @@ def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
     assert not _alive(engine_pid) and not _alive(child)
 
 
-def test_example_config_documents_a_valid_vllm_table():
-    table = load_config(str(REPO / "infermeter.example.toml")).table("vllm")
-    settings = VllmSettings.model_validate(table)
-    assert set(table) >= set(VllmSettings.model_fields) - {
-        "quantization", "kv_cache_dtype", "dtype", "device", "python",
-    }  # fmt: skip
-    assert build_command(settings).argv[3:5] == ["serve", settings.model]
+def test_second_signal_kills_an_engine_that_ignores_sigterm(tmp_path):
+    launcher, seen = _launch_cli(tmp_path, "ignore-term", grace=120)
+    engine_pid = _pid_after(seen, "started (pid ")
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.stdout is not None
+    for line in launcher.stdout:
+        if "signal again to kill it now" in line:
+            break
+    launcher.send_signal(signal.SIGINT)
+    rest, _ = launcher.communicate(timeout=20)  # far less than the 120 s grace
+    assert launcher.returncode == 0, rest
+    assert f"vLLM stopped (exit code {-signal.SIGKILL})" in rest
+    assert not _alive(engine_pid)
