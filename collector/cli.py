@@ -118,6 +118,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # the gateway is the edge; forwarded-for is passed on as is
         server_header=False,  # the engine's own date/server headers pass through
         date_header=False,
         log_level=args.log_level,

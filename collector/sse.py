@@ -1,10 +1,11 @@
 """Cheap accounting of an OpenAI/vLLM server-sent-event stream, chunk by chunk.
 
 Per chunk the scanner does a handful of C-level byte searches and no per-frame Python work:
-it counts frames (``\\n\\ndata: `` can only be a frame boundary, since JSON escapes newlines)
-and subtracts those that carry no token, found by markers that contain raw double quotes and
-so can never occur inside a JSON string value: the chat role frame vLLM sends before the
-first token, the usage-only frame (``"choices":[]``), ``[DONE]`` and error frames. Every other
+it counts frames (two newlines each: JSON escapes newlines, and vLLM and OpenAI send one
+``data:`` line per event) and subtracts those that carry no token, found by markers that
+contain raw double quotes and so can never occur inside a JSON string value: the chat role
+frame vLLM sends before the first token, the usage-only frame (``"choices":[]``), ``[DONE]``
+and error frames (the last three only in the last 4 KiB of a chunk, where a stream ends). Every other
 frame is one generation step (vLLM sends one per engine step; a step whose text the
 detokenizer holds back, e.g. half a UTF-8 character, arrives with empty text). Only the frame
 holding ``"usage":{`` is JSON-parsed (normally the last one); ``finish_reason`` is read with a
@@ -22,8 +23,7 @@ from typing import Any
 
 import orjson
 
-_FRAME = b"\n\ndata: "
-_DONE = b"data: [DONE]"
+_TAIL_WINDOW = 4096  # usage, [DONE] and error frames end a stream: look for them here
 _ERROR = b'data: {"error"'
 _USAGE = b'"usage":{'
 _USAGE_ONLY = b'"choices":[]'
@@ -91,25 +91,26 @@ class SseScanner:
 
     def _account(self, frames: bytes, now: float) -> bytes:
         """Account for whole frames; returns them, less the usage-only frame in strip mode."""
-        first = frames.startswith(b"data: ")
-        n = frames.count(_FRAME) + first
+        # One ``data:`` line per event (vLLM, OpenAI): two newlines per frame. Each pass over
+        # the bytes costs ~0.4 ns/byte, so only the frame count scans the whole chunk; the
+        # frames that close a stream (usage, [DONE], error) are looked for in its tail only.
+        n = frames.count(b"\n") // 2
         if not n:
-            return frames  # comments / event-only frames
+            return frames
         skip = 0
-        for marker in _ROLE_FRAMES:
-            if marker in frames:
-                skip += frames.count(marker)
-        done = frames.count(b"\n\n" + _DONE) + frames.startswith(_DONE)
-        if done:
+        if not self.token_times:  # the chat role frame precedes the first token
+            head = frames[:512]
+            if b'"role":"assistant"' in head and any(m in head for m in _ROLE_FRAMES):
+                skip += 1
+        if frames.endswith(b"data: [DONE]\n\n"):
             self.done = True
-            skip += done
-        if b'{"error"' in frames:
-            errors = frames.count(b"\n\n" + _ERROR) + frames.startswith(_ERROR)
-            if errors:
-                self.error = True
-                skip += errors
-        if _USAGE in frames:
-            frames, usage_only = self._usage(frames)
+            skip += 1
+        window = max(0, len(frames) - _TAIL_WINDOW)
+        if frames.find(_ERROR, window) >= 0:
+            self.error = True
+            skip += 1
+        if frames.find(_USAGE, window) >= 0:
+            frames, usage_only = self._usage(frames, window)
             skip += usage_only
         tokens = n - skip
         if tokens > 0:
@@ -117,7 +118,7 @@ class SseScanner:
                 self.token_times.append(now)
             else:
                 self.token_times.extend([now] * tokens)
-        at = frames.rfind(_FINISH)
+        at = frames.rfind(_FINISH, window)
         if at >= 0:
             start = at + len(_FINISH)
             stop = frames.find(b'"', start)
@@ -125,10 +126,10 @@ class SseScanner:
                 self.finish_reason = frames[start:stop].decode("utf-8", "replace")
         return frames
 
-    def _usage(self, frames: bytes) -> tuple[bytes, int]:
+    def _usage(self, frames: bytes, window: int) -> tuple[bytes, int]:
         """Read usage from the frames holding it; cut usage-only frames in strip mode."""
         usage_only = 0
-        pos = frames.find(_USAGE)
+        pos = frames.find(_USAGE, window)
         while pos >= 0:
             start = frames.rfind(b"\n\n", 0, pos)
             start = 0 if start < 0 else start + 2

@@ -102,7 +102,12 @@ async def run(url: str, concurrency: int, count: int, max_s: float, stream: bool
 
 
 def main() -> None:
-    url, concurrency, count, max_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    url, concurrency, count, max_s = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+    )
     stream = (sys.argv[5] if len(sys.argv) > 5 else "stream") == "stream"
     if uvloop is not None:
         uvloop.install()

@@ -39,7 +39,10 @@ import httpx
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PY = sys.executable
-LITELLM = Path(os.environ.get("LITELLM_VENV", Path.home() / ".cache/infermeter/litellm-venv")) / "bin/litellm"
+LITELLM = (
+    Path(os.environ.get("LITELLM_VENV", Path.home() / ".cache/infermeter/litellm-venv"))
+    / "bin/litellm"
+)
 PLAN = [  # (concurrency, request count, time cap in s)
     (1, int(os.environ.get("BENCH_N1", "300")), 20.0),
     (64, int(os.environ.get("BENCH_N64", "2000")), 25.0),
@@ -70,7 +73,9 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 90.0) -> 
 
 
 @contextmanager
-def process(argv: list[str], ready: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Iterator[None]:
+def process(
+    argv: list[str], ready: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Iterator[None]:
     log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
@@ -90,7 +95,9 @@ def process(argv: list[str], ready: str, env: dict[str, str] | None = None, cwd:
                 proc.wait()
 
 
-def load(url: str, concurrency: int, count: int, cap: float, mode: str = "stream") -> dict[str, Any]:
+def load(
+    url: str, concurrency: int, count: int, cap: float, mode: str = "stream"
+) -> dict[str, Any]:
     out = subprocess.run(
         [PY, str(HERE / "collector_load_client.py"), url, str(concurrency), str(count), str(cap), mode],
         capture_output=True, text=True, timeout=cap + 120, check=True,
@@ -134,7 +141,11 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in runs[0]:
         if key.endswith("_ms") or key == "rps":
             vals = sorted(r[key] for r in runs)
-            out[key] = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+            out[key] = (
+                vals[len(vals) // 2]
+                if len(vals) % 2
+                else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+            )
     out["ok"] = sum(r["ok"] for r in runs)
     return out
 
@@ -184,10 +195,17 @@ def run_benchmark() -> str:
 @contextmanager
 def litellm_process(sim: str, port: int, work: Path) -> Iterator[bool]:
     if os.environ.get("BENCH_SKIP_LITELLM") or not LITELLM.exists():
-        print(f"LiteLLM not installed at {LITELLM}: run tests/benchmarks/setup_litellm.sh", file=sys.stderr)
+        print(
+            f"LiteLLM not installed at {LITELLM}: run tests/benchmarks/setup_litellm.sh",
+            file=sys.stderr,
+        )
         yield False
         return
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true"}
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "DISABLE_SCHEMA_UPDATE": "true",
+    }
     argv = [str(LITELLM), "--config", str(litellm_config(sim, work)), "--host", "127.0.0.1",
             "--port", str(port), "--num_workers", "1", "--telemetry", "False"]  # fmt: skip
     with process(argv, f"http://127.0.0.1:{port}/health/liveliness", env=env, cwd=work):
@@ -216,12 +234,18 @@ def report(results: dict[tuple[str, int], dict[str, Any]], throughput: dict[str,
                 f"{r['ttft_p99_ms']:.2f} | {r['e2e_p50_ms']:.2f} / {r['e2e_p99_ms']:.2f} | {add_ttft} | "
                 f"{add_e2e} | {r['itl_p50_ms']:.3f} / {r['itl_p99_ms']:.3f} |"
             )
-    lines += ["", "| non-streaming, 64 concurrent | max sustained req/s | E2E p50 / p99 ms |", "|---|---:|---|"]
+    lines += [
+        "",
+        "| non-streaming, 64 concurrent | max sustained req/s | E2E p50 / p99 ms |",
+        "|---|---:|---|",
+    ]
     for name in targets:
         t = throughput[name]
         lines.append(f"| {name} | {t['rps']:.0f} | {t['e2e_p50_ms']:.2f} / {t['e2e_p99_ms']:.2f} |")
     lines.append("")
-    lines.append(f"collector's own overhead metric: {own[0]:.0f} requests, mean {own[1] * 1e6:.0f} µs")
+    lines.append(
+        f"collector's own overhead metric: {own[0]:.0f} requests, mean {own[1] * 1e6:.0f} µs"
+    )
     for concurrency, _, _ in PLAN:
         base = results[("direct", concurrency)]
         col = results[("collector", concurrency)]

@@ -64,7 +64,11 @@ class ScriptedEngine:
     async def _send(
         send: Any, status: int, body: bytes, ctype: str = "application/json", extra: Any = ()
     ) -> None:
-        headers = [(b"content-type", ctype.encode()), (b"content-length", b"%d" % len(body)), *extra]
+        headers = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", b"%d" % len(body)),
+            *extra,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

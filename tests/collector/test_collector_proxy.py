@@ -31,7 +31,9 @@ def test_stream_with_usage_is_byte_identical_and_metered(engine: Any, make_colle
     col: RunningCollector = make_collector(upstream.url)
     body = chat(True, include_usage=True)
     direct = httpx.post(f"{upstream.url}/v1/chat/completions", json=body).content
-    resp = httpx.post(f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "req-1"})
+    resp = httpx.post(
+        f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "req-1"}
+    )
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
     assert resp.content == direct
@@ -41,17 +43,33 @@ def test_stream_with_usage_is_byte_identical_and_metered(engine: Any, make_colle
     usage = json.loads(sse_frames(direct)[-2])["usage"]
     assert rec.request_id == "req-1"
     assert rec.status == "ok" and rec.stream and rec.http_status == 200
-    assert (rec.prompt_tokens, rec.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert (rec.prompt_tokens, rec.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
     assert rec.finish_reason == "length"
     assert rec.model == "tiny-llama" and rec.endpoint == "/v1/chat/completions"
     assert rec.ttft_s is not None and rec.first_token_at is not None
     assert rec.first_token_at <= rec.finished_at
     assert len(col.records.gaps[0]) == 7  # 8 content frames, 7 gaps; role frame not a token
-    assert col.sample("infermeter_requests_total", {"tenant": "anonymous", "model": "tiny-llama", "status": "ok"}) == 1
-    assert col.sample("infermeter_completion_tokens_total", {"tenant": "anonymous", "model": "tiny-llama"}) == 8
+    assert (
+        col.sample(
+            "infermeter_requests_total",
+            {"tenant": "anonymous", "model": "tiny-llama", "status": "ok"},
+        )
+        == 1
+    )
+    assert (
+        col.sample(
+            "infermeter_completion_tokens_total", {"tenant": "anonymous", "model": "tiny-llama"}
+        )
+        == 8
+    )
 
 
-def test_stream_without_usage_asks_engine_and_strips_the_extra_chunk(engine: Any, make_collector: Any) -> None:
+def test_stream_without_usage_asks_engine_and_strips_the_extra_chunk(
+    engine: Any, make_collector: Any
+) -> None:
     eng, upstream = engine
     col = make_collector(upstream.url)
     body = chat(True)
@@ -70,7 +88,10 @@ def test_stream_without_usage_asks_engine_and_strips_the_extra_chunk(engine: Any
 def test_force_usage_off_leaves_the_request_alone(engine: Any, make_collector: Any) -> None:
     eng, upstream = engine
     col = make_collector(upstream.url, force_usage=False)
-    resp = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "a b c", "max_tokens": 5, "stream": True})
+    resp = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "a b c", "max_tokens": 5, "stream": True},
+    )
     assert "stream_options" not in json.loads(eng.requests[-1][2])
     (rec,) = col.records.wait(1)
     assert rec.completion_tokens == 5  # counted from content frames
@@ -78,7 +99,9 @@ def test_force_usage_off_leaves_the_request_alone(engine: Any, make_collector: A
     assert resp.content.endswith(b"data: [DONE]\n\n")
 
 
-def test_non_streaming_completion_and_headers_pass_through(engine: Any, make_collector: Any) -> None:
+def test_non_streaming_completion_and_headers_pass_through(
+    engine: Any, make_collector: Any
+) -> None:
     _, upstream = engine
     col = make_collector(upstream.url)
     body = {"model": "tiny-llama", "prompt": "one two three four", "max_tokens": 6}
@@ -102,17 +125,30 @@ def test_non_inference_routes_pass_through_untouched(engine: Any, make_collector
     assert col.records.records == []
 
 
-def test_malformed_requests_keep_engine_status_and_are_recorded(engine: Any, make_collector: Any) -> None:
+def test_malformed_requests_keep_engine_status_and_are_recorded(
+    engine: Any, make_collector: Any
+) -> None:
     _, upstream = engine
     col = make_collector(upstream.url)
-    bad_json = httpx.post(f"{col.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    bad_json = httpx.post(
+        f"{col.url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad_json.status_code == 400
-    too_long = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x", "max_tokens": 5000, "stream": True})
+    too_long = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "x", "max_tokens": 5000, "stream": True},
+    )
     assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "max_tokens"
     no_model = httpx.post(f"{col.url}/v1/completions", json={"model": "nope", "prompt": "x"})
     assert no_model.status_code == 404
     recs = col.records.wait(3)
-    assert [(r.status, r.http_status) for r in recs] == [("error", 400), ("error", 400), ("error", 404)]
+    assert [(r.status, r.http_status) for r in recs] == [
+        ("error", 400),
+        ("error", 400),
+        ("error", 404),
+    ]
     assert recs[0].model == "unknown" and recs[2].model == "nope"
     assert all(r.completion_tokens == 0 for r in recs)
 
@@ -120,11 +156,23 @@ def test_malformed_requests_keep_engine_status_and_are_recorded(engine: Any, mak
 def test_collector_refuses_oversized_tags_and_request_ids(engine: Any, make_collector: Any) -> None:
     _, upstream = engine
     col = make_collector(upstream.url, max_tags_bytes=32)
-    resp = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x"}, headers={"x-infermeter-tags": "feature=" + "a" * 40})
+    resp = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "x"},
+        headers={"x-infermeter-tags": "feature=" + "a" * 40},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "x-infermeter-tags"
-    resp = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x"}, headers={"x-infermeter-request-id": "r" * 200})
+    resp = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "x"},
+        headers={"x-infermeter-request-id": "r" * 200},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "x-infermeter-request-id"
-    ok = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x"}, headers={"x-infermeter-tags": "feature=search"})
+    ok = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "x"},
+        headers={"x-infermeter-tags": "feature=search"},
+    )
     assert ok.status_code == 200
     (rec,) = col.records.wait(1)
     assert rec.tags == {"feature": "search"}
@@ -135,12 +183,32 @@ def test_tenant_attribution(engine: Any, make_collector: Any) -> None:
     col = make_collector(upstream.url)
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 1}
     url = f"{col.url}/v1/completions"
-    httpx.post(url, json=body, headers={"x-infermeter-tenant": "acme", "x-infermeter-gateway-secret": SECRET, "x-infermeter-key-id": "k1"})
+    httpx.post(
+        url,
+        json=body,
+        headers={
+            "x-infermeter-tenant": "acme",
+            "x-infermeter-gateway-secret": SECRET,
+            "x-infermeter-key-id": "k1",
+        },
+    )
     assert "x-infermeter-gateway-secret" not in eng.requests[-1][1]  # never leaks upstream
     httpx.post(url, json=body, headers={"x-infermeter-tenant": "evil"})  # no secret: ignored
-    httpx.post(url, json=body, headers={"authorization": f"Bearer {API_KEY}", "x-infermeter-tenant": "evil", "x-infermeter-gateway-secret": "wrong"})
+    httpx.post(
+        url,
+        json=body,
+        headers={
+            "authorization": f"Bearer {API_KEY}",
+            "x-infermeter-tenant": "evil",
+            "x-infermeter-gateway-secret": "wrong",
+        },
+    )
     recs = col.records.wait(3)
-    assert [(r.tenant, r.api_key_id) for r in recs] == [("acme", "k1"), ("anonymous", ""), ("tenant-b", "key-b")]
+    assert [(r.tenant, r.api_key_id) for r in recs] == [
+        ("acme", "k1"),
+        ("anonymous", ""),
+        ("tenant-b", "key-b"),
+    ]
     assert col.sample("infermeter_collector_untrusted_tenant_headers_total") == 2
 
 
@@ -178,7 +246,11 @@ def test_upstream_down_gives_json_502_and_an_error_record(make_collector: Any) -
 def test_upstream_timeout_gives_json_504(engine: Any, make_collector: Any) -> None:
     _, upstream = engine
     col = make_collector(upstream.url, read_timeout_s=0.3)
-    resp = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x"}, headers={"x-test-hang": "1"})
+    resp = httpx.post(
+        f"{col.url}/v1/completions",
+        json={"model": "tiny-llama", "prompt": "x"},
+        headers={"x-test-hang": "1"},
+    )
     assert resp.status_code == 504 and resp.json()["error"]["code"] == 504
     (rec,) = col.records.wait(1)
     assert (rec.status, rec.http_status) == ("error", 504)
@@ -187,7 +259,9 @@ def test_upstream_timeout_gives_json_504(engine: Any, make_collector: Any) -> No
 def test_upstream_dying_mid_stream(engine: Any, make_collector: Any) -> None:
     _, upstream = engine
     col = make_collector(upstream.url)
-    resp = httpx.post(f"{col.url}/v1/chat/completions", json=chat(True, True), headers={"x-test-die-after": "3"})
+    resp = httpx.post(
+        f"{col.url}/v1/chat/completions", json=chat(True, True), headers={"x-test-die-after": "3"}
+    )
     assert resp.status_code == 200
     frames = sse_frames(resp.content)
     assert json.loads(frames[-1])["error"]["type"] == "UpstreamError"
@@ -196,7 +270,9 @@ def test_upstream_dying_mid_stream(engine: Any, make_collector: Any) -> None:
     assert col.sample("infermeter_collector_upstream_errors_total", {"kind": "midstream"}) == 1
 
 
-async def test_client_abort_cancels_upstream_and_records_tokens_so_far(engine: Any, make_collector: Any) -> None:
+async def test_client_abort_cancels_upstream_and_records_tokens_so_far(
+    engine: Any, make_collector: Any
+) -> None:
     eng, upstream = engine
     col = make_collector(upstream.url)
     async with httpx.AsyncClient() as client:
@@ -217,7 +293,13 @@ async def test_client_abort_cancels_upstream_and_records_tokens_so_far(engine: A
             break
         await asyncio.sleep(0.01)
     assert eng.disconnected and eng.disconnected[0] < 200  # the engine stopped generating
-    assert col.sample("infermeter_requests_total", {"tenant": "anonymous", "model": "tiny-llama", "status": "client_abort"}) == 1
+    assert (
+        col.sample(
+            "infermeter_requests_total",
+            {"tenant": "anonymous", "model": "tiny-llama", "status": "client_abort"},
+        )
+        == 1
+    )
 
 
 def test_own_endpoints(engine: Any, make_collector: Any) -> None:
@@ -232,16 +314,24 @@ def test_own_endpoints(engine: Any, make_collector: Any) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
-def test_many_concurrent_streams_each_metered_once(engine: Any, make_collector: Any, path: str) -> None:
+def test_many_concurrent_streams_each_metered_once(
+    engine: Any, make_collector: Any, path: str
+) -> None:
     _, upstream = engine
     col = make_collector(upstream.url)
 
     async def run() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
-            body = chat(True) if path.endswith("chat/completions") else {"model": "tiny-llama", "prompt": "p q", "max_tokens": 8, "stream": True}
+            body = (
+                chat(True)
+                if path.endswith("chat/completions")
+                else {"model": "tiny-llama", "prompt": "p q", "max_tokens": 8, "stream": True}
+            )
 
             async def one(i: int) -> int:
-                r = await client.post(f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"r{i}"})
+                r = await client.post(
+                    f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"r{i}"}
+                )
                 return r.status_code
 
             return await asyncio.gather(*(one(i) for i in range(40)))

@@ -11,7 +11,12 @@ import httpx
 import pytest
 from conftest_paths import ARTIFACTS
 
-from collector.engine_signals import SignalDeriver, counter_delta, histogram_quantile, parse_exposition
+from collector.engine_signals import (
+    SignalDeriver,
+    counter_delta,
+    histogram_quantile,
+    parse_exposition,
+)
 
 BEFORE = (ARTIFACTS / "metrics_before_load.txt").read_text()
 AFTER = (ARTIFACTS / "metrics_after_load.txt").read_text()
@@ -24,18 +29,28 @@ def with_gauges(text: str, running: float, waiting: float, kv: float) -> str:
 
 
 def buckets(text: str, name: str) -> list[tuple[float, float]]:
-    pairs = re.findall(rf'^{re.escape(name)}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} (\S+)$', text, flags=re.M)
+    pairs = re.findall(
+        rf'^{re.escape(name)}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} (\S+)$', text, flags=re.M
+    )
     return [(float(le), float(v)) for le, v in pairs]
 
 
 def test_rates_and_quantiles_from_real_expositions() -> None:
     deriver = SignalDeriver("pool-a", "r1")
     (first,) = deriver.update(BEFORE, mono=100.0, wall=1_800_000_000.0)
-    assert first.model == "tiny-llama" and first.prompt_tokens_per_s == 0.0 and first.ttft_p50_s is None
+    assert (
+        first.model == "tiny-llama"
+        and first.prompt_tokens_per_s == 0.0
+        and first.ttft_p50_s is None
+    )
     (sig,) = deriver.update(with_gauges(AFTER, 3, 5, 0.25), mono=110.0, wall=1_800_000_010.0)
     assert sig.prompt_tokens_per_s == pytest.approx((246 - 45) / 10)
     assert sig.generation_tokens_per_s == pytest.approx((688 - 48) / 10)
-    assert (sig.num_requests_running, sig.num_requests_waiting, sig.kv_cache_usage_perc) == (3, 5, 0.25)
+    assert (sig.num_requests_running, sig.num_requests_waiting, sig.kv_cache_usage_perc) == (
+        3,
+        5,
+        0.25,
+    )
     old = dict(buckets(BEFORE, "vllm:time_to_first_token_seconds"))
     delta = [(le, c - old[le]) for le, c in buckets(AFTER, "vllm:time_to_first_token_seconds")]
     assert sig.ttft_p50_s == pytest.approx(histogram_quantile(0.5, delta))
@@ -54,7 +69,9 @@ def test_counter_reset_is_handled() -> None:
     deriver.update(AFTER, mono=0.0, wall=0.0)
     (sig,) = deriver.update(BEFORE, mono=5.0, wall=5.0)  # counters went down: a restart
     assert sig.prompt_tokens_per_s == pytest.approx(45 / 5)
-    assert sig.ttft_p50_s == pytest.approx(histogram_quantile(0.5, buckets(BEFORE, "vllm:time_to_first_token_seconds")))
+    assert sig.ttft_p50_s == pytest.approx(
+        histogram_quantile(0.5, buckets(BEFORE, "vllm:time_to_first_token_seconds"))
+    )
 
 
 def test_histogram_quantile_interpolates_like_promql() -> None:
@@ -92,30 +109,45 @@ class SignalSink:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def test_scraper_publishes_metrics_and_pushes_to_throttle(engine: Any, make_collector: Any, serve: Any) -> None:
+def test_scraper_publishes_metrics_and_pushes_to_throttle(
+    engine: Any, make_collector: Any, serve: Any
+) -> None:
     eng, upstream = engine
     sink = SignalSink()
     throttle = serve(sink)
     eng.metrics_text = BEFORE
-    col = make_collector(upstream.url, scrape_interval_s=0.1, throttle_url=throttle.url, pool="p1", replica="r1")
+    col = make_collector(
+        upstream.url, scrape_interval_s=0.1, throttle_url=throttle.url, pool="p1", replica="r1"
+    )
     deadline = time.monotonic() + 10
     while len(sink.bodies) < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     eng.metrics_text = with_gauges(AFTER, 4, 28, 0.5)
     while time.monotonic() < deadline:
         signals = httpx.get(f"{col.url}/v1/signals").json()
-        if signals and signals[0]["num_requests_waiting"] == 28 and signals[0]["generation_tokens_per_s"] > 0:
+        if (
+            signals
+            and signals[0]["num_requests_waiting"] == 28
+            and signals[0]["generation_tokens_per_s"] > 0
+        ):
             break
         time.sleep(0.05)
     (sig,) = signals
-    assert (sig["pool"], sig["replica"], sig["model"], sig["num_requests_running"]) == ("p1", "r1", "tiny-llama", 4)
+    assert (sig["pool"], sig["replica"], sig["model"], sig["num_requests_running"]) == (
+        "p1",
+        "r1",
+        "tiny-llama",
+        4,
+    )
     path, pushed = sink.bodies[-1]
     assert path == "/v1/signals" and pushed[0]["model"] == "tiny-llama"
     text = httpx.get(f"{col.url}/metrics").text
     assert 'infermeter_engine_num_requests_waiting{model="tiny-llama"} 28.0' in text
     assert 'infermeter_engine_kv_cache_usage_perc{model="tiny-llama"} 0.5' in text
     assert "infermeter_engine_up 1.0" in text
-    gap = col.sample("infermeter_engine_unmetered_tokens", {"model": "tiny-llama", "kind": "generation"})
+    gap = col.sample(
+        "infermeter_engine_unmetered_tokens", {"model": "tiny-llama", "kind": "generation"}
+    )
     assert gap == 688 - 48  # the engine generated tokens no record (of ours) carries
 
 

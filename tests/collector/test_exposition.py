@@ -41,7 +41,11 @@ def test_full_exposition_passes_promtool(engine: Any, serve: Any, tmp_path: Path
     col = serve(app)
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     for tenant in ("a", "b"):
-        httpx.post(f"{col.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {tenant}"})
+        httpx.post(
+            f"{col.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {tenant}"},
+        )
     httpx.post(f"{col.url}/v1/completions", json={"model": "nope", "prompt": "x"})
     deadline = time.monotonic() + 10
     text = ""

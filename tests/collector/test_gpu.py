@@ -19,7 +19,9 @@ GIB = 1024**3
 @pytest.fixture
 def sampler() -> NvmlSampler:
     fake_nvml.reset()
-    s = NvmlSampler(fake_nvml, node="node-1", replica="r1", engine_pid=4242, wall=lambda: 1_800_000_000.0)  # type: ignore[arg-type]
+    s = NvmlSampler(
+        fake_nvml, node="node-1", replica="r1", engine_pid=4242, wall=lambda: 1_800_000_000.0
+    )  # type: ignore[arg-type]
     assert s.start()
     return s
 
@@ -33,7 +35,13 @@ def test_every_gpu_and_mig_instance_is_sampled(sampler: NvmlSampler) -> None:
         ("GPU-a100-1111", "", ""),
     ]
     h100, mig_a, _, a100 = samples
-    assert (h100.util_pct, h100.power_w, h100.energy_j, h100.temp_c, h100.sm_clock_mhz) == (55, 350, 1_000_000, 61, 1755)
+    assert (h100.util_pct, h100.power_w, h100.energy_j, h100.temp_c, h100.sm_clock_mhz) == (
+        55,
+        350,
+        1_000_000,
+        61,
+        1755,
+    )
     assert (h100.mem_used_bytes, h100.mem_total_bytes) == (60 * GIB, 80 * GIB)
     assert mig_a.mem_total_bytes == 40 * GIB and mig_a.util_pct == 0.0  # not supported on MIG
     assert a100.replica == "r1" and h100.replica == ""  # the engine (pid 4242) runs on the A100
@@ -65,7 +73,10 @@ def test_dcgm_exporter_names_and_labels(sampler: NvmlSampler) -> None:
     assert get("DCGM_FI_DEV_XID_ERRORS", gpu1) == 79
     assert get("DCGM_FI_DEV_GPU_UTIL", mig) is None  # no reading, no series
     assert get("infermeter_gpu_process_memory_bytes", {**gpu1, "pid": "4242"}) == 36 * GIB
-    assert get("infermeter_gpu_engine_attached", gpu1) == 1 and get("infermeter_gpu_engine_attached", gpu0) == 0
+    assert (
+        get("infermeter_gpu_engine_attached", gpu1) == 1
+        and get("infermeter_gpu_engine_attached", gpu0) == 0
+    )
     assert get("infermeter_nvml_up") == 1
     text = dcgm_exposition(generate_latest(registry)).decode()
     assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in text

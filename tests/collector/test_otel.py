@@ -52,7 +52,9 @@ class OtlpReceiver:
                     for sm in rm.scope_metrics:
                         for metric in sm.metrics:
                             for point in metric.histogram.data_points:
-                                self.metrics.setdefault(metric.name, []).append((attrs(point.attributes), point))
+                                self.metrics.setdefault(metric.name, []).append(
+                                    (attrs(point.attributes), point)
+                                )
             elif scope["path"] == "/v1/traces":
                 req = ExportTraceServiceRequest.FromString(body)
                 for rs in req.resource_spans:
@@ -63,7 +65,9 @@ class OtlpReceiver:
         await send({"type": "http.response.body", "body": b""})
 
 
-def test_genai_metrics_and_spans_arrive(engine: Any, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_genai_metrics_and_spans_arrive(
+    engine: Any, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, upstream = engine
     receiver = OtlpReceiver()
     otlp = serve(receiver)
@@ -71,11 +75,20 @@ def test_genai_metrics_and_spans_arrive(engine: Any, serve: Any, monkeypatch: py
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    app = CollectorApp(CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None)
+    app = CollectorApp(
+        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None
+    )
     assert app.telemetry is not None
     col = serve(app)
-    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 6, "stream": True}
-    r = httpx.post(f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "otel-1"})
+    body = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "a b c"}],
+        "max_tokens": 6,
+        "stream": True,
+    }
+    r = httpx.post(
+        f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "otel-1"}
+    )
     assert r.status_code == 200
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -83,7 +96,9 @@ def test_genai_metrics_and_spans_arrive(engine: Any, serve: Any, monkeypatch: py
             if receiver.spans and "gen_ai.client.token.usage" in receiver.metrics:
                 break
         time.sleep(0.05)
-    (span,) = [s for s in receiver.spans if attrs(s.attributes).get("infermeter.request_id") == "otel-1"]
+    (span,) = [
+        s for s in receiver.spans if attrs(s.attributes).get("infermeter.request_id") == "otel-1"
+    ]
     a = attrs(span.attributes)
     assert span.name == "chat tiny-llama"
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "tiny-llama"
@@ -94,17 +109,26 @@ def test_genai_metrics_and_spans_arrive(engine: Any, serve: Any, monkeypatch: py
                  "gen_ai.server.request.duration"):  # fmt: skip
         point_attrs, point = receiver.metrics[name][-1]
         assert point_attrs["gen_ai.request.model"] == "tiny-llama" and point.count >= 1, name
-    usage = {p_attrs["gen_ai.token.type"]: p.sum for p_attrs, p in receiver.metrics["gen_ai.client.token.usage"]}
+    usage = {
+        p_attrs["gen_ai.token.type"]: p.sum
+        for p_attrs, p in receiver.metrics["gen_ai.client.token.usage"]
+    }
     assert usage == {"input": 7, "output": 6}
 
 
-def test_export_failure_never_touches_traffic(engine: Any, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_failure_never_touches_traffic(
+    engine: Any, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, upstream = engine
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}"
+    )  # nobody there
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
-    app = CollectorApp(CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None)
+    app = CollectorApp(
+        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None
+    )
     col = serve(app)
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 2, "stream": True}
     for _ in range(20):
@@ -117,6 +141,7 @@ def test_export_failure_never_touches_traffic(engine: Any, serve: Any, monkeypat
     while requests != 20 and time.monotonic() < deadline:
         time.sleep(0.02)
         requests = app.registry.get_sample_value(
-            "infermeter_requests_total", {"tenant": "anonymous", "model": "tiny-llama", "status": "ok"}
+            "infermeter_requests_total",
+            {"tenant": "anonymous", "model": "tiny-llama", "status": "ok"},
         )
     assert requests == 20

@@ -30,7 +30,9 @@ def completion(i: int) -> dict[str, Any]:
     return {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 3, "stream": i % 2 == 0}
 
 
-def test_batches_reach_metering_and_survive_an_outage(engine: Any, make_collector: Any, serve: Any, tmp_path: Path) -> None:
+def test_batches_reach_metering_and_survive_an_outage(
+    engine: Any, make_collector: Any, serve: Any, tmp_path: Path
+) -> None:
     _, upstream = engine
     receiver = UsageReceiver()
     metering = serve(receiver)
@@ -40,13 +42,21 @@ def test_batches_reach_metering_and_survive_an_outage(engine: Any, make_collecto
         retry_max_s=0.1,
     )  # fmt: skip
     for i in range(12):
-        httpx.post(f"{col.url}/v1/completions", json=completion(i), headers={"x-infermeter-request-id": f"a{i}"})
+        httpx.post(
+            f"{col.url}/v1/completions",
+            json=completion(i),
+            headers={"x-infermeter-request-id": f"a{i}"},
+        )
     wait_until(lambda: len(receiver.usage) == 12)
     assert receiver.order == [f"a{i}" for i in range(12)]  # in order
     assert receiver.batches >= 3  # batched by size
     receiver.down = True
     for i in range(12, 30):
-        httpx.post(f"{col.url}/v1/completions", json=completion(i), headers={"x-infermeter-request-id": f"a{i}"})
+        httpx.post(
+            f"{col.url}/v1/completions",
+            json=completion(i),
+            headers={"x-infermeter-request-id": f"a{i}"},
+        )
     wait_until(lambda: receiver.refused >= 2)
     assert col.sample("infermeter_collector_spool_records", {"kind": "usage"}) == 18
     assert col.sample("infermeter_collector_shipping_failures_total", {"kind": "usage"}) >= 2
@@ -54,26 +64,34 @@ def test_batches_reach_metering_and_survive_an_outage(engine: Any, make_collecto
     wait_until(lambda: len(receiver.usage) == 30)
     assert receiver.order == [f"a{i}" for i in range(30)]  # replayed in order
     wait_until(lambda: col.sample("infermeter_collector_spool_records", {"kind": "usage"}) == 0)
-    wait_until(lambda: col.sample("infermeter_collector_shipped_records_total", {"kind": "usage"}) == 30)
+    wait_until(
+        lambda: col.sample("infermeter_collector_shipped_records_total", {"kind": "usage"}) == 30
+    )
     rec = receiver.usage["a3"]
     assert rec["completion_tokens"] == 3 and rec["prompt_tokens"] == 3 and rec["pool"] == "default"
 
 
-def test_wrong_token_keeps_records_spooled(engine: Any, make_collector: Any, serve: Any, tmp_path: Path) -> None:
+def test_wrong_token_keeps_records_spooled(
+    engine: Any, make_collector: Any, serve: Any, tmp_path: Path
+) -> None:
     _, upstream = engine
     receiver = UsageReceiver()
     metering = serve(receiver)
     col = make_collector(upstream.url, metering_url=metering.url, ingest_token="wrong",
                          spool_dir=str(tmp_path), batch_interval_s=0.05, retry_initial_s=0.05)  # fmt: skip
     httpx.post(f"{col.url}/v1/completions", json=completion(1))
-    wait_until(lambda: col.sample("infermeter_collector_shipping_failures_total", {"kind": "usage"}) >= 1)
+    wait_until(
+        lambda: col.sample("infermeter_collector_shipping_failures_total", {"kind": "usage"}) >= 1
+    )
     assert receiver.usage == {}
     assert col.sample("infermeter_collector_spool_records", {"kind": "usage"}) == 1
     ready = httpx.get(f"{col.url}/readyz").json()
     assert "401" in ready["metering"] and ready["spool_records"] == 1
 
 
-def _start_collector(upstream: str, metering: str, port: int, spool: Path, config: Path) -> subprocess.Popen[bytes]:
+def _start_collector(
+    upstream: str, metering: str, port: int, spool: Path, config: Path
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "collector", "--config", str(config), "--upstream", upstream,
            "--port", str(port), "--metering-url", metering, "--ingest-token", "ingest-token",
            "--spool-dir", str(spool), "--batch-interval", "0.05", "--no-nvml", "--log-level", "warning"]  # fmt: skip

@@ -52,7 +52,9 @@ def test_torn_tail_is_dropped_on_open(tmp_path: Path) -> None:
 
 def test_bounded_with_near_full_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     warned: list[tuple[int, int]] = []
-    spool = Spool(tmp_path, max_bytes=4096, warn_fraction=0.5, on_near_full=lambda d, m: warned.append((d, m)))
+    spool = Spool(
+        tmp_path, max_bytes=4096, warn_fraction=0.5, on_near_full=lambda d, m: warned.append((d, m))
+    )
     big = [b"x" * 500]
     while not warned:
         spool.append(big)

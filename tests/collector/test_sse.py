@@ -70,7 +70,9 @@ def test_any_chunking_gives_the_same_accounting(cuts: list[int], strip: bool, ch
 def test_error_frame_and_crlf_frames() -> None:
     times: list[float] = []
     scanner = SseScanner(times)
-    raw = b'data: {"choices":[{"index":0,"text":"a"}]}\r\n\r\ndata: {"error":{"message":"x"}}\r\n\r\n'
+    raw = (
+        b'data: {"choices":[{"index":0,"text":"a"}]}\r\n\r\ndata: {"error":{"message":"x"}}\r\n\r\n'
+    )
     assert scanner.feed(raw, 1.0) == raw
     assert len(times) == 1 and scanner.error
 
@@ -85,7 +87,10 @@ def test_non_stream_body_usage() -> None:
     target = Target()
     assert parse_body_usage(body, target) == "length"
     usage = json.loads(body)["usage"]
-    assert (target.prompt_tokens, target.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert (target.prompt_tokens, target.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
     cached = b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":4}}}'
     parse_body_usage(cached, target)
     assert target.cached_prompt_tokens == 4
