@@ -141,16 +141,22 @@ class _Reader:
         self.texts = texts
 
     def fail(self, path: list[str], message: str) -> CatalogError:
-        for source, text, doc in reversed(self.texts):
+        best: tuple[int, str, str] | None = None
+        for source, text, doc in self.texts:
             node: Any = doc
+            depth = 0
             for part in path:
-                node = node.get(part) if isinstance(node, dict) else None
-            if node is not None:
-                return CatalogError(
-                    message, source=source, field=".".join(path), line=locate(text, path)
-                )
-        source, text, _ = self.texts[-1]
-        return CatalogError(message, source=source, field=".".join(path), line=0)
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+                depth += 1
+            if depth and (best is None or depth >= best[0]):
+                best = (depth, source, text)
+        if best is None:
+            source, text, _ = self.texts[-1]
+        else:
+            _, source, text = best
+        return CatalogError(message, source=source, field=".".join(path), line=locate(text, path))
 
     def number(self, table: dict[str, Any], path: list[str], *, required: bool = True) -> float:
         value = table.get(path[-1])
