@@ -77,6 +77,14 @@ def register(
             help=f"{text} [default: {default}]" if default is not None else text,
         )
     parser.add_argument(
+        "--enable-prefix-caching",
+        dest="enable_prefix_caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reuse the KV blocks of identical prompt prefixes, as vLLM does by default "
+        "[default: on]",
+    )
+    parser.add_argument(
         "--log-level",
         default="warning",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -89,6 +97,7 @@ def settings_from(args: argparse.Namespace, config: Config) -> SimulatorSettings
     """The [simulator] table with the command-line flags applied over it."""
     base = section(config, "simulator", SimulatorSettings)
     overrides = {name: getattr(args, name) for _, name, _, _ in _OPTIONS}
+    overrides["enable_prefix_caching"] = args.enable_prefix_caching
     merged = {**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return SimulatorSettings.model_validate(merged)

@@ -6,9 +6,11 @@ are free sequence slots (``max_num_seqs``), token budget (``max_num_batched_toke
 long prompts are prefilled in chunks) and KV-cache blocks. When a running request needs a
 block and none is free, the most recently admitted running request is preempted: its blocks
 are freed and it goes back to the front of the queue to recompute its prompt and the tokens
-it had generated (vLLM's recompute preemption). The step's duration comes from the
-performance model; :meth:`Engine.complete` then advances virtual time to the step's end,
-emits one token for every request whose computed tokens caught up, and finishes requests.
+it had generated (vLLM's recompute preemption). With prefix caching (``kv_cache``), a
+request whose first prompt blocks are cached starts with them computed: only the rest is
+prefilled. The step's duration comes from the performance model; :meth:`Engine.complete`
+then advances virtual time to the step's end, emits one token for every request whose
+computed tokens caught up, and finishes requests.
 
 ``lookahead`` (used when the simulator runs without waiting) holds back a request whose
 client has not yet been sent its last ``lookahead`` tokens, so a fast engine cannot race
@@ -23,9 +25,10 @@ sleeps: :mod:`serving.simulator.loop` paces the steps in real time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from serving.simulator.kv_cache import KvCache
 from serving.simulator.metrics import VllmMetrics
 from serving.simulator.perf_model import PerformanceModel, StepCost
 from serving.simulator.text import CompletionPlan
@@ -38,7 +41,9 @@ class SimRequest:
 
     __slots__ = (
         "arrival",
+        "block_hashes",
         "blocks",
+        "cached_tokens",
         "delivered",
         "finished_at",
         "first_scheduled",
@@ -52,6 +57,7 @@ class SimRequest:
         "preemptions",
         "prompt_tokens",
         "request_id",
+        "shared",
         "status",
         "target",
     )
@@ -63,6 +69,7 @@ class SimRequest:
         plan: CompletionPlan,
         max_tokens: int,
         on_progress: Callable[[], None] | None = None,
+        block_hashes: Sequence[int] = (),
     ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
@@ -74,7 +81,10 @@ class SimRequest:
         self.arrival = 0.0
         self.num_computed = 0  # tokens whose KV is in the cache
         self.num_output = 0  # tokens generated
-        self.blocks = 0
+        self.blocks = 0  # private KV blocks
+        self.block_hashes = block_hashes  # chained hashes of its full prompt blocks
+        self.shared: list[int] = []  # prefix-cache blocks it holds
+        self.cached_tokens = 0  # prompt tokens found in the prefix cache when first scheduled
         self.first_scheduled: float | None = None
         self.first_token: float | None = None
         self.last_token = 0.0
@@ -113,6 +123,7 @@ class Engine:
         max_num_batched_tokens: int,
         clock: Callable[[], float] | None = None,
         lookahead: int | None = None,
+        prefix_caching: bool = True,
     ) -> None:
         self.perf = perf
         self.lookahead = lookahead
@@ -121,7 +132,7 @@ class Engine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.block_size = perf.block_size
         self.total_blocks = perf.num_gpu_blocks
-        self.free_blocks = perf.num_gpu_blocks
+        self.kv = KvCache(perf.num_gpu_blocks, prefix_caching=prefix_caching)
         self.clock = clock
         self.time = clock() if clock is not None else 0.0
         self.waiting: deque[SimRequest] = deque()
@@ -129,6 +140,10 @@ class Engine:
         self.steps = 0
 
     # -- requests -----------------------------------------------------------------------
+    @property
+    def free_blocks(self) -> int:
+        return self.kv.free
+
     def now(self) -> float:
         """Current engine time: the clock's, or the end of the last step in virtual time."""
         return self.time if self.clock is None else max(self.clock(), self.time)
@@ -175,6 +190,7 @@ class Engine:
         context = 0
         preempted = False
         running = self.running
+        kv = self.kv
         lookahead = self.lookahead
         i = 0
         while i < len(running) and budget > 0:
@@ -183,9 +199,9 @@ class Engine:
                 i += 1  # its client is this far behind: let it catch up first
                 continue
             n = min(req.prompt_tokens + req.num_output - req.num_computed, budget)
-            extra = -(-(req.num_computed + n) // block) - req.blocks
-            if extra > self.free_blocks:
-                while extra > self.free_blocks:
+            extra = -(-(req.num_computed + n) // block) - req.blocks - len(req.shared)
+            if extra > kv.free:
+                while extra > kv.free:
                     victim = running.pop()
                     self._preempt(victim)
                     preempted = True
@@ -193,8 +209,9 @@ class Engine:
                         break
                 if req.status != RUNNING:
                     break
-            self.free_blocks -= extra if extra > 0 else 0
-            req.blocks += extra if extra > 0 else 0
+            if extra > 0:
+                kv.allocate(extra)
+                req.blocks += extra
             scheduled.append((req, n))
             pairs += n * req.num_computed + n * (n + 1) / 2
             context += req.num_computed
@@ -203,21 +220,27 @@ class Engine:
         if not preempted:
             waiting = self.waiting
             while waiting and len(running) < self.max_num_seqs and budget > 0:
-                req = waiting[0]
-                n = min(req.prompt_tokens + req.num_output - req.num_computed, budget)
-                extra = -(-(req.num_computed + n) // block) - req.blocks
-                if extra > self.free_blocks:
+                req = waiting[0]  # not running: it holds no blocks, computed nothing
+                hits = kv.lookup(req.block_hashes, (req.prompt_tokens - 1) // block)
+                cached = len(hits) * block
+                n = min(req.prompt_tokens + req.num_output - cached, budget)
+                extra = -(-(cached + n) // block) - len(hits)
+                if extra > kv.free_after_taking(hits):
                     break
                 waiting.popleft()
                 running.append(req)
                 req.status = RUNNING
+                kv.take(hits)
+                kv.allocate(extra)
+                req.shared = hits
+                req.blocks = extra
+                req.num_computed = cached
                 if req.first_scheduled is None:
                     req.first_scheduled = start
-                self.free_blocks -= extra
-                req.blocks += extra
+                    req.cached_tokens = cached
                 scheduled.append((req, n))
-                pairs += n * req.num_computed + n * (n + 1) / 2
-                context += req.num_computed
+                pairs += n * cached + n * (n + 1) / 2
+                context += cached
                 budget -= n
         if not scheduled:
             return None
@@ -231,6 +254,7 @@ class Engine:
         self.steps += 1
         m = self.metrics
         prompt_done = 0
+        cached_done = 0
         generated = 0
         finished: list[SimRequest] = []
         itl = m.itl.observe
@@ -238,12 +262,15 @@ class Engine:
             if req.status != RUNNING:
                 continue  # aborted while the step ran
             req.num_computed += n
+            if len(req.shared) < len(req.block_hashes):
+                self._register_prompt_blocks(req)
             if req.num_computed < req.prompt_tokens + req.num_output:
                 continue  # a prefill chunk: no token yet
             if req.num_output == 0:
                 req.first_token = end
                 m.ttft.observe(end - req.arrival)
                 prompt_done += req.prompt_tokens
+                cached_done += req.cached_tokens
             else:
                 itl(end - req.last_token)
             req.last_token = end
@@ -259,8 +286,10 @@ class Engine:
         m.write_bytes.inc(cost.write_bytes)
         if prompt_done:
             m.prompt_tokens.inc(prompt_done)
-            m.prompt_tokens_local.inc(prompt_done)
+            m.prompt_tokens_local.inc(prompt_done - cached_done)
             m.prefix_queries.inc(prompt_done)
+            if cached_done:
+                m.cache_hit_tokens(cached_done)
         if generated:
             m.generation_tokens.inc(generated)
         if prompt_done or generated:
@@ -275,8 +304,17 @@ class Engine:
 
     # -- internals ----------------------------------------------------------------------
     def _free(self, req: SimRequest) -> None:
-        self.free_blocks += req.blocks
+        self.kv.release(req.blocks, req.shared)
         req.blocks = 0
+        req.shared = []
+
+    def _register_prompt_blocks(self, req: SimRequest) -> None:
+        """Cache the full prompt blocks ``req`` has computed so far."""
+        full = min(req.num_computed, req.prompt_tokens) // self.block_size
+        if full > len(req.shared) and self.kv.prefix_caching:
+            new = req.block_hashes[len(req.shared) : full]
+            req.blocks -= self.kv.register(new)
+            req.shared.extend(new)
 
     def _preempt(self, req: SimRequest) -> None:
         self._free(req)
@@ -307,7 +345,7 @@ class Engine:
         m.params_n.observe(1)
         m.params_max_tokens.observe(req.max_tokens)
         m.request_preemptions.observe(req.preemptions)
-        m.prefill_kv_tokens.observe(req.prompt_tokens)
+        m.prefill_kv_tokens.observe(req.prompt_tokens - req.cached_tokens)
         if req.on_progress is not None:
             req.on_progress()
 
@@ -316,8 +354,4 @@ class Engine:
         m.running.set(len(self.running))
         m.waiting.set(len(self.waiting))
         m.waiting_capacity.set(len(self.waiting))
-        m.kv_usage.set(self.kv_usage())
-
-    def kv_usage(self) -> float:
-        """Fraction of KV-cache blocks in use."""
-        return 1.0 - self.free_blocks / self.total_blocks
+        m.kv_usage.set(self.kv.usage())

@@ -123,7 +123,9 @@ class VllmMetrics:
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
         )
-        counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+        self.prefix_hits = counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+        )
         counter(
             "vllm:external_prefix_cache_queries",
             "External prefix cache queries from KV connector cross-instance cache sharing, in "
@@ -150,9 +152,11 @@ class VllmMetrics:
             registry=reg,
         )
         self.prompt_tokens_local = by_source.labels(**base, source="local_compute")
-        for source in ("local_cache_hit", "external_kv_transfer"):
-            by_source.labels(**base, source=source)
-        counter("vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external).")
+        self.prompt_tokens_cache_hit = by_source.labels(**base, source="local_cache_hit")
+        by_source.labels(**base, source="external_kv_transfer")
+        self.prompt_tokens_cached = counter(
+            "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
+        )
         cached_by_source = Counter(
             "vllm:prompt_tokens_cached_by_source",
             "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), "
@@ -162,7 +166,8 @@ class VllmMetrics:
             [*names, "source"],
             registry=reg,
         )
-        for source in ("device", "host", "p2p", "disk", "external_unspecified"):
+        self.prompt_tokens_cached_device = cached_by_source.labels(**base, source="device")
+        for source in ("host", "p2p", "disk", "external_unspecified"):
             cached_by_source.labels(**base, source=source)
         self.generation_tokens = counter(
             "vllm:generation_tokens", "Number of generation tokens processed."
@@ -266,6 +271,13 @@ class VllmMetrics:
             registry=reg,
         )
         simulator.labels(**simulator_labels).set(1)
+
+    def cache_hit_tokens(self, tokens: int) -> None:
+        """Prompt tokens served from the (device) prefix cache."""
+        self.prefix_hits.inc(tokens)
+        self.prompt_tokens_cache_hit.inc(tokens)
+        self.prompt_tokens_cached.inc(tokens)
+        self.prompt_tokens_cached_device.inc(tokens)
 
     def finished(self, reason: str) -> Counter:
         """The request_success counter child for ``reason``."""

@@ -33,7 +33,7 @@ from serving.simulator.responses import (
     new_id,
 )
 from serving.simulator.settings import SimulatorSettings, build_profile, cache_config_labels
-from serving.simulator.text import CompletionPlan, OutputLength, plan_completion
+from serving.simulator.text import CompletionPlan, OutputLength, block_hashes, plan_completion
 from serving.simulator.validation import ParsedRequest, parse_request
 
 Scope = MutableMapping[str, Any]
@@ -107,6 +107,7 @@ class SimulatorApp:
             max_num_batched_tokens=settings.max_num_batched_tokens,
             clock=model_clock(settings.time_scale, wall),
             lookahead=FAST_MODE_LOOKAHEAD if settings.time_scale == 0 else None,
+            prefix_caching=settings.enable_prefix_caching,
         )
         self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep, wall=wall)
         self.rng = random.Random(settings.seed)
@@ -208,7 +209,14 @@ class SimulatorApp:
             return exc.status, len(body)
         plan = self._plan(parsed)
         wakeup = _Wakeup()
-        req = SimRequest(new_id(chat), parsed.prompt_tokens, plan, parsed.max_tokens, wakeup.notify)
+        hashes = (
+            block_hashes(parsed.prompt_units, self.settings.block_size)
+            if self.settings.enable_prefix_caching
+            else []
+        )
+        req = SimRequest(
+            new_id(chat), parsed.prompt_tokens, plan, parsed.max_tokens, wakeup.notify, hashes
+        )
         created = int(self.epoch())
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, wakeup))
         self.engine.add(req)

@@ -34,6 +34,7 @@ class SimulatorSettings(BaseModel):
     max_num_batched_tokens: int = Field(default=8192, ge=16)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     block_size: int = Field(default=16, ge=1)
+    enable_prefix_caching: bool = True
     seed: int = 0
     time_scale: float = Field(default=1.0, ge=0.0)
     replica_name: str | None = None
@@ -110,7 +111,7 @@ def cache_config_labels(
             "block_size": block,
             "cache_dtype": "auto",
             "effective_attention_block_size": block,
-            "enable_prefix_caching": "True",
+            "enable_prefix_caching": str(settings.enable_prefix_caching),
             "gpu_memory_utilization": str(settings.gpu_memory_utilization),
             "kv_cache_dtype_skip_layers": "[]",
             "kv_cache_max_concurrency": str(perf.max_concurrency(max_model_len)),

@@ -2,9 +2,11 @@
 
 Token counting (no real tokenizer is loaded): the text is cut by the regular expression
 ``[^\\W\\d_]+|\\d{1,3}|\\S`` into words, groups of up to three digits and single other
-characters (punctuation, symbols, underscore). A word of n letters counts ``ceil(n / 6)``
-tokens, every other piece one token; whitespace is free (BPE tokenizers glue it to the next
-piece). This lands within about ±20% of Llama-3's tokenizer on English prose and code.
+characters (punctuation, symbols, underscore). A word of n letters is ``ceil(n / 6)`` tokens
+(its 6-letter slices), every other piece one token; whitespace is free (BPE tokenizers glue
+it to the next piece). This lands within about ±20% of Llama-3's tokenizer on English prose
+and code. The tokens are kept as strings so prompts can be hashed block by block for the
+simulated prefix cache.
 
 Chat prompts follow the Llama-3 template: one begin-of-text token, then per message a header
 of four tokens (start, role, end, blank line) plus its content plus one end-of-turn token,
@@ -27,9 +29,6 @@ from dataclasses import dataclass
 import orjson
 
 _PIECE = re.compile(r"[^\W\d_]+|\d{1,3}|\S")
-BOS_TOKENS = 1
-CHAT_MESSAGE_OVERHEAD = 5  # <|start_header_id|> role <|end_header_id|> \n\n ... <|eot_id|>
-CHAT_REPLY_OVERHEAD = 4  # <|start_header_id|> assistant <|end_header_id|> \n\n
 FIRST_TOKEN_ID = 1000  # ids reported for vocabulary pieces (return_token_ids)
 EOS_TOKEN_ID = 128001  # Llama-3 <|end_of_text|>
 
@@ -57,27 +56,62 @@ PIECES: tuple[str, ...] = tuple(w if w in _BARE else " " + w for w in VOCABULARY
 PIECES_JSON: tuple[bytes, ...] = tuple(orjson.dumps(p) for p in PIECES)
 
 
-def count_text_tokens(text: str) -> int:
-    """Approximate number of tokens ``text`` encodes to (see module docstring)."""
-    total = 0
+def text_units(text: str) -> list[str]:
+    """The approximate tokens of ``text``, as strings (see module docstring)."""
+    units: list[str] = []
     for piece in _PIECE.findall(text):
-        first = piece[0]
-        if first.isalpha():
-            total += (len(piece) + 5) // 6
+        if len(piece) > 6 and piece[0].isalpha():
+            units.extend(piece[i : i + 6] for i in range(0, len(piece), 6))
         else:
-            total += 1
-    return total
+            units.append(piece)
+    return units
+
+
+def count_text_tokens(text: str) -> int:
+    """Approximate number of tokens ``text`` encodes to."""
+    return len(text_units(text))
+
+
+def completion_prompt_units(prompt: str | Sequence[int]) -> list[str]:
+    """Tokens of a /v1/completions prompt (text, or token ids) with begin-of-text."""
+    if isinstance(prompt, str):
+        return ["<|begin_of_text|>", *text_units(prompt)]
+    return [str(token) for token in prompt]
+
+
+def chat_prompt_units(messages: Sequence[tuple[str, str]]) -> list[str]:
+    """Tokens of a chat conversation of ``(role, text content)`` in the Llama-3 template."""
+    units = ["<|begin_of_text|>"]
+    for role, content in messages:
+        units += ["<|start_header_id|>", role, "<|end_header_id|>", "\n\n"]
+        units += text_units(content)
+        units.append("<|eot_id|>")
+    units += ["<|start_header_id|>", "assistant", "<|end_header_id|>", "\n\n"]
+    return units
 
 
 def completion_prompt_tokens(prompt: str) -> int:
     """Prompt tokens of a /v1/completions text prompt (begin-of-text included)."""
-    return BOS_TOKENS + count_text_tokens(prompt)
+    return len(completion_prompt_units(prompt))
 
 
 def chat_prompt_tokens(contents: Sequence[str]) -> int:
-    """Prompt tokens of a chat conversation given each message's text content."""
-    body = sum(CHAT_MESSAGE_OVERHEAD + count_text_tokens(c) for c in contents)
-    return BOS_TOKENS + body + CHAT_REPLY_OVERHEAD
+    """Prompt tokens of a chat conversation (user turns) given each message's content."""
+    return len(chat_prompt_units([("user", c) for c in contents]))
+
+
+def block_hashes(units: Sequence[str], block_size: int) -> list[int]:
+    """Chained hashes of the full ``block_size``-token blocks of a prompt (prefix caching).
+
+    Block i's hash covers every token up to the end of block i, as vLLM's block hashes do,
+    so two prompts share cached blocks exactly as far as their token prefixes agree.
+    """
+    hashes: list[int] = []
+    previous = 0
+    for start in range(0, len(units) - block_size + 1, block_size):
+        previous = hash((previous, *units[start : start + block_size]))
+        hashes.append(previous)
+    return hashes
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from serving.simulator.errors import ModelNotFound, RequestError
-from serving.simulator.text import chat_prompt_tokens, completion_prompt_tokens
+from serving.simulator.text import chat_prompt_units, completion_prompt_units
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ParsedRequest:
     seed: int | None = None
     temperature: float | None = None
     return_token_ids: bool = False
+    prompt_units: list[str] = field(default_factory=list)  # approximate tokens, for prefix caching
     prompt_key: bytes = b""  # canonical prompt bytes: greedy decoding depends only on them
 
 
@@ -91,16 +92,16 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _prompt_tokens_completion(body: dict[str, Any]) -> int:
+def _prompt_units_completion(body: dict[str, Any]) -> list[str]:
     prompt = body.get("prompt")
     if prompt is None:
         raise validation_error("missing", "body.prompt", "Field required", body)
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return completion_prompt_tokens(prompt)
+        return completion_prompt_units(prompt)
     if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-        return len(prompt)
+        return completion_prompt_units(prompt)
     if isinstance(prompt, list) and len(prompt) > 1:
         raise RequestError("batched prompts are not supported by the simulator", param="prompt")
     raise RequestError(
@@ -108,19 +109,20 @@ def _prompt_tokens_completion(body: dict[str, Any]) -> int:
     )
 
 
-def _prompt_tokens_chat(body: dict[str, Any]) -> int:
+def _prompt_units_chat(body: dict[str, Any]) -> list[str]:
     messages = body.get("messages")
     if messages is None:
         raise validation_error("missing", "body.messages", "Field required", body)
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", param="messages")
-    contents: list[str] = []
+    turns: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise RequestError(f"messages[{i}] must be an object with a role", param="messages")
         content = message.get("content")
+        role = message["role"]
         if content is None or isinstance(content, str):
-            contents.append(content or "")
+            turns.append((role, content or ""))
         elif isinstance(content, list):
             texts = []
             for part in content:
@@ -130,12 +132,12 @@ def _prompt_tokens_chat(body: dict[str, Any]) -> int:
                         param="messages",
                     )
                 texts.append(str(part.get("text", "")))
-            contents.append("".join(texts))
+            turns.append((role, "".join(texts)))
         else:
             raise RequestError(
                 f"messages[{i}].content must be a string or a list of parts", param="messages"
             )
-    return chat_prompt_tokens(contents)
+    return chat_prompt_units(turns)
 
 
 def parse_request(
@@ -174,7 +176,8 @@ def parse_request(
         stops = list(stop)
     else:
         raise RequestError("stop must be a string or a list of strings", param="stop")
-    prompt_tokens = _prompt_tokens_chat(body) if chat else _prompt_tokens_completion(body)
+    units = _prompt_units_chat(body) if chat else _prompt_units_completion(body)
+    prompt_tokens = len(units)
     max_name = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
     max_tokens = _int(body, max_name)
     if max_tokens is not None and max_tokens < 1:
@@ -214,5 +217,6 @@ def parse_request(
         seed=_int(body, "seed"),
         temperature=temperature,
         return_token_ids=_bool(body, "return_token_ids"),
+        prompt_units=units,
         prompt_key=orjson.dumps(key_source, option=orjson.OPT_SORT_KEYS),
     )

@@ -10,7 +10,7 @@ from sim_helpers import h100_llama8b, make_engine
 from serving.simulator.engine import ABORTED, FINISHED, RUNNING, WAITING, Engine, SimRequest
 from serving.simulator.perf_model import PerformanceModel
 from serving.simulator.profiles import GIB, resolve_gpu, resolve_model, resolve_quantization
-from serving.simulator.text import plan_completion
+from serving.simulator.text import block_hashes, plan_completion, text_units
 
 
 def request(prompt: int, tokens: int, seed: int = 0, rid: str = "r") -> SimRequest:
@@ -198,3 +198,82 @@ def test_with_a_clock_idle_time_comes_from_the_clock(manual_clock) -> None:
     assert req.arrival == manual_clock()
     second = engine.step()
     assert second is not None and second.start == manual_clock()
+
+
+def cached_request(units: list[str], tokens: int, rid: str) -> SimRequest:
+    plan = plan_completion(random.Random(1), tokens, ignore_eos=True)
+    return SimRequest(rid, len(units), plan, tokens, block_hashes=block_hashes(units, 16))
+
+
+def test_prefix_cache_skips_the_shared_prompt_prefix() -> None:
+    system = text_units("You are a careful assistant for billing questions. " * 120)
+    first_units = ["<bos>", *system, *text_units("What did tenant A spend?")]
+    second_units = ["<bos>", *system, *text_units("And tenant B, last week?")]
+    engine = make_engine()
+    first = cached_request(first_units, 4, "a")
+    engine.add(first)
+    run_all(engine)
+    ttft_first = value(engine, "vllm:time_to_first_token_seconds_sum")
+    second = cached_request(second_units, 4, "b")
+    engine.add(second)
+    run_all(engine)
+    ttft_second = value(engine, "vllm:time_to_first_token_seconds_sum") - ttft_first
+    shared_blocks = (len(system) + 1) // 16
+    assert second.cached_tokens == shared_blocks * 16 > 0
+    assert ttft_second < ttft_first / 3  # only the new question was prefilled
+    assert value(engine, "vllm:prefix_cache_hits_total") == second.cached_tokens
+    assert value(engine, "vllm:prefix_cache_queries_total") == first.prompt_tokens + len(
+        second_units
+    )
+    assert value(engine, "vllm:prompt_tokens_total") == len(first_units) + len(second_units)
+    assert value(engine, "vllm:prompt_tokens_by_source_total", source="local_cache_hit") == (
+        second.cached_tokens
+    )
+    assert value(engine, "vllm:prompt_tokens_cached_total") == second.cached_tokens
+    assert value(engine, "vllm:request_prefill_kv_computed_tokens_sum") == (
+        len(first_units) + len(second_units) - second.cached_tokens
+    )
+    assert engine.free_blocks == engine.total_blocks  # cached blocks count as free
+
+
+def test_concurrent_requests_share_prompt_blocks_in_the_kv_cache() -> None:
+    units = ["<bos>", *text_units("shared context " * 400)]
+    engine = make_engine()
+    engine.add(cached_request(units, 50, "a"))
+    engine.step()  # first request prefilled and registered
+    used_by_one = engine.total_blocks - engine.free_blocks
+    for i in range(3):
+        engine.add(cached_request(units, 50, f"b{i}"))
+    engine.step()
+    used_by_four = engine.total_blocks - engine.free_blocks
+    assert used_by_four < 1.2 * used_by_one  # the prompt is held once, not four times
+    run_all(engine)
+    assert engine.free_blocks == engine.total_blocks
+
+
+def test_prefix_caching_can_be_switched_off() -> None:
+    units = ["<bos>", *text_units("same prompt again " * 100)]
+    perf = h100_llama8b()
+    engine = make_engine(perf)
+    engine.kv.prefix_caching = False
+    for rid in ("a", "b"):
+        engine.add(cached_request(units, 2, rid))
+        run_all(engine)
+    assert value(engine, "vllm:prefix_cache_hits_total") == 0
+
+
+def test_preemption_with_prefix_caching_keeps_the_block_accounting_exact() -> None:
+    engine = make_engine(small_kv_model(640))
+    reqs = [
+        cached_request(["<bos>", *text_units(f"prompt {i} " * 60)], 200, f"r{i}") for i in range(4)
+    ]
+    for r in reqs:
+        engine.add(r)
+    while engine.has_work():
+        engine.step()
+        assert 0 <= engine.free_blocks <= engine.total_blocks
+        held = sum(r.blocks + len(r.shared) for r in engine.running)
+        assert held <= engine.total_blocks - engine.free_blocks
+    assert value(engine, "vllm:num_preemptions_total") >= 1
+    assert all(r.status == FINISHED and r.num_output == 200 for r in reqs)
+    assert engine.free_blocks == engine.total_blocks

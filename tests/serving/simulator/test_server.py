@@ -354,3 +354,22 @@ async def test_queueing_shows_in_metrics_under_load(start: Callable[..., httpx.C
     assert all(r.endswith("data: [DONE]\n\n") for r in results[1:])
     assert metric(client, "vllm:request_queue_time_seconds_count") == 6
     assert metric(client, "vllm:request_queue_time_seconds_sum") > 0
+
+
+def test_repeated_prompt_prefix_hits_the_prefix_cache(start: Callable[..., httpx.Client]) -> None:
+    client = start()
+    system = {"role": "system", "content": "Answer in one short sentence, politely. " * 30}
+    for question in ("What is a GPU?", "What is a token?"):
+        messages = [system, {"role": "user", "content": question}]
+        body = {"model": MODEL, "messages": messages, "max_tokens": 3}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+    hits = metric(client, "vllm:prefix_cache_hits_total")
+    assert hits > 0 and hits % 16 == 0
+    assert metric(client, "vllm:prefix_cache_queries_total") == metric(
+        client, "vllm:prompt_tokens_total"
+    )
+    assert metric(client, "vllm:prompt_tokens_cached_total") == hits
+    off = start(enable_prefix_caching=False)
+    for _ in range(2):
+        off.post("/v1/chat/completions", json={"model": MODEL, "messages": [system]})
+    assert metric(off, "vllm:prefix_cache_hits_total") == 0
