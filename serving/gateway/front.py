@@ -158,9 +158,17 @@ class InferenceFront:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            state["streaming"] = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not state["streaming"]:
+                    continue  # after [DONE]: only drain the upstream to its end
+                if flight.tap.done:
+                    # The chunk with [DONE] ends the response in the same write.
+                    state["streaming"] = False
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if state["streaming"]:
+                state["streaming"] = False
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not state["aborted"]:
                 raise
