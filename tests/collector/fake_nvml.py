@@ -47,19 +47,63 @@ def _unsupported() -> NVMLError:
 
 
 H100 = FakeDevice(
-    "GPU-h100-0000", "NVIDIA H100 80GB HBM3", 55, 60 * GIB, 80 * GIB, 350_000, 1_000_000_000,
-    61, 1755, throttle=4, ecc=0,
+    "GPU-h100-0000",
+    "NVIDIA H100 80GB HBM3",
+    55,
+    60 * GIB,
+    80 * GIB,
+    350_000,
+    1_000_000_000,
+    61,
+    1755,
+    throttle=4,
+    ecc=0,
     migs=[
-        FakeDevice("MIG-aaaa", "NVIDIA H100 80GB HBM3 MIG 3g.40gb", None, 30 * GIB, 40 * GIB, None,
-                   None, None, None, throttle=None, ecc=None, processes=[(777, 29 * GIB)], gi_id=1),
-        FakeDevice("MIG-bbbb", "NVIDIA H100 80GB HBM3 MIG 4g.40gb", None, 1 * GIB, 40 * GIB, None,
-                   None, None, None, throttle=None, ecc=None, gi_id=2),
+        FakeDevice(
+            "MIG-aaaa",
+            "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+            None,
+            30 * GIB,
+            40 * GIB,
+            None,
+            None,
+            None,
+            None,
+            throttle=None,
+            ecc=None,
+            processes=[(777, 29 * GIB)],
+            gi_id=1,
+        ),
+        FakeDevice(
+            "MIG-bbbb",
+            "NVIDIA H100 80GB HBM3 MIG 4g.40gb",
+            None,
+            1 * GIB,
+            40 * GIB,
+            None,
+            None,
+            None,
+            None,
+            throttle=None,
+            ecc=None,
+            gi_id=2,
+        ),
     ],
-)  # fmt: skip
+)
 A100 = FakeDevice(
-    "GPU-a100-1111", "NVIDIA A100-SXM4-40GB", 97, 38 * GIB, 40 * GIB, 400_000, 5_000_000, 70,
-    1410, throttle=0, ecc=2, processes=[(4242, 36 * GIB)],
-)  # fmt: skip
+    "GPU-a100-1111",
+    "NVIDIA A100-SXM4-40GB",
+    97,
+    38 * GIB,
+    40 * GIB,
+    400_000,
+    5_000_000,
+    70,
+    1410,
+    throttle=0,
+    ecc=2,
+    processes=[(4242, 36 * GIB)],
+)
 DEVICES = [H100, A100]
 _pending_xids: list[tuple[FakeDevice, int]] = [(A100, 79)]
 initialised = False

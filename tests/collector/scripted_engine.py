@@ -10,6 +10,7 @@ client (the collector) abandoned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -104,20 +105,34 @@ class ScriptedEngine:
         words = [WORDS[i % len(WORDS)] for i in range(n)]
         if not body.get("stream"):
             if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(words)},
-                          "finish_reason": "length"}  # fmt: skip
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(words)},
+                    "finish_reason": "length",
+                }
             else:
                 choice = {"index": 0, "text": "".join(words), "finish_reason": "length"}
-            out = {"id": "cmpl-x", "object": "chat.completion" if chat else "text_completion",
-                   "model": MODEL, "choices": [choice], "usage": usage}  # fmt: skip
+            out = {
+                "id": "cmpl-x",
+                "object": "chat.completion" if chat else "text_completion",
+                "model": MODEL,
+                "choices": [choice],
+                "usage": usage,
+            }
             await self._send(send, 200, json.dumps(out, separators=(",", ":")).encode())
             return
         await self._stream(headers, body, chat, words, usage, receive, send)
 
     async def _stream(
-        self, headers: dict[str, str], body: dict[str, Any], chat: bool, words: list[str],
-        usage: dict[str, int], receive: Any, send: Any,
-    ) -> None:  # fmt: skip
+        self,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        chat: bool,
+        words: list[str],
+        usage: dict[str, int],
+        receive: Any,
+        send: Any,
+    ) -> None:
         delay = float(headers.get("x-test-delay-ms", "0")) / 1000
         die_after = int(headers.get("x-test-die-after", "-1"))
         gone = asyncio.Event()
@@ -128,20 +143,34 @@ class ScriptedEngine:
                 gone.set()
 
         watcher = asyncio.create_task(watch())
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def frame(choice: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
-            data: dict[str, Any] = {"id": "chatcmpl-1", "object": obj, "created": 1,
-                                    "model": MODEL, "choices": [choice] if choice else []}  # fmt: skip
+            data: dict[str, Any] = {
+                "id": "chatcmpl-1",
+                "object": obj,
+                "created": 1,
+                "model": MODEL,
+                "choices": [choice] if choice else [],
+            }
             data.update(extra or {})
             return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
         def content(text: str, finish: str | None) -> dict[str, Any]:
             if chat:
-                return {"index": 0, "delta": {"content": text}, "logprobs": None,
-                        "finish_reason": finish}  # fmt: skip
+                return {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         if chat:  # vLLM's role frame precedes the first token; completions have none
@@ -151,22 +180,30 @@ class ScriptedEngine:
         sent = 0
         for i, word in enumerate(words):
             if delay:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(gone.wait(), delay)
-                except TimeoutError:
-                    pass
             if gone.is_set():
                 self.disconnected.append(sent)
                 return
             if sent == die_after:
                 raise EngineDied("scripted engine death")
             finish = "length" if i == len(words) - 1 else None
-            await send({"type": "http.response.body", "body": frame(content(word, finish)),
-                        "more_body": True})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": frame(content(word, finish)),
+                    "more_body": True,
+                }
+            )
             sent += 1
         options = body.get("stream_options") or {}
         if options.get("include_usage"):
-            await send({"type": "http.response.body", "body": frame(None, {"usage": usage}),
-                        "more_body": True})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": frame(None, {"usage": usage}),
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         watcher.cancel()

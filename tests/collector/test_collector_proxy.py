@@ -216,8 +216,11 @@ def test_tenant_label_cardinality_guard(engine: Any, make_collector: Any) -> Non
     _, upstream = engine
     col = make_collector(upstream.url, tenant_label_limit=2)
     for tenant in ("t1", "t2", "t3", "t4"):
-        httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "x", "max_tokens": 1},
-                   headers={"x-infermeter-tenant": tenant, "x-infermeter-gateway-secret": SECRET})  # fmt: skip
+        httpx.post(
+            f"{col.url}/v1/completions",
+            json={"model": "tiny-llama", "prompt": "x", "max_tokens": 1},
+            headers={"x-infermeter-tenant": tenant, "x-infermeter-gateway-secret": SECRET},
+        )
     recs = col.records.wait(4)
     assert [r.tenant for r in recs] == ["t1", "t2", "t3", "t4"]  # records keep the truth
     labels = {"model": "tiny-llama", "status": "ok"}
@@ -276,9 +279,12 @@ async def test_client_abort_cancels_upstream_and_records_tokens_so_far(
     eng, upstream = engine
     col = make_collector(upstream.url)
     async with httpx.AsyncClient() as client:
-        async with client.stream("POST", f"{col.url}/v1/completions",
-                                 json={"model": "tiny-llama", "prompt": "a b", "max_tokens": 200, "stream": True},
-                                 headers={"x-test-delay-ms": "20"}) as resp:  # fmt: skip
+        async with client.stream(
+            "POST",
+            f"{col.url}/v1/completions",
+            json={"model": "tiny-llama", "prompt": "a b", "max_tokens": 200, "stream": True},
+            headers={"x-test-delay-ms": "20"},
+        ) as resp:
             seen = 0
             async for line in resp.aiter_lines():
                 if line.startswith("data: {"):

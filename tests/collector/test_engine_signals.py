@@ -57,9 +57,22 @@ def test_rates_and_quantiles_from_real_expositions() -> None:
     assert sig.ttft_p50_s is not None and 0 < sig.ttft_p50_s <= sig.ttft_p95_s  # type: ignore[operator]
     assert sig.itl_p50_s is not None and sig.preemptions_per_s == 0.0
     body = sig.to_json()
-    assert set(body) >= {"pool", "replica", "model", "ts", "num_requests_running", "num_requests_waiting",
-                         "kv_cache_usage_perc", "prompt_tokens_per_s", "generation_tokens_per_s",
-                         "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s", "preemptions_per_s"}  # fmt: skip
+    assert set(body) >= {
+        "pool",
+        "replica",
+        "model",
+        "ts",
+        "num_requests_running",
+        "num_requests_waiting",
+        "kv_cache_usage_perc",
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+        "ttft_p50_s",
+        "ttft_p95_s",
+        "itl_p50_s",
+        "itl_p95_s",
+        "preemptions_per_s",
+    }
 
 
 def test_counter_reset_is_handled() -> None:

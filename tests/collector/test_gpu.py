@@ -55,11 +55,25 @@ def test_dcgm_exporter_names_and_labels(sampler: NvmlSampler) -> None:
     registry = CollectorRegistry()
     registry.register(sampler)
     get = registry.get_sample_value
-    gpu0 = {"gpu": "0", "UUID": "GPU-h100-0000", "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3",
-            "Hostname": "node-1", "GPU_I_ID": "", "GPU_I_PROFILE": ""}  # fmt: skip
+    gpu0 = {
+        "gpu": "0",
+        "UUID": "GPU-h100-0000",
+        "device": "nvidia0",
+        "modelName": "NVIDIA H100 80GB HBM3",
+        "Hostname": "node-1",
+        "GPU_I_ID": "",
+        "GPU_I_PROFILE": "",
+    }
     mig = {**gpu0, "GPU_I_ID": "1", "GPU_I_PROFILE": "3g.40gb"}
-    gpu1 = {"gpu": "1", "UUID": "GPU-a100-1111", "device": "nvidia1", "modelName": "NVIDIA A100-SXM4-40GB",
-            "Hostname": "node-1", "GPU_I_ID": "", "GPU_I_PROFILE": ""}  # fmt: skip
+    gpu1 = {
+        "gpu": "1",
+        "UUID": "GPU-a100-1111",
+        "device": "nvidia1",
+        "modelName": "NVIDIA A100-SXM4-40GB",
+        "Hostname": "node-1",
+        "GPU_I_ID": "",
+        "GPU_I_PROFILE": "",
+    }
     assert get("DCGM_FI_DEV_GPU_UTIL", gpu0) == 55
     assert get("DCGM_FI_DEV_FB_USED", gpu0) == 60 * 1024
     assert get("DCGM_FI_DEV_FB_USED", mig) == 30 * 1024
@@ -107,9 +121,16 @@ def test_gpu_samples_are_shipped(engine: Any, serve: Any, tmp_path: Any) -> None
     _, upstream = engine
     receiver = UsageReceiver()
     metering = serve(receiver)
-    settings = CollectorSettings(upstream=upstream.url, metering_url=metering.url, ingest_token="ingest-token",
-                                 spool_dir=str(tmp_path), gpu_interval_s=0.05, batch_interval_s=0.05,
-                                 scrape_interval_s=3600, node="node-1")  # fmt: skip
+    settings = CollectorSettings(
+        upstream=upstream.url,
+        metering_url=metering.url,
+        ingest_token="ingest-token",
+        spool_dir=str(tmp_path),
+        gpu_interval_s=0.05,
+        batch_interval_s=0.05,
+        scrape_interval_s=3600,
+        node="node-1",
+    )
     app = CollectorApp(settings, nvml=fake_nvml, telemetry=None)  # type: ignore[arg-type]
     col = RunningCollector(serve(app), app, None, app.registry)
     deadline = time.monotonic() + 10

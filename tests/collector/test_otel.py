@@ -60,8 +60,13 @@ class OtlpReceiver:
                 for rs in req.resource_spans:
                     for ss in rs.scope_spans:
                         self.spans.extend(ss.spans)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-protobuf")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-protobuf")],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
 
@@ -105,8 +110,11 @@ def test_genai_metrics_and_spans_arrive(
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 6)
     assert a["gen_ai.response.finish_reasons"] == ["length"]
     assert span.end_time_unix_nano > span.start_time_unix_nano
-    for name in ("gen_ai.server.time_to_first_token", "gen_ai.server.time_per_output_token",
-                 "gen_ai.server.request.duration"):  # fmt: skip
+    for name in (
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.server.time_per_output_token",
+        "gen_ai.server.request.duration",
+    ):
         point_attrs, point = receiver.metrics[name][-1]
         assert point_attrs["gen_ai.request.model"] == "tiny-llama" and point.count >= 1, name
     usage = {

@@ -37,10 +37,15 @@ def test_batches_reach_metering_and_survive_an_outage(
     receiver = UsageReceiver()
     metering = serve(receiver)
     col = make_collector(
-        upstream.url, metering_url=metering.url, ingest_token="ingest-token",
-        spool_dir=str(tmp_path), batch_size=5, batch_interval_s=0.05, retry_initial_s=0.05,
+        upstream.url,
+        metering_url=metering.url,
+        ingest_token="ingest-token",
+        spool_dir=str(tmp_path),
+        batch_size=5,
+        batch_interval_s=0.05,
+        retry_initial_s=0.05,
         retry_max_s=0.1,
-    )  # fmt: skip
+    )
     for i in range(12):
         httpx.post(
             f"{col.url}/v1/completions",
@@ -77,8 +82,14 @@ def test_wrong_token_keeps_records_spooled(
     _, upstream = engine
     receiver = UsageReceiver()
     metering = serve(receiver)
-    col = make_collector(upstream.url, metering_url=metering.url, ingest_token="wrong",
-                         spool_dir=str(tmp_path), batch_interval_s=0.05, retry_initial_s=0.05)  # fmt: skip
+    col = make_collector(
+        upstream.url,
+        metering_url=metering.url,
+        ingest_token="wrong",
+        spool_dir=str(tmp_path),
+        batch_interval_s=0.05,
+        retry_initial_s=0.05,
+    )
     httpx.post(f"{col.url}/v1/completions", json=completion(1))
     wait_until(
         lambda: col.sample("infermeter_collector_shipping_failures_total", {"kind": "usage"}) >= 1
@@ -92,9 +103,28 @@ def test_wrong_token_keeps_records_spooled(
 def _start_collector(
     upstream: str, metering: str, port: int, spool: Path, config: Path
 ) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "collector", "--config", str(config), "--upstream", upstream,
-           "--port", str(port), "--metering-url", metering, "--ingest-token", "ingest-token",
-           "--spool-dir", str(spool), "--batch-interval", "0.05", "--no-nvml", "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "collector",
+        "--config",
+        str(config),
+        "--upstream",
+        upstream,
+        "--port",
+        str(port),
+        "--metering-url",
+        metering,
+        "--ingest-token",
+        "ingest-token",
+        "--spool-dir",
+        str(spool),
+        "--batch-interval",
+        "0.05",
+        "--no-nvml",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -125,8 +155,11 @@ def test_kill_9_loses_no_acknowledged_record(engine: Any, serve: Any, tmp_path: 
         with httpx.Client(timeout=10) as client:
             for i in range(40):
                 rid = f"k{i}"
-                r = client.post(f"http://127.0.0.1:{port}/v1/completions", json=completion(i),
-                                headers={"x-infermeter-request-id": rid})  # fmt: skip
+                r = client.post(
+                    f"http://127.0.0.1:{port}/v1/completions",
+                    json=completion(i),
+                    headers={"x-infermeter-request-id": rid},
+                )
                 assert r.status_code == 200
                 acknowledged.append(rid)  # the client saw the whole response
     finally:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
+from conftest_paths import ARTIFACTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.sse import SseScanner, parse_body_usage
-
-from conftest_paths import ARTIFACTS
 
 CHAT = (ARTIFACTS / "chat_stream.sse").read_bytes()
 COMPLETION = (ARTIFACTS / "completions_stream.sse").read_bytes()
@@ -18,7 +18,7 @@ ABORTED = (ARTIFACTS / "completions_stream_client_abort.sse").read_bytes()
 
 def split(raw: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
-    return [raw[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [raw[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def run(raw: bytes, cuts: list[int], strip: bool) -> tuple[SseScanner, bytes, list[float]]:
@@ -49,15 +49,18 @@ def test_real_completion_stream_strip_mode_removes_only_the_usage_frame() -> Non
 
 
 def test_aborted_stream_counts_frames_without_usage() -> None:
-    scanner, out, times = run(ABORTED, [], strip=False)
+    scanner, _out, times = run(ABORTED, [], strip=False)
     expected = sum(1 for f in ABORTED.split(b"\n\n") if f.startswith(b"data: {"))
     assert len(times) == expected > 100
     assert scanner.prompt_tokens is None and scanner.completion_tokens is None
 
 
 @settings(max_examples=150, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=40), strip=st.booleans(),
-       chat=st.booleans())  # fmt: skip
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=40),
+    strip=st.booleans(),
+    chat=st.booleans(),
+)
 def test_any_chunking_gives_the_same_accounting(cuts: list[int], strip: bool, chat: bool) -> None:
     raw = CHAT if chat else COMPLETION
     scanner, out, times = run(raw, cuts, strip)

@@ -40,8 +40,13 @@ class UsageReceiver:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         status, answer = self._handle(scope["path"], headers, body)
         raw = json.dumps(answer).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": raw})
 
     def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
