@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from serving.simulator.kv_cache import KvCache
-from serving.simulator.metrics import VllmMetrics
+from serving.simulator.metrics import VllmMetrics, observe_many
 from serving.simulator.perf_model import PerformanceModel, StepCost
 from serving.simulator.text import CompletionPlan
 
@@ -257,7 +257,7 @@ class Engine:
         cached_done = 0
         generated = 0
         finished: list[SimRequest] = []
-        itl = m.itl.observe
+        itls: dict[float, int] = {}  # inter-token latency -> sequences that had it
         for req, n in step.scheduled:
             if req.status != RUNNING:
                 continue  # aborted while the step ran
@@ -272,7 +272,8 @@ class Engine:
                 prompt_done += req.prompt_tokens
                 cached_done += req.cached_tokens
             else:
-                itl(end - req.last_token)
+                gap = end - req.last_token
+                itls[gap] = itls.get(gap, 0) + 1
             req.last_token = end
             req.num_output += 1
             generated += 1
@@ -280,6 +281,8 @@ class Engine:
                 finished.append(req)
             elif req.on_progress is not None:
                 req.on_progress()
+        for gap, count in itls.items():
+            observe_many(m.itl, gap, count)
         cost = step.cost
         m.flops.inc(cost.flops)
         m.read_bytes.inc(cost.read_bytes)

@@ -284,6 +284,20 @@ class VllmMetrics:
         return self.success[reason]
 
 
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """Record ``count`` observations of ``value`` at once.
+
+    Same result as ``count`` calls of ``observe`` (prometheus_client keeps per-bucket counts
+    and accumulates them at scrape time), at the cost of one: the engine observes the same
+    inter-token latency for every sequence of a decode step.
+    """
+    histogram._sum.inc(value * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(count)
+            return
+
+
 class HttpMetrics:
     """prometheus-fastapi-instrumentator's families, as vLLM's API server exposes them."""
 

@@ -277,3 +277,22 @@ def test_preemption_with_prefix_caching_keeps_the_block_accounting_exact() -> No
     assert value(engine, "vllm:num_preemptions_total") >= 1
     assert all(r.status == FINISHED and r.num_output == 200 for r in reqs)
     assert engine.free_blocks == engine.total_blocks
+
+
+def test_observe_many_equals_repeated_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from serving.simulator.metrics import ITL_BUCKETS, observe_many
+
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("h", "h", buckets=ITL_BUCKETS, registry=one)
+    h2 = Histogram("h", "h", buckets=ITL_BUCKETS, registry=many)
+    for value, count in ((0.004, 3), (0.06, 5), (0.2, 1), (100.0, 2)):
+        for _ in range(count):
+            h1.observe(value)
+        observe_many(h2, value, count)
+    for sample in ("h_sum", "h_count"):
+        assert one.get_sample_value(sample) == pytest.approx(many.get_sample_value(sample))
+    for bound in ITL_BUCKETS:
+        le = {"le": str(float(bound))}
+        assert one.get_sample_value("h_bucket", le) == many.get_sample_value("h_bucket", le)
