@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from metering import calibration
+from metering import busy, calibration
 from metering.catalog import Catalog
 from metering.errors import QueryError, StorageError
 from metering.settings import ReplicaSettings
@@ -135,6 +135,9 @@ class Allocator:
         down to the window) and replace earlier results for that range."""
         w_since = (epoch_us(since) // HOUR_US) * HOUR_US // self.window_us
         w_until = epoch_us(until) // self.window_us
+        if w_until * self.window_us % HOUR_US and self._allocated_beyond(w_until):
+            # re-running an old range: cover whole hours so hourly rollups stay complete
+            w_until = -(-w_until * self.window_us // HOUR_US) * HOUR_US // self.window_us
         result = AllocationResult(
             from_us(w_since * self.window_us), from_us(max(w_until, w_since) * self.window_us)
         )
@@ -155,8 +158,18 @@ class Allocator:
             cur.register("price_catalog", _price_table(self.catalog))
             cur.register("replica_config", _replica_table(self.replicas))
             cur.register("managed_prices", _managed_table(self.catalog))
-            for step in ("capacity", "requests", "request_windows", "busy"):
+            for step in ("capacity", "requests", "request_windows", "models"):
                 self._exec(cur, step, params)
+            intervals = cur.execute(query("allocate", "busy_intervals")).fetch_arrow_table()
+            cur.register(
+                "alloc_islands",
+                busy.islands(
+                    intervals.column("rep").to_numpy(),
+                    intervals.column("x0").to_numpy(),
+                    intervals.column("f").to_numpy(),
+                ),
+            )
+            self._exec(cur, "busy", params)
             result.calibrations = self._calibrate(cur, result)
             self._exec(cur, "shares", params)
             self._write(cur, params, result, started)
@@ -166,6 +179,17 @@ class Allocator:
             cur.close()
         result.duration_s = self.clock() - started
         return result
+
+    def _allocated_beyond(self, w_until: int) -> bool:
+        cur = self.store.cursor()
+        try:
+            row = cur.execute(
+                "SELECT count(*) FROM replica_window WHERE window_start >= make_timestamp($t)",
+                {"t": w_until * self.window_us},
+            ).fetchone()
+        finally:
+            cur.close()
+        return bool(row and row[0])
 
     @staticmethod
     def _exec(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, object]) -> None:
@@ -207,7 +231,7 @@ class Allocator:
         now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
         result_range = (epoch_us(result.range_start), epoch_us(result.range_end))
         unpriced = cur.execute(
-            "SELECT count(DISTINCT request_id) FROM alloc_rw rw WHERE NOT EXISTS "
+            "SELECT count(DISTINCT rid) FROM alloc_rw rw WHERE NOT EXISTS "
             "(SELECT 1 FROM alloc_capacity c WHERE c.priced AND c.replica = rw.replica "
             "AND c.w = rw.w)"
         ).fetchone()
@@ -219,6 +243,7 @@ class Allocator:
                 "clear_replica_windows",
                 "insert_replica_windows",
                 "insert_request_windows",
+                "managed",
                 "insert_managed",
                 "clear_hourly",
                 "insert_hourly",
@@ -269,5 +294,13 @@ class Allocator:
         except duckdb.Error:
             cur.execute("ROLLBACK")
             raise
-        for table in ("alloc_capacity", "alloc_req", "alloc_rw", "alloc_busy", "alloc_share"):
+        for table in (
+            "alloc_capacity",
+            "alloc_req",
+            "alloc_rw",
+            "alloc_busy",
+            "alloc_share",
+            "alloc_models",
+            "alloc_managed",
+        ):
             cur.execute(f"DROP TABLE IF EXISTS {table}")

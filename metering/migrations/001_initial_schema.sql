@@ -88,23 +88,13 @@ CREATE TABLE request_window (
     request_id VARCHAR NOT NULL,
     window_start TIMESTAMP NOT NULL,
     replica VARCHAR NOT NULL,
-    pool VARCHAR NOT NULL,
     tenant VARCHAR NOT NULL,
-    model VARCHAR NOT NULL,
-    feature VARCHAR NOT NULL,
-    api_key_id VARCHAR NOT NULL,
-    upstream VARCHAR NOT NULL,
     cost_micro BIGINT NOT NULL,
     work DOUBLE NOT NULL,
     prefill_tokens DOUBLE NOT NULL,
     decode_tokens DOUBLE NOT NULL,
     gpu_s DOUBLE NOT NULL,
-    energy_j DOUBLE NOT NULL,
-    -- the window the request finished in carries its request count and token totals
-    is_last BOOLEAN NOT NULL,
-    prompt_tokens BIGINT NOT NULL,
-    cached_prompt_tokens BIGINT NOT NULL,
-    completion_tokens BIGINT NOT NULL
+    energy_j DOUBLE NOT NULL
 );
 
 -- Hourly rollup of request_window by every reporting dimension.

@@ -64,7 +64,7 @@ FROM unioned;
 -- x0, prefill [x0, p1], decode [d0, f] (without a first token both phases span [x0, f]).
 CREATE OR REPLACE TEMP TABLE alloc_req AS
 WITH base AS (
-    SELECT request_id, replica, tenant, model, feature, api_key_id, pool, upstream,
+    SELECT row_number() OVER () AS rid, request_id, replica, tenant, model, feature, api_key_id, pool, upstream,
            greatest(prompt_tokens - cached_prompt_tokens, 0)::DOUBLE AS prefill,
            completion_tokens::DOUBLE AS decode,
            prompt_tokens, cached_prompt_tokens, completion_tokens,
@@ -89,9 +89,9 @@ FROM base;
 -- One row per request and window it overlaps, with its prefill / decode tokens pro-rated by
 -- the overlap of each phase with the window.
 CREATE OR REPLACE TEMP TABLE alloc_rw AS
-SELECT r.request_id, r.replica, t.w, r.model, r.tenant, r.feature, r.api_key_id, r.pool,
-       r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens,
-       greatest(least(r.f, (t.w + 1) * $window_us::BIGINT) - greatest(r.x0, t.w * $window_us::BIGINT), 0) AS ov_us,
+SELECT r.rid, r.replica, t.w, r.model,
+       greatest(least(r.f, (t.w + 1) * $window_us::BIGINT)
+                - greatest(r.x0, t.w * $window_us::BIGINT), 0) AS ov_us,
        r.prefill * CASE WHEN r.p1 > r.x0
            THEN greatest(least(r.p1, (t.w + 1) * $window_us::BIGINT)
                          - greatest(r.x0, t.w * $window_us::BIGINT), 0)::DOUBLE / (r.p1 - r.x0)
@@ -104,29 +104,28 @@ SELECT r.request_id, r.replica, t.w, r.model, r.tenant, r.feature, r.api_key_id,
 FROM alloc_req r,
      unnest(range(greatest(r.w0, $w_since::BIGINT), least(r.w1, $w_until::BIGINT - 1) + 1)) AS t(w);
 
+-- name: busy_intervals
+-- Request intervals per replica in start order, for the union (islands) computed by
+-- metering/busy.py.
+SELECT dense_rank() OVER (ORDER BY replica) - 1 AS rep, x0, f
+FROM alloc_req
+WHERE f > x0
+ORDER BY rep, x0;
+
 -- name: busy
 -- Engine busy time per replica and window: the union of request intervals (islands).
 CREATE OR REPLACE TEMP TABLE alloc_busy AS
-WITH ordered AS (
-    SELECT replica, x0, f,
-           max(f) OVER (PARTITION BY replica ORDER BY x0, f
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
-    FROM alloc_req
-    WHERE f > x0
-), marked AS (
-    SELECT replica, x0, f,
-           sum(CASE WHEN prev_end IS NULL OR x0 > prev_end THEN 1 ELSE 0 END) OVER (
-               PARTITION BY replica ORDER BY x0, f ROWS UNBOUNDED PRECEDING) AS island
-    FROM ordered
-), islands AS (
-    SELECT replica, min(x0) AS a, max(f) AS b FROM marked GROUP BY replica, island
+WITH reps AS (
+    SELECT DISTINCT dense_rank() OVER (ORDER BY replica) - 1 AS rep, replica
+    FROM alloc_req WHERE f > x0
 )
-SELECT replica, t.w,
-       sum(least(b, (t.w + 1) * $window_us::BIGINT) - greatest(a, t.w * $window_us::BIGINT)) AS busy_us
-FROM islands,
-     unnest(range(greatest(a // $window_us::BIGINT, $w_since::BIGINT),
-                  least((b - 1) // $window_us::BIGINT, $w_until::BIGINT - 1) + 1)) AS t(w)
-GROUP BY replica, t.w;
+SELECT reps.replica, t.w,
+       sum(least(i.b, (t.w + 1) * $window_us::BIGINT) - greatest(i.a, t.w * $window_us::BIGINT))
+           AS busy_us
+FROM alloc_islands i JOIN reps USING (rep),
+     unnest(range(greatest(i.a // $window_us::BIGINT, $w_since::BIGINT),
+                  least((i.b - 1) // $window_us::BIGINT, $w_until::BIGINT - 1) + 1)) AS t(w)
+GROUP BY reps.replica, t.w;
 
 -- name: calibration_sums
 -- Normal-equation sums for busy_s ~ a * prefill + b * decode per model, over replica-windows
@@ -151,7 +150,8 @@ ORDER BY win.model;
 -- with a largest-remainder step so the parts sum exactly to the allocated total.
 CREATE OR REPLACE TEMP TABLE alloc_share AS
 WITH rw AS (
-    SELECT x.*, x.p_tok * cw.a + x.d_tok * cw.b AS work
+    SELECT x.rid, x.replica, x.w, x.ov_us, x.p_tok, x.d_tok, x.is_last,
+           x.p_tok * cw.a + x.d_tok * cw.b AS work
     FROM alloc_rw x JOIN alloc_weights cw ON cw.model = x.model
 ), tot AS (
     SELECT replica, w, sum(work) AS work_sum, sum(ov_us) AS ov_sum, count(*) AS n
@@ -162,9 +162,7 @@ WITH rw AS (
     FROM alloc_capacity c LEFT JOIN alloc_busy b USING (replica, w)
     WHERE c.priced
 ), base AS (
-    SELECT rw.request_id, rw.replica, rw.w, rw.pool, rw.tenant, rw.model, rw.feature,
-           rw.api_key_id, rw.work, rw.p_tok, rw.d_tok, rw.is_last, rw.prompt_tokens,
-           rw.cached_prompt_tokens, rw.completion_tokens,
+    SELECT rw.rid, rw.replica, rw.w, rw.work, rw.p_tok, rw.d_tok, rw.is_last,
            win.busy_s, win.provisioned_s, win.gpu_equiv, win.energy_j,
            win.cost_micro - round(win.cost_micro * (win.provisioned_s - win.busy_s)
                                   / win.provisioned_s)::BIGINT AS alloc_total,
@@ -178,11 +176,10 @@ WITH rw AS (
 ), ranked AS (
     SELECT *,
            alloc_total - sum(fl) OVER (PARTITION BY replica, w) AS deficit,
-           row_number() OVER (PARTITION BY replica, w ORDER BY exact - fl DESC, request_id) AS rk
+           row_number() OVER (PARTITION BY replica, w ORDER BY exact - fl DESC, rid) AS rk
     FROM floored
 )
-SELECT request_id, replica, w, pool, tenant, model, feature, api_key_id, work, p_tok, d_tok,
-       is_last, prompt_tokens, cached_prompt_tokens, completion_tokens, share,
+SELECT rid, replica, w, work, p_tok, d_tok, is_last, share,
        fl + (rk <= deficit)::BIGINT AS cost_micro,
        share * gpu_equiv * busy_s AS gpu_s,
        share * energy_j * busy_s / provisioned_s AS energy_j
@@ -212,48 +209,66 @@ LEFT JOIN alloc_busy b USING (replica, w)
 LEFT JOIN (SELECT replica, w, sum(cost_micro) AS allocated, sum(p_tok) AS p, sum(d_tok) AS d,
                   count(*) AS n
            FROM alloc_share GROUP BY replica, w) s USING (replica, w)
-LEFT JOIN (SELECT replica, min(model) AS model FROM alloc_req GROUP BY replica) m USING (replica)
+LEFT JOIN alloc_models m USING (replica)
 ORDER BY c.w, c.replica;
+
+-- name: models
+CREATE OR REPLACE TEMP TABLE alloc_models AS
+SELECT replica, min(model) AS model FROM alloc_req GROUP BY replica;
 
 -- name: insert_request_windows
 INSERT INTO request_window
-SELECT request_id, make_timestamp(w * $window_us::BIGINT), replica, pool, tenant, model, feature,
-       api_key_id, 'self_hosted', cost_micro, work, p_tok, d_tok, gpu_s, energy_j, is_last,
-       CASE WHEN is_last THEN prompt_tokens ELSE 0 END,
-       CASE WHEN is_last THEN cached_prompt_tokens ELSE 0 END,
-       CASE WHEN is_last THEN completion_tokens ELSE 0 END
-FROM alloc_share
-ORDER BY w;
+SELECT r.request_id, make_timestamp(s.w * $window_us::BIGINT), s.replica, r.tenant,
+       s.cost_micro, s.work, s.p_tok, s.d_tok, s.gpu_s, s.energy_j
+FROM alloc_share s JOIN alloc_req r USING (rid)
+ORDER BY s.w;
 
--- name: insert_managed
+-- name: managed
 -- Requests served by a managed API: priced at the catalog's token prices, in the window where
 -- they finished.
-INSERT INTO request_window
-SELECT u.request_id, make_timestamp((epoch_us(u.finished_at) // $window_us::BIGINT) * $window_us::BIGINT), '',
-       u.pool, u.tenant, u.model, u.feature, u.api_key_id, 'managed',
-       round(u.prompt_tokens * mp.input_per_mtok + u.completion_tokens * mp.output_per_mtok)::BIGINT,
-       0, u.prompt_tokens - u.cached_prompt_tokens, u.completion_tokens, 0, 0, true,
+CREATE OR REPLACE TEMP TABLE alloc_managed AS
+SELECT u.request_id, (epoch_us(u.finished_at) // $window_us::BIGINT) AS w, u.pool, u.tenant,
+       u.model, u.feature, u.api_key_id,
+       round(u.prompt_tokens * mp.input_per_mtok
+             + u.completion_tokens * mp.output_per_mtok)::BIGINT AS cost_micro,
        u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
 FROM usage u JOIN managed_prices mp ON mp.model = u.model
 WHERE u.upstream = 'managed' AND u.status NOT IN ('throttled', 'cache_hit')
   AND u.finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
   AND u.finished_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
+-- name: insert_managed
+INSERT INTO request_window
+SELECT request_id, make_timestamp(w * $window_us::BIGINT), '', tenant, cost_micro, 0,
+       prompt_tokens - cached_prompt_tokens, completion_tokens, 0, 0
+FROM alloc_managed;
+
 -- name: clear_hourly
 DELETE FROM cost_hourly
-WHERE hour >= date_trunc('hour', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
-  AND hour < date_trunc('hour', make_timestamp($w_until::BIGINT * $window_us::BIGINT - 1)) + INTERVAL 1 HOUR;
+WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: insert_hourly
--- Hourly rollup by every reporting dimension, rebuilt from request_window for every hour the
--- range touches. Requests and tokens count in the window the request finished; cost and
--- GPU-seconds in the windows they were spent.
+-- Hourly rollup by every reporting dimension (the range is whole hours, see allocation.py).
+-- Requests and tokens count in the window the request finished; cost and GPU-seconds in the
+-- windows they were spent.
 INSERT INTO cost_hourly
-SELECT date_trunc('hour', window_start) AS hour, replica, pool, tenant, model, feature,
-       api_key_id, upstream, sum(cost_micro), count(*) FILTER (WHERE is_last),
-       sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens),
+SELECT hour, replica, pool, tenant, model, feature, api_key_id, upstream, sum(cost_micro),
+       sum(requests), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens),
        sum(gpu_s), sum(energy_j)
-FROM request_window
-WHERE window_start >= date_trunc('hour', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
-  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+FROM (
+    SELECT make_timestamp((s.w * $window_us::BIGINT // 3600000000) * 3600000000) AS hour,
+           s.replica, r.pool, r.tenant, r.model, r.feature, r.api_key_id,
+           'self_hosted' AS upstream, s.cost_micro, s.is_last::INTEGER AS requests,
+           CASE WHEN s.is_last THEN r.prompt_tokens ELSE 0 END AS prompt_tokens,
+           CASE WHEN s.is_last THEN r.cached_prompt_tokens ELSE 0 END AS cached_prompt_tokens,
+           CASE WHEN s.is_last THEN r.completion_tokens ELSE 0 END AS completion_tokens,
+           s.gpu_s, s.energy_j
+    FROM alloc_share s JOIN alloc_req r USING (rid)
+    UNION ALL
+    SELECT make_timestamp((w * $window_us::BIGINT // 3600000000) * 3600000000), '', pool,
+           tenant, model, feature, api_key_id, 'managed', cost_micro, 1, prompt_tokens,
+           cached_prompt_tokens, completion_tokens, 0, 0
+    FROM alloc_managed
+)
 GROUP BY ALL;

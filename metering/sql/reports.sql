@@ -73,8 +73,7 @@ ORDER BY bucket, key;
 
 -- name: request_lookup
 SELECT u.*, rw.window_start, rw.replica AS rw_replica, rw.cost_micro, rw.work,
-       rw.prefill_tokens AS rw_prefill, rw.decode_tokens AS rw_decode, rw.gpu_s, rw.energy_j,
-       rw.upstream AS rw_upstream
+       rw.prefill_tokens AS rw_prefill, rw.decode_tokens AS rw_decode, rw.gpu_s, rw.energy_j
 FROM usage u
 LEFT JOIN request_window rw
        ON rw.request_id = u.request_id

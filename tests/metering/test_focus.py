@@ -66,7 +66,7 @@ def test_focus_csv_passes_focus_validator(allocated: Store, tmp_path: Path) -> N
     replica_cost = allocated.connection.execute(
         "SELECT sum(cost_micro) / 1e6 FROM replica_window").fetchone()
     managed = allocated.connection.execute(
-        "SELECT sum(cost_micro) / 1e6 FROM request_window WHERE upstream = 'managed'").fetchone()
+        "SELECT sum(cost_micro) / 1e6 FROM cost_hourly WHERE upstream = 'managed'").fetchone()
     assert replica_cost and managed
     assert total == pytest.approx(replica_cost[0] + managed[0], abs=0.0001 * len(rows))
     assert {r["PricingCategory"] for r in rows} == {"Standard", "Committed"}
