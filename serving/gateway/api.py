@@ -23,8 +23,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.gateway.errors import AuthError, GatewayError, JobNotFound, QueueError, RequestError
-from serving.gateway.front import authenticate, error_parts
+from serving.gateway.errors import (
+    AuthError,
+    BodyTooLarge,
+    GatewayError,
+    JobNotFound,
+    QueueError,
+    RequestError,
+)
+from serving.gateway.front import MAX_BODY_BYTES, authenticate, error_parts
 from serving.gateway.jobs.model import Job, JobBackend
 from serving.gateway.pipeline import Caller, Pipeline
 from serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
@@ -107,6 +114,8 @@ class GatewayApi:
         try:
             caller = self.caller(request)
             raw = await request.body()
+            if len(raw) > MAX_BODY_BYTES:
+                raise BodyTooLarge(MAX_BODY_BYTES)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

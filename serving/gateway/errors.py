@@ -4,6 +4,7 @@ Hierarchy::
 
     GatewayError
     ├── RequestError          the client's request is invalid (field named) → 400
+    │   └── BodyTooLarge      the request body exceeds the limit → 413
     ├── AuthError             missing or unknown API key → 401
     ├── ModelNotFound         no pool serves the requested model → 404
     ├── JobNotFound           unknown job id → 404
@@ -30,6 +31,14 @@ class RequestError(GatewayError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class BodyTooLarge(RequestError):
+    """The request body is larger than the gateway accepts."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes", None)
+        self.limit = limit
 
 
 class AuthError(GatewayError):

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from serving.gateway.errors import (
     AuthError,
+    BodyTooLarge,
     GatewayError,
     JobNotFound,
     ModelNotFound,
@@ -38,6 +39,7 @@ from serving.tenancy import TenantResolver
 Scope = MutableMapping[str, Any]
 PATHS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
 OVERHEAD_HEADER = "x-infermeter-overhead-ms"
+MAX_BODY_BYTES = 32 * 1024 * 1024
 _JSON = (b"content-type", b"application/json")
 _SSE = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -55,6 +57,8 @@ def _error_body(status: int, message: str, type_: str, param: str | None = None)
 def error_parts(exc: GatewayError) -> tuple[int, bytes, dict[str, str]]:
     """HTTP status, OpenAI-style JSON body and extra headers for a gateway error."""
     retry = {"retry-after": "1"}
+    if isinstance(exc, BodyTooLarge):
+        return 413, _error_body(413, str(exc), "invalid_request_error"), {}
     if isinstance(exc, RequestError):
         return 400, _error_body(400, str(exc), "invalid_request_error", exc.param), {}
     if isinstance(exc, AuthError):
@@ -198,13 +202,18 @@ class InferenceFront:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     parts = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestError("client disconnected before sending the body")
-        parts.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        parts.append(chunk)
         if not message.get("more_body"):
             return b"".join(parts)
 

@@ -91,7 +91,8 @@ class MemoryJobs:
     async def events(self, job_id: str, after: str | None, block_s: float) -> list[JobEvent]:
         """Events after ``after``; waits up to ``block_s`` when there are none yet."""
         log = self._events.get(job_id)
-        if log is None:
+        if log is None:  # unknown or expired: nothing will come, but never spin a reader
+            await asyncio.sleep(block_s)
             return []
         start = int(after) if after and after.isdigit() else 0
         if len(log) <= start and block_s > 0:

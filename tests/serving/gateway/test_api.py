@@ -277,3 +277,11 @@ def test_client_abort_settles_with_the_tokens_seen(serve: Callable[..., Any]) ->
         assert time.monotonic() < deadline, (runtime.throttle.settles, replica.outstanding)
         time.sleep(0.05)
     assert runtime.throttle.settles.get("ok", 0) == 0
+
+
+def test_oversized_body_is_413(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app())
+    gw = serve(gateway_app(gateway_settings([sim.url])))
+    huge = b'{"model": "' + b"x" * (33 * 1024 * 1024) + b'"}'
+    resp = httpx.post(gw.url + "/v1/chat/completions", content=huge, headers=auth("sk-acme"))
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == 413
