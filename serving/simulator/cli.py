@@ -38,6 +38,8 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--gpu-memory-utilization", "gpu_memory_utilization", float,
      "fraction of GPU memory for weights + KV cache (vLLM's flag)"),
     ("--block-size", "block_size", int, "KV-cache block size in tokens"),
+    ("--kv-cache-dtype", "kv_cache_dtype", str,
+     "KV-cache element type: auto (the model's 16-bit type) or fp8/fp8_e4m3/fp8_e5m2 (1 byte)"),
     ("--seed", "seed", int, "seed of generated text and output lengths"),
     ("--time-scale", "time_scale", float,
      "wall seconds per modelled second: 1 = real time, 0.1 = 10x faster, 0 = no waiting"),

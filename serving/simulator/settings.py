@@ -10,6 +10,7 @@ the KV cache holds).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +35,7 @@ class SimulatorSettings(BaseModel):
     max_num_batched_tokens: int = Field(default=8192, ge=16)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     block_size: int = Field(default=16, ge=1)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     enable_prefix_caching: bool = True
     seed: int = 0
     time_scale: float = Field(default=1.0, ge=0.0)
@@ -78,6 +80,7 @@ def build_profile(settings: SimulatorSettings) -> Profile:
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         block_size=settings.block_size,
+        kv_dtype_bytes=1.0 if settings.kv_cache_dtype.startswith("fp8") else 2.0,
         efficiency=efficiency,
     )
     if settings.max_model_len is None:
@@ -109,7 +112,7 @@ def cache_config_labels(
         {
             "_block_size_resolved": "True",
             "block_size": block,
-            "cache_dtype": "auto",
+            "cache_dtype": settings.kv_cache_dtype,
             "effective_attention_block_size": block,
             "enable_prefix_caching": str(settings.enable_prefix_caching),
             "gpu_memory_utilization": str(settings.gpu_memory_utilization),

@@ -126,3 +126,14 @@ def test_a100_40gb_llama8b_single_stream_lands_in_published_range() -> None:
     assert (
         A100_40GB_SINGLE_STREAM_TOK_S * 0.9 <= tokens_per_s <= A100_40GB_SINGLE_STREAM_TOK_S * 1.1
     )
+
+
+def test_fp8_kv_cache_doubles_capacity_and_halves_kv_reads() -> None:
+    from serving.simulator.settings import SimulatorSettings, build_profile
+
+    auto = build_profile(SimulatorSettings()).perf
+    fp8 = build_profile(SimulatorSettings(kv_cache_dtype="fp8")).perf
+    assert fp8.kv_bytes_per_token == auto.kv_bytes_per_token / 2
+    assert 1.99 < fp8.kv_capacity_tokens / auto.kv_capacity_tokens < 2.01
+    long_context = auto.decode_step_s(64, 8000) - fp8.decode_step_s(64, 8000)
+    assert long_context > 0.001  # reading half the KV bytes is visibly faster
