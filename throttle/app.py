@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from serving.tenancy import TenantResolver
 from throttle.api import build_router, install_error_handlers
 from throttle.errors import StorageError
+from throttle.gateway_http import FastPath, GatewayHandlers
 from throttle.metering_rates import MeteringRates
 from throttle.metrics import ThrottleCollector
 from throttle.policy import Policy
@@ -117,8 +118,12 @@ class Runtime:
         return [asyncio.create_task(loop) for loop in loops]
 
 
-def create_app(runtime: Runtime, background: bool = True) -> FastAPI:
-    """The FastAPI app of one runtime; ``background=False`` leaves the loops to the caller."""
+def create_app(runtime: Runtime, background: bool = True) -> FastPath:
+    """The ASGI app of one runtime: the gateway fast path in front of the FastAPI app.
+
+    ``background=False`` leaves the loops (reload, probe, refresh, rates) to the caller.
+    The FastAPI app itself is ``create_app(...).app``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -145,4 +150,4 @@ def create_app(runtime: Runtime, background: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_router(runtime))
     app.state.runtime = runtime
-    return app
+    return FastPath(app, GatewayHandlers(runtime))

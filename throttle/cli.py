@@ -121,6 +121,8 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
         port=settings.port,
         log_level=args.log_level,
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
     )
     return 0
 

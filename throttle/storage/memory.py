@@ -55,6 +55,7 @@ class MemoryStorage:
         self._tat: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._lease_pool: dict[str, str] = {}  # reservation id -> pool of its lease
+        self._lease_heaps: dict[str, list[tuple[float, str]]] = {}  # tenant -> (expiry, id)
         self._pools: dict[str, PoolFairState] = {}
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
         self._records: dict[str, _Record] = {}
@@ -91,8 +92,18 @@ class MemoryStorage:
             self._pool(pool).release(tenant)
 
     def _purge(self, tenant: str, held: dict[str, float], now: float) -> None:
-        for rid in leases.purge(held, now):
-            self._released(tenant, rid)
+        """Expire the tenant's leases, O(log n) each, from a lazily cleaned heap."""
+        heap = self._lease_heaps.get(tenant)
+        if not heap:
+            return
+        while heap and heap[0][0] <= now:
+            expires, rid = heapq.heappop(heap)
+            if held.get(rid) == expires:
+                del held[rid]
+                self._released(tenant, rid)
+        if len(heap) > 2 * len(held) + 16:
+            heap[:] = [(expires, rid) for rid, expires in held.items()]
+            heapq.heapify(heap)
 
     def _purge_pool(self, state: PoolFairState, now: float) -> None:
         """Expire leases of every tenant of the pool (a crashed gateway's tenant included)."""
@@ -119,6 +130,7 @@ class MemoryStorage:
                     self._released(record.tenant, rid)
                 if held is not None and not held:
                     del self._leases[record.tenant]
+                    self._lease_heaps.pop(record.tenant, None)
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
@@ -161,6 +173,10 @@ class MemoryStorage:
         if r.rate_per_s > 0:
             self._tat[r.tenant] = rate.tat
         held[r.reservation_id] = r.lease_expires_at
+        heap = self._lease_heaps.get(r.tenant)
+        if heap is None:
+            heap = self._lease_heaps[r.tenant] = []
+        heapq.heappush(heap, (r.lease_expires_at, r.reservation_id))
         self._lease_pool[r.reservation_id] = r.pool
         heapq.heappush(state.lease_heap, (r.lease_expires_at, r.reservation_id, r.tenant))
         state.acquire(r.tenant)
