@@ -83,11 +83,32 @@ class TenantEntry(_Strict):
 
 
 class ModelRate(_Strict):
-    """Fallback price of a model in cost units per token, and the pool that serves it."""
+    """Fallback price of a model, and the pool that serves it.
+
+    Either explicit cost units per token (``prompt``, ``completion``), or the GPU it runs on
+    (a price-catalog key) with its throughput: the price is then the catalog's GPU-second
+    (times the overhead multiplier) divided by tokens per GPU-second.
+    """
 
     prompt: float = Field(default=0.0, ge=0)
     completion: float = Field(default=0.0, ge=0)
     pool: str = ""
+    gpu: str = ""  # price-catalog GPU key or alias, e.g. "h100-sxm"
+    mig_profile: str = ""
+    pricing: Literal["on_demand", "reserved", "spot"] = "on_demand"
+    prompt_tokens_per_gpu_s: float = Field(default=0.0, ge=0)
+    completion_tokens_per_gpu_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _throughput(self) -> ModelRate:
+        if self.gpu and not (
+            self.prompt_tokens_per_gpu_s > 0 and self.completion_tokens_per_gpu_s > 0
+        ):
+            raise ValueError(
+                "a model priced from the catalog (gpu) needs prompt_tokens_per_gpu_s and "
+                "completion_tokens_per_gpu_s > 0"
+            )
+        return self
 
 
 class Autoscale(_Strict):
@@ -135,6 +156,7 @@ class PolicyDocument(_Strict):
     """The whole policy file."""
 
     unit: Literal["usd", "gpu_s"] = "usd"
+    catalog: str = ""  # price catalog override file (metering's format); empty: shipped
     default_tier: str = "default"
     lease_s: float = Field(default=120.0, gt=0)
     check_lease_s: float = Field(default=30.0, gt=0)
@@ -180,6 +202,7 @@ class Policy:
         self.source = source
         self._limits: dict[tuple[str, str], Limits] = {}
         self._default_pool = Pool.model_validate({})
+        self.catalog_rates = _catalog_rates(doc)
 
     @property
     def unit(self) -> str:
@@ -236,6 +259,36 @@ class Policy:
             slack = 0.0
         lead = pool.fair_max_lead if pool.fair_max_lead is not None else 2.0 * slack
         return slack, max(lead, slack)
+
+
+def _catalog_rates(doc: PolicyDocument) -> dict[str, tuple[float, float]]:
+    """``model -> (prompt, completion)`` cost units per token derived from the catalog."""
+    wanted = {name: rate for name, rate in doc.models.items() if rate.gpu}
+    if not wanted:
+        return {}
+    from metering.catalog import load_catalog
+    from metering.errors import MeteringError
+
+    try:
+        catalog = load_catalog(doc.catalog or None)
+    except (MeteringError, OSError) as exc:
+        raise PolicyError("catalog", f"price catalog unusable: {exc}") from exc
+    rates: dict[str, tuple[float, float]] = {}
+    for name, rate in wanted.items():
+        try:
+            usd_per_s = (
+                catalog.usd_per_hour(rate.gpu, rate.mig_profile, rate.pricing)
+                * catalog.overhead_multiplier
+                / 3600.0
+            )
+        except (MeteringError, KeyError) as exc:
+            raise PolicyError(f"models.{name}.gpu", str(exc)) from exc
+        per_s = usd_per_s if doc.unit == "usd" else 1.0
+        rates[name] = (
+            per_s / rate.prompt_tokens_per_gpu_s,
+            per_s / rate.completion_tokens_per_gpu_s,
+        )
+    return rates
 
 
 def _field_of(exc: ValidationError) -> tuple[str, str]:

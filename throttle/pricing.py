@@ -2,8 +2,10 @@
 
 Per-model prices come from metering's current figures (``GET /v1/rates``, refreshed in the
 background by :mod:`throttle.metering_rates`) when they are known, else from the policy's
-``[models]`` table (``*`` as the catch-all). A model priced nowhere costs 0: it is limited by
-concurrency only, and counted in ``unpriced_models``.
+``[models]`` table (``*`` as the catch-all): explicit per-token prices, or the price
+catalog's GPU-second for the model's GPU divided by its tokens per GPU-second. A model
+priced nowhere costs 0: it is limited by concurrency only, and counted in
+``unpriced_models``.
 
 Admission prices an *estimate*: prompt tokens (counted by the caller, or ``prompt_chars /
 chars_per_token``) plus ``max_tokens`` completion tokens. Settle prices the *actual* usage;
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from throttle.algorithms.costs import estimate_cost, usage_cost
-from throttle.policy import Policy
+from throttle.policy import DEFAULT_MODEL, Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +83,14 @@ class Pricer:
         price = self._metering.get(model)
         if price is None:
             fallback = self._policy.fallback_rate(model)
-            if fallback is not None:
+            if fallback is not None and (fallback.prompt or fallback.completion):
                 price = Price(fallback.prompt, fallback.completion, "policy")
+            elif fallback is not None and fallback.gpu:
+                key = model if model in self._policy.catalog_rates else DEFAULT_MODEL
+                prompt, completion = self._policy.catalog_rates[key]
+                price = Price(prompt, completion, "catalog")
+            elif fallback is not None:
+                price = Price(0.0, 0.0, "policy")
             else:
                 price = Price(0.0, 0.0, "none")
                 if len(self.unpriced_models) < 1000:

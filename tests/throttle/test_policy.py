@@ -151,3 +151,28 @@ def test_cli_check_policy_and_help(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert "server 127.0.0.1:9;" in nginx.stdout and "auth_request_set" in nginx.stdout
+
+
+def test_prices_from_the_catalog_when_metering_is_absent() -> None:
+    text = POLICY.replace(
+        '[models."m"]\nprompt = 1.0e-5\ncompletion = 2.0e-5\npool = "p1"',
+        '[models."m"]\ngpu = "h100-sxm"\nprompt_tokens_per_gpu_s = 20000\n'
+        'completion_tokens_per_gpu_s = 2000\npool = "p1"',
+    )
+    policy = load_policy_text(text)
+    from metering.catalog import load_catalog
+
+    catalog = load_catalog()
+    usd_per_s = catalog.usd_per_hour("h100-sxm") * catalog.overhead_multiplier / 3600
+    price = Pricer(policy).price("m")
+    assert price.source == "catalog"
+    assert price.prompt == pytest.approx(usd_per_s / 20000)
+    assert price.completion == pytest.approx(usd_per_s / 2000)
+    gpu_s = Pricer(load_policy_text(text.replace('unit = "usd"', 'unit = "gpu_s"'))).price("m")
+    assert gpu_s.completion == pytest.approx(1 / 2000)
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text.replace('gpu = "h100-sxm"', 'gpu = "tpu-v9"'))
+    assert info.value.field == "models.m.gpu"
+    with pytest.raises(PolicyError) as missing:
+        load_policy_text(text.replace("prompt_tokens_per_gpu_s = 20000\n", ""))
+    assert missing.value.field == "models.m"
