@@ -33,7 +33,6 @@ class ThrottleSettings(BaseModel):
     metering_token: str = ""
     rates_refresh_s: float = Field(default=60.0, gt=0)
     rates_timeout_s: float = Field(default=2.0, gt=0)
-    workers: int = Field(default=1, ge=1)  # uvicorn workers (memory:// state is per worker!)
 
 
 class TenancySettings(BaseModel):

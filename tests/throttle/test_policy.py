@@ -176,3 +176,19 @@ def test_prices_from_the_catalog_when_metering_is_absent() -> None:
     with pytest.raises(PolicyError) as missing:
         load_policy_text(text.replace("prompt_tokens_per_gpu_s = 20000\n", ""))
     assert missing.value.field == "models.m"
+
+
+def test_shipped_example_policy_is_valid() -> None:
+    text = (REPO / "throttle" / "policy.example.toml").read_text()
+    policy = load_policy_text(text)
+    assert policy.limits_for("acme-batch").concurrency == 8
+    assert Pricer(policy).price("meta-llama/Llama-3.1-70B-Instruct").source == "catalog"
+
+
+def test_example_configuration_throttle_table_is_valid() -> None:
+    from serving.settings import load_config
+    from throttle.settings import load
+
+    settings, resolver = load(load_config(str(REPO / "infermeter.example.toml"), environ={}))
+    assert settings.port == 8300 and settings.storage == "memory://"
+    assert resolver.default_tenant
