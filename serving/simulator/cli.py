@@ -30,6 +30,8 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      f"GPU profile: {', '.join(GPUS)}; a MIG slice as GPU:PROFILE, e.g. h100-sxm:3g.40gb"),
     ("--quantization", "quantization", str,
      f"weight format: {', '.join(QUANTIZATIONS)} (aliases: awq, gptq, auto)"),
+    ("--tensor-parallel-size", "tensor_parallel_size", int,
+     "GPUs the model is split over (tensor parallelism; whole GPUs only)"),
     ("--max-num-seqs", "max_num_seqs", int, "most sequences in one batch (vLLM --max-num-seqs)"),
     ("--max-model-len", "max_model_len", int,
      "context length (default: the model's, capped at what the KV cache holds)"),

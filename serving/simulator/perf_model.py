@@ -34,11 +34,12 @@ class Efficiency:
     step_overhead_s: float = 0.0005  # scheduler, sampling, launch gaps per step
     reserve_bytes: int = GIB  # CUDA context, CUDA graphs, allocator slack
     activation_bytes_per_token: int = 16  # × hidden size × max_num_batched_tokens
+    allreduce_latency_s: float = 8e-6  # fixed cost of one tensor-parallel all-reduce
 
 
 @dataclass(frozen=True)
 class StepCost:
-    """What one step costs: its duration and the work behind it."""
+    """What one step costs: its duration and the work behind it (per GPU)."""
 
     seconds: float
     flops: float
@@ -47,7 +48,9 @@ class StepCost:
 
 
 class PerformanceModel:
-    """Step times and KV-cache capacity of one model on one GPU (or MIG slice)."""
+    """Step times and KV-cache capacity of one model on one GPU, a MIG slice, or N GPUs
+    with tensor parallelism (weights, KV heads and FLOPs split N ways; two all-reduces of
+    the step's activations per layer over the GPUs' interconnect)."""
 
     def __init__(
         self,
@@ -59,12 +62,25 @@ class PerformanceModel:
         max_num_batched_tokens: int = 8192,
         block_size: int = 16,
         kv_dtype_bytes: float = 2.0,
+        tensor_parallel_size: int = 1,
         efficiency: Efficiency | None = None,
     ) -> None:
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ProfileError(
                 f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
             )
+        tp = tensor_parallel_size
+        if tp < 1 or model.attention_heads % tp or model.kv_heads % tp:
+            raise ProfileError(
+                f"tensor_parallel_size={tp} must divide {model.name}'s {model.attention_heads} "
+                f"attention heads and {model.kv_heads} KV heads"
+            )
+        if tp > 1 and gpu.mig_profile:
+            raise ProfileError(
+                f"tensor parallelism across MIG slices ({gpu.name}) is not supported: "
+                "MIG instances have no peer-to-peer interconnect"
+            )
+        self.tp = tp
         self.gpu = gpu
         self.model = model
         self.quantization = quantization
@@ -80,21 +96,27 @@ class PerformanceModel:
             eff.activation_bytes_per_token * model.hidden_size * max_num_batched_tokens
         )
         budget = gpu.memory_bytes * gpu_memory_utilization
-        self.kv_cache_bytes = budget - self.weight_bytes - eff.reserve_bytes - self.activation_bytes
-        block_bytes = self.kv_bytes_per_token * block_size
+        self.kv_cache_bytes = (
+            budget - self.weight_bytes / tp - eff.reserve_bytes - self.activation_bytes
+        )  # per GPU
+        block_bytes = self.kv_bytes_per_token / tp * block_size
         self.num_gpu_blocks = (
             int(self.kv_cache_bytes // block_bytes) if self.kv_cache_bytes > 0 else 0
         )
         if self.num_gpu_blocks < 1:
             raise ProfileError(
                 f"{model.name} ({quantization.name}, {self.weight_bytes / GIB:.1f} GiB of weights) "
-                f"does not fit on {gpu.name} with gpu_memory_utilization={gpu_memory_utilization}: "
+                f"does not fit on {gpu.name}" + (f" x{tp}" if tp > 1 else "") + " with "
+                f"gpu_memory_utilization={gpu_memory_utilization}: "
                 f"{budget / GIB:.1f} GiB usable leaves no room for the KV cache"
             )
         self.kv_capacity_tokens = self.num_gpu_blocks * block_size
         self._attn_flops_per_pair = 4 * model.layers * model.attention_heads * model.head_dim
         self._compute_rate = self.flops_per_s * eff.mfu
         self._memory_rate = gpu.bandwidth_bytes_s * eff.bandwidth
+        # ring all-reduce of T x hidden 16-bit activations, twice per layer
+        self._allreduce_bytes_per_token = 2 * (tp - 1) / tp * model.hidden_size * 2
+        self._allreduces = 2 * model.layers if tp > 1 else 0
 
     def step(self, tokens: int, attention_pairs: float, context_read: float) -> StepCost:
         """Cost of a step that computes ``tokens`` tokens.
@@ -102,10 +124,16 @@ class PerformanceModel:
         ``attention_pairs``: sum over those tokens of the context length each attends to;
         ``context_read``: tokens of existing KV cache the step reads (all sequences' context).
         """
-        flops = 2.0 * self.model.params * tokens + self._attn_flops_per_pair * attention_pairs
-        read = self.weight_bytes + self.kv_bytes_per_token * context_read
-        write = self.kv_bytes_per_token * tokens
+        tp = self.tp
+        flops = (
+            2.0 * self.model.params * tokens + self._attn_flops_per_pair * attention_pairs
+        ) / tp
+        read = (self.weight_bytes + self.kv_bytes_per_token * context_read) / tp
+        write = self.kv_bytes_per_token * tokens / tp
         seconds = max(flops / self._compute_rate, read / self._memory_rate)
+        if self._allreduces:
+            per_op = self._allreduce_bytes_per_token * tokens / self.gpu.interconnect_bytes_s
+            seconds += self._allreduces * (per_op + self.efficiency.allreduce_latency_s)
         return StepCost(seconds + self.efficiency.step_overhead_s, flops, read, write)
 
     def decode_step_s(self, batch: int, context: int) -> float:

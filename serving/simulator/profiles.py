@@ -28,6 +28,7 @@ class GpuProfile:
     bandwidth_bytes_s: float
     bf16_flops: float
     fp8_flops: float | None  # None: no FP8 tensor cores (FP8 weights run as W8A16)
+    interconnect_bytes_s: float  # GPU-to-GPU bandwidth per direction (NVLink or PCIe)
     mig_profiles: tuple[str, ...] = ()
     mig_profile: str = ""
     compute_fraction: float = 1.0
@@ -67,53 +68,33 @@ class Quantization:
     fp8_compute: bool
 
 
+_H100_MIG = ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")
+NVLINK4, NVLINK3, PCIE5, PCIE4 = 450e9, 300e9, 64e9, 32e9  # bytes/s per direction
+
 GPUS: dict[str, GpuProfile] = {
     g.name: g
     for g in (
+        # name, memory, bandwidth, dense BF16, dense FP8, interconnect, MIG profiles
         GpuProfile(
-            "h100-sxm",
-            81559 * MIB,
-            3.35 * TERA,
-            989 * TERA,
-            1979 * TERA,
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+            "h100-sxm", 81559 * MIB, 3.35 * TERA, 989 * TERA, 1979 * TERA, NVLINK4, _H100_MIG
         ),
+        GpuProfile("h100-pcie", 81559 * MIB, 2.0 * TERA, 756 * TERA, 1513 * TERA, PCIE5, _H100_MIG),
         GpuProfile(
-            "h100-pcie",
-            81559 * MIB,
-            2.0 * TERA,
-            756 * TERA,
-            1513 * TERA,
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-        ),
-        GpuProfile(
-            "h200",
-            143771 * MIB,
-            4.8 * TERA,
-            989 * TERA,
-            1979 * TERA,
+            "h200", 143771 * MIB, 4.8 * TERA, 989 * TERA, 1979 * TERA, NVLINK4,
             ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
         ),
         GpuProfile(
-            "a100-80gb",
-            81920 * MIB,
-            2.039 * TERA,
-            312 * TERA,
-            None,
+            "a100-80gb", 81920 * MIB, 2.039 * TERA, 312 * TERA, None, NVLINK3,
             ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
         ),
         GpuProfile(
-            "a100-40gb",
-            40960 * MIB,
-            1.555 * TERA,
-            312 * TERA,
-            None,
+            "a100-40gb", 40960 * MIB, 1.555 * TERA, 312 * TERA, None, NVLINK3,
             ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
         ),
-        GpuProfile("l40s", 46068 * MIB, 0.864 * TERA, 362 * TERA, 733 * TERA),
-        GpuProfile("l4", 23034 * MIB, 0.300 * TERA, 121 * TERA, 242.5 * TERA),
+        GpuProfile("l40s", 46068 * MIB, 0.864 * TERA, 362 * TERA, 733 * TERA, PCIE4),
+        GpuProfile("l4", 23034 * MIB, 0.300 * TERA, 121 * TERA, 242.5 * TERA, PCIE4),
     )
-}
+}  # fmt: skip
 
 MODELS: dict[str, ModelProfile] = {
     m.name: m

@@ -97,6 +97,7 @@ class SimulatorApp:
                 "mig_profile": perf.gpu.mig_profile,
                 "model_profile": perf.model.name,
                 "quantization": perf.quantization.name,
+                "tensor_parallel_size": str(perf.tp),
                 "replica": settings.replica,
             },
         )

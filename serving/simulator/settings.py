@@ -30,6 +30,7 @@ class SimulatorSettings(BaseModel):
     served_model_name: str | None = None
     gpu: str = "h100-sxm"
     quantization: str = "bf16"
+    tensor_parallel_size: int = Field(default=1, ge=1, le=8)
     max_num_seqs: int = Field(default=256, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_batched_tokens: int = Field(default=8192, ge=16)
@@ -81,6 +82,7 @@ def build_profile(settings: SimulatorSettings) -> Profile:
         max_num_batched_tokens=settings.max_num_batched_tokens,
         block_size=settings.block_size,
         kv_dtype_bytes=1.0 if settings.kv_cache_dtype.startswith("fp8") else 2.0,
+        tensor_parallel_size=settings.tensor_parallel_size,
         efficiency=efficiency,
     )
     if settings.max_model_len is None:

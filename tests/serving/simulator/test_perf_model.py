@@ -137,3 +137,31 @@ def test_fp8_kv_cache_doubles_capacity_and_halves_kv_reads() -> None:
     assert 1.99 < fp8.kv_capacity_tokens / auto.kv_capacity_tokens < 2.01
     long_context = auto.decode_step_s(64, 8000) - fp8.decode_step_s(64, 8000)
     assert long_context > 0.001  # reading half the KV bytes is visibly faster
+
+
+def test_tensor_parallelism_splits_weights_kv_and_adds_all_reduce_time() -> None:
+    llama70 = resolve_model("llama-3.1-70b")
+    h100 = resolve_gpu("h100-sxm")
+    with pytest.raises(ProfileError, match="does not fit"):
+        PerformanceModel(h100, llama70, BF16)
+    tp2 = PerformanceModel(h100, llama70, BF16, tensor_parallel_size=2)
+    tp4 = PerformanceModel(h100, llama70, BF16, tensor_parallel_size=4)
+    assert tp4.kv_capacity_tokens > 4 * tp2.kv_capacity_tokens  # weights leave room for KV
+    weights_only_tp4 = llama70.params * 2 / 4 / (3.35e12 * 0.8)
+    step = tp4.decode_step_s(1, 600)
+    assert step > weights_only_tp4 + 0.0005  # all-reduces are not free
+    assert step < tp2.decode_step_s(1, 600) / 1.6
+    eight_tp1 = h100_llama8b()
+    eight_tp2 = PerformanceModel(h100, LLAMA8B, BF16, tensor_parallel_size=2)
+    assert eight_tp2.decode_step_s(1, 600) < eight_tp1.decode_step_s(1, 600)
+    cost = eight_tp2.step(1, 600, 600)
+    assert cost.flops == pytest.approx(eight_tp1.step(1, 600, 600).flops / 2)  # per GPU
+
+
+@pytest.mark.parametrize(
+    ("gpu", "tp", "needle"),
+    [("h100-sxm:3g.40gb", 2, "MIG"), ("h100-sxm", 3, "must divide")],
+)
+def test_impossible_tensor_parallel_layouts_are_refused(gpu: str, tp: int, needle: str) -> None:
+    with pytest.raises(ProfileError, match=needle):
+        PerformanceModel(resolve_gpu(gpu), LLAMA8B, BF16, tensor_parallel_size=tp)
