@@ -52,6 +52,7 @@ _HOP_BY_HOP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
 )
 _DURABLE_WAIT_S = 5.0
+_DONE_FRAME = b"data: [DONE]\n\n"
 
 
 class RecordSink(Protocol):
@@ -359,7 +360,14 @@ class Proxy:
                     self._collect(rec, scanner)
                     rec.finished_mono = t
                     self.sink.submit(rec)
-                    await self._await_durable(rec)
+                    if rec.durable is not None and data.endswith(_DONE_FRAME):
+                        # the tokens go now; only the end of the stream waits for the disk
+                        head = data[: -len(_DONE_FRAME)]
+                        if head:
+                            await send({"type": "http.response.body", "body": head,
+                                        "more_body": True})  # fmt: skip
+                        data = _DONE_FRAME
+                        await self._await_durable(rec)
                     await send({"type": "http.response.body", "body": data, "more_body": False})
                 elif data and not ended:
                     await send({"type": "http.response.body", "body": data, "more_body": True})

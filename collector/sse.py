@@ -5,8 +5,8 @@ it counts frames (two newlines each: JSON escapes newlines, and vLLM and OpenAI 
 ``data:`` line per event) and subtracts those that carry no token, found by markers that
 contain raw double quotes and so can never occur inside a JSON string value: the chat role
 frame vLLM sends before the first token, the usage-only frame (``"choices":[]``), ``[DONE]``
-and error frames (the last three only in the last 4 KiB of a chunk, where a stream ends). Every other
-frame is one generation step (vLLM sends one per engine step; a step whose text the
+and error frames (the last three only in the last 4 KiB of a chunk, where a stream ends).
+Every other frame is one generation step (vLLM sends one per engine step; a step whose text the
 detokenizer holds back, e.g. half a UTF-8 character, arrives with empty text). Only the frame
 holding ``"usage":{`` is JSON-parsed (normally the last one); ``finish_reason`` is read with a
 byte search. Nothing is tokenised.
