@@ -76,3 +76,23 @@ def test_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"port 127.0.0.1:{port + 1} for simulator-1 is already in use" in out
     assert not (tmp_path / "logs").exists()
+
+
+def test_replicas_get_their_gpu_port_name_and_the_shared_config(tmp_path: Path) -> None:
+    from serving.cli import build_parser
+    from serving.settings import load_config
+    from serving.up_cli import services, settings_from
+
+    config_file = tmp_path / "infermeter.toml"
+    config_file.write_text('[up]\nsimulator_gpus = ["l4", "h100-sxm:1g.20gb", "h200"]\n')
+    args = build_parser().parse_args(["up", "--config", str(config_file), "--host", "127.0.0.2"])
+    settings = settings_from(args, load_config(str(config_file), environ={}))
+    specs = services(settings, args.config)
+    assert [s.port for s in specs] == [8000, 8001, 8002]
+    assert [s.name for s in specs] == ["simulator-0", "simulator-1", "simulator-2"]
+    second = list(specs[1].argv)
+    assert second[second.index("--gpu") + 1] == "h100-sxm:1g.20gb"
+    assert second[second.index("--config") + 1] == str(config_file)  # replicas read [simulator]
+    assert second[second.index("--host") + 1] == "127.0.0.2"
+    assert specs[2].health_url == "http://127.0.0.2:8002/health"
+    assert "--time-scale" not in second  # the [simulator] table decides unless [up] says
