@@ -8,7 +8,7 @@ from pathlib import Path
 
 from collector.cli import _BOOLS, _OPTIONS, register, resolver_from, settings_from
 from collector.settings import CollectorSettings
-from serving.cli import build_parser, common_options
+from serving.cli import common_options
 from serving.settings import Config
 from serving.tenancy import hash_key
 
@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def test_help_documents_every_setting() -> None:
-    sub = build_parser()._subparsers._group_actions[0].choices["collector"]  # type: ignore[union-attr]
+    sub = parser()._subparsers._group_actions[0].choices["collector"]  # type: ignore[union-attr]
     text = sub.format_help()
     flags = [flag for flag, *_ in _OPTIONS] + ["--" + key.replace("_", "-") for key, _ in _BOOLS]
     for flag in flags:
