@@ -169,7 +169,9 @@ class GatewayApp:
     async def startup(self) -> None:
         """Create the session, the pipeline and the background tasks."""
         s = self.settings
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, family=socket.AF_INET)
+        # Idle upstream connections are dropped well before uvicorn's 5 s keep-alive closes
+        # them: a POST on a connection the server is closing cannot be safely re-sent.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=2.0)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self._session = session
         throttle = ThrottleClient(
