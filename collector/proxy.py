@@ -11,8 +11,8 @@ usage-only frame the collector requested on its behalf (``force_usage``).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
@@ -22,7 +22,14 @@ import orjson
 from collector.errors import RequestError
 from collector.record import RequestRecord
 from collector.sse import SseScanner, parse_body_usage
-from serving.tenancy import TAGS_HEADER, TenantResolver
+from serving.tenancy import (
+    KEY_ID_HEADER,
+    SECRET_HEADER,
+    TAGS_HEADER,
+    TENANT_HEADER,
+    Attribution,
+    TenantResolver,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,6 +59,8 @@ _HOP_BY_HOP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
 )
 _DURABLE_WAIT_S = 5.0
+_ids = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+_ATTRIBUTION_CACHE = 4096
 _DONE_FRAME = b"data: [DONE]\n\n"
 
 
@@ -119,7 +128,7 @@ class Proxy:
         max_tags_bytes: int = 512,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.perf_counter,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] = lambda: f"{_ids.getrandbits(128):032x}",
     ) -> None:
         self.session = session
         self.upstream = upstream.rstrip("/")
@@ -133,6 +142,7 @@ class Proxy:
         self.wall = wall
         self.mono = mono
         self.new_id = new_id
+        self._attributions: dict[tuple[str | None, ...], Attribution] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -228,6 +238,22 @@ class Proxy:
 
     # -- inference routes --------------------------------------------------------------------
 
+    def _attribute(self, lower: dict[str, str]) -> Attribution:
+        """Tenant resolution, memoised on the headers it reads (it hashes API keys)."""
+        key = (
+            lower.get("authorization"),
+            lower.get(TENANT_HEADER),
+            lower.get(SECRET_HEADER),
+            lower.get(KEY_ID_HEADER),
+            lower.get(TAGS_HEADER),
+        )
+        who = self._attributions.get(key)
+        if who is None:
+            if len(self._attributions) >= _ATTRIBUTION_CACHE:
+                self._attributions.clear()
+            who = self._attributions[key] = self.resolver.resolve(lower)
+        return who
+
     def _prepare(
         self, scope: Scope, body: bytes, t0: float
     ) -> tuple[RequestRecord, list[tuple[str, str]], bytes, bool]:
@@ -238,7 +264,7 @@ class Proxy:
         tags_raw = lower.get(TAGS_HEADER)
         if tags_raw is not None and len(tags_raw) > self.max_tags_bytes:
             raise RequestError(TAGS_HEADER, f"longer than {self.max_tags_bytes} bytes")
-        who = self.resolver.resolve(lower)
+        who = self._attribute(lower)
         if who.untrusted_header:
             self.hooks.untrusted_tenant()
         if request_id is None:

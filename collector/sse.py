@@ -102,15 +102,19 @@ class SseScanner:
             head = frames[:512]
             if b'"role":"assistant"' in head and any(m in head for m in _ROLE_FRAMES):
                 skip += 1
-        if frames.endswith(b"data: [DONE]\n\n"):
+        window = max(0, len(frames) - _TAIL_WINDOW)
+        done = frames.endswith(b"data: [DONE]\n\n")
+        if done:
             self.done = True
             skip += 1
-        window = max(0, len(frames) - _TAIL_WINDOW)
-        if frames.find(_ERROR, window) >= 0:
+        # an error frame ends a failed stream (then [DONE] in vLLM); chunks are small
+        # mid-stream, so only a long chunk that does not end the stream skips this search
+        if (done or not window) and frames.find(_ERROR, window) >= 0:
             self.error = True
             skip += 1
-        if frames.find(_USAGE, window) >= 0:
-            frames, usage_only = self._usage(frames, window)
+        at = frames.rfind(_USAGE, window)  # backwards: the usage frame sits at the very end
+        if at >= 0:
+            frames, usage_only = self._usage(frames, at)
             skip += usage_only
         tokens = n - skip
         if tokens > 0:
@@ -126,29 +130,24 @@ class SseScanner:
                 self.finish_reason = frames[start:stop].decode("utf-8", "replace")
         return frames
 
-    def _usage(self, frames: bytes, window: int) -> tuple[bytes, int]:
-        """Read usage from the frames holding it; cut usage-only frames in strip mode."""
-        usage_only = 0
-        pos = frames.find(_USAGE, window)
-        while pos >= 0:
-            start = frames.rfind(b"\n\n", 0, pos)
-            start = 0 if start < 0 else start + 2
-            stop = frames.find(b"\n\n", pos)
-            stop = len(frames) if stop < 0 else stop + 2
-            frame = frames[start:stop]
-            try:
-                obj = orjson.loads(frame[frame.find(b"{") :])
-            except orjson.JSONDecodeError:
-                obj = None
-            if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-                apply_usage(self, obj["usage"])
-            if _USAGE_ONLY in frame:
-                usage_only += 1
-                if self.strip_usage:
-                    frames = frames[:start] + frames[stop:]
-                    stop = start
-            pos = frames.find(_USAGE, stop)
-        return frames, usage_only
+    def _usage(self, frames: bytes, pos: int) -> tuple[bytes, int]:
+        """Read the (last, cumulative) usage at ``pos``; cut a usage-only frame in strip mode."""
+        start = frames.rfind(b"\n\n", 0, pos)
+        start = 0 if start < 0 else start + 2
+        stop = frames.find(b"\n\n", pos)
+        stop = len(frames) if stop < 0 else stop + 2
+        frame = frames[start:stop]
+        try:
+            obj = orjson.loads(frame[frame.find(b"{") :])
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+            apply_usage(self, obj["usage"])
+        if _USAGE_ONLY not in frame:
+            return frames, 0
+        if self.strip_usage:
+            frames = frames[:start] + frames[stop:]
+        return frames, 1
 
 
 def apply_usage(target: Any, usage: dict[str, Any]) -> None:
