@@ -93,11 +93,11 @@ def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from pathlib import Path
 
     import httpx
+    from tests_helpers_collector import free_port
 
     from serving import vllm_cpu
     from serving.errors import EngineNotInstalled
     from serving.vllm_process import ensure_installed
-    from tests_helpers_collector import free_port
 
     try:
         install = vllm_cpu.require_install()
@@ -108,15 +108,29 @@ def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("collector-vllm")
     (work / "empty.toml").write_text("")
     port = free_port()
-    argv = [sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev", "--config",
-            str(work / "empty.toml"), "--port", str(port), "--max-model-len", "512",
-            "--stop-grace", "20"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "serving",
+        "engine",
+        "vllm",
+        "--cpu-dev",
+        "--config",
+        str(work / "empty.toml"),
+        "--port",
+        str(port),
+        "--max-model-len",
+        "512",
+        "--stop-grace",
+        "20",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER__")}
     log_path = work / "vllm.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + VLLM_START_TIMEOUT_S
             while True:

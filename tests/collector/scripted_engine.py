@@ -195,7 +195,7 @@ class ScriptedEngine:
                     "more_body": True,
                 }
             )
-            sent += 1
+            sent += 1  # noqa: SIM113 - also read after an early return
         options = body.get("stream_options") or {}
         if options.get("include_usage"):
             await send(

@@ -30,9 +30,19 @@ def test_help_documents_every_setting() -> None:
     for action in sub._actions:
         assert action.help, action.option_strings
     covered = {key for _, key, *_ in _OPTIONS} | {key for key, _ in _BOOLS}
-    file_only = {"metered_paths", "max_tags_bytes", "upstream_connections", "record_queue_size",
-                 "engine_metrics_path", "retry_initial_s", "retry_max_s", "ship_timeout_s",
-                 "spool_warn_fraction", "spool_segment_bytes", "overhead_header"}  # fmt: skip
+    file_only = {
+        "metered_paths",
+        "max_tags_bytes",
+        "upstream_connections",
+        "record_queue_size",
+        "engine_metrics_path",
+        "retry_initial_s",
+        "retry_max_s",
+        "ship_timeout_s",
+        "spool_warn_fraction",
+        "spool_segment_bytes",
+        "overhead_header",
+    }
     assert set(CollectorSettings.model_fields) <= covered | file_only
 
 
@@ -61,8 +71,15 @@ def test_example_config_table_is_valid_and_complete() -> None:
 
 
 def test_tenancy_table_builds_the_resolver() -> None:
-    config = Config({"tenancy": {"shared_secret": "s", "default_tenant": "anon",
-                                 "keys": {hash_key("k1"): {"tenant": "acme", "key_id": "kid"}}}})  # fmt: skip
+    config = Config(
+        {
+            "tenancy": {
+                "shared_secret": "s",
+                "default_tenant": "anon",
+                "keys": {hash_key("k1"): {"tenant": "acme", "key_id": "kid"}},
+            }
+        }
+    )
     resolver = resolver_from(config)
     who = resolver.resolve({"authorization": "Bearer k1"})
     assert (who.tenant, who.key_id) == ("acme", "kid")

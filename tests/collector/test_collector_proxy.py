@@ -278,19 +278,21 @@ async def test_client_abort_cancels_upstream_and_records_tokens_so_far(
 ) -> None:
     eng, upstream = engine
     col = make_collector(upstream.url)
-    async with httpx.AsyncClient() as client:
-        async with client.stream(
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream(
             "POST",
             f"{col.url}/v1/completions",
             json={"model": "tiny-llama", "prompt": "a b", "max_tokens": 200, "stream": True},
             headers={"x-test-delay-ms": "20"},
-        ) as resp:
-            seen = 0
-            async for line in resp.aiter_lines():
-                if line.startswith("data: {"):
-                    seen += 1
-                if seen == 5:
-                    break
+        ) as resp,
+    ):
+        seen = 0
+        async for line in resp.aiter_lines():
+            if line.startswith("data: {"):
+                seen += 1
+            if seen == 5:
+                break
     (rec,) = await asyncio.to_thread(col.records.wait, 1)
     assert rec.status == "client_abort" and rec.http_status == 499
     assert 5 <= rec.completion_tokens < 200

@@ -43,13 +43,23 @@ def wait_engine_idle(url: str) -> None:
 
 
 def chat(stream: bool, **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about meters."}],
-            "max_tokens": 12, "stream": stream, **extra}  # fmt: skip
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me about meters."}],
+        "max_tokens": 12,
+        "stream": stream,
+        **extra,
+    }
 
 
 def completion(stream: bool, **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "prompt": "The collector counts", "max_tokens": 9, "stream": stream,
-            **extra}  # fmt: skip
+    return {
+        "model": MODEL,
+        "prompt": "The collector counts",
+        "max_tokens": 9,
+        "stream": stream,
+        **extra,
+    }
 
 
 def test_tokens_equal_vllm_usage_and_counters_agree(real_vllm: str, make_collector: Any) -> None:
@@ -66,8 +76,9 @@ def test_tokens_equal_vllm_usage_and_counters_agree(real_vllm: str, make_collect
     ]
     usages: list[dict[str, int] | None] = []
     for i, (path, body) in enumerate(cases):
-        r = httpx.post(f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"v{i}"},
-                       timeout=60)  # fmt: skip
+        r = httpx.post(
+            f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"v{i}"}, timeout=60
+        )
         assert r.status_code == 200, r.text
         if body["stream"]:
             frames = sse_frames(r.content)
@@ -84,8 +95,9 @@ def test_tokens_equal_vllm_usage_and_counters_agree(real_vllm: str, make_collect
         assert rec.status == "ok" and rec.model == MODEL
         if usage is not None:
             assert (rec.prompt_tokens, rec.completion_tokens) == (
-                usage["prompt_tokens"], usage["completion_tokens"],
-            )  # fmt: skip
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+            )
         assert rec.completion_tokens > 0 and rec.prompt_tokens > 0
     assert records["v4"].completion_tokens == 40  # ignore_eos: exactly max_tokens
     assert records["v0"].ttft_s is not None and records["v0"].itl_mean_s is not None
@@ -129,8 +141,11 @@ def test_engine_dying_mid_stream(real_vllm: str, make_collector: Any) -> None:
     try:
         col: RunningCollector = make_collector(f"http://127.0.0.1:{relay.port}")
         relay.cut_after = 1500  # headers and a few frames, then the connection dies
-        r = httpx.post(f"{col.url}/v1/completions", json=completion(True, max_tokens=200,
-                       ignore_eos=True), timeout=60)  # fmt: skip
+        r = httpx.post(
+            f"{col.url}/v1/completions",
+            json=completion(True, max_tokens=200, ignore_eos=True),
+            timeout=60,
+        )
         assert r.status_code == 200
         last = json.loads(sse_frames(r.content)[-1])
         assert last["error"]["code"] == 502
@@ -156,8 +171,12 @@ def test_malformed_requests_pass_vllm_answers_through(real_vllm: str, make_colle
         proxied = httpx.post(f"{col.url}{path}", json=body, timeout=30)
         assert direct.status_code == proxied.status_code == status
         assert proxied.json()["error"] == direct.json()["error"]
-    bad = httpx.post(f"{col.url}/v1/chat/completions", content=b"{oops", timeout=30,
-                     headers={"content-type": "application/json"})  # fmt: skip
+    bad = httpx.post(
+        f"{col.url}/v1/chat/completions",
+        content=b"{oops",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert 400 <= bad.status_code < 500
     recs = col.records.wait(4)
     assert [r.status for r in recs] == ["error"] * 4

@@ -26,18 +26,33 @@ def test_records_land_in_metering_exactly_once(
     engine: Any, make_collector: Any, serve: Any, tmp_path: Path
 ) -> None:
     _, upstream = engine
-    service = MeteringService(MeteringSettings(
-        storage="duckdb:///:memory:", ingest_token="tok", allocate_every_s=0,
-    ))  # fmt: skip
+    service = MeteringService(
+        MeteringSettings(
+            storage="duckdb:///:memory:",
+            ingest_token="tok",
+            allocate_every_s=0,
+        )
+    )
     try:
         metering = serve(create_app(service, start_loop=False))
-        col = make_collector(upstream.url, metering_url=metering.url, ingest_token="tok",
-                             spool_dir=str(tmp_path), batch_interval_s=0.05, batch_size=4)  # fmt: skip
+        col = make_collector(
+            upstream.url,
+            metering_url=metering.url,
+            ingest_token="tok",
+            spool_dir=str(tmp_path),
+            batch_interval_s=0.05,
+            batch_size=4,
+        )
         for i in range(10):
-            body = {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 2 + i % 3,
-                    "stream": i % 2 == 0}  # fmt: skip
-            r = httpx.post(f"{col.url}/v1/completions", json=body,
-                           headers={"x-infermeter-request-id": f"m{i}"})  # fmt: skip
+            body = {
+                "model": "tiny-llama",
+                "prompt": "a b c",
+                "max_tokens": 2 + i % 3,
+                "stream": i % 2 == 0,
+            }
+            r = httpx.post(
+                f"{col.url}/v1/completions", json=body, headers={"x-infermeter-request-id": f"m{i}"}
+            )
             assert r.status_code == 200
         deadline = time.monotonic() + 15
         while len(stored(service)) < 10 and time.monotonic() < deadline:
@@ -47,8 +62,9 @@ def test_records_land_in_metering_exactly_once(
         assert rows["m4"] == ("anonymous", 3, 2 + 4 % 3, "ok")
         # a replay after a crash sends the same ids again: metering keeps one of each
         spool_copy = [r.to_json() for r in col.records.records]
-        again = httpx.post(f"{metering.url}/v1/usage", json=spool_copy,
-                           headers={"authorization": "Bearer tok"}).json()  # fmt: skip
+        again = httpx.post(
+            f"{metering.url}/v1/usage", json=spool_copy, headers={"authorization": "Bearer tok"}
+        ).json()
         assert (again["accepted"], again["duplicates"]) == (0, 10)
         assert len(stored(service)) == 10
     finally:

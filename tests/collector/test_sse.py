@@ -94,7 +94,10 @@ def test_non_stream_body_usage() -> None:
         usage["prompt_tokens"],
         usage["completion_tokens"],
     )
-    cached = b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":4}}}'
+    cached = (
+        b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,'
+        b'"prompt_tokens_details":{"cached_tokens":4}}}'
+    )
     parse_body_usage(cached, target)
     assert target.cached_prompt_tokens == 4
     assert parse_body_usage(b"not json", target) is None
