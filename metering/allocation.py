@@ -158,17 +158,9 @@ class Allocator:
             cur.register("price_catalog", _price_table(self.catalog))
             cur.register("replica_config", _replica_table(self.replicas))
             cur.register("managed_prices", _managed_table(self.catalog))
-            for step in ("capacity", "requests", "request_windows", "models"):
+            for step in ("capacity", "requests", "request_windows", "models", "replica_index"):
                 self._exec(cur, step, params)
-            intervals = cur.execute(query("allocate", "busy_intervals")).fetch_arrow_table()
-            cur.register(
-                "alloc_islands",
-                busy.islands(
-                    intervals.column("rep").to_numpy(),
-                    intervals.column("x0").to_numpy(),
-                    intervals.column("f").to_numpy(),
-                ),
-            )
+            self._busy(cur, w_since, w_until)
             self._exec(cur, "busy", params)
             result.calibrations = self._calibrate(cur, result)
             self._exec(cur, "shares", params)
@@ -179,6 +171,25 @@ class Allocator:
             cur.close()
         result.duration_s = self.clock() - started
         return result
+
+    def _busy(self, cur: duckdb.DuckDBPyConnection, w_since: int, w_until: int) -> None:
+        intervals = cur.execute(query("allocate", "busy_intervals")).fetch_arrow_table()
+        merged = busy.islands(
+            intervals.column("rep").to_numpy(),
+            intervals.column("x0").to_numpy(),
+            intervals.column("f").to_numpy(),
+        )
+        cur.register(
+            "alloc_busy_raw",
+            busy.busy_per_window(
+                merged.column("rep").to_numpy(),
+                merged.column("a").to_numpy(),
+                merged.column("b").to_numpy(),
+                self.window_us,
+                w_since,
+                w_until,
+            ),
+        )
 
     def _allocated_beyond(self, w_until: int) -> bool:
         cur = self.store.cursor()
@@ -302,5 +313,6 @@ class Allocator:
             "alloc_share",
             "alloc_models",
             "alloc_managed",
+            "alloc_reps",
         ):
             cur.execute(f"DROP TABLE IF EXISTS {table}")

@@ -31,3 +31,23 @@ def islands(rep: np.ndarray, x0: np.ndarray, f: np.ndarray) -> pa.Table:
     a = x0[idx].astype(np.int64)
     b = np.maximum.reduceat(f.astype(np.int64), idx)
     return pa.table({"rep": rep[idx], "a": a, "b": b})
+
+
+def busy_per_window(
+    rep: np.ndarray, a: np.ndarray, b: np.ndarray, window_us: int, w_since: int, w_until: int
+) -> pa.Table:
+    """Busy microseconds per ``(rep, w)`` from islands, clipped to windows
+    ``[w_since, w_until)``; islands spanning windows are split at window edges."""
+    lo = np.maximum(a, w_since * window_us)
+    hi = np.minimum(b, w_until * window_us)
+    keep = hi > lo
+    rep, lo, hi = rep[keep].astype(np.int64), lo[keep], hi[keep]
+    wa = lo // window_us
+    wb = (hi - 1) // window_us
+    spans = wb - wa + 1
+    rows = np.repeat(np.arange(len(lo)), spans)
+    first = np.repeat(np.cumsum(spans) - spans, spans)
+    w = wa[rows] + (np.arange(len(rows)) - first)
+    start = np.maximum(lo[rows], w * window_us)
+    end = np.minimum(hi[rows], (w + 1) * window_us)
+    return pa.table({"rep": rep[rows], "w": w, "busy_us": end - start})

@@ -104,28 +104,25 @@ SELECT r.rid, r.replica, t.w, r.model,
 FROM alloc_req r,
      unnest(range(greatest(r.w0, $w_since::BIGINT), least(r.w1, $w_until::BIGINT - 1) + 1)) AS t(w);
 
+-- name: replica_index
+CREATE OR REPLACE TEMP TABLE alloc_reps AS
+SELECT replica, (row_number() OVER (ORDER BY replica) - 1)::BIGINT AS rep
+FROM (SELECT DISTINCT replica FROM alloc_req);
+
 -- name: busy_intervals
 -- Request intervals per replica in start order, for the union (islands) computed by
 -- metering/busy.py.
-SELECT dense_rank() OVER (ORDER BY replica) - 1 AS rep, x0, f
-FROM alloc_req
-WHERE f > x0
-ORDER BY rep, x0;
+SELECT p.rep, r.x0, r.f
+FROM alloc_req r JOIN alloc_reps p USING (replica)
+WHERE r.f > r.x0
+ORDER BY p.rep, r.x0;
 
 -- name: busy
--- Engine busy time per replica and window: the union of request intervals (islands).
+-- Engine busy time per replica and window (union of request intervals, from metering/busy.py).
 CREATE OR REPLACE TEMP TABLE alloc_busy AS
-WITH reps AS (
-    SELECT DISTINCT dense_rank() OVER (ORDER BY replica) - 1 AS rep, replica
-    FROM alloc_req WHERE f > x0
-)
-SELECT reps.replica, t.w,
-       sum(least(i.b, (t.w + 1) * $window_us::BIGINT) - greatest(i.a, t.w * $window_us::BIGINT))
-           AS busy_us
-FROM alloc_islands i JOIN reps USING (rep),
-     unnest(range(greatest(i.a // $window_us::BIGINT, $w_since::BIGINT),
-                  least((i.b - 1) // $window_us::BIGINT, $w_until::BIGINT - 1) + 1)) AS t(w)
-GROUP BY reps.replica, t.w;
+SELECT p.replica, b.w, sum(b.busy_us) AS busy_us
+FROM alloc_busy_raw b JOIN alloc_reps p USING (rep)
+GROUP BY p.replica, b.w;
 
 -- name: calibration_sums
 -- Normal-equation sums for busy_s ~ a * prefill + b * decode per model, over replica-windows
