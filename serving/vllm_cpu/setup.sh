@@ -44,8 +44,21 @@ if [[ $FORCE == 0 && -f "$STAMP" && -x "$VPY" && -f "$MODEL_DIR/config.json" \
   exit 0
 fi
 
-started=$(date +%s)
 mkdir -p "$HOME_DIR"
+# One setup at a time per home (parallel CI jobs, two shells): the second waits, then finds
+# the stamp written by the first.
+exec 9>"$HOME_DIR/.lock"
+if ! flock -n 9; then
+  say "another setup is running in $HOME_DIR; waiting for it"
+  flock 9
+fi
+if [[ $FORCE == 0 && -f "$STAMP" && -x "$VPY" && -f "$MODEL_DIR/config.json" \
+      && "$(cat "$STAMP")" == "$want_stamp" ]]; then
+  say "set up by the other run; nothing to do"
+  exit 0
+fi
+
+started=$(date +%s)
 rm -f "$STAMP"
 
 # ---- 1. the virtualenv ----------------------------------------------------------------------
