@@ -17,6 +17,10 @@ from typing import Any
 
 import orjson
 
+# A chunk holding one of these needs its events parsed (usage, finish reason, end, or an
+# event whose text is not a plain token); any other chunk is only counted.
+_PARSE_MARKERS = (b'"usage"', b'"finish_reason":"', b'"finish_reason": "', b"[DONE]", b"error")
+
 
 @dataclass(slots=True)
 class Usage:
@@ -70,6 +74,7 @@ class StreamTap:
         self._capture = capture
         self._now = now
         self._on_text = on_text
+        self._scan_only = not capture and on_text is None
         self.usage = Usage()
         self.answer = Answer()
         self.content_events = 0
@@ -84,6 +89,14 @@ class StreamTap:
             self._buf = data
             return b""
         complete, self._buf = data[: end + 2], data[end + 2 :]
+        if self._scan_only and not any(m in complete for m in _PARSE_MARKERS):
+            # Token events only: count them with C-level scans, no per-event work.
+            events = complete.count(b"\n\n")
+            empty = complete.count(b'"content":""') + complete.count(b'"text":""')
+            self.content_events += events - empty
+            if self.first_token_at is None and self.content_events:
+                self.first_token_at = self._now()
+            return complete
         if not self._drop_usage:
             for event in complete.split(b"\n\n"):
                 if event:

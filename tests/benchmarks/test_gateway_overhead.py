@@ -35,6 +35,15 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "bench-model"
 KEY = "sk-bench"
 ROUNDS = 6
+PIDS: dict[str, int] = {}  # front URL -> process id, for CPU accounting
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 PASSTHROUGH = textwrap.dedent(
     """
     import sys
@@ -102,7 +111,9 @@ def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         )
         procs.append(proc)
         _wait(health, proc)
-        return health.rsplit("/", 1)[0]
+        url = health.rsplit("/", 1)[0]
+        PIDS[url] = proc.pid
+        return url
 
     py = sys.executable
     try:
@@ -223,16 +234,20 @@ def _pct(values: list[float], q: float) -> float:
 def test_gateway_added_latency(fronts: dict[str, str]) -> None:
     scenarios = [("non-stream", False, 1, 240), ("stream", True, 1, 180), ("stream", True, 32, 768)]
     print("\nGateway added latency, ms. p50/p99 over all requests; +p50 = median over rounds of")
-    print("(front p50 - collector-only p50) within the round (robust to drift on a shared host)")
-    print(f"{'scenario':<16}{'front':<28}{'p50':>8}{'p99':>8}{'+p50':>8}{'ratio':>7}")
+    print("(front p50 - collector-only p50) within the round (robust to drift on a shared host);")
+    print("cpu = CPU ms the front process itself spent per request (robust to load)")
+    print(f"{'scenario':<16}{'front':<28}{'p50':>8}{'p99':>8}{'+p50':>8}{'ratio':>7}{'cpu':>7}")
     for label, stream, conc, total in scenarios:
         results: dict[str, list[float]] = {name: [] for name in fronts}
         added: dict[str, list[float]] = {name: [] for name in fronts}
+        cpu: dict[str, float] = dict.fromkeys(fronts, 0.0)
         asyncio.run(_load(fronts["gateway"], stream, conc, 40))  # warm every path
         for _ in range(ROUNDS):
             p50s = {}
             for name, url in fronts.items():
+                before = _cpu_s(PIDS[url])
                 lat = asyncio.run(_load(url, stream, conc, total // ROUNDS))
+                cpu[name] += _cpu_s(PIDS[url]) - before
                 results[name] += lat
                 p50s[name] = _pct(lat, 0.5)
             for name in fronts:
@@ -244,6 +259,7 @@ def test_gateway_added_latency(fronts: dict[str, str]) -> None:
             print(
                 f"{label + f' c={conc}':<16}{name:<28}{_pct(lat, 0.5):>8.2f}"
                 f"{_pct(lat, 0.99):>8.2f}{plus:>8.2f}{ratio:>7.2f}"
+                f"{cpu[name] * 1000 / len(lat):>7.2f}"
             )
 
 

@@ -59,7 +59,13 @@ def test_tap_on_an_aborted_stream_counts_what_was_seen() -> None:
     cut = raw[: len(raw) // 2]
     tap = StreamTap(drop_usage_event=True, capture=False)
     tap.feed(cut)
-    assert not tap.usage.reported and tap.content_events > 0
+    complete = cut[: cut.rfind(b"\n\n")].split(b"\n\n")
+    with_text = [e for e in complete if orjson.loads(e[6:])["choices"][0]["text"]]
+    assert not tap.usage.reported and tap.content_events == len(with_text) > 0
+    # The per-event path (used when the answer is captured) counts the same.
+    slow = StreamTap(drop_usage_event=True, capture=True)
+    slow.feed(cut)
+    assert slow.content_events == tap.content_events
 
 
 def test_body_usage_on_real_vllm_response() -> None:
