@@ -59,6 +59,7 @@ class SimRequest:
         "request_id",
         "shared",
         "status",
+        "streaming",
         "target",
     )
 
@@ -70,13 +71,15 @@ class SimRequest:
         max_tokens: int,
         on_progress: Callable[[], None] | None = None,
         block_hashes: Sequence[int] = (),
+        streaming: bool = True,
     ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.plan = plan
         self.max_tokens = max_tokens
         self.target = len(plan.pieces)  # output tokens it will generate
-        self.on_progress = on_progress  # called after new tokens or the end
+        self.on_progress = on_progress  # called after new tokens (if streaming) and at the end
+        self.streaming = streaming
         self.status = WAITING
         self.arrival = 0.0
         self.num_computed = 0  # tokens whose KV is in the cache
@@ -279,7 +282,7 @@ class Engine:
             generated += 1
             if req.num_output >= req.target:
                 finished.append(req)
-            elif req.on_progress is not None:
+            elif req.streaming and req.on_progress is not None:
                 req.on_progress()
         for gap, count in itls.items():
             observe_many(m.itl, gap, count)

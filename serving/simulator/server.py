@@ -216,7 +216,13 @@ class SimulatorApp:
             else []
         )
         req = SimRequest(
-            new_id(chat), parsed.prompt_tokens, plan, parsed.max_tokens, wakeup.notify, hashes
+            new_id(chat),
+            parsed.prompt_tokens,
+            plan,
+            parsed.max_tokens,
+            wakeup.notify,
+            hashes,
+            streaming=parsed.stream,
         )
         created = int(self.epoch())
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, wakeup))
