@@ -1,0 +1,94 @@
+"""Dashboards fixtures: a real metering service (in-memory DuckDB, seeded through its
+ingest API and allocated) and a real throttle, both on loopback ports, once per session."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_seed import (
+    INGEST,
+    METERING_TOML,
+    POLICY,
+    READ,
+    THROTTLE_API,
+    Workload,
+    root_conftest,
+    seed_metering,
+    seed_throttle,
+    workload,
+)
+
+# tests/serving (no __init__.py) would otherwise be found first as a namespace package named
+# `serving` when it is imported late (the pages import the simulator's profiles lazily); a
+# regular package later on sys.path wins over a namespace portion.
+REPO = str(Path(__file__).resolve().parents[2])
+if REPO not in sys.path:
+    sys.path.append(REPO)
+
+from metering.api import create_app as metering_app  # noqa: E402
+from metering.service import MeteringService  # noqa: E402
+from metering.settings import MeteringSettings  # noqa: E402
+from throttle.app import Runtime  # noqa: E402
+from throttle.app import create_app as throttle_app  # noqa: E402
+from throttle.policy import load_policy_text  # noqa: E402
+from throttle.settings import ThrottleSettings  # noqa: E402
+
+
+@dataclass
+class Stack:
+    metering_url: str
+    throttle_url: str
+    load: Workload
+    allocation: dict[str, Any]
+
+    def env(self) -> dict[str, str]:
+        """What points a dashboard at this stack (as ``infermeter dashboard`` sets it)."""
+        return {
+            "INFERMETER__DASHBOARD__METERING_URL": self.metering_url,
+            "INFERMETER__DASHBOARD__THROTTLE_URL": self.throttle_url,
+            "INFERMETER__DASHBOARD__READ_TOKEN": READ,
+            "INFERMETER__DASHBOARD__THROTTLE_TOKEN": THROTTLE_API,
+            "INFERMETER__DASHBOARD__REFRESH_S": "0",
+        }
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    root = root_conftest()
+    settings = MeteringSettings.model_validate(
+        {
+            "storage": "duckdb:///:memory:",
+            "ingest_token": INGEST,
+            "read_token": READ,
+            "allocate_every_s": 0,
+            **METERING_TOML,
+        }
+    )
+    service = MeteringService(settings, now=time.time)
+    runtime = Runtime(ThrottleSettings(api_token=THROTTLE_API), policy=load_policy_text(POLICY))
+    metering = root.ServerThread(metering_app(service, start_loop=False)).start()
+    throttle = root.ServerThread(throttle_app(runtime, background=False)).start()
+    try:
+        load = workload(time.time())
+        allocation = seed_metering(metering.url, load)
+        seed_throttle(throttle.url)
+        yield Stack(metering.url, throttle.url, load, allocation)
+    finally:
+        throttle.stop()
+        metering.stop()
+        service.stop()
+
+
+@pytest.fixture
+def dashboard_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """The process environment of a dashboard pointed at the seeded stack."""
+    monkeypatch.delenv("INFERMETER_CONFIG", raising=False)
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    return stack

@@ -1,0 +1,115 @@
+"""The running app (``infermeter dashboard``, i.e. ``streamlit run``, headless) in headless
+Chromium: every page renders its numbers with no exception element; screenshots are saved
+under test-artifacts/dashboards/ (and refreshed in docs/screenshots/ with
+INFERMETER_UPDATE_SCREENSHOTS=1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cdp_browser import Browser
+from conftest import Stack
+from dashboard_seed import READ, THROTTLE_API, root_conftest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "dashboards"
+DOCS = REPO / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def dashboard(stack: Stack) -> Iterator[str]:
+    root = root_conftest()
+    port = root.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "dashboards",
+        "--port",
+        str(port),
+        "--metering-url",
+        stack.metering_url,
+        "--throttle-url",
+        stack.throttle_url,
+        "--read-token",
+        READ,
+        "--throttle-token",
+        THROTTLE_API,
+        "--refresh-s",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dashboard exited {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("streamlit did not answer /_stcore/health")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_every_page_renders_in_chromium(dashboard: str, stack: Stack) -> None:
+    first = stack.load.records[10].request_id
+    cost = httpx.get(
+        f"{stack.metering_url}/v1/reports/cost",
+        params={"by": "tenant", "granularity": "total", "since": "24h"},
+        headers={"Authorization": f"Bearer {READ}"},
+    ).json()
+    replica_cost = f"${cost['totals']['replica_cost_usd']:,.2f}"
+    requests = sum(r["requests"] for r in cost["rows"])
+    pages = {
+        "fleet": ("", ["Fleet", "Output tokens/s", f"{requests:,}", "GPUs and MIG slices"]),
+        "costs": (
+            "costs",
+            ["Costs", "GPU cost (replicas)", replica_cost, "Self-hosted vs managed"],
+        ),
+        "tenants": ("tenants", ["Tenants", "acme", "Throttle decisions", "projected to exceed"]),
+        "capacity": (
+            "capacity",
+            ["Capacity", "chat (driven by", "Right-sizing advice", "Possible saving"],
+        ),
+        "lookup": (
+            f"lookup?request_id={first}",
+            ["Request lookup", first, "Cost per allocation window"],
+        ),
+    }
+    update_docs = os.environ.get("INFERMETER_UPDATE_SCREENSHOTS") == "1"
+    browser = Browser(root_conftest().free_port())
+    try:
+        for name, (path, expect) in pages.items():
+            state = browser.load(f"{dashboard}/{path}", expect)
+            assert state["exceptions"] == 0, f"{name}: exception shown:\n{state['text'][:2000]}"
+            assert "Traceback" not in state["text"], name
+            shot = ARTIFACTS / f"{name}.png"
+            browser.screenshot(shot)
+            assert shot.stat().st_size > 20_000, f"{name}: screenshot looks blank"
+            if update_docs:
+                DOCS.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, DOCS / f"dashboard-{name}.png")
+    finally:
+        browser.close()
