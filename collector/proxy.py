@@ -302,6 +302,7 @@ class Proxy:
     async def _metered(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, t0: float
     ) -> None:
+        t_body = self.mono()  # overhead counts our own work, not the client's upload
         try:
             rec, headers, body, strip = self._prepare(scope, body, t0)
         except RequestError as exc:
@@ -313,7 +314,7 @@ class Proxy:
         watch = _DisconnectWatch(receive, asyncio.current_task())
         if not rec.stream:
             watch.start()  # a stream starts watching once it outlives its first chunk
-        rec.overhead_s = self.mono() - t0
+        rec.overhead_s = self.mono() - t_body
         try:
             try:
                 resp = await self.session.request(
