@@ -38,6 +38,12 @@ def _stream(client: httpx.Client, endpoint: str, body: dict[str, Any]) -> SseStr
     return parse_sse(raw)
 
 
+def test_health_is_an_empty_200(client):
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.content == b""
+
+
 def test_models_list_has_vllm_shape(engine, client):
     resp = client.get("/v1/models")
     assert resp.status_code == 200
