@@ -1,0 +1,1 @@
+"""The Grafana dashboard over infermeter's Prometheus series (``infermeter.json``)."""
