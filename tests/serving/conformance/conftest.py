@@ -15,20 +15,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
-from conformance_reference import MAX_MODEL_LEN, SERVED_MODEL
 
 from serving import vllm_cpu
 from serving.errors import EngineNotInstalled
 from serving.vllm_process import ensure_installed
+from tests.conftest import free_port
+from tests.serving.conformance.conformance_reference import MAX_MODEL_LEN, SERVED_MODEL
 
 REPO = Path(__file__).resolve().parents[3]
 VLLM_START_TIMEOUT_S = 240.0
@@ -48,20 +48,6 @@ class Engine:
     @property
     def is_simulator(self) -> bool:
         return self.name == "simulator"
-
-
-def _root_conftest(config: pytest.Config) -> ModuleType:
-    """tests/conftest.py as pytest loaded it (free_port, wait_http, promtool_check...)."""
-    module = config.pluginmanager.get_plugin(str(REPO / "tests" / "conftest.py"))
-    assert isinstance(module, ModuleType), "tests/conftest.py is not loaded"
-    return module
-
-
-@pytest.fixture(scope="session")
-def promtool(pytestconfig: pytest.Config) -> Callable[[str], tuple[int, list[str]]]:
-    """``promtool_check`` from tests/conftest.py."""
-    check: Callable[[str], tuple[int, list[str]]] = _root_conftest(pytestconfig).promtool_check
-    return check
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
@@ -196,7 +182,7 @@ def engine(
     if name == "vllm":
         _require_vllm_cpu()
     workdir = tmp_path_factory.mktemp(name)
-    port = _root_conftest(request.config).free_port()
+    port = free_port()
     with _serving(name, COMMANDS[name], port, workdir, START_TIMEOUT_S[name]) as url:
         yield Engine(name, url)
 

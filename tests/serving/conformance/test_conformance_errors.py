@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conformance_reference import capture_json, shape_diff
+
+from tests.serving.conformance.conformance_reference import capture_json, shape_diff
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 PAYLOADS = {

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conformance_reference import (
+
+from tests.serving.conformance.conformance_reference import (
     FAMILIES_THAT_MATTER,
     FINISHED_REASONS,
     families,

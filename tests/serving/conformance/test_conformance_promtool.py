@@ -9,15 +9,17 @@ tests/conftest.py) so that other expositions can be held to "no findings beyond 
 from __future__ import annotations
 
 import pytest
-from conformance_reference import CAPTURES
+
+from tests.conftest import promtool_check
+from tests.serving.conformance.conformance_reference import CAPTURES
 
 PARSE_ERROR = 1
 DUMPS = sorted(p.name for p in CAPTURES.glob("metrics_*.txt"))
 
 
 @pytest.mark.parametrize("dump", DUMPS)
-def test_captured_vllm_dump_parses_with_baseline_findings(promtool, vllm_promtool_baseline, dump):
-    code, findings = promtool((CAPTURES / dump).read_text(encoding="utf-8"))
+def test_captured_vllm_dump_parses_with_baseline_findings(vllm_promtool_baseline, dump):
+    code, findings = promtool_check((CAPTURES / dump).read_text(encoding="utf-8"))
     assert code != PARSE_ERROR, findings
     assert set(findings) == vllm_promtool_baseline
 
@@ -31,8 +33,8 @@ def test_baseline_is_the_two_known_vllm_lint_rules(vllm_promtool_baseline):
     assert all(f.startswith("vllm:") for f in colon)
 
 
-def test_live_metrics_parse_within_baseline(engine, client, promtool, vllm_promtool_baseline):
-    code, findings = promtool(client.get("/metrics").text)
+def test_live_metrics_parse_within_baseline(engine, client, vllm_promtool_baseline):
+    code, findings = promtool_check(client.get("/metrics").text)
     assert code != PARSE_ERROR, findings
     beyond = sorted(set(findings) - vllm_promtool_baseline)
     assert beyond == [], f"{engine.name} has promtool findings real vLLM does not: {beyond}"

@@ -6,7 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conformance_reference import (
+
+from tests.serving.conformance.conformance_reference import (
     ID_PATTERNS,
     SseStream,
     capture_json,
