@@ -178,45 +178,48 @@ class Throttle:
         day, month = self._windows.get(now)
         rid = self._reservation_id()
         lease_expires_at = now + lease_s
+        record_expires_at = lease_expires_at + policy.doc.settle_grace_s
         decision = await self.storage.reserve(
             ReserveRequest(
-                reservation_id=rid,
-                tenant=req.tenant,
-                pool=pool_name,
-                cost=cost,
-                now=now,
-                rate_per_s=limits.rate_per_s,
-                burst=limits.burst,
-                concurrency=limits.concurrency,
-                lease_expires_at=lease_expires_at,
-                record_expires_at=lease_expires_at + policy.doc.settle_grace_s,
-                day_key=day.key,
-                day_end=day.end,
-                daily_budget=limits.daily_budget,
-                month_key=month.key,
-                month_end=month.end,
-                monthly_budget=limits.monthly_budget,
-                weight=limits.weight,
-                fair=fair,
-                prompt_price=price.prompt,
-                completion_price=price.completion,
-                cached_factor=policy.doc.cached_prompt_factor,
+                rid,
+                req.tenant,
+                pool_name,
+                cost,
+                now,
+                limits.rate_per_s,
+                limits.burst,
+                limits.concurrency,
+                lease_expires_at,
+                record_expires_at,
+                day.key,
+                day.end,
+                limits.daily_budget,
+                month.key,
+                month.end,
+                limits.monthly_budget,
+                limits.weight,
+                fair,
+                price.prompt,
+                price.completion,
+                policy.doc.cached_prompt_factor,
             )
         )
-        self.decisions["allow" if decision.allowed else "deny", decision.reason] += 1
+        allowed = decision.allowed
+        key_ = ("allow" if allowed else "deny", decision.reason)
+        self.decisions[key_] = self.decisions.get(key_, 0) + 1
         return AdmitResult(
-            allowed=decision.allowed,
-            reason=decision.reason,
-            retry_after_s=decision.retry_after_s,
-            reservation_id=rid if decision.allowed else "",
-            estimate=cost,
-            lease_expires_at=lease_expires_at if decision.allowed else 0.0,
-            tenant=req.tenant,
-            pool=pool_name,
-            limits=limits,
-            decision=decision,
-            unit=policy.unit,
-            pressure=pressure,
+            allowed,
+            decision.reason,
+            decision.retry_after_s,
+            rid if allowed else "",
+            cost,
+            lease_expires_at if allowed else 0.0,
+            req.tenant,
+            pool_name,
+            limits,
+            decision,
+            policy.unit,
+            pressure,
         )
 
     async def settle(

@@ -274,3 +274,16 @@ async def test_redis_matches_memory_on_a_random_workload() -> None:
     finally:
         await redis_backend.clear()
         await redis_backend.close()
+
+
+async def test_idle_tenants_are_forgotten_by_fair_share(backend: Storage) -> None:
+    hot = FairParams(True, 1.0, 100.0, 10.0, 1.0)  # forgotten after 10 windows = 100 s
+    await backend.reserve(req("other", 1.0, rate=0, fair=hot, lease_s=1000.0))
+    lead = await backend.reserve(req("leader", 5.0, rate=0, fair=hot, lease_s=1.0))
+    assert lead.fair_counter == pytest.approx(6.0)  # lifted to the floor 1.0, then charged
+    # back after 50 s: remembered, it still leads
+    again = await backend.reserve(req("leader", 0.0, now=T0 + 50, rate=0, fair=hot))
+    assert again.fair_counter == pytest.approx(6.0)
+    # away 150 s (> 10 windows): forgotten, it comes back at the floor
+    back = await backend.reserve(req("leader", 0.0, now=T0 + 200, rate=0, fair=hot))
+    assert back.fair_counter == pytest.approx(1.0) and back.fair_floor == pytest.approx(1.0)

@@ -35,9 +35,9 @@ def emission_interval(rate_per_s: float) -> float:
 
 def check(tat: float, now: float, cost: float, rate_per_s: float, burst: float) -> GcraResult:
     """Decide whether a request of ``cost`` units conforms; ``rate_per_s <= 0`` is unlimited."""
-    t = emission_interval(rate_per_s)
-    if t == 0.0:
+    if rate_per_s <= 0 or rate_per_s == math.inf:
         return GcraResult(True, tat, 0.0, math.inf, 0.0)
+    t = 1.0 / rate_per_s
     tau = burst * t
     base = max(tat, now)
     new_tat = base + cost * t

@@ -92,20 +92,22 @@ class PoolFairState:
     def touch(self, tenant: str, now: float, forget_before: float) -> None:
         """Record that ``tenant`` asked now; forget idle, non-backlogged tenants."""
         heap = self._seen_heap
-        busy: list[tuple[float, str]] = []
-        while heap and heap[0][0] < forget_before:
-            ts, name = heapq.heappop(heap)
-            if self.seen.get(name) != ts:
-                continue
-            if name in self.inflight:
-                busy.append((ts, name))  # backlogged: forgotten once its leases are gone
-                continue
-            del self.seen[name]
-            self.counters.pop(name, None)
-        for entry in busy:
-            heapq.heappush(heap, entry)
+        if heap and heap[0][0] < forget_before:
+            keep: list[tuple[float, str]] = []
+            while heap and heap[0][0] < forget_before:
+                ts, name = heapq.heappop(heap)
+                last = self.seen.get(name)
+                if last is None:
+                    continue
+                if last >= forget_before:
+                    keep.append((last, name))  # asked since: one entry per tenant, refreshed
+                elif name in self.inflight:
+                    keep.append((forget_before, name))  # backlogged: once its leases are gone
+                else:
+                    del self.seen[name]
+                    self.counters.pop(name, None)
+            for entry in keep:
+                heapq.heappush(heap, entry)
+        if tenant not in self.seen:
+            heapq.heappush(heap, (now, tenant))
         self.seen[tenant] = now
-        heapq.heappush(heap, (now, tenant))
-        if len(heap) > 2 * len(self.seen) + 64:
-            self._seen_heap = [(ts, name) for name, ts in self.seen.items()]
-            heapq.heapify(self._seen_heap)

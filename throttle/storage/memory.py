@@ -136,39 +136,47 @@ class MemoryStorage:
     async def reserve(self, r: ReserveRequest) -> Decision:
         now = r.now
         fair = r.fair
-        self._sweep(now)
-        state = self._pool(r.pool)
-        self._purge_pool(state, now)
+        if self._expiry and self._expiry[0][0] <= now:
+            self._sweep(now)
+        state = self._pools.get(r.pool) or self._pool(r.pool)
+        if state.lease_heap and state.lease_heap[0][0] <= now:
+            self._purge_pool(state, now)
         held = self._leases.get(r.tenant)
         if held is None:
             held = self._leases[r.tenant] = {}
-        self._purge(r.tenant, held, now)
+        elif held:
+            self._purge(r.tenant, held, now)
         day = self._spent(r.tenant, r.day_key, now)
         month = self._spent(r.tenant, r.month_key, now)
         tat = self._tat.get(r.tenant, now)
         state.touch(r.tenant, now, now - fair.active_window_s * FORGET_FACTOR)
         floor = state.floor(r.tenant)
         backlogged = r.tenant in state.inflight
-        own = fairshare.lift(state.counters.get(r.tenant, 0.0), backlogged, floor)
-        state.set_counter(r.tenant, own)
+        before = state.counters.get(r.tenant, 0.0)
+        own = fairshare.lift(before, backlogged, floor)
+        if own != before or r.tenant not in state.counters:
+            state.set_counter(r.tenant, own)
 
-        def deny(reason: str, retry: float, detail: str = "") -> Decision:
+        refusal: tuple[str, float, str] | None = None
+        rate = None
+        if not budgets.fits(day, r.cost, r.daily_budget):
+            refusal = ("budget", r.day_end - now, "daily")
+        elif not budgets.fits(month, r.cost, r.monthly_budget):
+            refusal = ("budget", r.month_end - now, "monthly")
+        elif not leases.has_slot(len(held), r.concurrency):
+            refusal = ("concurrency", leases.retry_after(held, now), "")
+        else:
+            rate = gcra.check(tat, now, r.cost, r.rate_per_s, r.burst)
+            if not rate.allowed:
+                refusal = ("rate", rate.retry_after_s, "")
+            elif not fairshare.admits(own, floor, fair):
+                refusal = ("fair_share", fair.retry_s, "")
+        if refusal is not None or rate is None:
+            reason, retry, detail = refusal or ("", 0.0, "")
             remaining, reset = gcra.state(tat, now, r.rate_per_s, r.burst)
             return Decision(
                 False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail
             )
-
-        if not budgets.fits(day, r.cost, r.daily_budget):
-            return deny("budget", r.day_end - now, "daily")
-        if not budgets.fits(month, r.cost, r.monthly_budget):
-            return deny("budget", r.month_end - now, "monthly")
-        if not leases.has_slot(len(held), r.concurrency):
-            return deny("concurrency", leases.retry_after(held, now))
-        rate = gcra.check(tat, now, r.cost, r.rate_per_s, r.burst)
-        if not rate.allowed:
-            return deny("rate", rate.retry_after_s)
-        if not fairshare.admits(own, floor, fair):
-            return deny("fair_share", fair.retry_s)
         # admit: charge everything
         if r.rate_per_s > 0:
             self._tat[r.tenant] = rate.tat
@@ -179,11 +187,14 @@ class MemoryStorage:
         heapq.heappush(heap, (r.lease_expires_at, r.reservation_id))
         self._lease_pool[r.reservation_id] = r.pool
         heapq.heappush(state.lease_heap, (r.lease_expires_at, r.reservation_id, r.tenant))
-        state.acquire(r.tenant)
         day = self._add_spend(r.tenant, r.day_key, r.cost, r.day_end + WINDOW_GRACE_S)
         month = self._add_spend(r.tenant, r.month_key, r.cost, r.month_end + WINDOW_GRACE_S)
         own = fairshare.charge(own, r.cost, r.weight, floor, fair.max_lead)
-        state.set_counter(r.tenant, own)
+        if r.tenant in state.backlog:
+            state.set_counter(r.tenant, own)
+        else:
+            state.counters[r.tenant] = own  # acquire() enters it in the backlog order
+        state.acquire(r.tenant)
         self._records[r.reservation_id] = _Record(
             r.tenant,
             r.pool,
