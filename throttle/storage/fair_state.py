@@ -95,7 +95,7 @@ class PoolFairState:
         if heap and heap[0][0] < forget_before:
             keep: list[tuple[float, str]] = []
             while heap and heap[0][0] < forget_before:
-                ts, name = heapq.heappop(heap)
+                name = heapq.heappop(heap)[1]
                 last = self.seen.get(name)
                 if last is None:
                     continue
