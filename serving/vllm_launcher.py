@@ -83,11 +83,17 @@ class VllmSettings(BaseModel):
     stop_grace_s: float = Field(default=30.0, ge=0)
     log_prefix: str = "[vllm] "
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _check_device(cls, value: str | None) -> str | None:
+    def _check_device(cls, value: object) -> str | None:
         if value is None or value == "":
             return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `device = 0` in TOML, INFERMETER__VLLM__DEVICE=0
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)  # `device = [0, 1]`
+        if not isinstance(value, str):
+            raise ValueError("expected a GPU index, GPU UUID or MIG UUID")
         entries = [e.strip() for e in value.split(",")]
         bad = [e for e in entries if not _DEVICE.match(e)]
         if bad:

@@ -128,6 +128,11 @@ def test_device_selects_a_gpu_or_mig_instance(device):
     assert cmd.env["CUDA_VISIBLE_DEVICES"] == device
 
 
+@pytest.mark.parametrize(("value", "expected"), [(0, "0"), ([0, 1], "0,1"), (" 2, 3 ", "2,3")])
+def test_device_index_may_be_a_toml_number_or_list(value, expected):
+    assert VllmSettings(device=value).device == expected
+
+
 @pytest.mark.parametrize(
     ("overrides", "field", "words"),
     [
