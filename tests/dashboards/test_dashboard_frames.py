@@ -1,0 +1,373 @@
+"""The pure JSON → table functions the pages use."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from dashboards import frames
+from dashboards.client import Sample
+
+COST = {
+    "by": "tenant",
+    "granularity": "day",
+    "rows": [
+        {
+            "bucket": "2026-11-23T00:00:00.000000Z",
+            "tenant": "acme",
+            "cost_usd": 1.0,
+            "idle_share_usd": 0.0,
+            "total_usd": 1.0,
+            "requests": 10,
+            "prompt_tokens": 400_000,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": 100_000,
+            "usd_per_mtok": 2.0,
+            "gpu_seconds": 10.0,
+            "kwh": 0.01,
+        },
+        {
+            "bucket": "2026-11-24T00:00:00.000000Z",
+            "tenant": "acme",
+            "cost_usd": 3.0,
+            "idle_share_usd": 0.0,
+            "total_usd": 3.0,
+            "requests": 30,
+            "prompt_tokens": 500_000,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": 0,
+            "usd_per_mtok": 6.0,
+            "gpu_seconds": 30.0,
+            "kwh": 0.03,
+        },
+        {
+            "bucket": "2026-11-24T00:00:00.000000Z",
+            "tenant": "globex",
+            "cost_usd": 0.5,
+            "idle_share_usd": 0.0,
+            "total_usd": 0.5,
+            "requests": 1,
+            "prompt_tokens": 0,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": 0,
+            "usd_per_mtok": None,
+            "gpu_seconds": 1.0,
+            "kwh": 0.0,
+        },
+    ],
+}
+
+
+def test_cost_frame_and_totals_rank_by_spend_with_dollars_per_mtok() -> None:
+    frame = frames.cost_frame(COST)
+    assert list(frame.columns)[:2] == ["bucket", "tenant"]
+    assert str(frame["bucket"].dtype).startswith("datetime64")
+    totals = frames.cost_totals(frame, "tenant")
+    assert totals["tenant"].tolist() == ["acme", "globex"]
+    acme = totals.iloc[0]
+    assert acme["total_usd"] == 4.0 and acme["tokens"] == 1_000_000
+    assert acme["usd_per_mtok"] == 4.0
+    assert pd.isna(totals.iloc[1]["usd_per_mtok"])
+    assert frames.effective_usd_per_mtok(COST) == 4.5
+
+
+def test_empty_reports_give_empty_frames_with_columns() -> None:
+    for fn in (
+        frames.cost_frame,
+        frames.latency_frame,
+        frames.gpu_frame,
+        frames.cache_frame,
+        frames.idle_frame,
+        frames.buy_vs_build_frame,
+    ):
+        frame = fn({"rows": []})
+        assert frame.empty and len(frame.columns) > 0, fn.__name__
+    assert frames.cost_totals(frames.cost_frame({"by": "tenant", "rows": []}), "tenant").empty
+    assert frames.effective_usd_per_mtok({"rows": []}) is None
+    assert frames.latency_totals(frames.latency_frame({"rows": []}), 3600)["requests"] == 0
+
+
+def test_latency_frame_flattens_percentiles_and_rates() -> None:
+    report = {
+        "granularity": "minute",
+        "rows": [
+            {
+                "bucket": "2026-11-24T10:00:00.000000Z",
+                "requests": 120,
+                "errors": 1,
+                "client_aborts": 2,
+                "ttft_s": {"p50": 0.1, "p95": 0.4, "p99": 0.9},
+                "e2e_s": {"p50": 1, "p95": 2, "p99": 3},
+                "itl_s": {"p50": 0.01, "p95": 0.02},
+                "queue_s": {"p50": None, "p95": None},
+                "output_tokens_per_s": 50.0,
+                "prompt_tokens_per_s": 100.0,
+            },
+            {
+                "bucket": "2026-11-24T10:01:00.000000Z",
+                "requests": 60,
+                "errors": 0,
+                "client_aborts": 0,
+                "ttft_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3},
+                "e2e_s": {"p50": 1, "p95": 5, "p99": 6},
+                "itl_s": {"p50": 0.01, "p95": 0.02},
+                "queue_s": {"p50": None, "p95": None},
+                "output_tokens_per_s": 10.0,
+                "prompt_tokens_per_s": 20.0,
+            },
+        ],
+    }
+    frame = frames.latency_frame(report)
+    assert frame["requests_per_s"].tolist() == [2.0, 1.0]
+    assert frame["ttft_p99_s"].tolist() == [0.9, 0.3]
+    totals = frames.latency_totals(frame, seconds=120)
+    assert totals == {
+        "requests": 180,
+        "requests_per_s": 1.5,
+        "output_tokens_per_s": 30.0,
+        "ttft_p95_s_worst": 0.4,
+        "e2e_p95_s_worst": 5.0,
+    }
+
+
+def test_gpu_frame_names_mig_slices_and_converts_units() -> None:
+    report = {
+        "rows": [
+            {
+                "bucket": "2026-11-24T10:00:00Z",
+                "replica": "r1",
+                "gpu_uuid": "GPU-1",
+                "mig_uuid": "MIG-a",
+                "gpu_model": "H100",
+                "mig_profile": "3g.40gb",
+                "util_pct": 50.0,
+                "mem_used_bytes": 10 * 2**30,
+                "mem_total_bytes": 40 * 2**30,
+                "power_w": 200.0,
+                "energy_j": 3.6e6,
+                "temp_c": 50.0,
+                "samples": 4,
+            },
+            {
+                "bucket": "2026-11-24T10:01:00Z",
+                "replica": "r1",
+                "gpu_uuid": "GPU-1",
+                "mig_uuid": "MIG-a",
+                "gpu_model": "H100",
+                "mig_profile": "3g.40gb",
+                "util_pct": 70.0,
+                "mem_used_bytes": 20 * 2**30,
+                "mem_total_bytes": 40 * 2**30,
+                "power_w": 300.0,
+                "energy_j": 1.8e6,
+                "temp_c": 50.0,
+                "samples": 4,
+            },
+        ]
+    }
+    frame = frames.gpu_frame(report)
+    assert frame["device"].tolist() == ["GPU-1/MIG-a"] * 2
+    assert frame["mem_used_gib"].tolist() == [10.0, 20.0]
+    summary = frames.gpu_summary(frame).iloc[0]
+    assert summary["util_pct_mean"] == 60.0 and summary["mem_used_gib_max"] == 20.0
+    assert summary["energy_kwh"] == 1.5
+    wide = frames.pivot(frame, "bucket", "device", "util_pct")
+    assert list(wide.columns) == ["GPU-1/MIG-a"]
+
+
+def test_idle_frame_sums_buckets_per_replica() -> None:
+    report = {
+        "by": "replica",
+        "rows": [
+            {
+                "replica": "r1",
+                "cost_usd": 2.0,
+                "allocated_usd": 0.5,
+                "idle_usd": 1.5,
+                "busy_s": 30,
+                "provisioned_s": 60,
+                "gpu_seconds": 60,
+                "kwh": 0.1,
+            },
+            {
+                "replica": "r1",
+                "cost_usd": 2.0,
+                "allocated_usd": 0.5,
+                "idle_usd": 1.5,
+                "busy_s": 0,
+                "provisioned_s": 60,
+                "gpu_seconds": 60,
+                "kwh": 0.1,
+            },
+        ],
+    }
+    row = frames.idle_frame(report).iloc[0]
+    assert row["cost_usd"] == 4.0 and row["idle_usd"] == 3.0
+    assert row["utilization"] == 0.25 and row["idle_fraction"] == 0.75
+
+
+def test_buy_vs_build_finds_the_cheapest_managed_api() -> None:
+    report = {
+        "managed_prices": {"a": {}, "b": {}},
+        "rows": [
+            {
+                "model": "m",
+                "tenant": "t1",
+                "requests": 1,
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "self_hosted_usd": 1.0,
+                "self_hosted_with_idle_usd": 2.0,
+                "managed_usd": {"a": 5.0, "b": 3.0},
+            },
+            {
+                "model": "m",
+                "tenant": "t2",
+                "requests": 1,
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "self_hosted_usd": 1.0,
+                "self_hosted_with_idle_usd": 2.0,
+                "managed_usd": {"a": 5.0, "b": 3.0},
+            },
+        ],
+    }
+    row = frames.buy_vs_build_frame(report).iloc[0]
+    assert row["requests"] == 2 and row["managed:b"] == 6.0
+    assert row["cheapest_managed"] == "b" and row["saving_vs_cheapest_usd"] == 2.0
+
+
+def test_tenant_frame_joins_spend_budgets_and_live_limits() -> None:
+    spend = frames.cost_totals(frames.cost_frame(COST), "tenant")
+    budgets = [
+        {
+            "tenant": "acme",
+            "daily": {
+                "limit_usd": 5.0,
+                "spent_usd": 4.0,
+                "projected_usd": 7.5,
+                "will_exceed": True,
+            },
+            "monthly": {
+                "limit_usd": None,
+                "spent_usd": 4.0,
+                "projected_usd": 100.0,
+                "will_exceed": False,
+            },
+        },
+        {
+            "tenant": "quiet",
+            "daily": {
+                "limit_usd": 1.0,
+                "spent_usd": 0.0,
+                "projected_usd": 0.0,
+                "will_exceed": False,
+            },
+            "monthly": {},
+        },
+    ]
+    usage = {
+        "acme": {
+            "tier": "pro",
+            "rate": {"remaining": 9.5},
+            "weight": 2.0,
+            "concurrency": {"limit": 100, "in_flight": 3},
+            "fair_share": {"chat": 0.123456},
+        }
+    }
+    table = frames.tenant_frame(spend, budgets, usage).set_index("tenant")
+    assert list(table.index) == ["acme", "globex", "quiet"]
+    assert table.loc["acme", "projected_overrun_usd"] == 2.5
+    assert bool(table.loc["acme", "daily_will_exceed"]) is True
+    assert table.loc["quiet", "projected_overrun_usd"] == 0.0
+    assert table.loc["acme", "fair_share"] == "chat=0.1235" and table.loc["acme", "in_flight"] == 3
+
+
+def test_decisions_and_engine_frames_from_samples() -> None:
+    samples = [
+        Sample("infermeter_throttle_decisions_total", {"decision": "allow", "reason": "none"}, 6),
+        Sample("infermeter_throttle_decisions_total", {"decision": "deny", "reason": "rate"}, 2),
+        Sample("infermeter_throttle_decisions_created", {"decision": "deny"}, 1e9),
+        Sample("infermeter_throttle_pool_signal", {"pool": "p", "signal": "kv"}, 0.5),
+    ]
+    decisions = frames.decisions_frame(samples)
+    assert decisions["count"].tolist() == [6, 2] and decisions["share"].tolist() == [0.75, 0.25]
+    assert frames.engine_frame(samples).to_dict("records") == [
+        {"pool": "p", "signal": "kv", "value": 0.5}
+    ]
+
+
+def test_autoscale_frames_flag_the_driving_signal() -> None:
+    pools = [
+        {
+            "pool": "chat",
+            "desired_replicas": 4,
+            "current_replicas": 2,
+            "raw_desired_replicas": 4,
+            "driver": "num_requests_waiting",
+            "pressure": True,
+            "saturated": ["queue"],
+            "signals": {
+                "num_requests_waiting": {"observed": 10, "target": 5, "ratio": 2, "desired": 4},
+                "kv_cache_usage_perc": {"observed": 0.4, "target": 0.8, "ratio": 0.5, "desired": 1},
+            },
+        }
+    ]
+    summary, signals = frames.autoscale_frames(pools)
+    assert summary.iloc[0]["change"] == 2 and summary.iloc[0]["saturated"] == "queue"
+    assert signals[signals["drives"]]["signal"].tolist() == ["num_requests_waiting"]
+
+
+def test_request_summary_and_windows() -> None:
+    found = {
+        "request_id": "r",
+        "cost_usd": 0.002,
+        "allocated": True,
+        "gpu_seconds": 1.0,
+        "kwh": 0.0001,
+        "record": {
+            "tenant": "t",
+            "model": "m",
+            "prompt_tokens": 1500,
+            "completion_tokens": 500,
+            "ttft_s": 0.2,
+        },
+        "windows": [
+            {
+                "window_start": "2026-11-24T10:00:00.000000Z",
+                "replica": "r1",
+                "cost_usd": 0.002,
+                "work": 1.0,
+                "prefill_tokens": 1500,
+                "decode_tokens": 500,
+                "gpu_seconds": 1.0,
+                "energy_j": 360.0,
+            }
+        ],
+    }
+    summary = frames.request_summary(found)
+    assert summary["usd_per_mtok"] == 1.0 and summary["ttft_s"] == 0.2
+    windows = frames.request_windows(found)
+    csv = windows.to_csv(index=False)
+    assert pd.read_csv(io.StringIO(csv))["cost_usd"].tolist() == [0.002]
+
+
+@pytest.mark.parametrize("granularity", ["hour", "day"])
+def test_replica_load_frame_rates_per_bucket(granularity: str) -> None:
+    seconds = {"hour": 3600, "day": 86400}[granularity]
+    report = {
+        "granularity": granularity,
+        "rows": [
+            {
+                "bucket": "2026-11-24T10:00:00Z",
+                "replica": "r1",
+                "requests": seconds,
+                "prompt_tokens": seconds * 3,
+                "completion_tokens": seconds,
+            }
+        ],
+    }
+    row = frames.replica_load_frame(report).iloc[0]
+    assert row["requests_per_s"] == 1.0 and row["tokens_per_s"] == 4.0
