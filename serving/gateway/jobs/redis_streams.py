@@ -93,9 +93,12 @@ class RedisJobs:
         """A job abandoned by a dead worker first, else a new one."""
         try:
             queue = await self._group(pool)
-            _, claimed, _ = await self._r.xautoclaim(
-                queue, GROUP, worker, self._idle_ms, start_id="0-0", count=1
-            )
+            # [next id, claimed entries(, deleted ids on Redis >= 7)]
+            claimed = (
+                await self._r.xautoclaim(
+                    queue, GROUP, worker, self._idle_ms, start_id="0-0", count=1
+                )
+            )[1]
             if claimed:
                 entry_id, fields = claimed[0]
                 return await self._delivery(queue, pool, entry_id, fields)
