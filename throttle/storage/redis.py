@@ -9,6 +9,7 @@ keys of one decision share a slot on Redis Cluster. Times come from the injected
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from throttle.errors import StorageError, StorageUnavailable
@@ -81,11 +82,34 @@ class RedisStorage:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            try:
+                return await self._evalsha(script.sha, keys, args)
+            except NoScriptError:
+                return await script(keys=keys, args=args)  # loads the script, runs it
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StorageUnavailable(f"redis unreachable: {exc}") from exc
         except RedisError as exc:
             raise StorageError(f"redis error: {exc}") from exc
+
+    async def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA with the command packed here: redis-py's generic packer spends ~0.3 ms of
+        CPU per 30-argument call on this machine, more than the rest of a decision."""
+        parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
+        parts += [k.encode() for k in keys]
+        parts += [a.encode() if isinstance(a, str) else str(a).encode() for a in args]
+        payload = b"".join(
+            [b"*%d\r\n" % len(parts), *(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)]
+        )
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            return await conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def _do(self, coro: Any) -> Any:
         try:
