@@ -160,12 +160,24 @@ def _arrow_table(body: bytes, schema: pa.Schema, required: tuple[str, ...]) -> p
                 col = pa.chunked_array(
                     [c.cast(pa.int64()).cast(target.type) for c in col.chunks], target.type
                 )
+            elif pa.types.is_map(target.type) and pa.types.is_struct(col.type):
+                col = _struct_to_map(col)
             else:
                 col = col.cast(target.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
             raise BatchError(name, f"cannot be read as {target.type}: {exc}") from exc
         out.append(col)
     return pa.Table.from_arrays(out, schema=schema)
+
+
+def _struct_to_map(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Tags written as a struct column (e.g. ``Table.from_pylist``) as map<string, string>."""
+    table = pa.Table.from_arrays([col], names=["tags"])
+    rows = [
+        None if v is None else [(k, x) for k, x in v.items() if x is not None]
+        for v in table.column(0).to_pylist()
+    ]
+    return pa.chunked_array([pa.array(rows, type=columns.TAGS)])
 
 
 class Ingestor:

@@ -206,8 +206,7 @@ LEFT JOIN alloc_busy b USING (replica, w)
 LEFT JOIN (SELECT replica, w, sum(cost_micro) AS allocated, sum(p_tok) AS p, sum(d_tok) AS d,
                   count(*) AS n
            FROM alloc_share GROUP BY replica, w) s USING (replica, w)
-LEFT JOIN alloc_models m USING (replica)
-ORDER BY c.w, c.replica;
+LEFT JOIN alloc_models m USING (replica);
 
 -- name: models
 CREATE OR REPLACE TEMP TABLE alloc_models AS

@@ -13,7 +13,7 @@ WITH raw AS (
         completion_tokens: 'JSON', ttft_s: 'JSON', itl_mean_s: 'JSON', itl_p50_s: 'JSON',
         itl_max_s: 'JSON', e2e_s: 'JSON', upstream: 'JSON', tags: 'JSON',
         specversion: 'JSON', type: 'JSON', data: 'JSON'})
-), rec AS (
+), rec AS MATERIALIZED (
     SELECT
         specversion IS NOT NULL AS is_event,
         type ->> '$' AS event_type,

@@ -24,10 +24,13 @@ def replicas(count: int) -> dict[str, ReplicaSettings]:
     return out
 
 
-def generate(store: Store, requests: int, days: int, n_replicas: int, samples: bool = False) -> None:
+def generate(
+    store: Store, requests: int, days: int, n_replicas: int, samples: bool = False
+) -> None:
     """Fill ``usage`` (and optionally ``gpu_samples``) with synthetic traffic."""
     span_us = days * 86_400_000_000
     start_us = int(START.timestamp()) * 1_000_000
+    per_replica = requests // n_replicas
     con = store.connection
     con.execute(
         f"""
@@ -36,8 +39,8 @@ def generate(store: Store, requests: int, days: int, n_replicas: int, samples: b
             SELECT i,
                    i % {n_replicas} AS rep,
                    (hash(i) % 1000000007)::BIGINT AS h,
-                   {start_us} + (i // {n_replicas})::BIGINT * {span_us} // ({requests} // {n_replicas} + 1)
-                       AS s
+                   {start_us}
+                       + (i // {n_replicas})::BIGINT * {span_us} // ({per_replica} + 1) AS s
             FROM range({requests}) t(i)
         ), t AS (
             SELECT *, (h % 8000) + 1 AS prompt, ((h // 8000) % 1200) + 1 AS completion,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,8 +16,13 @@ from metering.settings import ReplicaSettings
 from metering.store import Store, open_store
 from tests.metering.conftest import T0, ground_truth_workload, ingest
 
-GPUS = [("h100-sxm", ""), ("h100-sxm", "3g.40gb"), ("h100-sxm", "1g.10gb"), ("l4", ""),
-        ("a100-80gb", "2g.20gb")]
+GPUS = [
+    ("h100-sxm", ""),
+    ("h100-sxm", "3g.40gb"),
+    ("h100-sxm", "1g.10gb"),
+    ("l4", ""),
+    ("a100-80gb", "2g.20gb"),
+]
 
 
 def invariant_violations(store: Store) -> list[tuple[object, ...]]:
@@ -125,19 +130,26 @@ def test_invariant_allocated_plus_idle_equals_cost(
         store.close()
 
 
-PRICES = {"r-h100": ("h100-sxm", "", 1), "r-mig": ("h100-sxm", "3g.40gb", 1), "r-l4x2": ("l4", "", 2)}
+PRICES = {
+    "r-h100": ("h100-sxm", "", 1),
+    "r-mig": ("h100-sxm", "3g.40gb", 1),
+    "r-l4x2": ("l4", "", 2),
+}
 
 
 def test_ground_truth_tenants_and_idle_within_one_percent(
     store: Store, ingestor: Ingestor, catalog: Catalog
 ) -> None:
     per_s = {
-        name: catalog.usd_per_hour(gpu, mig) * count / 3600 for name, (gpu, mig, count) in PRICES.items()
+        name: catalog.usd_per_hour(gpu, mig) * count / 3600
+        for name, (gpu, mig, count) in PRICES.items()
     }
     truth = ground_truth_workload(per_s, hours=3)
     assert len(truth.records) > 300
     ingest(ingestor, truth.records)
-    replicas = {n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()}
+    replicas = {
+        n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()
+    }
     allocator = Allocator(store, catalog, window_s=60, replicas=replicas)
     result = allocator.run(T0, T0 + timedelta(hours=truth.hours))
     assert result.unpriced_requests == 0
@@ -146,13 +158,17 @@ def test_ground_truth_tenants_and_idle_within_one_percent(
     assert calib.decode_s_per_token / calib.prefill_s_per_token == pytest.approx(75, rel=0.1)
     con = store.connection
     got = dict(
-        con.execute("SELECT tenant, sum(cost_micro) / 1e6 FROM cost_hourly GROUP BY tenant").fetchall()
+        con.execute(
+            "SELECT tenant, sum(cost_micro) / 1e6 FROM cost_hourly GROUP BY tenant"
+        ).fetchall()
     )
     assert set(got) == set(truth.tenant_cost)
     for tenant, true_cost in truth.tenant_cost.items():
         assert got[tenant] == pytest.approx(true_cost, rel=0.01), tenant
     idle = dict(
-        con.execute("SELECT replica, sum(idle_micro) / 1e6 FROM replica_window GROUP BY replica").fetchall()
+        con.execute(
+            "SELECT replica, sum(idle_micro) / 1e6 FROM replica_window GROUP BY replica"
+        ).fetchall()
     )
     for replica, true_idle in truth.idle_cost.items():
         assert idle[replica] == pytest.approx(true_idle, rel=0.01), replica
@@ -162,21 +178,56 @@ def test_ground_truth_tenants_and_idle_within_one_percent(
     assert invariant_violations(store) == []
 
 
-def test_aborted_and_errored_requests_are_costed(store: Store, ingestor: Ingestor, catalog: Catalog) -> None:
+def test_aborted_and_errored_requests_are_costed(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
     start = T0 + timedelta(minutes=1)
     records = [
-        UsageRecord("abort", "t", "m", start, start + timedelta(seconds=20), status="client_abort",
-                    replica="r", first_token_at=start + timedelta(seconds=1), prompt_tokens=1000,
-                    completion_tokens=300, http_status=499),
-        UsageRecord("err", "t", "m", start + timedelta(seconds=25), start + timedelta(seconds=27),
-                    status="error", replica="r", prompt_tokens=5000, http_status=500),
-        UsageRecord("throttled", "t", "m", start, start, status="throttled", replica="r",
-                    prompt_tokens=5000, http_status=429),
+        UsageRecord(
+            "abort",
+            "t",
+            "m",
+            start,
+            start + timedelta(seconds=20),
+            status="client_abort",
+            replica="r",
+            first_token_at=start + timedelta(seconds=1),
+            prompt_tokens=1000,
+            completion_tokens=300,
+            http_status=499,
+        ),
+        UsageRecord(
+            "err",
+            "t",
+            "m",
+            start + timedelta(seconds=25),
+            start + timedelta(seconds=27),
+            status="error",
+            replica="r",
+            prompt_tokens=5000,
+            http_status=500,
+        ),
+        UsageRecord(
+            "throttled",
+            "t",
+            "m",
+            start,
+            start,
+            status="throttled",
+            replica="r",
+            prompt_tokens=5000,
+            http_status=429,
+        ),
     ]
     ingest(ingestor, records)
-    Allocator(store, catalog, replicas={"r": ReplicaSettings(gpu="l4")}).run(T0, T0 + timedelta(hours=1))
-    cost = dict(store.connection.execute(
-        "SELECT request_id, sum(cost_micro) FROM request_window GROUP BY ALL").fetchall())
+    Allocator(store, catalog, replicas={"r": ReplicaSettings(gpu="l4")}).run(
+        T0, T0 + timedelta(hours=1)
+    )
+    cost = dict(
+        store.connection.execute(
+            "SELECT request_id, sum(cost_micro) FROM request_window GROUP BY ALL"
+        ).fetchall()
+    )
     assert cost["abort"] > 0 and cost["err"] > 0
     assert "throttled" not in cost
     # the window's busy cost (20 s + 2 s busy of 60 s) is fully allocated to the two requests
@@ -184,14 +235,26 @@ def test_aborted_and_errored_requests_are_costed(store: Store, ingestor: Ingesto
     assert cost["abort"] + cost["err"] == pytest.approx(22 * l4_per_s, abs=2)
 
 
-def test_mig_slice_priced_by_fraction_and_energy_when_priced(store: Store, catalog: Catalog) -> None:
+def test_mig_slice_priced_by_fraction_and_energy_when_priced(
+    store: Store, catalog: Catalog
+) -> None:
     ing = Ingestor(store, lambda: T0.timestamp())
     samples = []
     for i in range(0, 3600, 15):
         ts = T0 + timedelta(seconds=i)
-        samples.append({"ts": ts.isoformat(), "node": "n1", "gpu_uuid": "GPU-1", "mig_uuid": "MIG-1",
-                        "gpu_model": "NVIDIA H100 80GB HBM3", "mig_profile": "3g.40gb",
-                        "replica": "mig-rep", "energy_j": 400.0 * i, "power_w": 400.0})
+        samples.append(
+            {
+                "ts": ts.isoformat(),
+                "node": "n1",
+                "gpu_uuid": "GPU-1",
+                "mig_uuid": "MIG-1",
+                "gpu_model": "NVIDIA H100 80GB HBM3",
+                "mig_profile": "3g.40gb",
+                "replica": "mig-rep",
+                "energy_j": 400.0 * i,
+                "power_w": 400.0,
+            }
+        )
     import orjson
 
     assert ing.gpu_samples(orjson.dumps(samples)).accepted == len(samples)
@@ -199,7 +262,8 @@ def test_mig_slice_priced_by_fraction_and_energy_when_priced(store: Store, catal
     result = allocator.run(T0, T0 + timedelta(hours=1))
     row = store.connection.execute(
         "SELECT sum(capacity_usd), sum(energy_j), sum(energy_usd), max(gpu_equiv), "
-        "sum(cost_micro) FROM replica_window WHERE replica = 'mig-rep'").fetchone()
+        "sum(cost_micro) FROM replica_window WHERE replica = 'mig-rep'"
+    ).fetchone()
     assert row is not None
     capacity, energy_j, energy_usd, gpu_equiv, cost_micro = row
     assert gpu_equiv == pytest.approx(0.5)
@@ -215,39 +279,101 @@ def test_rerun_is_idempotent_and_picks_up_late_records(
 ) -> None:
     replicas = {"r": ReplicaSettings(gpu="h100-sxm")}
     start = T0 + timedelta(minutes=5)
-    ingest(ingestor, [UsageRecord("a", "t1", "m", start, start + timedelta(seconds=30), replica="r",
-                                  prompt_tokens=100, completion_tokens=100)])
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "a",
+                "t1",
+                "m",
+                start,
+                start + timedelta(seconds=30),
+                replica="r",
+                prompt_tokens=100,
+                completion_tokens=100,
+            )
+        ],
+    )
     allocator = Allocator(store, catalog, replicas=replicas)
     first = allocator.run(T0, T0 + timedelta(hours=1))
     again = allocator.run(T0, T0 + timedelta(hours=1))
     assert (first.cost_micro, first.idle_micro) == (again.cost_micro, again.idle_micro)
     con = store.connection
     assert con.execute("SELECT count(*) FROM request_window").fetchone() == (1,)
-    ingest(ingestor, [UsageRecord("late", "t2", "m", start, start + timedelta(seconds=30),
-                                  replica="r", prompt_tokens=100, completion_tokens=100)])
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "late",
+                "t2",
+                "m",
+                start,
+                start + timedelta(seconds=30),
+                replica="r",
+                prompt_tokens=100,
+                completion_tokens=100,
+            )
+        ],
+    )
     allocator.run(T0, T0 + timedelta(hours=1))
-    costs = dict(con.execute("SELECT tenant, sum(cost_micro) FROM cost_hourly GROUP BY ALL").fetchall())
+    costs = dict(
+        con.execute("SELECT tenant, sum(cost_micro) FROM cost_hourly GROUP BY ALL").fetchall()
+    )
     assert abs(costs["t1"] - costs["t2"]) <= 1  # largest remainder: one micro-dollar apart
     assert invariant_violations(store) == []
 
 
-def test_thin_data_uses_documented_defaults(store: Store, ingestor: Ingestor, catalog: Catalog) -> None:
+def test_thin_data_uses_documented_defaults(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
     from metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
 
     start = T0 + timedelta(minutes=5)
-    ingest(ingestor, [UsageRecord("x", "t", "m", start, start + timedelta(seconds=3), replica="r",
-                                  prompt_tokens=10, completion_tokens=10)])
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "x",
+                "t",
+                "m",
+                start,
+                start + timedelta(seconds=3),
+                replica="r",
+                prompt_tokens=10,
+                completion_tokens=10,
+            )
+        ],
+    )
     result = Allocator(store, catalog, replicas={"r": ReplicaSettings(gpu="l4")}).run(
-        T0, T0 + timedelta(hours=1))
+        T0, T0 + timedelta(hours=1)
+    )
     [calib] = result.calibrations
     assert (calib.source, calib.prefill_s_per_token, calib.decode_s_per_token) == (
-        "default", DEFAULT_PREFILL_S, DEFAULT_DECODE_S)
+        "default",
+        DEFAULT_PREFILL_S,
+        DEFAULT_DECODE_S,
+    )
 
 
-def test_unknown_replica_is_reported_unpriced(store: Store, ingestor: Ingestor, catalog: Catalog) -> None:
+def test_unknown_replica_is_reported_unpriced(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
     start = T0 + timedelta(minutes=5)
-    ingest(ingestor, [UsageRecord("x", "t", "m", start, start + timedelta(seconds=3), replica="ghost",
-                                  prompt_tokens=10, completion_tokens=10)])
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "x",
+                "t",
+                "m",
+                start,
+                start + timedelta(seconds=3),
+                replica="ghost",
+                prompt_tokens=10,
+                completion_tokens=10,
+            )
+        ],
+    )
     result = Allocator(store, catalog).run(T0, T0 + timedelta(hours=1))
     assert result.unpriced_requests == 1
 
@@ -259,13 +385,28 @@ def test_window_must_divide_an_hour(store: Store, catalog: Catalog) -> None:
         Allocator(store, catalog, window_s=7)
 
 
-def test_managed_upstream_priced_at_catalog_tokens(store: Store, ingestor: Ingestor, catalog: Catalog) -> None:
+def test_managed_upstream_priced_at_catalog_tokens(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
     start = T0 + timedelta(minutes=5)
-    ingest(ingestor, [UsageRecord("m1", "t", "gpt-4o-mini", start, start + timedelta(seconds=2),
-                                  upstream="managed", prompt_tokens=1_000_000, completion_tokens=500_000)])
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "m1",
+                "t",
+                "gpt-4o-mini",
+                start,
+                start + timedelta(seconds=2),
+                upstream="managed",
+                prompt_tokens=1_000_000,
+                completion_tokens=500_000,
+            )
+        ],
+    )
     Allocator(store, catalog).run(T0, T0 + timedelta(hours=1))
-    got = store.connection.execute("SELECT cost_micro FROM request_window WHERE request_id='m1'").fetchone()
+    got = store.connection.execute(
+        "SELECT cost_micro FROM request_window WHERE request_id='m1'"
+    ).fetchone()
     price = catalog.managed["openai/gpt-4o-mini"]
     assert got == (round(1e6 * price.input_per_mtok + 0.5e6 * price.output_per_mtok),)
-
-

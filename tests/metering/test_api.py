@@ -24,11 +24,16 @@ READ = {"Authorization": "Bearer read-secret"}
 def usage(i: int, tenant: str = "acme", **kw: Any) -> dict[str, Any]:
     start = T0 + timedelta(minutes=1, seconds=i * 3)
     fields: dict[str, Any] = {
-        "replica": "r1", "prompt_tokens": 400, "completion_tokens": 60,
-        "first_token_at": start + timedelta(milliseconds=300), "tags": {"feature": "chat"},
+        "replica": "r1",
+        "prompt_tokens": 400,
+        "completion_tokens": 60,
+        "first_token_at": start + timedelta(milliseconds=300),
+        "tags": {"feature": "chat"},
     }
     fields.update(kw)
-    return UsageRecord(f"api-{i}", tenant, "llama", start, start + timedelta(seconds=2), **fields).to_json()
+    return UsageRecord(
+        f"api-{i}", tenant, "llama", start, start + timedelta(seconds=2), **fields
+    ).to_json()
 
 
 @pytest.fixture
@@ -72,8 +77,11 @@ def test_batch_response_and_idempotency_over_http(url: str) -> None:
     records[2]["completion_tokens"] = "many"
     r = httpx.post(f"{url}/v1/usage", content=orjson.dumps(records), headers=INGEST)
     assert r.status_code == 200
-    assert r.json() == {"accepted": 4, "duplicates": 0, "rejected": [
-        {"index": 2, "field": "completion_tokens", "error": "must be an integer"}]}
+    assert r.json() == {
+        "accepted": 4,
+        "duplicates": 0,
+        "rejected": [{"index": 2, "field": "completion_tokens", "error": "must be an integer"}],
+    }
     again = httpx.post(f"{url}/v1/usage", content=orjson.dumps(records), headers=INGEST).json()
     assert (again["accepted"], again["duplicates"]) == (0, 4)
 
@@ -91,25 +99,53 @@ def test_unreadable_body_is_400_naming_the_field(url: str) -> None:
 def test_reports_after_allocation(url: str) -> None:
     records = [usage(i, tenant="acme" if i % 2 else "globex") for i in range(40)]
     records.append(usage(99, status="cache_hit", replica=""))
-    assert httpx.post(f"{url}/v1/usage", content=orjson.dumps(records), headers=INGEST).json()["accepted"] == 41
-    samples = [{"ts": (T0 + timedelta(minutes=m)).isoformat(), "node": "n1", "gpu_uuid": "GPU-1",
-                "gpu_model": "NVIDIA H100 80GB HBM3", "replica": "r1", "util_pct": 70.0,
-                "energy_j": m * 24000.0, "power_w": 400.0} for m in range(60)]
-    assert httpx.post(f"{url}/v1/gpu-samples", content=orjson.dumps(samples), headers=INGEST).json()["accepted"] == 60
-    alloc = httpx.post(f"{url}/v1/admin/allocate", headers=INGEST,
-                       params={"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()})
+    assert (
+        httpx.post(f"{url}/v1/usage", content=orjson.dumps(records), headers=INGEST).json()[
+            "accepted"
+        ]
+        == 41
+    )
+    samples = [
+        {
+            "ts": (T0 + timedelta(minutes=m)).isoformat(),
+            "node": "n1",
+            "gpu_uuid": "GPU-1",
+            "gpu_model": "NVIDIA H100 80GB HBM3",
+            "replica": "r1",
+            "util_pct": 70.0,
+            "energy_j": m * 24000.0,
+            "power_w": 400.0,
+        }
+        for m in range(60)
+    ]
+    assert (
+        httpx.post(f"{url}/v1/gpu-samples", content=orjson.dumps(samples), headers=INGEST).json()[
+            "accepted"
+        ]
+        == 60
+    )
+    alloc = httpx.post(
+        f"{url}/v1/admin/allocate",
+        headers=INGEST,
+        params={"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()},
+    )
     assert alloc.status_code == 200, alloc.text
     summary = alloc.json()
     assert summary["replica_windows"] == 60 and summary["cost_usd"] == pytest.approx(6.88, abs=0.01)
     window = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()}
 
-    cost = httpx.get(f"{url}/v1/reports/cost", params={**window, "by": "tenant", "granularity": "hour"},
-                     headers=READ).json()
+    cost = httpx.get(
+        f"{url}/v1/reports/cost",
+        params={**window, "by": "tenant", "granularity": "hour"},
+        headers=READ,
+    ).json()
     tenants = {r["tenant"]: r for r in cost["rows"]}
     assert set(tenants) == {"acme", "globex"}
     assert tenants["acme"]["requests"] == 20 and tenants["acme"]["usd_per_mtok"] > 0
     totals = cost["totals"]
-    assert totals["allocated_usd"] + totals["idle_usd"] == pytest.approx(totals["replica_cost_usd"], abs=1e-5)
+    assert totals["allocated_usd"] + totals["idle_usd"] == pytest.approx(
+        totals["replica_cost_usd"], abs=1e-5
+    )
 
     one = httpx.get(f"{url}/v1/requests/api-3", headers=READ).json()
     assert one["allocated"] and one["cost_usd"] > 0 and one["record"]["tenant"] == "acme"
@@ -122,10 +158,16 @@ def test_reports_after_allocation(url: str) -> None:
     assert {r["tenant"] for r in bvb["rows"]} == {"acme", "globex"}
     assert "openai/gpt-4o" in bvb["rows"][0]["managed_usd"]
 
-    lat = httpx.get(f"{url}/v1/reports/latency", params={**window, "granularity": "hour"}, headers=READ).json()
-    assert lat["rows"][0]["requests"] == 40 and lat["rows"][0]["ttft_s"]["p50"] == pytest.approx(0.3)
+    lat = httpx.get(
+        f"{url}/v1/reports/latency", params={**window, "granularity": "hour"}, headers=READ
+    ).json()
+    assert lat["rows"][0]["requests"] == 40 and lat["rows"][0]["ttft_s"]["p50"] == pytest.approx(
+        0.3
+    )
 
-    gpu = httpx.get(f"{url}/v1/reports/gpu", params={**window, "granularity": "hour"}, headers=READ).json()
+    gpu = httpx.get(
+        f"{url}/v1/reports/gpu", params={**window, "granularity": "hour"}, headers=READ
+    ).json()
     assert gpu["rows"][0]["samples"] == 60 and gpu["rows"][0]["util_pct"] == pytest.approx(70.0)
 
     rates = httpx.get(f"{url}/v1/rates", headers=READ).json()

@@ -39,9 +39,18 @@ def busy_traffic(n: int, start_offset_min: int = 0) -> bytes:
     records = []
     for i in range(n):
         start = T0 + timedelta(minutes=start_offset_min, seconds=i * 20)
-        records.append(UsageRecord(f"b-{start_offset_min}-{i}", "acme", "llama", start,
-                                   start + timedelta(seconds=18), replica="r1", prompt_tokens=1000,
-                                   completion_tokens=500).to_json())
+        records.append(
+            UsageRecord(
+                f"b-{start_offset_min}-{i}",
+                "acme",
+                "llama",
+                start,
+                start + timedelta(seconds=18),
+                replica="r1",
+                prompt_tokens=1000,
+                completion_tokens=500,
+            ).to_json()
+        )
     return orjson.dumps(records)
 
 
@@ -90,7 +99,10 @@ def test_projected_overrun_alerts_once_via_webhook_and_gauge(
         assert len(rec.received) == 1
         alert = rec.received[0]
         assert (alert["tenant"], alert["period"], alert["type"]) == (
-            "acme", "daily", "infermeter.budget.will_exceed")
+            "acme",
+            "daily",
+            "infermeter.budget.will_exceed",
+        )
         service.tick()
         assert len(rec.received) == 1  # once per tenant, period and period start
         url = serve(create_app(service, start_loop=False)).url

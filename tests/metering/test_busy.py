@@ -25,9 +25,16 @@ def test_busy_per_window_matches_brute_force(
     merged = islands(rep, x0, f)
     got: dict[tuple[int, int], int] = {}
     table = busy_per_window(
-        merged.column("rep").to_numpy(), merged.column("a").to_numpy(),
-        merged.column("b").to_numpy(), window, w_since, w_until)
-    for r, w, us in zip(*(table.column(c).to_pylist() for c in ("rep", "w", "busy_us")), strict=True):
+        merged.column("rep").to_numpy(),
+        merged.column("a").to_numpy(),
+        merged.column("b").to_numpy(),
+        window,
+        w_since,
+        w_until,
+    )
+    for r, w, us in zip(
+        *(table.column(c).to_pylist() for c in ("rep", "w", "busy_us")), strict=True
+    ):
         got[(r, w)] = got.get((r, w), 0) + us
     expected: dict[tuple[int, int], int] = {}
     for r in {i[0] for i in items}:
@@ -42,5 +49,11 @@ def test_busy_per_window_matches_brute_force(
     assert got == expected
     # islands never overlap within a replica
     for r in set(merged.column("rep").to_pylist()):
-        spans = [(a, b) for rr, a, b in zip(*(merged.column(c).to_pylist() for c in ("rep", "a", "b")), strict=True) if rr == r]
+        spans = [
+            (a, b)
+            for rr, a, b in zip(
+                *(merged.column(c).to_pylist() for c in ("rep", "a", "b")), strict=True
+            )
+            if rr == r
+        ]
         assert all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1))

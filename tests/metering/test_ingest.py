@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,7 +60,14 @@ def test_json_array_is_stored_with_every_field(store: Store, ingestor: Ingestor)
         "SELECT tenant, feature, prompt_tokens, cached_prompt_tokens, first_token_at, tags "
         "FROM usage WHERE request_id = 'req-7'"
     ).fetchone()
-    assert row == ("t1", "search", 107, 10, (T0 + timedelta(seconds=7, milliseconds=80)).replace(tzinfo=None), {"feature": "search"})
+    assert row == (
+        "t1",
+        "search",
+        107,
+        10,
+        (T0 + timedelta(seconds=7, milliseconds=80)).replace(tzinfo=None),
+        {"feature": "search"},
+    )
     assert ingestor.stats.kinds["usage"].fast_path_batches == 1
 
 
@@ -84,10 +92,20 @@ def test_bad_records_rejected_with_index_and_field_good_ones_stored(
     result = ingestor.usage(orjson.dumps(records))
     assert result.accepted == 2
     assert [(r["index"], r["field"]) for r in result.rejected] == [
-        (1, "prompt_tokens"), (3, "finished_at"), (4, "record"), (5, "status")]
+        (1, "prompt_tokens"),
+        (3, "finished_at"),
+        (4, "record"),
+        (5, "status"),
+    ]
     dead = store.connection.execute(
-        "SELECT batch_index, field, payload FROM dead_letter ORDER BY batch_index").fetchall()
-    assert [d[:2] for d in dead] == [(1, "prompt_tokens"), (3, "finished_at"), (4, "record"), (5, "status")]
+        "SELECT batch_index, field, payload FROM dead_letter ORDER BY batch_index"
+    ).fetchall()
+    assert [d[:2] for d in dead] == [
+        (1, "prompt_tokens"),
+        (3, "finished_at"),
+        (4, "record"),
+        (5, "status"),
+    ]
     assert orjson.loads(dead[0][2])["prompt_tokens"] == -5
     assert ingestor.stats.kinds["usage"].dead_lettered == 4
 
@@ -96,7 +114,8 @@ def test_duplicates_inside_one_batch_keep_the_first(store: Store, ingestor: Inge
     result = ingestor.usage(orjson.dumps([record(1), record(1, tenant="second"), record(2)]))
     assert (result.accepted, result.duplicates) == (2, 1)
     assert store.connection.execute(
-        "SELECT tenant FROM usage WHERE request_id = 'req-1'").fetchone() == ("t1",)
+        "SELECT tenant FROM usage WHERE request_id = 'req-1'"
+    ).fetchone() == ("t1",)
 
 
 def test_cloudevents_batch(store: Store, ingestor: Ingestor) -> None:
@@ -109,15 +128,21 @@ def test_cloudevents_batch(store: Store, ingestor: Ingestor) -> None:
 
 def test_arrow_ipc_stream(store: Store, ingestor: Ingestor) -> None:
     n = 1000
-    table = pa.table({
-        "request_id": [f"a-{i}" for i in range(n)],
-        "tenant": ["t"] * n,
-        "model": ["m"] * n,
-        "started_at": pa.array([T0 + timedelta(seconds=i) for i in range(n)], pa.timestamp("us", "UTC")),
-        "finished_at": pa.array([T0 + timedelta(seconds=i + 1) for i in range(n)], pa.timestamp("us", "UTC")),
-        "prompt_tokens": pa.array([5] * n, pa.int32()),
-        "completion_tokens": [7] * n,
-    })
+    table = pa.table(
+        {
+            "request_id": [f"a-{i}" for i in range(n)],
+            "tenant": ["t"] * n,
+            "model": ["m"] * n,
+            "started_at": pa.array(
+                [T0 + timedelta(seconds=i) for i in range(n)], pa.timestamp("us", "UTC")
+            ),
+            "finished_at": pa.array(
+                [T0 + timedelta(seconds=i + 1) for i in range(n)], pa.timestamp("us", "UTC")
+            ),
+            "prompt_tokens": pa.array([5] * n, pa.int32()),
+            "completion_tokens": [7] * n,
+        }
+    )
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -126,22 +151,33 @@ def test_arrow_ipc_stream(store: Store, ingestor: Ingestor) -> None:
     assert result.to_json() == {"accepted": n, "duplicates": 0, "rejected": []}
     assert ingestor.usage(body, "application/vnd.apache.arrow.stream").duplicates == n
     row = store.connection.execute(
-        "SELECT started_at, status, endpoint, completion_tokens FROM usage WHERE request_id='a-3'").fetchone()
-    assert row == ((T0 + timedelta(seconds=3)).replace(tzinfo=None), "ok", "/v1/chat/completions", 7)
+        "SELECT started_at, status, endpoint, completion_tokens FROM usage WHERE request_id='a-3'"
+    ).fetchone()
+    assert row == (
+        (T0 + timedelta(seconds=3)).replace(tzinfo=None),
+        "ok",
+        "/v1/chat/completions",
+        7,
+    )
 
 
 def test_arrow_batch_with_bad_rows_names_them(store: Store, ingestor: Ingestor) -> None:
-    table = pa.table({
-        "request_id": ["x", "y"], "tenant": ["t", ""], "model": ["m", "m"],
-        "started_at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
-        "finished_at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
-    })
+    table = pa.table(
+        {
+            "request_id": ["x", "y"],
+            "tenant": ["t", ""],
+            "model": ["m", "m"],
+            "started_at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
+            "finished_at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
+        }
+    )
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     result = ingestor.usage(sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream")
     assert result.accepted == 1 and result.rejected == [
-        {"index": 1, "field": "tenant", "error": "must not be empty"}]
+        {"index": 1, "field": "tenant", "error": "must not be empty"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -152,18 +188,30 @@ def test_arrow_batch_with_bad_rows_names_them(store: Store, ingestor: Ingestor) 
         (b"garbage", "application/vnd.apache.arrow.stream", "body"),
     ],
 )
-def test_unreadable_bodies_raise_batch_error(ingestor: Ingestor, body: bytes, ctype: str, field: str) -> None:
+def test_unreadable_bodies_raise_batch_error(
+    ingestor: Ingestor, body: bytes, ctype: str, field: str
+) -> None:
     with pytest.raises(BatchError) as info:
         ingestor.usage(body, ctype)
     assert info.value.field == field
 
 
 def test_gpu_samples_idempotent_by_key(store: Store, ingestor: Ingestor) -> None:
-    samples = [{"ts": (T0 + timedelta(seconds=i)).isoformat(), "node": "n", "gpu_uuid": "GPU-0",
-                "gpu_model": "NVIDIA L4", "replica": "r", "util_pct": 50, "energy_j": i * 70.0}
-               for i in range(30)]
-    samples.append({"ts": T0.isoformat(), "node": "n", "gpu_uuid": "GPU-0", "gpu_model": "x",
-                    "util_pct": 150})
+    samples = [
+        {
+            "ts": (T0 + timedelta(seconds=i)).isoformat(),
+            "node": "n",
+            "gpu_uuid": "GPU-0",
+            "gpu_model": "NVIDIA L4",
+            "replica": "r",
+            "util_pct": 50,
+            "energy_j": i * 70.0,
+        }
+        for i in range(30)
+    ]
+    samples.append(
+        {"ts": T0.isoformat(), "node": "n", "gpu_uuid": "GPU-0", "gpu_model": "x", "util_pct": 150}
+    )
     result = ingestor.gpu_samples(orjson.dumps(samples))
     assert (result.accepted, result.rejected[0]["field"]) == (30, "util_pct")
     assert ingestor.gpu_samples(orjson.dumps(samples[:30])).duplicates == 30
@@ -193,16 +241,26 @@ MUTATIONS: dict[str, list[Any]] = {
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.dictionaries(st.sampled_from(sorted(MUTATIONS)), st.integers(0, 6), max_size=4),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(sorted(MUTATIONS)), st.integers(0, 6), max_size=4),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_fast_path_agrees_with_parse_usage_record(mutations: list[dict[str, int]]) -> None:
     store = open_store("duckdb:///:memory:")
     try:
         records = []
         for i, change in enumerate(mutations):
-            rec = {"request_id": f"id-{i}", "tenant": "t", "model": "m",
-                   "started_at": "2026-11-02T00:00:00Z", "finished_at": "2026-11-02T00:00:01Z",
-                   "prompt_tokens": 10}
+            rec = {
+                "request_id": f"id-{i}",
+                "tenant": "t",
+                "model": "m",
+                "started_at": "2026-11-02T00:00:00Z",
+                "finished_at": "2026-11-02T00:00:01Z",
+                "prompt_tokens": 10,
+            }
             for key, pick in change.items():
                 options = MUTATIONS[key]
                 value = options[pick % len(options)]
@@ -213,13 +271,13 @@ def test_fast_path_agrees_with_parse_usage_record(mutations: list[dict[str, int]
             records.append(rec)
         expected = []
         for rec in records:
-            try:
+            with contextlib.suppress(RecordError):
                 expected.append(parse_usage_record(rec).request_id)
-            except RecordError:
-                pass
         ingestor = Ingestor(store, lambda: T0.timestamp())
         result = ingestor.usage(orjson.dumps(records))
-        stored = sorted(r[0] for r in store.connection.execute("SELECT request_id FROM usage").fetchall())
+        stored = sorted(
+            r[0] for r in store.connection.execute("SELECT request_id FROM usage").fetchall()
+        )
         assert stored == sorted(set(expected))
         assert result.accepted + result.duplicates + len(result.rejected) == len(records)
     finally:
@@ -252,7 +310,9 @@ def test_crash_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
     batch = 20_000
     proc = subprocess.Popen(
         [sys.executable, "-c", CRASH_WRITER, str(db), str(batch)],
-        stdout=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.stdout is not None
     committed = 0
@@ -267,7 +327,8 @@ def test_crash_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
     try:
         n = count(store)
         per_batch = store.connection.execute(
-            "SELECT split_part(request_id, '-', 1) AS b, count(*) FROM usage GROUP BY b").fetchall()
+            "SELECT split_part(request_id, '-', 1) AS b, count(*) FROM usage GROUP BY b"
+        ).fetchall()
     finally:
         store.close()
     assert n >= 3 * batch and n % batch == 0

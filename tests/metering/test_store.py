@@ -15,12 +15,16 @@ def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
     assert versions == list(range(1, len(versions) + 1))
     uri = f"duckdb:///{tmp_path}/m.duckdb"
     store = open_store(uri)
-    applied = store.connection.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    applied = store.connection.execute(
+        "SELECT version FROM schema_migrations ORDER BY 1"
+    ).fetchall()
     assert [a[0] for a in applied] == versions
     assert apply_migrations(store.connection) == []
     store.close()
     again = open_store(uri)
-    assert again.connection.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(versions),)
+    assert again.connection.execute("SELECT count(*) FROM schema_migrations").fetchone() == (
+        len(versions),
+    )
     assert again.size_bytes() > 0
     again.close()
 

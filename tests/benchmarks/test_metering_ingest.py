@@ -1,0 +1,142 @@
+"""Metering ingest rate: JSON batches (store and HTTP) and Arrow IPC, into a DuckDB file.
+
+Run: ./dev.sh bench -k metering_ingest   (prints records/s; no timed asserts)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from metering.api import create_app
+from metering.ingest import Ingestor
+from metering.service import MeteringService
+from metering.settings import MeteringSettings
+from metering.store import open_store
+from tests.conftest import ServerThread
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+TOTAL = int(os.environ.get("INFERMETER_BENCH_INGEST", "400000"))
+BATCH = 10_000
+
+
+def records(start: int, n: int) -> list[dict[str, object]]:
+    out = []
+    for i in range(start, start + n):
+        s = T0 + timedelta(milliseconds=i * 7)
+        out.append(
+            {
+                "request_id": f"req-{i:010d}",
+                "tenant": f"tenant-{i % 50}",
+                "api_key_id": f"key-{i % 200}",
+                "model": "llama-3.1-8b",
+                "pool": "gpu",
+                "replica": f"rep-{i % 20:02d}",
+                "endpoint": "/v1/chat/completions",
+                "stream": True,
+                "status": "ok",
+                "http_status": 200,
+                "finish_reason": "stop",
+                "started_at": s.isoformat().replace("+00:00", "Z"),
+                "first_token_at": (s + timedelta(milliseconds=80))
+                .isoformat()
+                .replace("+00:00", "Z"),
+                "finished_at": (s + timedelta(seconds=2)).isoformat().replace("+00:00", "Z"),
+                "queue_s": 0.01,
+                "prompt_tokens": 512 + i % 1000,
+                "cached_prompt_tokens": 0,
+                "completion_tokens": 128,
+                "ttft_s": 0.08,
+                "itl_mean_s": 0.015,
+                "itl_p50_s": 0.014,
+                "itl_max_s": 0.05,
+                "e2e_s": 2.0,
+                "upstream": "self_hosted",
+                "tags": {"feature": "search"},
+            }
+        )
+    return out
+
+
+def report(label: str, n: int, seconds: float, cpu: float) -> None:
+    print(
+        f"METERING-INGEST {label}: {n} records in {seconds:.2f} s = {n / seconds:,.0f} rec/s "
+        f"(process CPU {cpu:.2f} s)"
+    )
+
+
+def test_metering_ingest_json_and_arrow(tmp_path: Path) -> None:
+    bodies = [orjson.dumps(records(i, BATCH)) for i in range(0, TOTAL, BATCH)]
+    print(f"\nbody size: {len(bodies[0]) / BATCH:.0f} bytes/record, batches of {BATCH}")
+    store = open_store(f"duckdb:///{tmp_path}/ingest.duckdb")
+    ingestor = Ingestor(store, time.time)
+    t, c = time.perf_counter(), time.process_time()
+    for body in bodies:
+        assert ingestor.usage(body).accepted == BATCH
+    report("JSON array, in process", TOTAL, time.perf_counter() - t, time.process_time() - c)
+    t, c = time.perf_counter(), time.process_time()
+    for body in bodies[:10]:
+        assert ingestor.usage(body).duplicates == BATCH
+    report(
+        "JSON re-sent (all duplicates)",
+        10 * BATCH,
+        time.perf_counter() - t,
+        time.process_time() - c,
+    )
+
+    table = pa.Table.from_pylist(
+        [{**r, "request_id": "arrow-" + str(r["request_id"])} for r in records(0, 100_000)]
+    )
+    for name in ("started_at", "first_token_at", "finished_at"):
+        i = table.column_names.index(name)
+        values = [
+            datetime.fromisoformat(v.replace("Z", "+00:00")) for v in table.column(name).to_pylist()
+        ]
+        table = table.set_column(i, name, pa.array(values, pa.timestamp("us", "UTC")))
+    arrow_bodies = []
+    for chunk in range(0, TOTAL, 100_000):
+        t_chunk = table.set_column(
+            0, "request_id", pa.array([f"arrow-{chunk}-{i}" for i in range(table.num_rows)])
+        )
+        sink = pa.BufferOutputStream()
+        with ipc.new_stream(sink, t_chunk.schema) as writer:
+            writer.write_table(t_chunk)
+        arrow_bodies.append(sink.getvalue().to_pybytes())
+    t, c = time.perf_counter(), time.process_time()
+    for body in arrow_bodies:
+        assert ingestor.usage(body, "application/vnd.apache.arrow.stream").accepted == 100_000
+    report("Arrow IPC, in process", TOTAL, time.perf_counter() - t, time.process_time() - c)
+    store.close()
+
+
+def test_metering_ingest_over_http(tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    settings = MeteringSettings(
+        storage=f"duckdb:///{tmp_path}/http.duckdb", ingest_token="t", allocate_every_s=0
+    )
+    service = MeteringService(settings)
+    try:
+        url = serve(create_app(service)).url
+        bodies = [orjson.dumps(records(i, BATCH)) for i in range(0, TOTAL // 2, BATCH)]
+        headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+        with httpx.Client(timeout=120) as client:
+            t, c = time.perf_counter(), time.process_time()
+            for body in bodies:
+                assert (
+                    client.post(f"{url}/v1/usage", content=body, headers=headers).json()["accepted"]
+                    == BATCH
+                )
+            report(
+                "JSON array over HTTP (client + server in this process)",
+                TOTAL // 2,
+                time.perf_counter() - t,
+                time.process_time() - c,
+            )
+    finally:
+        service.stop()
