@@ -26,6 +26,7 @@ from metering.contracts import UsageRecord
 
 log = logging.getLogger(__name__)
 BATCH = 256
+YIELD_EVERY = 8  # records accounted between two turns of the event loop
 
 
 class RecordExporter(Protocol):
@@ -94,7 +95,9 @@ class RecordPipeline:
         while self._items and len(batch) < BATCH:
             batch.append(self._items.popleft())
         lines: list[bytes] = []
-        for rec in batch:
+        for i, rec in enumerate(batch):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)  # let the proxy run: a batch must not stall streams
             usage = to_usage_record(rec, pool=self.pool, replica=self.replica)
             gaps = inter_token_gaps(rec.token_times) if rec.stream else []
             self.metrics.observe(usage, gaps)
