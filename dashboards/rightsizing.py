@@ -130,6 +130,13 @@ class Advice:
         }
 
 
+def _pct(value: float | None) -> str:
+    """A load as a percentage, with a decimal below 10% (so a light load never reads 0%)."""
+    if value is None:
+        return "?%"
+    return f"{100 * value:.1f}%" if value < 0.1 else f"{100 * value:.0f}%"
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -225,13 +232,12 @@ def advise(load: ReplicaLoad, headroom: float = HEADROOM) -> Advice:
         over = advice.current_load is not None and advice.current_load > headroom
         advice.kind = "over_capacity" if over else ("idle" if idle_note else "ok")
         if over:
-            fix = f"{best.profile} ({best.quantization}) holds it at {100 * best.load:.0f}%"
+            fix = f"{best.profile} ({best.quantization}) holds it at {_pct(best.load)}"
             tail = f"{fix}, or add replicas (see the autoscale signals)."
         else:
             tail = "no smaller profile holds the model at this load."
         advice.message = (
-            f"{idle_note}Peak needs {100 * (advice.current_load or 0):.0f}% of the current "
-            f"profile; {tail}"
+            f"{idle_note}Peak needs {_pct(advice.current_load)} of the current profile; {tail}"
         )
         if over:
             advice.recommended = f"{best.profile} ({best.quantization})"
@@ -248,8 +254,8 @@ def advise(load: ReplicaLoad, headroom: float = HEADROOM) -> Advice:
         else f"quantized to {best.quantization}, {best.profile} holds it"
     )
     advice.message = (
-        f"{idle_note}Peak needs {100 * (advice.current_load or 0):.0f}% of the current "
-        f"profile; {how} at {100 * best.load:.0f}% of its capacity "
+        f"{idle_note}Peak needs {_pct(advice.current_load)} of the current "
+        f"profile; {how} at {_pct(best.load)} of its capacity "
         f"(≤ {100 * headroom:.0f}% headroom) for {100 * ratio:.0f}% of the price."
         + (" Check output quality before quantizing." if advice.kind == "quantize" else "")
     )

@@ -33,7 +33,12 @@ def _autoscale(ctx: ui.Context) -> None:
         )
     ui.table(summary, "autoscale", "")
     st.caption("Each signal's own answer (HPA rule ceil(current × observed / target)):")
-    ui.table(signals, "autoscale-signals", "No signal targets configured.")
+    ui.table(
+        signals,
+        "autoscale-signals",
+        "No fresh engine signals for these pools (collectors push them to throttle every few "
+        "seconds; stale ones are dropped).",
+    )
 
 
 def _rightsizing(ctx: ui.Context) -> None:

@@ -15,7 +15,8 @@ DIMENSIONS = (("tenant", "Tenant"), ("model", "Model"), ("feature", "Feature"))
 def render(ctx: ui.Context) -> None:
     window = ctx.window()
     st.caption(f"{window.since:%Y-%m-%d %H:%M} → {window.until:%Y-%m-%d %H:%M} UTC")
-    daily = ui.fetch(lambda: ctx.metering.cost("tenant", window, "day"), "costs")
+    grain = ctx.cost_granularity()
+    daily = ui.fetch(lambda: ctx.metering.cost("tenant", window, grain), "costs")
     if daily is None:
         return
     totals = daily.get("totals", {})
@@ -33,11 +34,11 @@ def render(ctx: ui.Context) -> None:
             "(a few minutes behind real time) once usage records arrive."
         )
 
-    st.subheader("Cost by day")
+    st.subheader(f"Cost per {grain} and tenant")
     by_day = frames.cost_frame(daily)
     if not by_day.empty:
         st.bar_chart(frames.pivot(by_day, "bucket", "tenant", "total_usd"))
-    ui.table(by_day, "cost-by-tenant-day", "No cost per day in this range.")
+    ui.table(by_day, f"cost-by-tenant-{grain}", f"No cost per {grain} in this range.")
 
     tabs = st.tabs([label for _, label in DIMENSIONS])
     for tab, (dim, label) in zip(tabs, DIMENSIONS, strict=True):

@@ -18,6 +18,7 @@ from dashboard_seed import (
     READ,
     THROTTLE_API,
     Workload,
+    push_signals,
     root_conftest,
     seed_metering,
     seed_throttle,
@@ -91,4 +92,5 @@ def dashboard_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     monkeypatch.delenv("INFERMETER_CONFIG", raising=False)
     for key, value in stack.env().items():
         monkeypatch.setenv(key, value)
+    push_signals(stack.throttle_url)
     return stack

@@ -200,32 +200,38 @@ def seed_metering(url: str, load: Workload) -> dict[str, Any]:
         return dict(res.json())
 
 
-def seed_throttle(url: str) -> None:
-    """Engine signals that push pool chat to scale up, and admissions (some refused)."""
+def push_signals(url: str) -> None:
+    """Fresh engine signals that push pool chat to scale up (throttle forgets stale ones)."""
     headers = {"Authorization": f"Bearer {THROTTLE_API}"}
     now = time.time()
+    signals = [
+        {
+            "pool": "chat",
+            "replica": r,
+            "model": "llama-3.1-8b",
+            "ts": now,
+            "num_requests_running": 12,
+            "num_requests_waiting": 10 + i,
+            "kv_cache_usage_perc": 0.6,
+            "prompt_tokens_per_s": 900.0,
+            "generation_tokens_per_s": 400.0,
+            "ttft_p50_s": 0.2,
+            "ttft_p95_s": 0.9,
+            "itl_p50_s": 0.012,
+            "itl_p95_s": 0.03,
+            "preemptions_per_s": 0.0,
+        }
+        for i, r in enumerate(sorted(REPLICAS))
+    ]
+    res = httpx.post(f"{url}/v1/signals", json=signals, headers=headers, timeout=10)
+    assert res.status_code == 200, res.text
+
+
+def seed_throttle(url: str) -> None:
+    """Engine signals, and admissions (some refused)."""
+    push_signals(url)
+    headers = {"Authorization": f"Bearer {THROTTLE_API}"}
     with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
-        signals = [
-            {
-                "pool": "chat",
-                "replica": r,
-                "model": "llama-3.1-8b",
-                "ts": now,
-                "num_requests_running": 12,
-                "num_requests_waiting": 10 + i,
-                "kv_cache_usage_perc": 0.6,
-                "prompt_tokens_per_s": 900.0,
-                "generation_tokens_per_s": 400.0,
-                "ttft_p50_s": 0.2,
-                "ttft_p95_s": 0.9,
-                "itl_p50_s": 0.012,
-                "itl_p95_s": 0.03,
-                "preemptions_per_s": 0.0,
-            }
-            for i, r in enumerate(sorted(REPLICAS))
-        ]
-        res = client.post("/v1/signals", json=signals)
-        assert res.status_code == 200, res.text
         for tenant in ("acme", "globex", "globex", "globex", "initech"):
             body = {
                 "tenant": tenant,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from cdp_browser import Browser
 from conftest import Stack
-from dashboard_seed import READ, THROTTLE_API, root_conftest
+from dashboard_seed import READ, THROTTLE_API, push_signals, root_conftest
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboards"
@@ -99,6 +99,7 @@ def test_every_page_renders_in_chromium(dashboard: str, stack: Stack) -> None:
         ),
     }
     update_docs = os.environ.get("INFERMETER_UPDATE_SCREENSHOTS") == "1"
+    push_signals(stack.throttle_url)
     browser = Browser(root_conftest().free_port())
     try:
         for name, (path, expect) in pages.items():
