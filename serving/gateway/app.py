@@ -61,7 +61,12 @@ def default_embedder(settings: GatewaySettings, session: aiohttp.ClientSession) 
     if settings.cache.backend == "http":
         from serving.gateway.embeddings.remote import HttpEmbedder
 
-        return HttpEmbedder(session, settings.cache.embeddings_url, settings.cache.embeddings_model)
+        return HttpEmbedder(
+            session,
+            settings.cache.embeddings_url,
+            settings.cache.embeddings_model,
+            truncate_prompt_tokens=settings.cache.embeddings_truncate_tokens,
+        )
     from serving.gateway.embeddings.local import LocalEmbedder
 
     return LocalEmbedder()

@@ -64,6 +64,9 @@ class CacheSettings(_Strict):
     )
     embeddings_url: str = Field("", description="http backend: base URL serving /v1/embeddings")
     embeddings_model: str = Field("all-MiniLM-L6-v2", description="http backend: model name")
+    embeddings_truncate_tokens: int = Field(
+        256, ge=0, description="http backend: vLLM's truncate_prompt_tokens (0: not sent)"
+    )
     threshold: float = Field(0.93, gt=0.0, le=1.0, description="minimum cosine similarity")
     ttl_s: float = Field(3600.0, gt=0.0)
     max_entries_per_tenant: int = Field(10_000, ge=1)

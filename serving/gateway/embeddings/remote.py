@@ -21,6 +21,7 @@ class HttpEmbedder:
         *,
         api_key: str = "",
         timeout_s: float = 5.0,
+        truncate_prompt_tokens: int = 0,
     ) -> None:
         self.name = f"http:{model}"
         self._session = session
@@ -30,10 +31,16 @@ class HttpEmbedder:
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # vLLM rejects inputs longer than the model's context unless asked to truncate
+        # (sentence-transformers truncates to 256 tokens); 0 leaves the field out.
+        self._truncate = truncate_prompt_tokens
 
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """One unit-length row per text, in input order."""
-        body = orjson.dumps({"model": self._model, "input": texts})
+        request: dict[str, object] = {"model": self._model, "input": texts}
+        if self._truncate:
+            request["truncate_prompt_tokens"] = self._truncate
+        body = orjson.dumps(request)
         try:
             async with self._session.post(
                 self._url, data=body, headers=self._headers, timeout=self._timeout
