@@ -20,7 +20,7 @@ from throttle.storage.redis import RedisStorage
 
 def redis_uri(prefix: str | None = None) -> str:
     """The machine's Redis with a key prefix unique to the caller."""
-    return f"{MACHINE_REDIS}?prefix=test:{prefix or uuid.uuid4().hex[:12]}"
+    return f"{MACHINE_REDIS}?prefix=test:{prefix or uuid.uuid4().hex[:12]}&timeout_ms=3000"
 
 
 @pytest.fixture(params=["memory", "redis"])

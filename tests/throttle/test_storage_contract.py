@@ -233,7 +233,7 @@ async def test_redis_matches_memory_on_a_random_workload() -> None:
     """The Lua scripts and the Python algorithms give the same decisions, step by step."""
     rng = random.Random(7)
     memory = MemoryStorage()
-    redis_backend = RedisStorage(f"{MACHINE_REDIS}?prefix=test:equiv{rng.random()}")
+    redis_backend = RedisStorage(f"{MACHINE_REDIS}?prefix=test:equiv{rng.random()}&timeout_ms=3000")
     await redis_backend.clear()
     try:
         now = T0

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -69,6 +71,9 @@ class RedisStorage:
             socket_connect_timeout=timeout,
             max_connections=256,
             health_check_interval=30,
+            # one attempt: when Redis is down the failover decides locally at once, rather
+            # than after redis-py's default retries with backoff
+            retry=Retry(NoBackoff(), 0),
         )
         self._reserve = self._client.register_script(_script("reserve"))
         self._settle = self._client.register_script(_script("settle"))
