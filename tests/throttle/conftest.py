@@ -48,7 +48,7 @@ class RedisServer:
 
     @property
     def uri(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0?prefix=t&timeout_ms=200"
+        return f"redis://127.0.0.1:{self.port}/0?prefix=t&timeout_ms=1500"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
