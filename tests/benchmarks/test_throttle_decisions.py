@@ -103,6 +103,7 @@ async def _in_process(throttle: Throttle, n: int) -> tuple[float, float, float]:
     clock = time.perf_counter_ns
     busy = 0
     began = time.perf_counter()
+    cpu = time.thread_time()
     for i in range(n):
         start = clock()
         result = await throttle.admit(requests[i % TENANTS])
@@ -112,8 +113,12 @@ async def _in_process(throttle: Throttle, n: int) -> tuple[float, float, float]:
         if result.allowed:
             await throttle.settle(result.reservation_id, 512, 0, 100)
     wall = time.perf_counter() - began
+    cpu = time.thread_time() - cpu
     p50, p99 = _quantiles(samples)
-    print(f"[throttle]   ({n / wall:,.0f} admit+settle pairs/s wall clock)")
+    print(
+        f"[throttle]   {n / wall:,.0f} admit+settle pairs/s wall clock, "
+        f"{n / cpu:,.0f} pairs per CPU-second"
+    )
     return n / (busy / 1e9), p50, p99
 
 
@@ -129,7 +134,9 @@ def test_throttle_in_process() -> None:
         )
 
     async def on_redis() -> tuple[float, float, float]:
-        store = RedisStorage(f"redis://127.0.0.1:6379/0?prefix=bench:{uuid.uuid4().hex[:8]}")
+        store = RedisStorage(
+            f"redis://127.0.0.1:6379/0?prefix=bench:{uuid.uuid4().hex[:8]}&timeout_ms=2000"
+        )
         try:
             return await _in_process(Throttle(policy, store, time.time), 10_000)
         finally:
@@ -150,8 +157,14 @@ def policy_file(tmp_path: Path) -> Path:
     return path
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def _serve(policy: Path, storage: str) -> Iterator[str]:
+def _serve(policy: Path, storage: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -182,7 +195,7 @@ def _serve(policy: Path, storage: str) -> Iterator[str]:
                 raise RuntimeError(f"throttle did not start: {proc.stderr.read()!r}") from None
             time.sleep(0.1)
     try:
-        yield url
+        yield url, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -247,16 +260,19 @@ async def _aiohttp_load(url: str, connections: int) -> tuple[float, float, float
     return len(samples) / elapsed, p50 / 1000, p99 / 1000, errors
 
 
-def _http_report(label: str, url: str, tmp: Path) -> None:
+def _http_report(label: str, url: str, pid: int, tmp: Path) -> None:
     print(f"\n[throttle] {label} ({_load()})")
     for connections in (4, 8, 16):
         if shutil.which("wrk"):
             runs = [("admit", ADMIT_LUA), ("admit+settle", MIX_LUA)]
             for name, script in runs:
+                cpu = _cpu_seconds(pid)
                 rate, p50, p99, errors = _wrk(url, script, connections, tmp)
+                per_cpu = rate * HTTP_SECONDS / max(_cpu_seconds(pid) - cpu, 1e-9)
                 print(
                     f"[throttle] {label} wrk c={connections} {name}: {rate:,.0f} req/s "
-                    f"p50 {p50:.2f} ms p99 {p99:.2f} ms non-2xx {errors}"
+                    f"p50 {p50:.2f} ms p99 {p99:.2f} ms non-2xx {errors}; "
+                    f"{per_cpu:,.0f} req per server CPU-second ({_load()})"
                 )
         else:
             rate, p50, p99, errors = asyncio.run(_aiohttp_load(url, connections))
@@ -267,16 +283,16 @@ def _http_report(label: str, url: str, tmp: Path) -> None:
 
 
 def test_throttle_http_memory(policy_file: Path, tmp_path: Path) -> None:
-    with _serve(policy_file, "memory://") as url:
-        _http_report("http memory://", url, tmp_path)
+    with _serve(policy_file, "memory://") as (url, pid):
+        _http_report("http memory://", url, pid, tmp_path)
 
 
 def test_throttle_http_redis(policy_file: Path, tmp_path: Path) -> None:
     prefix = f"bench:{uuid.uuid4().hex[:8]}"
-    uri = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    uri = f"redis://127.0.0.1:6379/0?prefix={prefix}&timeout_ms=2000"
     try:
-        with _serve(policy_file, uri) as url:
-            _http_report("http redis://", url, tmp_path)
+        with _serve(policy_file, uri) as (url, pid):
+            _http_report("http redis://", url, pid, tmp_path)
     finally:
         store = RedisStorage(uri)
         asyncio.run(_clear(store))
