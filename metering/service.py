@@ -85,6 +85,8 @@ class MeteringService:
             last = self.allocation_state.allocated_until
             if last:
                 since = min(since, _naive(last))
+            else:
+                since = min(since, self._first_unallocated() or since)
         with self._lock:
             try:
                 result = self.allocator.run(since, until)
@@ -99,6 +101,23 @@ class MeteringService:
             end = epoch_us(result.range_end) / 1e6
             state.allocated_until = max(state.allocated_until, end)
         return result
+
+    def _first_unallocated(self) -> datetime | None:
+        """Where allocation must start after a restart: the end of the last allocated window,
+        or the oldest record when nothing was allocated yet."""
+        cur = self.store.cursor()
+        try:
+            row = cur.execute("SELECT max(window_start) FROM replica_window").fetchone()
+            if row and row[0] is not None:
+                last: datetime = row[0]
+                return last
+            row = cur.execute(
+                "SELECT least((SELECT min(started_at) FROM usage), "
+                "(SELECT min(ts) FROM gpu_samples))"
+            ).fetchone()
+        finally:
+            cur.close()
+        return row[0] if row and row[0] is not None else None
 
     def tick(self) -> None:
         """One step of the background loop: allocate, then check budgets."""

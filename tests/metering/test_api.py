@@ -202,3 +202,24 @@ def test_metrics_are_promtool_clean_and_count_ingest(url: str) -> None:
 def test_healthz_and_readyz(url: str) -> None:
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+
+
+def test_background_tick_allocates_history_after_start(clock: ManualClock) -> None:
+    settings = MeteringSettings(
+        storage="duckdb:///:memory:",
+        replicas={"r1": ReplicaSettings(gpu="l4")},
+        allocate_every_s=0,
+        reallocate_s=600,
+    )
+    svc = MeteringService(settings, now=clock)
+    try:
+        # records from two hours before "now", older than reallocate_s
+        svc.ingestor.usage(orjson.dumps([usage(i) for i in range(5)]))
+        svc.tick()
+        cur = svc.store.connection
+        assert cur.execute("SELECT count(DISTINCT request_id) FROM request_window").fetchone() == (
+            5,
+        )
+        assert svc.allocation_state.runs == 1
+    finally:
+        svc.stop()
