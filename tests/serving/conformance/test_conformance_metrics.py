@@ -150,6 +150,29 @@ def test_gauges_return_to_idle(client):
     assert 0.0 <= total(idle, "vllm:kv_cache_usage_perc") <= 1.0
 
 
+def test_gauges_show_an_active_stream(engine, client):
+    """While a stream is open (the client reading slowly), the request is running and
+    holds KV-cache blocks; afterwards both gauges return to idle."""
+    body = {
+        "model": engine.served_model,
+        "prompt": PROMPT,
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with client.stream("POST", "/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))
+        during = _scrape(client)
+    assert total(during, "vllm:num_requests_running") == 1
+    assert total(during, "vllm:num_requests_waiting") == 0
+    assert 0.0 < total(during, "vllm:kv_cache_usage_perc") <= 1.0
+    idle = _wait_for(client, lambda s: total(s, "vllm:num_requests_running") == 0)
+    assert total(idle, "vllm:num_requests_running") == 0
+    assert total(idle, "vllm:kv_cache_usage_perc") == 0.0
+
+
 def test_client_abort_counts_tokens_but_not_a_finished_request(engine, client):
     """vLLM 0.32: a stream the client closes mid-way adds its prompt and generated tokens,
     a TTFT observation and inter-token latencies, but no ``request_success`` (not even
