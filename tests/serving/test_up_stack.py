@@ -1,0 +1,223 @@
+"""End to end: ``infermeter up`` itself, as a user runs it, with its demo traffic.
+
+One real ``up`` process (every service a real child process on loopback, free ports from
+``--base-port``, a temporary data directory) is started and left to run its demo traffic
+until metering shows costs for every demo tenant. Checked while it runs: a throttled tenant,
+a semantic-cache hit and an async job recorded by metering, and every service's /metrics
+through promtool. Then Ctrl-C, and checked in the DuckDB file it leaves behind: every usage
+record the traffic generator was answered for is stored (nothing lost in the shutdown).
+The time from ``up`` to the first costs (as ``up`` prints it) is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+
+from serving.demo_stack import TENANTS
+from tests.conftest import promtool_check, vllm_promtool_findings
+
+REPO = Path(__file__).resolve().parents[2]
+SPAN = 30  # ports used from --base-port (engines +0.., collectors +10.., others +20..+23)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def free_port_range(span: int = SPAN) -> int:
+    """A base port such that base .. base+span-1 are all free on 127.0.0.1 right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + span > 65000:
+            continue
+        taken = False
+        for port in range(base, base + span):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError(f"no {span} consecutive free ports")
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    base: int
+    data: Path
+    started: float
+    lines: list[str] = field(default_factory=list)
+
+    def url(self, offset: int) -> str:
+        return f"http://127.0.0.1:{self.base + offset}"
+
+    @property
+    def metering(self) -> str:
+        return self.url(20)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            assert self.proc.poll() is None, f"up exited:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.output()}"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    base = free_port_range()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
+    argv = [sys.executable, "-m", "serving", "up", "--base-port", str(base),
+            "--data-dir", str(data), "--traffic-seed", "7"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    handle = Up(proc, base, data, time.monotonic())
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            handle.lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        yield handle
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(handle.output())
+
+
+def read_token(data: Path) -> dict[str, str]:
+    token = json.loads((data / "secrets.json").read_text())["read_token"]
+    return {"authorization": f"Bearer {token}"}
+
+
+def costs_by_tenant(up: Up) -> dict[str, float]:
+    resp = httpx.get(
+        f"{up.metering}/v1/reports/cost",
+        params={"by": "tenant", "granularity": "total", "since": "1d"},
+        headers=read_token(up.data),
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    return {row["tenant"]: row["total_usd"] for row in resp.json()["rows"]}
+
+
+def traffic_stats(up: Up) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((up.data / "demo-traffic.json").read_text())
+    return data["tenants"]
+
+
+def metered(up: Up, request_id: str) -> dict[str, Any]:
+    resp = httpx.get(
+        f"{up.metering}/v1/requests/{request_id}", headers=read_token(up.data), timeout=10
+    )
+    assert resp.status_code == 200, f"{request_id}: {resp.text}"
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def promtool_problems(up: Up) -> list[str]:
+    """Every service's /metrics through promtool: what is wrong beyond the accepted lint."""
+    vllm_names = vllm_promtool_findings()  # the simulator and collector reuse vLLM's names
+    services = {"simulator-0": (0, vllm_names), "simulator-1": (1, vllm_names),
+                "collector-0": (10, vllm_names), "collector-1": (11, vllm_names),
+                "metering": (20, frozenset()), "throttle": (21, frozenset()),
+                "gateway": (22, frozenset())}  # fmt: skip
+    problems = []
+    for name, (offset, allowed) in services.items():
+        text = httpx.get(f"{up.url(offset)}/metrics", timeout=10).text
+        code, findings = promtool_check(text)
+        if code not in (0, 3):
+            problems.append(f"{name}: promtool exit {code}: {findings}")
+        elif not set(findings) <= allowed:
+            problems.append(f"{name}: {sorted(set(findings) - allowed)}")
+    return problems
+
+
+def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss(up: Up) -> None:
+    ready = up.wait_line(r"all (\d+) services running after ([\d.]+) s", timeout=90)
+    assert ready.group(1) == "9"
+    table = up.output()
+    for offset, name in ((0, "simulator-0"), (10, "collector-0"), (20, "metering"),
+                         (21, "throttle"), (22, "gateway"), (23, "dashboards")):  # fmt: skip
+        assert re.search(rf"{name}\s+{up.url(offset)}\s", table), name
+    assert "sk-demo-initech-" in table and "a100-80gb:3g.40gb" in table
+
+    first = up.wait_line(r"first costs visible ([\d.]+) s after start", timeout=90)
+    deadline = time.monotonic() + 60
+    while True:
+        costs = costs_by_tenant(up)
+        if all(costs.get(t.name, 0) > 0 for t in TENANTS):
+            break
+        assert time.monotonic() < deadline, f"not every tenant has costs: {costs}"
+        time.sleep(1)
+
+    stats = traffic_stats(up)
+    assert stats["initech"]["throttled"] > 0, stats["initech"]
+    assert stats["acme"]["throttled"] == 0 and stats["globex"]["throttled"] == 0
+    hit = stats["hooli"]["cache_hit_ids"][0]
+    assert metered(up, hit)["record"]["status"] == "cache_hit"
+    job = stats["umbrella"]["job_ids"][0]
+    record = metered(up, job)["record"]
+    assert record["tenant"] == "umbrella" and record["status"] == "ok", record
+    problems = promtool_problems(up)  # asserted last, so that the rest is checked too
+    assert httpx.get(f"{up.url(23)}/_stcore/health", timeout=10).status_code == 200
+
+    up.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert up.proc.wait(timeout=60) == 0, up.output()
+    out = up.output()
+    assert out.rstrip().splitlines()[-1].lstrip().startswith("stopped  metering"), out
+
+    stats = traffic_stats(up)  # final: written by the generator as it stopped
+    sent = {rid for s in stats.values() for rid in s["metered_ids"]}
+    db = duckdb.connect(str(up.data / "metering.duckdb"), read_only=True)
+    try:
+        stored = {row[0] for row in db.execute("SELECT request_id FROM usage").fetchall()}
+        throttled = db.execute(
+            "SELECT count(*) FROM usage WHERE tenant = 'initech' AND status = 'throttled'"
+        ).fetchone()
+    finally:
+        db.close()
+    assert sent and sent <= stored, f"lost {len(sent - stored)} of {len(sent)} records"
+    assert throttled is not None and throttled[0] >= stats["initech"]["throttled"]
+    took = time.monotonic() - up.started
+    print(
+        f"\nup: services ready after {ready.group(2)} s; first costs visible "
+        f"{first.group(1)} s after start; {len(sent)} usage records sent, all stored; "
+        f"test {took:.1f} s"
+    )
+    assert not problems, problems
