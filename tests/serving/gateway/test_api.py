@@ -16,6 +16,7 @@ from gateway_fixtures import (
     auth,
     gateway_app,
     gateway_settings,
+    root_conftest,
     simulator_app,
 )
 from prometheus_client import CollectorRegistry
@@ -242,7 +243,9 @@ def test_embeddings_route_is_forwarded(serve: Callable[..., Any]) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
 
 
-def test_health_ready_metrics(serve: Callable[..., Any], free_port: Callable[[], int]) -> None:
+def test_health_ready_metrics(
+    serve: Callable[..., Any], free_port: Callable[[], int], pytestconfig: pytest.Config
+) -> None:
     sim = serve(simulator_app())
     gw = serve(
         gateway_app(gateway_settings([sim.url], throttle_url=f"http://127.0.0.1:{free_port()}"))
@@ -250,8 +253,12 @@ def test_health_ready_metrics(serve: Callable[..., Any], free_port: Callable[[],
     assert httpx.get(gw.url + "/healthz").status_code == 200
     ready = httpx.get(gw.url + "/readyz")
     assert ready.status_code == 503 and "throttle" in ready.json()["problems"]
+    httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=auth("sk-acme"))
     metrics = httpx.get(gw.url + "/metrics").text
     assert "infermeter_gateway_outstanding_requests" in metrics
+    assert "infermeter_gateway_overhead_seconds_bucket" in metrics
+    code, findings = root_conftest(pytestconfig).promtool_check(metrics)
+    assert code == 0, findings
 
 
 def test_client_abort_settles_with_the_tokens_seen(serve: Callable[..., Any]) -> None:
