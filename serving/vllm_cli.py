@@ -220,20 +220,26 @@ def _signals_set(stop: _StopRequest) -> Iterator[None]:
 
 
 def _print_line(line: str) -> None:
-    print(line, flush=True)
+    # A closed stdout (`| head`, a dead terminal) must not keep vLLM from being stopped.
+    with contextlib.suppress(OSError, ValueError):
+        print(line, flush=True)
 
 
 def serve(
     command: LaunchCommand, settings: VllmSettings, out: Callable[[str], None] = _print_line
 ) -> int:
-    """Run vLLM until it exits or SIGINT/SIGTERM arrives; returns the exit code."""
+    """Run vLLM until it exits or SIGINT/SIGTERM arrives; returns the exit code.
+
+    Whatever happens here (a signal, a failed start, an exception), vLLM's process group
+    is stopped before this returns.
+    """
     stop = _StopRequest()
     proc = VllmProcess(command, sink=out, prefix=settings.log_prefix)
     out(f"infermeter: starting vLLM: {command.render()}")
     with _signals_set(stop):
         proc.start()
-        out(f"infermeter: vLLM started (pid {proc.pid}, its own process group)")
         try:
+            out(f"infermeter: vLLM started (pid {proc.pid}, its own process group)")
             took = proc.wait_healthy(settings.health_timeout_s, sleep=stop.sleep)
             out(f"infermeter: vLLM healthy at {command.base_url} after {took:.1f} s")
             while proc.poll() is None:
@@ -247,9 +253,9 @@ def serve(
             code = proc.stop(settings.stop_grace_s)
             out(f"infermeter: vLLM stopped (exit code {code})")
             return 0
-        except BaseException:
-            proc.stop(settings.stop_grace_s)
-            raise
+        finally:
+            stop.on_repeat = proc.kill
+            proc.stop(settings.stop_grace_s)  # no-op when it already stopped
     code = proc.wait()
     print(f"infermeter: error: vLLM exited on its own with code {code}", file=sys.stderr)
     return code if code != 0 else 1

@@ -186,7 +186,8 @@ class VllmProcess:
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.sink(f"{self.prefix}still running {grace:.0f} s after SIGTERM; SIGKILL")
+                with contextlib.suppress(Exception):
+                    self.sink(f"{self.prefix}still running {grace:.0f} s after SIGTERM; SIGKILL")
         # Children (EngineCore, workers) may outlive the API server: give them a moment to
         # finish their own shutdown, then clean the group up.
         deadline = time.monotonic() + min(grace, 2.0)

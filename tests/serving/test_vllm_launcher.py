@@ -9,6 +9,7 @@ through this same CLI (tests/serving/conformance/conftest.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -489,24 +490,37 @@ SERVE_SCRIPT = textwrap.dedent(
 )
 
 
-def _launch_cli(tmp_path: Path, mode: str, grace: float) -> tuple[subprocess.Popen[str], list[str]]:
-    """Run serving.vllm_cli.serve on the stand-in engine until it reports healthy."""
+@pytest.fixture
+def launch_cli(tmp_path):
+    """Run serving.vllm_cli.serve on the stand-in engine until it reports healthy.
+
+    Teardown SIGKILLs whatever a failed test left running (launcher and engine group).
+    """
     script = tmp_path / "stand_in_engine.py"
     script.write_text(STAND_IN)
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, str(script), str(_free_port()), mode, str(grace)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    assert launcher.stdout is not None
-    seen: list[str] = []
-    for line in launcher.stdout:
-        seen.append(line)
-        if "healthy at" in line:
-            break
-    return launcher, seen
+    started: list[tuple[subprocess.Popen[str], list[str]]] = []
+
+    def launch(mode: str, grace: float) -> tuple[subprocess.Popen[str], list[str]]:
+        argv = [sys.executable, "-c", SERVE_SCRIPT, str(script), str(_free_port()), mode]
+        launcher = subprocess.Popen(
+            [*argv, str(grace)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        seen: list[str] = []
+        started.append((launcher, seen))
+        assert launcher.stdout is not None
+        for line in launcher.stdout:
+            seen.append(line)
+            if "healthy at" in line:
+                break
+        return launcher, seen
+
+    yield launch
+    for launcher, seen in started:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        with contextlib.suppress(StopIteration, ProcessLookupError):
+            os.killpg(_pid_after(seen, "started (pid "), signal.SIGKILL)
 
 
 def _pid_after(seen: list[str], marker: str) -> int:
@@ -515,8 +529,8 @@ def _pid_after(seen: list[str], marker: str) -> int:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
-    launcher, seen = _launch_cli(tmp_path, "serve", grace=5)
+def test_cli_stops_the_engine_cleanly_on_a_signal(launch_cli, sig):
+    launcher, seen = launch_cli("serve", grace=5)
     engine_pid = _pid_after(seen, "started (pid ")
     child = _pid_after(seen, "[vllm] child ")
     launcher.send_signal(sig)
@@ -527,8 +541,8 @@ def test_cli_stops_the_engine_cleanly_on_a_signal(tmp_path, sig):
     assert not _alive(engine_pid) and not _alive(child)
 
 
-def test_second_signal_kills_an_engine_that_ignores_sigterm(tmp_path):
-    launcher, seen = _launch_cli(tmp_path, "ignore-term", grace=120)
+def test_second_signal_kills_an_engine_that_ignores_sigterm(launch_cli):
+    launcher, seen = launch_cli("ignore-term", grace=120)
     engine_pid = _pid_after(seen, "started (pid ")
     launcher.send_signal(signal.SIGTERM)
     assert launcher.stdout is not None
@@ -539,4 +553,26 @@ def test_second_signal_kills_an_engine_that_ignores_sigterm(tmp_path):
     rest, _ = launcher.communicate(timeout=20)  # far less than the 120 s grace
     assert launcher.returncode == 0, rest
     assert f"vLLM stopped (exit code {-signal.SIGKILL})" in rest
+    assert not _alive(engine_pid)
+
+
+def test_engine_is_stopped_even_when_output_breaks(tmp_path):
+    """A closed stdout (or any error) after the start must not leave vLLM running."""
+    script = tmp_path / "stand_in_engine.py"
+    script.write_text(STAND_IN)
+    port = _free_port()
+    command = LaunchCommand(
+        argv=[sys.executable, str(script), str(port), "serve"],
+        base_url=f"http://127.0.0.1:{port}",
+    )
+    seen: list[str] = []
+
+    def out(line: str) -> None:
+        seen.append(line)
+        if "healthy at" in line:
+            raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        vllm_cli.serve(command, VllmSettings(model="stand-in", stop_grace_s=5), out=out)
+    engine_pid = _pid_after(seen, "started (pid ")
     assert not _alive(engine_pid)
