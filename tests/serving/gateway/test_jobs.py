@@ -147,3 +147,21 @@ def test_job_fails_when_still_throttled_at_its_deadline(serve: Callable[..., Any
     assert "deadline" in events[-1]["data"]["error"]
     status = httpx.get(gw.url + second["status_url"], headers=auth("sk-acme")).json()
     assert status["status"] == "failed"
+
+
+def test_job_concurrency_per_pool(serve: Callable[..., Any]) -> None:
+    sim = serve(simulator_app(time_scale=1.0, output_tokens_median=1000.0))
+    settings = gateway_settings([sim.url])
+    settings.models[MODEL].job_concurrency = 1
+    gw = serve(gateway_app(settings))
+    ids = [
+        httpx.post(gw.url + "/v1/jobs", json=JOB, headers=auth("sk-acme")).json()["id"]
+        for _ in range(2)
+    ]
+    for job_id in ids:
+        assert read_sse(f"{gw.url}/v1/jobs/{job_id}/events", "sk-acme")[-1]["event"] == "done"
+    first, second = (
+        httpx.get(f"{gw.url}/v1/jobs/{i}", headers=auth("sk-acme")).json() for i in ids
+    )
+    # One worker for the pool: the second job started only after the first finished.
+    assert second["started_at"] >= first["finished_at"]
