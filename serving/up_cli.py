@@ -178,6 +178,8 @@ class Plan:
         self.gpus = gpus
         self.cpu_vllm = settings.engine == "vllm" and gpus == 0
         self.engine_tables: dict[str, dict[str, Any]] = {}
+        catalog = str(config.table("metering").get("catalog", "") or "")
+        self.catalog = str(Path(catalog).resolve()) if catalog else ""
         if settings.engine == "simulator":
             table = dict(config.table("simulator"))
             table.setdefault("served_model_name", DEMO_MODEL)
@@ -219,6 +221,23 @@ class Plan:
             gateway_port=settings.gateway_port,
             dashboard_port=settings.dashboard_port,
         )
+
+    def unpriced(self) -> list[str]:
+        """Replicas metering's price catalog cannot price (their costs would be missing)."""
+        from metering.catalog import load_catalog
+        from metering.errors import MeteringError
+
+        try:
+            catalog = load_catalog(self.catalog or None)
+        except MeteringError as exc:
+            return [f"price catalog: {exc}"]
+        missing = []
+        for replica in self.layout.replicas:
+            try:
+                catalog.usd_per_hour(*replica.catalog_gpu)
+            except MeteringError as exc:
+                missing.append(f"{replica.name} on {replica.gpu}: {exc}")
+        return missing
 
     def services(self) -> list[ServiceSpec]:
         """Every service ``up`` starts, with its stage."""
@@ -379,7 +398,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     )
     supervisor.check_ports()  # before anything is written
     keys = Secrets.load_or_create(plan.layout.secrets_path)
-    write_stack(plan.layout, keys, plan.engine_tables)
+    write_stack(plan.layout, keys, plan.engine_tables, plan.catalog)
+    for problem in plan.unpriced():
+        print(f"infermeter up: warning: no price for {problem}; its costs will be missing "
+              "(add it to a catalog override, [metering] catalog)", file=sys.stderr)  # fmt: skip
     if plan.cpu_vllm:
         print(
             "infermeter up: no GPU found: real vLLM runs its CPU build (one replica, tiny "

@@ -1,98 +1,244 @@
-"""``infermeter up``: starts the simulator replicas, prints them, stops cleanly."""
+"""``infermeter up``: flags, the plan of services, the generated configuration (validated by
+every service's own settings models), secrets kept across runs, and the supervisor (stages,
+ordered stop, a taken port, a child dying at start) with real child processes."""
 
 from __future__ import annotations
 
-import signal
+import io
+import os
 import socket
+import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from collector.settings import CollectorSettings
+from dashboards.settings import load_settings as dashboard_settings
+from metering.settings import MeteringSettings
+from serving.cli import build_parser
+from serving.demo_stack import TENANTS, Secrets, write_stack
+from serving.errors import EngineError, PortInUse
+from serving.gateway.settings import GatewaySettings
+from serving.settings import Config, load_config, section
+from serving.simulator.settings import SimulatorSettings
+from serving.supervisor import ServiceSpec, Supervisor
+from serving.up_cli import Plan, settings_from
+from tests.serving.free_ports import free_port_range
+from throttle import settings as throttle_settings
+from throttle.policy_source import parse_document
+
+PY = sys.executable
 
 
-def two_free_ports() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports")
+def plan(argv: list[str], tmp_path: Path, gpus: int = 0, config: Config | None = None) -> Plan:
+    args = build_parser().parse_args(["up", "--data-dir", str(tmp_path / "data"), *argv])
+    config = config or Config({})
+    return Plan(settings_from(args, config), config, gpus)
 
 
-def up(tmp_path: Path, port: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "serving", "up", "--simulator-base-port", str(port),
-            "--data-dir", str(tmp_path), "--simulator-time-scale", "0",
-            "--startup-timeout", "30"]  # fmt: skip
-    return subprocess.Popen(
-        argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_default_layout_matches_the_documented_ports(tmp_path: Path) -> None:
+    specs = {s.name: s for s in plan([], tmp_path).services()}
+    assert {n: s.port for n, s in specs.items()} == {
+        "metering": 8200, "throttle": 8300, "simulator-0": 8000, "simulator-1": 8001,
+        "collector-0": 8100, "collector-1": 8101, "gateway": 8080, "dashboards": 8501,
+        "demo-traffic": None,
+    }  # fmt: skip
+    sim = list(specs["simulator-1"].argv)
+    assert (
+        flag(sim, "--gpu") == "a100-80gb:3g.40gb" and flag(sim, "--replica-name") == "simulator-1"
     )
+    collector = list(specs["collector-1"].argv)
+    assert flag(collector, "--upstream") == "http://127.0.0.1:8001"
+    assert flag(collector, "--replica") == "simulator-1" and "--no-nvml" in collector
+    config_file = str((tmp_path / "data" / "infermeter.toml").resolve())
+    assert all(flag(list(s.argv), "--config") == config_file for n, s in specs.items()
+               if n != "demo-traffic")  # fmt: skip
+    traffic = list(specs["demo-traffic"].argv)
+    assert flag(traffic, "--gateway") == "http://127.0.0.1:8080"
+    assert flag(traffic, "--model") == "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def test_up_starts_two_replicas_and_ctrl_c_stops_them(tmp_path: Path) -> None:
-    port = two_free_ports()
-    proc = up(tmp_path, port)
-    try:
-        lines = []
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 40
-        while not any("logs:" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            lines.append(proc.stdout.readline())
-        table = "".join(lines)
-        assert f"http://127.0.0.1:{port} " in table and f"http://127.0.0.1:{port + 1} " in table
-        assert "h100-sxm" in table and "a100-80gb:3g.40gb" in table
-        first = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        second = httpx.get(f"http://127.0.0.1:{port + 1}/metrics").text
-        assert 'gpu="h100-sxm"' in first and 'mig_profile=""' in first
-        assert 'mig_profile="3g.40gb"' in second
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    for p in (port, port + 1):
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{p}/health", timeout=1)
-    assert (tmp_path / "logs" / "simulator-0.log").exists()
+def test_start_stages_follow_the_dependencies_and_metering_stops_last(tmp_path: Path) -> None:
+    specs = plan([], tmp_path).services()
+    stage = {s.name: s.stage for s in specs}
+    assert stage["metering"] <= stage["throttle"] == stage["simulator-0"] < stage["collector-0"]
+    assert stage["collector-0"] < stage["gateway"] == stage["dashboards"] < stage["demo-traffic"]
+    order = [[s.name for s in group] for group in Supervisor(specs, log_dir=tmp_path).stop_groups()]
+    assert order[0] == ["demo-traffic"] and order[-1] == ["metering"]
+    assert order.index(["gateway", "dashboards"]) < order.index(["collector-0", "collector-1"])
 
 
-def test_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
-    port = two_free_ports()
+def test_base_port_puts_everything_in_one_range_and_explicit_ports_win(tmp_path: Path) -> None:
+    argv = ["--base-port", "20000", "--gateway-port", "20100", "--no-traffic"]
+    specs = {s.name: s.port for s in plan(argv, tmp_path).services()}
+    assert specs == {
+        "simulator-0": 20000, "simulator-1": 20001, "collector-0": 20010, "collector-1": 20011,
+        "metering": 20020, "throttle": 20021, "gateway": 20100, "dashboards": 20023,
+    }  # fmt: skip
+
+
+def test_up_table_and_flags(tmp_path: Path) -> None:
+    config = Config({"up": {"simulator_gpus": ["l4", "h100-sxm:1g.10gb", "h200"],
+                            "traffic_rate": 1.5, "host": "127.0.0.2"}})  # fmt: skip
+    p = plan(["--traffic-seed", "9", "--simulator-time-scale", "0.5"], tmp_path, config=config)
+    specs = {s.name: s for s in p.services()}
+    assert [r.gpu for r in p.layout.replicas] == ["l4", "h100-sxm:1g.10gb", "h200"]
+    assert specs["simulator-2"].health_url == "http://127.0.0.2:8002/health"
+    assert flag(list(specs["simulator-0"].argv), "--time-scale") == "0.5"
+    traffic = list(specs["demo-traffic"].argv)
+    assert flag(traffic, "--seed") == "9" and flag(traffic, "--rate") == "1.5"
+    assert p.unpriced() == []  # every profile above is in metering's catalog
+    with pytest.raises(Exception, match="up"):
+        plan([], tmp_path, config=Config({"up": {"no_such_key": 1}}))
+
+
+def test_unpriced_gpu_profiles_are_reported(tmp_path: Path) -> None:
+    p = plan(["--simulator-gpus", "h100-pcie,a100-80gb:3g.40gb"], tmp_path)
+    problems = p.unpriced()
+    assert len(problems) == 1 and "simulator-0 on h100-pcie" in problems[0]
+
+
+def test_engine_vllm_without_a_gpu_runs_one_cpu_replica(tmp_path: Path) -> None:
+    p = plan(["--engine", "vllm"], tmp_path, gpus=0)
+    specs = {s.name: s for s in p.services()}
+    assert [r.name for r in p.layout.replicas] == ["vllm-0"] and p.model == "tiny-llama"
+    engine = list(specs["vllm-0"].argv)
+    assert engine[3:5] == ["engine", "vllm"] and "--cpu-dev" in engine
+    assert specs["vllm-0"].startup_timeout == 900.0  # [vllm] health_timeout_s
+    assert "--no-nvml" not in specs["collector-0"].argv  # real engine: NVML when present
+    assert flag(list(specs["demo-traffic"].argv), "--max-model-len") == "512"
+
+
+def test_engine_vllm_on_gpus_runs_one_replica_per_gpu(tmp_path: Path) -> None:
+    config = Config({"vllm": {"model": "org/model", "served_model_name": "served"}})
+    argv = ["--engine", "vllm", "--vllm-gpus", "h100-sxm,h100-sxm,l4"]
+    p = plan(argv, tmp_path, gpus=2, config=config)
+    specs = {s.name: s for s in p.services()}
+    assert [r.name for r in p.layout.replicas] == ["vllm-0", "vllm-1"] and p.model == "served"
+    assert flag(list(specs["vllm-1"].argv), "--device") == "1"
+    assert "--cpu-dev" not in specs["vllm-1"].argv
+
+
+def test_generated_configuration_is_valid_for_every_service(tmp_path: Path) -> None:
+    user = Config({"simulator": {"seed": 3}, "metering": {"catalog": "my-prices.toml"}})
+    p = plan(["--base-port", "30000"], tmp_path, config=user)
+    keys = Secrets.load_or_create(p.layout.secrets_path)
+    write_stack(p.layout, keys, p.engine_tables, p.catalog)
+    config = load_config(str(p.layout.config_path), environ={})
+    metering = section(config, "metering", MeteringSettings)
+    assert metering.port == 30020 and metering.storage_uri().endswith("data/metering.duckdb")
+    assert metering.catalog.endswith("my-prices.toml")
+    assert {n: (r.gpu, r.mig_profile) for n, r in metering.replicas.items()} == {
+        "simulator-0": ("h100-sxm", ""), "simulator-1": ("a100-80gb", "3g.40gb")}  # fmt: skip
+    throttle, resolver = throttle_settings.load(config)
+    assert throttle.port == 30021 and throttle.metering_url == "http://127.0.0.1:30020"
+    for tenant in TENANTS:
+        entry = resolver.lookup_key(keys.api_keys[tenant.name])
+        assert entry is not None and (entry.tenant, entry.tier) == (tenant.name, tenant.tier)
+    policy = parse_document(Path(throttle.policy_file).read_text(), source="policy").doc
+    assert set(policy.tenants) == {t.name for t in TENANTS}
+    gateway = section(config, "gateway", GatewaySettings)
+    pool = gateway.models["meta-llama/Llama-3.1-8B-Instruct"]
+    assert [r.url for r in pool.replicas] == ["http://127.0.0.1:30010", "http://127.0.0.1:30011"]
+    assert gateway.cache.enabled and gateway.throttle_url == "http://127.0.0.1:30021"
+    collector = section(config, "collector", CollectorSettings)
+    assert collector.metering_url == "http://127.0.0.1:30020" and collector.ingest_token
+    dashboard = dashboard_settings(config)
+    assert dashboard.port == 30023 and dashboard.read_token == keys.read_token
+    simulator = section(config, "simulator", SimulatorSettings)
+    assert simulator.seed == 3 and simulator.served_name == p.model  # the user's table kept
+    assert stat.S_IMODE(os.stat(p.layout.config_path).st_mode) == 0o600  # holds secrets
+
+
+def test_secrets_are_created_once_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    first = Secrets.load_or_create(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Secrets.load_or_create(path) == first
+    assert len(set(first.api_keys.values())) == len(TENANTS)
+    data = path.read_text().replace(f'"{first.api_keys["hooli"]}"', '""')
+    path.write_text(data)
+    again = Secrets.load_or_create(path)
+    assert again.api_keys["acme"] == first.api_keys["acme"]
+    assert again.api_keys["hooli"] not in ("", first.api_keys["hooli"])
+    path.write_text("[1, 2]")
+    with pytest.raises(Exception, match="JSON object"):
+        Secrets.load_or_create(path)
+
+
+def test_taken_port_is_named_and_nothing_is_written(tmp_path: Path) -> None:
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port + 1))
+        taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        proc = up(tmp_path, port)
-        out, _ = proc.communicate(timeout=30)
+        port = taken.getsockname()[1]
+        argv = [PY, "-m", "serving", "up", "--gateway-port", str(port), "--base-port",
+                str(free_port_range()), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert f"port 127.0.0.1:{port + 1} for simulator-1 is already in use" in out
-    assert not (tmp_path / "logs").exists()
+    assert f"port 127.0.0.1:{port} for gateway is already in use" in proc.stderr
+    assert not (tmp_path / "data").exists()
 
 
-def test_replicas_get_their_gpu_port_name_and_the_shared_config(tmp_path: Path) -> None:
-    from serving.cli import build_parser
-    from serving.settings import load_config
-    from serving.up_cli import services, settings_from
+def test_up_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--help"])
+    text = capsys.readouterr().out
+    options = ("--engine", "--no-traffic", "--base-port", "--gateway-port", "--data-dir",
+               "--simulator-gpus", "--vllm-gpus", "--traffic-seed", "--dashboard-port")  # fmt: skip
+    for option in options:
+        assert option in text
 
-    config_file = tmp_path / "infermeter.toml"
-    config_file.write_text('[up]\nsimulator_gpus = ["l4", "h100-sxm:1g.20gb", "h200"]\n')
-    args = build_parser().parse_args(["up", "--config", str(config_file), "--host", "127.0.0.2"])
-    settings = settings_from(args, load_config(str(config_file), environ={}))
-    specs = services(settings, args.config)
-    assert [s.port for s in specs] == [8000, 8001, 8002]
-    assert [s.name for s in specs] == ["simulator-0", "simulator-1", "simulator-2"]
-    second = list(specs[1].argv)
-    assert second[second.index("--gpu") + 1] == "h100-sxm:1g.20gb"
-    assert second[second.index("--config") + 1] == str(config_file)  # replicas read [simulator]
-    assert second[second.index("--host") + 1] == "127.0.0.2"
-    assert specs[2].health_url == "http://127.0.0.2:8002/health"
-    assert "--time-scale" not in second  # the [simulator] table decides unless [up] says
+
+def http_server(name: str, port: int, stage: int, **kw: Any) -> ServiceSpec:
+    argv = [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    return ServiceSpec(name, argv, f"http://127.0.0.1:{port}/", "127.0.0.1", port,
+                       stage=stage, **kw)  # fmt: skip
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def test_supervisor_starts_stage_by_stage_and_stops_in_reverse(tmp_path: Path) -> None:
+    a, b, c = free_ports(3)
+    out = io.StringIO()
+    specs = [http_server("store", a, 0, stop_rank=-1), http_server("web", b, 1),
+             http_server("api", c, 1)]  # fmt: skip
+    supervisor = Supervisor(specs, log_dir=tmp_path / "logs", out=out)
+    assert supervisor.run(on_ready=supervisor.request_stop) == 0
+    lines = [line.split()[:2] for line in out.getvalue().splitlines()]
+    starts = [name for verb, name in lines if verb == "starting"]
+    stops = [name for verb, name in lines if verb == "stopped"]
+    assert starts[0] == "store" and set(starts[1:]) == {"web", "api"}
+    assert lines.index(["ready", "store"]) < lines.index(["starting", "web"])
+    assert set(stops[:2]) == {"web", "api"} and stops[2] == "store"
+    assert all(child.poll() is not None for child in supervisor.children.values())
+    assert (tmp_path / "logs" / "web.log").exists()
+
+
+def test_supervisor_reports_a_child_that_dies_while_starting(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    dying = ServiceSpec("broken", [PY, "-c", "print('boom: bad flag'); raise SystemExit(3)"],
+                        f"http://127.0.0.1:{port}/", "127.0.0.1", port)  # fmt: skip
+    with pytest.raises(EngineError, match=r"broken exited with code 3(.|\n)*boom: bad flag"):
+        Supervisor([dying], log_dir=tmp_path).run()
+
+
+def test_supervisor_refuses_one_port_for_two_services(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    specs = [http_server("one", port, 0), http_server("two", port, 1)]
+    with pytest.raises(PortInUse, match=r"two \(also given to one\)"):
+        Supervisor(specs, log_dir=tmp_path).check_ports()

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,32 +30,11 @@ import pytest
 
 from serving.demo_stack import TENANTS
 from tests.conftest import promtool_check, vllm_promtool_findings
+from tests.serving.free_ports import free_port_range
 
 REPO = Path(__file__).resolve().parents[2]
-SPAN = 30  # ports used from --base-port (engines +0.., collectors +10.., others +20..+23)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def free_port_range(span: int = SPAN) -> int:
-    """A base port such that base .. base+span-1 are all free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + span > 65000:
-            continue
-        taken = False
-        for port in range(base, base + span):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
-            return base
-    raise RuntimeError(f"no {span} consecutive free ports")
 
 
 @dataclass
