@@ -109,7 +109,7 @@ class Browser:
         result = self.call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)
         return dict(json.loads(result["result"]["value"]))
 
-    def load(self, url: str, expect: list[str], timeout: float = 20.0) -> dict[str, Any]:
+    def load(self, url: str, expect: list[str], timeout: float = 45.0) -> dict[str, Any]:
         """Navigate and wait until every ``expect`` text is shown and nothing is running."""
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
@@ -122,7 +122,10 @@ class Browser:
                 return self.state()
             time.sleep(0.2)
         missing = [t for t in expect if t not in state.get("text", "")]
-        raise TimeoutError(f"{url}: not rendered in {timeout}s; missing {missing}")
+        raise TimeoutError(
+            f"{url}: not rendered in {timeout}s; missing {missing}; running elements "
+            f"{state.get('running')}; text: {state.get('text', '')[:500]!r}"
+        )
 
     def screenshot(self, path: Path) -> None:
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)

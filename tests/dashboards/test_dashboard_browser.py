@@ -25,7 +25,7 @@ DOCS = REPO / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def dashboard(stack: Stack) -> Iterator[str]:
+def dashboard(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = root_conftest()
     port = root.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
@@ -46,15 +46,15 @@ def dashboard(stack: Stack) -> Iterator[str]:
         "--refresh-s",
         "0",
     ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log_path = tmp_path_factory.mktemp("dashboard") / "streamlit.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 45
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"dashboard exited {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"dashboard exited {proc.returncode}: {log_path.read_text()}")
             try:
                 if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
                     break
@@ -71,6 +71,7 @@ def dashboard(stack: Stack) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        log.close()
 
 
 def test_every_page_renders_in_chromium(dashboard: str, stack: Stack) -> None:

@@ -165,6 +165,9 @@ def test_time_range_picker_changes_the_query(dashboard_env: Stack) -> None:
     assert not at.exception and "per minute" in at.caption[0].value
     at.selectbox(key="range").set_value("Custom").run()
     assert not at.exception and "00:00" in at.caption[0].value
+    at.selectbox(key="range").set_value("Last 24 hours")
+    at.selectbox(key="refresh").set_value("10 s").run()  # the page body becomes a fragment
+    assert not at.exception and metrics(at)["Requests"] != "0"
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -202,7 +205,9 @@ def test_empty_store_and_bad_token(
         monkeypatch.setenv("INFERMETER__DASHBOARD__METERING_URL", empty.url)
         for name in PAGES[:4]:
             at = page(name)
-            assert not at.error and not at.warning, name
+            assert not at.error, name
+            # the seeded throttle still has pool chat under pressure: that warning only
+            assert all("Fair-share mode" in w.value for w in at.warning), name
             assert at.info, name
         at = page(PAGES[1])
         assert any("No allocated cost in this range yet" in i.value for i in at.info)
