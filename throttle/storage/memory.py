@@ -8,7 +8,6 @@ are dropped when read after their window ended.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from typing import Any
 
 from throttle.algorithms import budgets, fairshare, gcra, leases
@@ -29,23 +28,6 @@ FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fa
 WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
 
 
-@dataclass(slots=True)
-class _Record:
-    tenant: str
-    pool: str
-    estimate: float
-    weight: float
-    rate_per_s: float
-    day_key: str
-    month_key: str
-    expires_at: float
-    prompt_price: float
-    completion_price: float
-    cached_factor: float
-    settled: bool = False
-    actual: float = 0.0
-
-
 class MemoryStorage:
     """All throttle state in dictionaries of this process."""
 
@@ -58,7 +40,9 @@ class MemoryStorage:
         self._lease_heaps: dict[str, list[tuple[float, str]]] = {}  # tenant -> (expiry, id)
         self._pools: dict[str, PoolFairState] = {}
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
-        self._records: dict[str, _Record] = {}
+        # the admission request is the reservation record; settled ones map to their cost
+        self._records: dict[str, ReserveRequest] = {}
+        self._settled: dict[str, float] = {}
         self._expiry: list[tuple[float, str]] = []
         self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._history: dict[str, list[tuple[float, int]]] = {}
@@ -124,6 +108,7 @@ class MemoryStorage:
                 return
             _, rid = heapq.heappop(heap)
             record = self._records.pop(rid, None)
+            self._settled.pop(rid, None)
             if record is not None:
                 held = self._leases.get(record.tenant)
                 if held is not None and held.pop(rid, None) is not None:
@@ -195,19 +180,7 @@ class MemoryStorage:
         else:
             state.counters[r.tenant] = own  # acquire() enters it in the backlog order
         state.acquire(r.tenant)
-        self._records[r.reservation_id] = _Record(
-            r.tenant,
-            r.pool,
-            r.cost,
-            r.weight,
-            r.rate_per_s,
-            r.day_key,
-            r.month_key,
-            r.record_expires_at,
-            r.prompt_price,
-            r.completion_price,
-            r.cached_factor,
-        )
+        self._records[r.reservation_id] = r
         heapq.heappush(self._expiry, (r.record_expires_at, r.reservation_id))
         return Decision(
             True, "", 0.0, rate.remaining, rate.reset_s, len(held), day, month, own, floor
@@ -215,12 +188,11 @@ class MemoryStorage:
 
     async def settle(self, reservation_id: str, used: SettleUsage, now: float) -> Settlement | None:
         record = self._records.get(reservation_id)
-        if record is None or record.expires_at <= now:
+        if record is None or record.record_expires_at <= now:
             return None
-        if record.settled:
-            return Settlement(
-                reservation_id, record.tenant, record.pool, record.estimate, record.actual, True
-            )
+        done = self._settled.get(reservation_id)
+        if done is not None:
+            return Settlement(reservation_id, record.tenant, record.pool, record.cost, done, True)
         actual = usage_cost(
             used.prompt_tokens,
             used.cached_prompt_tokens,
@@ -229,7 +201,7 @@ class MemoryStorage:
             record.completion_price,
             record.cached_factor,
         )
-        delta = actual - record.estimate
+        delta = actual - record.cost
         if record.rate_per_s > 0:
             tat = self._tat.get(record.tenant, now)
             self._tat[record.tenant] = gcra.adjust(tat, now, delta, record.rate_per_s)
@@ -244,9 +216,8 @@ class MemoryStorage:
         held = self._leases.get(record.tenant)
         if held is not None and held.pop(reservation_id, None) is not None:
             self._released(record.tenant, reservation_id)
-        record.settled = True
-        record.actual = actual
-        return Settlement(reservation_id, record.tenant, record.pool, record.estimate, actual)
+        self._settled[reservation_id] = actual
+        return Settlement(reservation_id, record.tenant, record.pool, record.cost, actual)
 
     async def has_reservation(self, reservation_id: str) -> bool:
         return reservation_id in self._records
