@@ -217,3 +217,12 @@ def test_empty_store_and_bad_token(
     finally:
         service.stop()
     assert THROTTLE_API  # the throttle of dashboard_env stays reachable throughout
+
+
+def test_invalid_configuration_is_named_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFERMETER_CONFIG", raising=False)
+    monkeypatch.setenv("INFERMETER__DASHBOARD__TIMEOUT_S", "-1")
+    at = page(PAGES[0])
+    assert any(
+        "Invalid configuration" in e.value and "dashboard.timeout_s" in e.value for e in at.error
+    ), [e.value for e in at.error]
