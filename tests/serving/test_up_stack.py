@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,17 +67,15 @@ class Up:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+def start_up(cwd: Path, data: Path, *extra: str) -> Up:
+    """``infermeter up`` as a child process on a free port range, its output collected."""
     base = free_port_range()
-    data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
     argv = [sys.executable, "-m", "serving", "up", "--base-port", str(base),
-            "--data-dir", str(data), "--traffic-seed", "7"]  # fmt: skip
+            "--data-dir", str(data), *extra]  # fmt: skip
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     handle = Up(proc, base, data, time.monotonic())
 
     def pump() -> None:
@@ -86,16 +84,27 @@ def up(tmp_path: Path) -> Iterator[Up]:
             handle.lines.append(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    try:
-        yield handle
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    return handle
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    """Start ``up`` runs; any still running at the end gets SIGTERM (then SIGKILL)."""
+    runs: list[Up] = []
+
+    def _launch(*extra: str) -> Up:
+        runs.append(start_up(tmp_path, tmp_path / "data", *extra))
+        return runs[-1]
+
+    yield _launch
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=60)
+                run.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
-        print(handle.output())
+                run.proc.kill()
+        print(run.output())
 
 
 def read_token(data: Path) -> dict[str, str]:
@@ -146,7 +155,10 @@ def promtool_problems(up: Up) -> list[str]:
     return problems
 
 
-def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss(up: Up) -> None:
+def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss_then_reuses_it(
+    launch: Callable[..., Up],
+) -> None:
+    up = launch("--traffic-seed", "7")
     ready = up.wait_line(r"all (\d+) services running after ([\d.]+) s", timeout=90)
     assert ready.group(1) == "9"
     table = up.output()
@@ -198,4 +210,20 @@ def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss(up
         f"{first.group(1)} s after start; {len(sent)} usage records sent, all stored; "
         f"test {took:.1f} s"
     )
+
+    # a second `up` on the same data directory: same keys, the stored costs still there
+    key = json.loads((up.data / "secrets.json").read_text())["api_keys"]["acme"]
+    again = launch("--no-traffic")
+    second = again.wait_line(r"all 8 services running after ([\d.]+) s", timeout=90)
+    assert key in again.output()
+    assert all(costs_by_tenant(again).get(t.name, 0) > 0 for t in TENANTS)
+    body = {"model": "meta-llama/Llama-3.1-8B-Instruct", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Hello again"}]}  # fmt: skip
+    answer = httpx.post(f"{again.url(22)}/v1/chat/completions", json=body,
+                        headers={"authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    again.proc.send_signal(signal.SIGINT)
+    assert again.proc.wait(timeout=60) == 0
+    took = time.monotonic() - up.started
+    print(f"second up ready after {second.group(1)} s; test {took:.1f} s")
     assert not problems, problems
