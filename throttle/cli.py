@@ -22,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     sub = parser.add_subparsers(dest="throttle_command", metavar="SUBCOMMAND")
 
+    def usage(args: argparse.Namespace, config: Config) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
+
     serve = sub.add_parser(
         "serve",
         parents=[common],
