@@ -6,9 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dashboard_seed import (
@@ -17,7 +15,7 @@ from dashboard_seed import (
     POLICY,
     READ,
     THROTTLE_API,
-    Workload,
+    Stack,
     push_signals,
     root_conftest,
     seed_metering,
@@ -39,24 +37,6 @@ from throttle.app import Runtime  # noqa: E402
 from throttle.app import create_app as throttle_app  # noqa: E402
 from throttle.policy import load_policy_text  # noqa: E402
 from throttle.settings import ThrottleSettings  # noqa: E402
-
-
-@dataclass
-class Stack:
-    metering_url: str
-    throttle_url: str
-    load: Workload
-    allocation: dict[str, Any]
-
-    def env(self) -> dict[str, str]:
-        """What points a dashboard at this stack (as ``infermeter dashboard`` sets it)."""
-        return {
-            "INFERMETER__DASHBOARD__METERING_URL": self.metering_url,
-            "INFERMETER__DASHBOARD__THROTTLE_URL": self.throttle_url,
-            "INFERMETER__DASHBOARD__READ_TOKEN": READ,
-            "INFERMETER__DASHBOARD__THROTTLE_TOKEN": THROTTLE_API,
-            "INFERMETER__DASHBOARD__REFRESH_S": "0",
-        }
 
 
 @pytest.fixture(scope="session")

@@ -241,3 +241,21 @@ def seed_throttle(url: str) -> None:
             }
             res = client.post("/v1/admit", json=body)
             assert res.status_code in (200, 429), res.text
+
+
+@dataclass
+class Stack:
+    metering_url: str
+    throttle_url: str
+    load: Workload
+    allocation: dict[str, Any]
+
+    def env(self) -> dict[str, str]:
+        """What points a dashboard at this stack (as ``infermeter dashboard`` sets it)."""
+        return {
+            "INFERMETER__DASHBOARD__METERING_URL": self.metering_url,
+            "INFERMETER__DASHBOARD__THROTTLE_URL": self.throttle_url,
+            "INFERMETER__DASHBOARD__READ_TOKEN": READ,
+            "INFERMETER__DASHBOARD__THROTTLE_TOKEN": THROTTLE_API,
+            "INFERMETER__DASHBOARD__REFRESH_S": "0",
+        }

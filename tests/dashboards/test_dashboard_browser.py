@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cdp_browser import Browser
-from conftest import Stack
-from dashboard_seed import READ, THROTTLE_API, push_signals, root_conftest
+from dashboard_seed import READ, THROTTLE_API, Stack, push_signals, root_conftest
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboards"

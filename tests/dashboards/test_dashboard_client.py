@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Stack
-from dashboard_seed import READ, THROTTLE_API, root_conftest
+from dashboard_seed import READ, THROTTLE_API, Stack, root_conftest
 
 from dashboards.client import MeteringClient, ThrottleClient, TimeRange
 from dashboards.errors import ServiceError, ServiceUnavailable

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Stack
+from dashboard_seed import Stack
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.app import CollectorApp

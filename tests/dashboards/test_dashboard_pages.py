@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Stack
-from dashboard_seed import INGEST, READ, THROTTLE_API, root_conftest
+from dashboard_seed import INGEST, READ, THROTTLE_API, Stack, root_conftest
 from streamlit.testing.v1 import AppTest
 
 from dashboards import ui
