@@ -242,3 +242,16 @@ def test_supervisor_refuses_one_port_for_two_services(tmp_path: Path) -> None:
     specs = [http_server("one", port, 0), http_server("two", port, 1)]
     with pytest.raises(PortInUse, match=r"two \(also given to one\)"):
         Supervisor(specs, log_dir=tmp_path).check_ports()
+
+
+def test_example_config_documents_every_up_key() -> None:
+    import tomllib
+
+    from serving.up_cli import UpSettings
+
+    repo = Path(__file__).resolve().parents[2]
+    table = tomllib.loads((repo / "infermeter.example.toml").read_text())["up"]
+    text = (repo / "infermeter.example.toml").read_text()
+    assert UpSettings.model_validate(table) == UpSettings()  # the example shows the defaults
+    for key in UpSettings.model_fields:
+        assert f"\n{key} = " in text or f"\n# {key} = " in text, key
