@@ -576,3 +576,12 @@ def test_engine_is_stopped_even_when_output_breaks(tmp_path):
         vllm_cli.serve(command, VllmSettings(model="stand-in", stop_grace_s=5), out=out)
     engine_pid = _pid_after(seen, "started (pid ")
     assert not _alive(engine_pid)
+
+
+def test_example_config_documents_a_valid_vllm_table():
+    table = load_config(str(REPO / "infermeter.example.toml")).table("vllm")
+    settings = VllmSettings.model_validate(table)
+    assert set(table) >= set(VllmSettings.model_fields) - {
+        "quantization", "kv_cache_dtype", "dtype", "device", "python",
+    }  # fmt: skip
+    assert build_command(settings).argv[3:5] == ["serve", settings.model]
