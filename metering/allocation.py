@@ -258,6 +258,12 @@ class Allocator:
                 "insert_managed",
                 "clear_hourly",
                 "insert_hourly",
+                "clear_replica_hourly",
+                "insert_replica_hourly",
+                "clear_rollup_hours",
+                "insert_rollup_hours",
+                "clear_rollup_days",
+                "insert_rollup_days",
             ):
                 self._exec(cur, step, params)
             totals = cur.execute(

@@ -40,6 +40,28 @@ def _bucket(column: str, granularity: str, *, allow_minute: bool = False) -> str
     return f"CAST(date_trunc('{granularity}', {column}) AS TIMESTAMP)"
 
 
+def _grain(granularity: str, since: datetime, until: datetime) -> str:
+    """Read the daily rollup when the buckets and the range are whole days."""
+    whole_days = since == _floor_day(since) and until == _floor_day(until)
+    return "day" if granularity in ("day", "total") and whole_days else "hour"
+
+
+def _floor_day(value: datetime) -> datetime:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _rollup_bucket(granularity: str, grain: str) -> str:
+    if granularity == "total":
+        return "CAST($since AS TIMESTAMP)"
+    if granularity == grain:
+        return "bucket"
+    return f"CAST(date_trunc('{granularity}', bucket) AS TIMESTAMP)"
+
+
 def _usd(micro: float | int | None) -> float:
     return round((micro or 0) / 1e6, 6)
 
@@ -86,19 +108,24 @@ class Reports:
         self._range(since, until)
         if by not in DIMENSIONS:
             raise QueryError("by", f"must be one of {sorted(DIMENSIONS)}")
-        sql = (
-            query("reports", "cost_by")
-            .replace("__DIM__", DIMENSIONS[by])
-            .replace("__BUCKET_W__", _bucket("window_start", granularity))
-            .replace("__BUCKET__", _bucket("hour", granularity))
-        )
-        params = {
-            "since": since,
-            "until": until,
-            "tenant": tenant,
-            "model": model,
-            "share_idle": self.share_idle,
-        }
+        _bucket("hour", granularity)  # validates granularity
+        params: dict[str, Any] = {"since": since, "until": until, "share_idle": self.share_idle}
+        if tenant or model:
+            sql = (
+                query("reports", "cost_by")
+                .replace("__DIM__", DIMENSIONS[by])
+                .replace("__BUCKET__", _bucket("c.hour", granularity))
+            )
+            params.update(tenant=tenant, model=model)
+        else:
+            grain = _grain(granularity, since, until)
+            sql = (
+                query("reports", "cost_by_rollup")
+                .replace("__BUCKET__", _rollup_bucket(granularity, grain))
+                .replace("__KEY__", "replica" if by == "replica" else "key")
+            )
+            dim = {"api_key_id": "api_key", "replica": "pool"}.get(DIMENSIONS[by], DIMENSIONS[by])
+            params.update(grain=grain, dim=dim)
         rows = []
         for (
             bucket,
@@ -155,9 +182,9 @@ class Reports:
         if by not in ("replica", "pool"):
             raise QueryError("by", "must be replica or pool")
         sql = (
-            query("reports", "idle_by")
+            query("reports", "idle_by_rollup")
             .replace("__IDLE_DIM__", by)
-            .replace("__BUCKET_W__", _bucket("window_start", granularity))
+            .replace("__BUCKET_H__", _bucket("hour", granularity))
         )
         rows = []
         for bucket, key, cost, alloc, idle, busy_s, prov_s, gpu_s, kwh in self._rows(
@@ -234,9 +261,12 @@ class Reports:
         """Self-hosted cost beside what every managed API in the catalog would have charged."""
         self._range(since, until)
         rows = []
-        for model, tenant, cost, idle_share, prompt, completion, req in self._rows(
-            query("reports", "buy_vs_build"), {"since": since, "until": until}
+        grain = _grain("day", since, until)
+        sql = query("reports", "buy_vs_build_rollup")
+        for key, cost, idle_share, prompt, completion, req in self._rows(
+            sql, {"since": since, "until": until, "grain": grain}
         ):
+            model, _, tenant = key.partition("\x1f")
             managed = {
                 name: round((prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1e6, 6)
                 for name, p in sorted(self.catalog.managed.items())
@@ -437,9 +467,20 @@ class Reports:
 
     def tenant_spend(self, tenant: str, since: datetime, until: datetime) -> float:
         """A tenant's cost in USD over a range (idle share included when shared)."""
+        h_since = _floor_hour(since)
+        if h_since < since:
+            h_since += timedelta(hours=1)
+        h_until = max(_floor_hour(until), h_since)
         rows = self._rows(
-            query("reports", "tenant_spend"),
-            {"since": since, "until": until, "tenant": tenant, "share_idle": self.share_idle},
+            query("reports", "tenant_spend_rollup"),
+            {
+                "since": since,
+                "until": until,
+                "h_since": h_since,
+                "h_until": h_until,
+                "tenant": tenant,
+                "share_idle": self.share_idle,
+            },
         )
         cost, idle = rows[0] if rows else (0, 0)
         return ((cost or 0) + (idle or 0)) / 1e6

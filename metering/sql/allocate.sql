@@ -267,4 +267,77 @@ FROM (
            cached_prompt_tokens, completion_tokens, 0, 0
     FROM alloc_managed
 )
-GROUP BY ALL;
+GROUP BY ALL
+ORDER BY hour;
+
+-- name: clear_replica_hourly
+DELETE FROM replica_hourly
+WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_replica_hourly
+INSERT INTO replica_hourly
+SELECT date_trunc('hour', window_start) AS hour, replica, any_value(pool), sum(cost_micro),
+       sum(allocated_micro), sum(idle_micro), sum(busy_s), sum(provisioned_s),
+       sum(gpu_equiv * provisioned_s), sum(energy_j)
+FROM replica_window
+WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND window_start < date_trunc('hour', make_timestamp($w_until::BIGINT * $window_us::BIGINT - 1))
+                     + INTERVAL 1 HOUR
+GROUP BY ALL
+ORDER BY hour;
+
+-- name: clear_rollup_hours
+DELETE FROM cost_rollup
+WHERE grain = 'hour'
+  AND bucket >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND bucket < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_rollup_hours
+INSERT INTO cost_rollup
+WITH c AS (
+    SELECT * FROM cost_hourly
+    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+), keyed AS (
+    SELECT 'tenant' AS dim, tenant AS key, * FROM c
+    UNION ALL SELECT 'model', model, * FROM c
+    UNION ALL SELECT 'feature', feature, * FROM c
+    UNION ALL SELECT 'api_key', api_key_id, * FROM c
+    UNION ALL SELECT 'pool', pool, * FROM c
+    UNION ALL SELECT 'model_tenant', model || chr(31) || tenant, * FROM c
+)
+SELECT 'hour', k.hour, k.dim, k.key, k.replica, k.cost,
+       CASE WHEN r.allocated_micro > 0 THEN floor(r.idle_micro * k.cost / r.allocated_micro)
+            ELSE 0 END::BIGINT,
+       k.requests, k.prompt_tokens, k.cached_prompt_tokens, k.completion_tokens, k.gpu_s,
+       k.energy_j
+FROM (
+    SELECT hour, dim, key, replica, sum(cost_micro) AS cost, sum(requests) AS requests,
+           sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
+           sum(energy_j) AS energy_j
+    FROM keyed
+    GROUP BY hour, dim, key, replica
+) k
+LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica AND k.replica <> ''
+ORDER BY k.hour;
+
+-- name: clear_rollup_days
+DELETE FROM cost_rollup
+WHERE grain = 'day'
+  AND bucket >= date_trunc('day', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
+  AND bucket < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_rollup_days
+INSERT INTO cost_rollup
+SELECT 'day', CAST(date_trunc('day', bucket) AS TIMESTAMP) AS day, dim, key, replica,
+       sum(cost_micro), sum(idle_share_micro), sum(requests), sum(prompt_tokens), sum(cached_prompt_tokens),
+       sum(completion_tokens), sum(gpu_s), sum(energy_j)
+FROM cost_rollup
+WHERE grain = 'hour'
+  AND bucket >= date_trunc('day', make_timestamp($w_since::BIGINT * $window_us::BIGINT))
+  AND bucket < date_trunc('day', make_timestamp($w_until::BIGINT * $window_us::BIGINT - 1))
+               + INTERVAL 1 DAY
+GROUP BY ALL
+ORDER BY day;

@@ -21,10 +21,11 @@ QUALIFY row_number() OVER (PARTITION BY model ORDER BY computed_at DESC, range_e
 ORDER BY model;
 
 -- name: cost_by
--- Cost per bucket and key (__DIM__ and __BUCKET__ are whitelisted by metering/reports.py).
--- Idle is shared back per replica and bucket in proportion to each key's allocated cost.
+-- Cost per bucket and key from the hourly detail, for filtered reports (__DIM__ and
+-- __BUCKET__ are whitelisted by metering/reports.py). Idle is shared per replica-hour in
+-- proportion to each key's allocated cost, as in the rollups.
 WITH c AS (
-    SELECT __BUCKET__ AS bucket, replica, __DIM__ AS key, sum(cost_micro) AS cost,
+    SELECT hour, replica, __DIM__ AS key, sum(cost_micro) AS cost,
            sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens,
            sum(cached_prompt_tokens) AS cached_prompt_tokens,
            sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
@@ -33,27 +34,16 @@ WITH c AS (
     WHERE hour >= $since AND hour < $until AND ($tenant = '' OR tenant = $tenant)
       AND ($model = '' OR model = $model)
     GROUP BY ALL
-), idle AS (
-    SELECT __BUCKET_W__ AS bucket, replica, sum(idle_micro) AS idle
-    FROM replica_window
-    WHERE window_start >= $since AND window_start < $until
-    GROUP BY ALL
-), used AS (
-    SELECT bucket, replica, sum(cost) AS used FROM c GROUP BY ALL
 )
-SELECT c.bucket, c.key, sum(c.cost) AS cost_micro,
-       sum(CASE WHEN $share_idle AND u.used > 0
-                THEN floor(coalesce(i.idle, 0) * c.cost / u.used) ELSE 0 END)::BIGINT
+SELECT __BUCKET__ AS bucket, c.key, sum(c.cost) AS cost_micro,
+       sum(CASE WHEN $share_idle AND r.allocated_micro > 0 AND c.replica <> ''
+                THEN floor(r.idle_micro * c.cost / r.allocated_micro) ELSE 0 END)::BIGINT
            AS idle_share_micro,
-       sum(c.requests) AS requests, sum(c.prompt_tokens) AS prompt_tokens,
-       sum(c.cached_prompt_tokens) AS cached_prompt_tokens,
-       sum(c.completion_tokens) AS completion_tokens, sum(c.gpu_s) AS gpu_s,
-       sum(c.energy_j) / 3.6e6 AS kwh
-FROM c
-JOIN used u USING (bucket, replica)
-LEFT JOIN idle i USING (bucket, replica)
-GROUP BY c.bucket, c.key
-ORDER BY c.bucket, cost_micro DESC, c.key;
+       sum(c.requests), sum(c.prompt_tokens), sum(c.cached_prompt_tokens),
+       sum(c.completion_tokens), sum(c.gpu_s), sum(c.energy_j) / 3.6e6
+FROM c LEFT JOIN replica_hourly r USING (hour, replica)
+GROUP BY ALL
+ORDER BY bucket, cost_micro DESC, c.key;
 
 -- name: idle_by
 -- Idle cost per bucket and replica (or pool): capacity no request used, and how much of it
@@ -192,3 +182,56 @@ ORDER BY tenant, model;
 -- name: status_counts
 SELECT status, count(*) FROM usage
 WHERE finished_at >= $since AND finished_at < $until GROUP BY ALL ORDER BY status;
+
+-- name: cost_by_rollup
+-- Cost per bucket and key from the rollups (__BUCKET__ / __KEY__ whitelisted in
+-- metering/reports.py); idle shares were computed per replica-hour when the rollup was built.
+SELECT __BUCKET__ AS b, __KEY__ AS k, sum(cost_micro) AS cost_micro,
+       CASE WHEN $share_idle THEN sum(idle_share_micro) ELSE 0 END::BIGINT,
+       sum(requests), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens),
+       sum(gpu_s), sum(energy_j) / 3.6e6
+FROM cost_rollup
+WHERE grain = $grain AND dim = $dim AND bucket >= $since AND bucket < $until
+GROUP BY ALL
+ORDER BY b, cost_micro DESC, k;
+
+-- name: idle_by_rollup
+SELECT __BUCKET_H__ AS bucket, __IDLE_DIM__ AS key, sum(cost_micro), sum(allocated_micro),
+       sum(idle_micro), sum(busy_s), sum(provisioned_s), sum(gpu_s), sum(energy_j) / 3.6e6
+FROM replica_hourly
+WHERE hour >= $since AND hour < $until
+GROUP BY ALL
+ORDER BY bucket, key;
+
+-- name: buy_vs_build_rollup
+SELECT key, sum(cost_micro), sum(idle_share_micro), sum(prompt_tokens), sum(completion_tokens),
+       sum(requests)
+FROM cost_rollup
+WHERE grain = $grain AND dim = 'model_tenant' AND replica <> ''
+  AND bucket >= $since AND bucket < $until
+GROUP BY key
+ORDER BY key;
+
+-- name: tenant_spend_rollup
+-- A tenant's cost in [$since, $until): whole hours [$h_since, $h_until) from the hourly
+-- rollup, the partial hours at either end from request_window; idle share per replica-hour.
+WITH full_hours AS (
+    SELECT sum(cost_micro) AS cost, sum(idle_share_micro) AS idle
+    FROM cost_rollup
+    WHERE grain = 'hour' AND dim = 'tenant' AND key = $tenant
+      AND bucket >= $h_since AND bucket < $h_until
+), partial AS (
+    SELECT date_trunc('hour', window_start) AS hour, replica, sum(cost_micro) AS cost
+    FROM request_window
+    WHERE tenant = $tenant AND window_start >= $since AND window_start < $until
+      AND NOT (window_start >= $h_since AND window_start < $h_until)
+    GROUP BY ALL
+), partial_total AS (
+    SELECT sum(p.cost) AS cost,
+           sum(CASE WHEN r.allocated_micro > 0 AND p.replica <> ''
+                    THEN floor(r.idle_micro * p.cost / r.allocated_micro) ELSE 0 END) AS idle
+    FROM partial p LEFT JOIN replica_hourly r USING (hour, replica)
+)
+SELECT (coalesce(f.cost, 0) + coalesce(p.cost, 0))::BIGINT,
+       CASE WHEN $share_idle THEN coalesce(f.idle, 0) + coalesce(p.idle, 0) ELSE 0 END::BIGINT
+FROM full_hours f, partial_total p;

@@ -1,0 +1,62 @@
+"""Reports read rollups; they must agree with the hourly detail they are built from."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from metering.allocation import Allocator
+from metering.catalog import Catalog
+from metering.ingest import Ingestor
+from metering.reports import Reports
+from metering.settings import ReplicaSettings
+from metering.store import Store
+from tests.metering.conftest import T0, ground_truth_workload, ingest
+
+
+@pytest.mark.parametrize("share_idle", [False, True])
+def test_rollup_reports_match_detail(
+    store: Store, ingestor: Ingestor, catalog: Catalog, share_idle: bool
+) -> None:
+    per_s = {"r1": catalog.usd_per_hour("l4") / 3600, "r2": catalog.usd_per_hour("h100-sxm") / 3600}
+    truth = ground_truth_workload(per_s, hours=2, seed=3)
+    ingest(ingestor, truth.records)
+    replicas = {
+        "r1": ReplicaSettings(gpu="l4", pool="small"),
+        "r2": ReplicaSettings(gpu="h100-sxm", pool="big"),
+    }
+    # two runs, the second overlapping the first, as the service loop does
+    allocator = Allocator(store, catalog, replicas=replicas)
+    allocator.run(T0, T0 + timedelta(minutes=75))
+    allocator.run(T0 + timedelta(minutes=30), T0 + timedelta(hours=2))
+    reports = Reports(store, catalog, share_idle=share_idle)
+    since, until = T0.replace(tzinfo=None), (T0 + timedelta(days=1)).replace(tzinfo=None)
+    replica_cost = sum(truth.replica_cost.values())
+    for by in ("tenant", "model", "feature", "api_key", "replica", "pool"):
+        for granularity in ("hour", "day", "total"):
+            report = reports.cost(by, since, until, granularity)
+            t = report["totals"]
+            assert t["allocated_usd"] + t["idle_usd"] == pytest.approx(replica_cost, abs=1e-3)
+            if share_idle:
+                assert t["idle_shared_usd"] == pytest.approx(t["idle_usd"], rel=0.01)
+    by_tenant = {r["tenant"]: r for r in reports.cost("tenant", since, until, "total")["rows"]}
+    for tenant, row in by_tenant.items():
+        detail = reports.cost("model", since, until, "total", tenant=tenant)["rows"]
+        assert sum(r["cost_usd"] for r in detail) == pytest.approx(row["cost_usd"], abs=1e-6)
+        assert sum(r["requests"] for r in detail) == row["requests"]
+        assert sum(r["idle_share_usd"] for r in detail) == pytest.approx(
+            row["idle_share_usd"], abs=1e-5
+        )
+        spent = reports.tenant_spend(tenant, since + timedelta(minutes=7), until)
+        hourly = reports.tenant_spend(tenant, since, until)
+        assert spent <= hourly + 1e-9
+        assert hourly == pytest.approx(row["total_usd"], rel=0.02 if share_idle else 1e-6)
+    assert sum(r["requests"] for r in by_tenant.values()) == len(truth.records)
+    bvb = reports.buy_vs_build(since, until)["rows"]
+    assert sum(r["self_hosted_usd"] for r in bvb) == pytest.approx(
+        sum(r["cost_usd"] for r in by_tenant.values()), abs=1e-5
+    )
+    idle = reports.idle("pool", since, until, "total")
+    assert {r["pool"] for r in idle["rows"]} == {"small", "big"}
+    assert idle["totals"]["cost_usd"] == pytest.approx(replica_cost, abs=1e-3)
