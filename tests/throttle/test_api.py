@@ -230,3 +230,37 @@ def test_admin_policy_api(server: tuple[ServerThread, Runtime, ManualClock]) -> 
     assert admit(srv.url, max_tokens=0).json()["reason"] == "concurrency"  # new cap in force
     current = httpx.get(f"{srv.url}/v1/policy", headers=auth).json()
     assert current["policy"]["tiers"]["free"]["concurrency"] == 1
+
+
+def test_fair_share_engages_with_pushed_pressure_signals() -> None:
+    """Signals say the pool is saturated: the tenant far ahead waits, the light one passes."""
+    clock = ManualClock()
+    policy = load_policy_text(
+        POLICY.replace("fair_retry_s = 2", "fair_retry_s = 2\nfair_slack = 0.05")
+        .replace("rate = 0.6 ", "rate = 0 ")
+        .replace("concurrency = 3", "concurrency = 0")
+    )
+    runtime = Runtime(ThrottleSettings(), now=clock, policy=policy)
+    with ServerThread(create_app(runtime, background=False)) as srv:
+
+        def signals(waiting: float) -> None:
+            body = {"pool": "p1", "replica": "r0", "ts": clock(), "num_requests_waiting": waiting}
+            assert httpx.post(f"{srv.url}/v1/signals", json=body).status_code == 200
+
+        signals(30.0)  # saturated
+        heavy = [admit(srv.url, tenant="heavy", max_tokens=1000) for _ in range(3)]
+        assert all(r.status_code == 200 and r.json()["pressure"] for r in heavy)  # alone
+        assert admit(srv.url, tenant="light", max_tokens=1000).status_code == 200
+        refused = None
+        for _ in range(10):
+            r = admit(srv.url, tenant="heavy", max_tokens=1000)
+            if r.status_code == 429:
+                refused = r
+                break
+        assert refused is not None and refused.json()["reason"] == "fair_share"
+        assert refused.headers["Retry-After"] == "2"
+        assert admit(srv.url, tenant="light", max_tokens=1000).status_code == 200
+        clock.advance(11)  # calm signals for longer than pressure_hold_s
+        signals(0.0)
+        calm = admit(srv.url, tenant="heavy", max_tokens=1000)
+        assert calm.status_code == 200 and calm.json()["pressure"] is False
