@@ -198,7 +198,10 @@ def advise(load: ReplicaLoad, headroom: float = HEADROOM) -> Advice:
             f"{idle_note}No performance profile for {missing}: capacity cannot be estimated.",
             current_label,
         )
-    current_gpu = resolve_gpu(f"{base}:{load.mig_profile}" if load.mig_profile else base)
+    try:
+        current_gpu = resolve_gpu(f"{base}:{load.mig_profile}" if load.mig_profile else base)
+    except ProfileError as exc:
+        return Advice(load.replica, "unknown", f"{idle_note}{exc}.", current_label)
     current_frac = price_fraction(current_gpu)
     opts = options(load, model, base, headroom)
     now = next(
@@ -271,7 +274,10 @@ def quantization_savings(load: ReplicaLoad, headroom: float = HEADROOM) -> list[
         return []
     if base is None:
         return []
-    current = resolve_gpu(f"{base}:{load.mig_profile}" if load.mig_profile else base)
+    try:
+        current = resolve_gpu(f"{base}:{load.mig_profile}" if load.mig_profile else base)
+    except ProfileError:
+        return []
     current_frac = price_fraction(current)
     rows = []
     for qname in dict.fromkeys([load.quantization, *QUANTIZATIONS]):

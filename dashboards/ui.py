@@ -7,6 +7,7 @@ auto-refresh interval with a time range recomputed from the current time.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from serving.errors import ServingError
 from serving.settings import load_config
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RANGES = {
     "Last 1 hour": timedelta(hours=1),
@@ -109,16 +111,29 @@ def context() -> Context | None:
     return Context(settings, metering, throttle, range_name, custom, REFRESH[refresh])
 
 
+def guarded(ctx: Context, body: Callable[[Context], None]) -> None:
+    """Run a page body; an unexpected error is logged with its traceback and shown as one
+    line (Streamlit's own rerun/stop signals are BaseExceptions and pass through)."""
+    try:
+        body(ctx)
+    except Exception as exc:
+        log.exception("dashboard page %s failed", getattr(body, "__module__", "?"))
+        st.error(
+            f"This page could not be drawn ({type(exc).__name__}: {exc}). The dashboard's log "
+            "has the details; the other pages are unaffected."
+        )
+
+
 def live(ctx: Context, body: Callable[[Context], None]) -> None:
     """Run ``body`` now, and again every refresh interval (as a Streamlit fragment)."""
     if ctx.refresh_s > 0:
 
         def refreshed() -> None:
-            body(ctx)
+            guarded(ctx, body)
 
         st.fragment(run_every=ctx.refresh_s)(refreshed)()
     else:
-        body(ctx)
+        guarded(ctx, body)
 
 
 def fetch(call: Callable[[], T], what: str) -> T | None:

@@ -46,4 +46,4 @@ def render(ctx: ui.Context) -> None:
 ctx = ui.context()
 if ctx is not None:
     st.title("Request lookup")
-    render(ctx)
+    ui.guarded(ctx, render)

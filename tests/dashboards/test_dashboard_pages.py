@@ -40,12 +40,14 @@ def metering_get(stack: Stack, path: str, **params: str) -> Any:
     return res.json()
 
 
-def page(name: str) -> AppTest:
+def page(name: str, errors_expected: bool = False) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
     at.run()
     if name != PAGES[0]:
         at.switch_page(name).run()
     assert not at.exception, [e.value for e in at.exception]
+    if not errors_expected:
+        assert not at.error, [e.value for e in at.error]
     return at
 
 
@@ -211,7 +213,7 @@ def test_empty_store_and_bad_token(
         at = page(PAGES[1])
         assert any("No allocated cost in this range yet" in i.value for i in at.info)
         monkeypatch.setenv("INFERMETER__DASHBOARD__READ_TOKEN", "wrong")
-        at = page(PAGES[1])
+        at = page(PAGES[1], errors_expected=True)
         assert any("metering answered 401" in e.value for e in at.error)
     finally:
         service.stop()
@@ -221,7 +223,21 @@ def test_empty_store_and_bad_token(
 def test_invalid_configuration_is_named_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INFERMETER_CONFIG", raising=False)
     monkeypatch.setenv("INFERMETER__DASHBOARD__TIMEOUT_S", "-1")
-    at = page(PAGES[0])
+    at = page(PAGES[0], errors_expected=True)
     assert any(
         "Invalid configuration" in e.value and "dashboard.timeout_s" in e.value for e in at.error
     ), [e.value for e in at.error]
+
+
+def test_unexpected_error_is_one_line_not_a_traceback() -> None:
+    def script() -> None:
+        from dashboards import ui
+
+        def broken(ctx: object) -> None:
+            raise KeyError("rows")
+
+        ui.guarded(None, broken)  # type: ignore[arg-type]
+
+    at = AppTest.from_function(script).run()
+    assert not at.exception
+    assert "could not be drawn (KeyError: 'rows')" in at.error[0].value

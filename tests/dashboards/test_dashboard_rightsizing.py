@@ -131,6 +131,9 @@ def test_unknown_model_or_gpu_is_said_plainly() -> None:
     assert advice.kind == "idle" and "No performance profile for model" in advice.message
     assert advise(load(gpu_model="Tesla T4", utilization=0.9)).kind == "unknown"
     assert quantization_savings(load(model="my-private-model")) == []
+    odd = advise(load(mig_profile="5g.50gb", utilization=0.9))  # not an H100 profile
+    assert odd.kind == "unknown" and "no MIG profile '5g.50gb'" in odd.message
+    assert quantization_savings(load(mig_profile="5g.50gb")) == []
 
 
 def test_loads_from_reports_builds_peak_and_cost_per_day() -> None:
