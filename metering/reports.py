@@ -219,33 +219,37 @@ class Reports:
         """One request's usage record and cost breakdown per window; None if unknown."""
         cur = self.store.cursor()
         try:
-            sql = query("reports", "request_lookup")
-            result = cur.execute(sql, bind(sql, {"request_id": request_id}))
+            result = cur.execute(query("reports", "request_record"), {"request_id": request_id})
             names = [d[0] for d in result.description or []]
-            rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+            row = result.fetchone()
+            if row is None:
+                return None
+            record = dict(zip(names, row, strict=True))
+            sql = query("reports", "request_windows")
+            params = {
+                "request_id": request_id,
+                "from": record["started_at"] - timedelta(hours=1),
+                "to": record["finished_at"],
+            }
+            windows_rows = cur.execute(sql, bind(sql, params)).fetchall()
         finally:
             cur.close()
-        if not rows:
-            return None
-        first = rows[0]
-        record = {k: first[k] for k in names[: names.index("received_at") + 1]}
         for key in ("started_at", "first_token_at", "finished_at", "received_at"):
             record[key] = iso(record[key])
         windows = [
             {
-                "window_start": iso(r["window_start"]),
-                "replica": r["rw_replica"],
-                "cost_usd": _usd(r["cost_micro"]),
-                "work": r["work"],
-                "prefill_tokens": r["rw_prefill"],
-                "decode_tokens": r["rw_decode"],
-                "gpu_seconds": r["gpu_s"],
-                "energy_j": r["energy_j"],
+                "window_start": iso(w[0]),
+                "replica": w[1],
+                "cost_usd": _usd(w[2]),
+                "work": w[3],
+                "prefill_tokens": w[4],
+                "decode_tokens": w[5],
+                "gpu_seconds": w[6],
+                "energy_j": w[7],
             }
-            for r in rows
-            if r["window_start"] is not None
+            for w in windows_rows
         ]
-        micro = sum(r["cost_micro"] or 0 for r in rows)
+        micro = sum(w[2] for w in windows_rows)
         return {
             "request_id": request_id,
             "record": record,

@@ -61,16 +61,15 @@ SELECT bucket, key, cost, allocated, idle, busy_s, provisioned_s, gpu_s, kwh
 FROM w
 ORDER BY bucket, key;
 
--- name: request_lookup
-SELECT u.*, rw.window_start, rw.replica AS rw_replica, rw.cost_micro, rw.work,
-       rw.prefill_tokens AS rw_prefill, rw.decode_tokens AS rw_decode, rw.gpu_s, rw.energy_j
-FROM usage u
-LEFT JOIN request_window rw
-       ON rw.request_id = u.request_id
-      AND rw.window_start >= u.started_at - INTERVAL 1 HOUR
-      AND rw.window_start <= u.finished_at
-WHERE u.request_id = $request_id
-ORDER BY rw.window_start;
+-- name: request_record
+SELECT * FROM usage WHERE request_id = $request_id;
+
+-- name: request_windows
+-- Constant time bounds let DuckDB skip row groups by their window_start min/max.
+SELECT window_start, replica, cost_micro, work, prefill_tokens, decode_tokens, gpu_s, energy_j
+FROM request_window
+WHERE window_start >= $from AND window_start <= $to AND request_id = $request_id
+ORDER BY window_start;
 
 -- name: buy_vs_build
 -- Self-hosted cost (allocated, and with the idle share: what was reserved) beside the token
