@@ -27,6 +27,11 @@ from metering.service import MeteringService
 from metering.timeparse import parse_time
 
 
+class TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
 class AuthError(Exception):
     def __init__(self, scope: str) -> None:
         self.scope = scope
@@ -77,6 +82,14 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         return _error(401, f"missing or invalid bearer token ({exc.scope})", "unauthorized")
 
+    @app.exception_handler(TooLarge)
+    async def _too_large(_: Request, exc: TooLarge) -> JSONResponse:
+        return _error(413, f"body larger than {exc.limit} bytes", "payload_too_large", "body")
+
+    @app.exception_handler(duckdb.Error)
+    async def _duckdb(_: Request, exc: duckdb.Error) -> JSONResponse:
+        return _error(503, f"store error: {exc}", "storage_unavailable")
+
     @app.exception_handler(RecordError)
     async def _record(_: Request, exc: RecordError) -> JSONResponse:
         return _error(400, str(exc), "invalid_record", exc.field)
@@ -106,10 +119,10 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def _body(request: Request) -> bytes:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            raise BatchError("body", f"larger than {settings.max_body_bytes} bytes")
+            raise TooLarge(settings.max_body_bytes)
         body = await request.body()
         if len(body) > settings.max_body_bytes:
-            raise BatchError("body", f"larger than {settings.max_body_bytes} bytes")
+            raise TooLarge(settings.max_body_bytes)
         return body
 
     def _time(request: Request, name: str, default_ago_s: float) -> Any:

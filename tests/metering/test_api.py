@@ -223,3 +223,16 @@ def test_background_tick_allocates_history_after_start(clock: ManualClock) -> No
         assert svc.allocation_state.runs == 1
     finally:
         svc.stop()
+
+
+def test_oversized_body_is_413(clock: ManualClock, serve: Callable[..., ServerThread]) -> None:
+    settings = MeteringSettings(
+        storage="duckdb:///:memory:", max_body_bytes=2048, allocate_every_s=0
+    )
+    svc = MeteringService(settings, now=clock)
+    try:
+        url = serve(create_app(svc)).url
+        r = httpx.post(f"{url}/v1/usage", content=orjson.dumps([usage(i) for i in range(20)]))
+        assert r.status_code == 413 and r.json()["error"]["param"] == "body"
+    finally:
+        svc.stop()
