@@ -37,7 +37,9 @@ def render(ctx: ui.Context) -> None:
     st.subheader(f"Cost per {grain} and tenant")
     by_day = frames.cost_frame(daily)
     if not by_day.empty:
-        st.bar_chart(frames.pivot(by_day, "bucket", "tenant", "total_usd"))
+        wide = frames.pivot(by_day, "bucket", "tenant", "total_usd")
+        wide.index = wide.index.strftime("%m-%d %H:%M" if grain == "hour" else "%Y-%m-%d")
+        st.bar_chart(wide)  # one bar per bucket (categorical), stacked by tenant
     ui.table(by_day, f"cost-by-tenant-{grain}", f"No cost per {grain} in this range.")
 
     tabs = st.tabs([label for _, label in DIMENSIONS])
