@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -99,38 +99,51 @@ class _TokenRates(Collector):
         yield generation
 
 
-class _GapHistogram(Collector):
-    """Per-model histogram of many observations at once (inter-token gaps, ~1 per token).
+class FastHistogram(Collector):
+    """A histogram bucketed with ``bisect`` (one label at most), for the background consumer.
 
     client_python's ``observe`` takes a lock and walks the buckets in Python per value; a
-    request brings dozens of gaps, so they are bucketed here with ``bisect`` in one pass.
+    request brings one TTFT, one latency and dozens of inter-token gaps, so this is cheaper.
+    Only the record consumer task writes to it; scrapes read a consistent-enough snapshot.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], label: str | None
+    ) -> None:
         self.name = name
         self.documentation = documentation
+        self.label = label
         self.bounds = list(buckets)
         self._data: dict[str, tuple[list[int], list[float]]] = {}
 
-    def observe_many(self, model: str, values: list[float]) -> None:
-        entry = self._data.get(model)
+    def _entry(self, key: str) -> tuple[list[int], list[float]]:
+        entry = self._data.get(key)
         if entry is None:
-            entry = self._data[model] = ([0] * (len(self.bounds) + 1), [0.0])
-        counts, total = entry
+            entry = self._data[key] = ([0] * (len(self.bounds) + 1), [0.0])
+        return entry
+
+    def observe(self, value: float, key: str = "") -> None:
+        counts, total = self._entry(key)
+        counts[bisect_left(self.bounds, value)] += 1
+        total[0] += value
+
+    def observe_many(self, values: list[float], key: str = "") -> None:
+        counts, total = self._entry(key)
         bounds = self.bounds
         for value in values:
             counts[bisect_left(bounds, value)] += 1
         total[0] += sum(values)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
-        for model, (counts, total) in sorted(self._data.items()):
+        labels = [self.label] if self.label else []
+        family = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        for key, (counts, total) in sorted(self._data.items()):
             cumulative = 0
             buckets: list[tuple[str, float]] = []
             for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
                 cumulative += count
                 buckets.append((floatToGoString(bound), float(cumulative)))
-            family.add_metric([model], buckets, total[0])
+            family.add_metric([key] if self.label else [], buckets, total[0])
         yield family
 
 
@@ -168,32 +181,32 @@ class RequestMetrics:
             ["tenant", "model"],
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = FastHistogram(
             "infermeter_time_to_first_token_seconds",
             "Time to first token seen by the collector (streamed requests)",
-            ["model"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
+            TTFT_BUCKETS,
+            "model",
         )
-        self.itl = _GapHistogram(
+        self.itl = FastHistogram(
             "infermeter_inter_token_latency_seconds",
             "Gaps between streamed tokens seen by the collector",
             ITL_BUCKETS,
+            "model",
         )
-        r.register(self.itl)
-        self.e2e = Histogram(
+        self.e2e = FastHistogram(
             "infermeter_e2e_request_latency_seconds",
             "End-to-end request latency seen by the collector",
-            ["model"],
-            buckets=E2E_BUCKETS,
-            registry=r,
+            E2E_BUCKETS,
+            "model",
         )
-        self.overhead = Histogram(
+        self.overhead = FastHistogram(
             "infermeter_collector_overhead_seconds",
             "Time the collector itself added to a request (parsing, forwarding, accounting)",
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
+            OVERHEAD_BUCKETS,
+            None,
         )
+        for histogram in (self.ttft, self.itl, self.e2e, self.overhead):
+            r.register(histogram)
         self.untrusted_tenant = Counter(
             "infermeter_collector_untrusted_tenant_headers",
             "Requests whose tenant header lacked the gateway secret (header ignored)",
@@ -225,7 +238,6 @@ class RequestMetrics:
         r.register(self.rates)
         self.guard = TenantGuard(tenant_limit, self.tenant_overflow.inc)
         self._children: dict[tuple[str, str, str], tuple[object, ...]] = {}
-        self._model_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.totals: dict[str, list[int]] = {}  # model -> [prompt, completion], all tenants
 
     def observe(self, rec: UsageRecord, token_gaps: list[float]) -> None:
@@ -249,17 +261,12 @@ class RequestMetrics:
             cached.inc(rec.cached_prompt_tokens)  # type: ignore[attr-defined]
         if rec.completion_tokens:
             completion.inc(rec.completion_tokens)  # type: ignore[attr-defined]
-        hists = self._model_children.get(rec.model)
-        if hists is None:
-            hists = (self.ttft.labels(rec.model), self.e2e.labels(rec.model))
-            self._model_children[rec.model] = hists
-        ttft, e2e = hists
         if rec.ttft_s is not None:
-            ttft.observe(rec.ttft_s)
+            self.ttft.observe(rec.ttft_s, rec.model)
         if token_gaps:
-            self.itl.observe_many(rec.model, token_gaps)
+            self.itl.observe_many(token_gaps, rec.model)
         if rec.e2e_s is not None:
-            e2e.observe(rec.e2e_s)
+            self.e2e.observe(rec.e2e_s, rec.model)
         self.rates.add(rec.model, rec.prompt_tokens, rec.completion_tokens)
         totals = self.totals.setdefault(rec.model, [0, 0])
         totals[0] += rec.prompt_tokens
