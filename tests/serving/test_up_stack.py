@@ -227,3 +227,42 @@ def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss_th
     took = time.monotonic() - up.started
     print(f"second up ready after {second.group(1)} s; test {took:.1f} s")
     assert not problems, problems
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(600)
+def test_up_with_real_vllm_cpu_build_serves_and_meters_a_demo_tenant(
+    launch: Callable[..., Up],
+) -> None:
+    from serving import vllm_cpu
+    from serving.errors import EngineNotInstalled
+
+    try:
+        vllm_cpu.require_install()
+    except EngineNotInstalled as exc:
+        pytest.fail(f"real vLLM (CPU build) is needed: {exc} (bash serving/vllm_cpu/setup.sh)")
+    up = launch("--engine", "vllm", "--no-traffic", "--vllm-gpus", "l4")
+    ready = up.wait_line(r"all 6 services running after ([\d.]+) s", timeout=480)
+    assert "real vLLM (CPU build, tiny model), priced as l4" in up.output()
+    key = json.loads((up.data / "secrets.json").read_text())["api_keys"]["globex"]
+    body = {"model": "tiny-llama", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "Summarise: sales grew."}]}  # fmt: skip
+    with httpx.stream("POST", f"{up.url(22)}/v1/chat/completions", json=body, timeout=120,
+                      headers={"authorization": f"Bearer {key}"}) as resp:  # fmt: skip
+        assert resp.status_code == 200
+        text = "".join(resp.iter_text())
+        rid = resp.headers["x-infermeter-request-id"]
+    assert text.rstrip().endswith("data: [DONE]")
+    deadline = time.monotonic() + 30
+    while (
+        httpx.get(f"{up.metering}/v1/requests/{rid}", headers=read_token(up.data)).status_code
+        != 200
+    ):
+        assert time.monotonic() < deadline, "the request never reached metering"
+        time.sleep(0.5)
+    record = metered(up, rid)["record"]
+    assert record["tenant"] == "globex" and record["replica"] == "vllm-0", record
+    assert 0 < record["completion_tokens"] <= 16
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=90) == 0, up.output()
+    print(f"\nup --engine vllm: ready after {ready.group(1)} s")
