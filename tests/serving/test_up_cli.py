@@ -10,6 +10,8 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +257,40 @@ def test_example_config_documents_every_up_key() -> None:
     assert UpSettings.model_validate(table) == UpSettings()  # the example shows the defaults
     for key in UpSettings.model_fields:
         assert f"\n{key} = " in text or f"\n# {key} = " in text, key
+
+
+def test_ctrl_c_while_starting_stops_what_was_started(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    never = ServiceSpec("slow", [PY, "-c", "import time; time.sleep(60)"],
+                        f"http://127.0.0.1:{port}/", "127.0.0.1", port)  # fmt: skip
+    supervisor = Supervisor([never], log_dir=tmp_path, out=io.StringIO())
+    timer = threading.Timer(0.5, supervisor.request_stop)
+    timer.start()
+    began = time.monotonic()
+    assert supervisor.run() == 0
+    assert time.monotonic() - began < 10
+    assert supervisor.children["slow"].poll() is not None
+
+
+def test_a_service_that_dies_later_stops_the_others(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    short = ServiceSpec("short-lived", [PY, "-c", "import time; time.sleep(1)"], None,
+                        "127.0.0.1", None)  # fmt: skip
+    out = io.StringIO()
+    supervisor = Supervisor([http_server("web", port, 0), short], log_dir=tmp_path, out=out)
+    assert supervisor.run() == 1
+    assert "short-lived exited with code 0; stopping all" in out.getvalue()
+    assert supervisor.children["web"].poll() is not None
+
+
+def test_a_service_never_healthy_is_named_with_its_url(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    mute = ServiceSpec("mute", [PY, "-c", "import time; time.sleep(60)"],
+                       f"http://127.0.0.1:{port}/", "127.0.0.1", port,
+                       startup_timeout=1.0)  # fmt: skip
+    supervisor = Supervisor([mute], log_dir=tmp_path)
+    with pytest.raises(
+        EngineError, match=rf"mute not healthy after 1 s at http://127.0.0.1:{port}/"
+    ):
+        supervisor.run()
+    assert supervisor.children["mute"].poll() is not None
