@@ -42,7 +42,7 @@ class TenancySettings(BaseModel):
 
     shared_secret: str = ""
     default_tenant: str = "anonymous"
-    keys: dict[str, dict[str, str]] = Field(default_factory=dict)
+    keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def load(config: Config) -> tuple[ThrottleSettings, TenantResolver]:
