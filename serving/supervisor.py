@@ -53,6 +53,7 @@ class ServiceSpec:
     startup_timeout: float | None = None  # default: the supervisor's
     stop_timeout: float = 10.0
     stop_rank: int | None = None  # lower stops later; default: the stage
+    port_option: str = ""  # how the user moves this port, named when it is taken
 
     @property
     def stop_order(self) -> int:
@@ -138,7 +139,8 @@ class Supervisor:
             if key in seen:
                 raise PortInUse(spec.host, spec.port, f"{spec.name} (also given to {seen[key]})")
             seen[key] = spec.name
-            check_port_free(spec.host, spec.port, spec.name)
+            hint = f" (set by {spec.port_option})" if spec.port_option else ""
+            check_port_free(spec.host, spec.port, spec.name + hint)
 
     def _start(self, spec: ServiceSpec) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,15 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--startup-timeout", "startup_timeout", float, "seconds each stage may take to become "
      "healthy (real vLLM: its own health_timeout_s) [60]"),
 )  # fmt: skip
+PORT_OPTIONS = {
+    "metering": "--metering-port",
+    "throttle": "--throttle-port",
+    "simulator": "--simulator-base-port",
+    "vllm": "--simulator-base-port",
+    "collector": "--collector-base-port",
+    "gateway": "--gateway-port",
+    "dashboards": "--dashboard-port",
+}
 BASE_OFFSETS = {
     "simulator_base_port": 0,
     "collector_base_port": 10,
@@ -269,7 +278,10 @@ class Plan:
         lay = self.layout
         argv = [PY, "-m", "serving", *command, "--config", str(lay.config_path)]
         url = f"{lay.url(port)}{health}" if port is not None and health else None
-        return ServiceSpec(name, argv, url, lay.host, port, what, stage=stage, **kw)
+        option = PORT_OPTIONS.get(name.rstrip("0123456789").rstrip("-"), "")
+        hint = f"{option} or --base-port" if option else ""
+        return ServiceSpec(name, argv, url, lay.host, port, what, stage=stage,
+                           port_option=hint, **kw)  # fmt: skip
 
     def _engine(self, index: int, replica: Replica) -> ServiceSpec:
         s = self.settings

@@ -184,7 +184,10 @@ def test_taken_port_is_named_and_nothing_is_written(tmp_path: Path) -> None:
                 str(free_port_range()), "--data-dir", str(tmp_path / "data")]  # fmt: skip
         proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert f"port 127.0.0.1:{port} for gateway is already in use" in proc.stderr
+    assert (
+        f"port 127.0.0.1:{port} for gateway (set by --gateway-port or --base-port) is already "
+        "in use" in proc.stderr
+    )
     assert not (tmp_path / "data").exists()
 
 
