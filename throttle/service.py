@@ -170,7 +170,9 @@ class Throttle:
         if plan is None or plan.policy is not policy or plan.price_epoch != self.pricer.epoch:
             plan = self._plan(key)
         limits, pool, pool_name, price = plan.limits, plan.pool, plan.pool_name, plan.price
-        prompt_tokens = self.pricer.prompt_tokens(req.prompt_tokens, req.prompt_chars)
+        prompt_tokens = req.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = self.pricer.prompt_tokens(None, req.prompt_chars)
         cost = prompt_tokens * price.prompt + req.max_tokens * price.completion
         pressure = pool.fair_share and self._pressure(pool_name)
         fair = plan.hot if pressure else plan.calm

@@ -14,11 +14,10 @@ a refund gives the units back, an extra debit takes more (possibly into debt).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class GcraResult:
+class GcraResult(NamedTuple):
     """Outcome of one GCRA check."""
 
     allowed: bool
