@@ -320,7 +320,7 @@ FROM (
     FROM keyed
     GROUP BY hour, dim, key, replica
 ) k
-LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica AND k.replica <> ''
+LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica
 ORDER BY k.hour;
 
 -- name: clear_rollup_days
