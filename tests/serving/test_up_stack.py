@@ -30,6 +30,7 @@ import pytest
 
 from serving.demo_stack import TENANTS
 from tests.conftest import promtool_check, vllm_promtool_findings
+from tests.dashboards.cdp_browser import Browser
 from tests.serving.free_ports import free_port_range
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,6 +156,18 @@ def promtool_problems(up: Up) -> list[str]:
     return problems
 
 
+def check_costs_page(up: Up) -> None:
+    """The dashboards' Costs page, in headless Chromium, shows the demo tenants' costs."""
+    browser = Browser(free_port_range(1))
+    try:
+        expect = ["Costs", "GPU cost (replicas)", *(t.name for t in TENANTS)]
+        state = browser.load(f"{up.url(23)}/costs", expect, timeout=60)
+        assert state["exceptions"] == 0, state["text"][:2000]
+        browser.screenshot(REPO / "test-artifacts" / "up" / "costs.png")
+    finally:
+        browser.close()
+
+
 def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss_then_reuses_it(
     launch: Callable[..., Up],
 ) -> None:
@@ -185,7 +198,7 @@ def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss_th
     record = metered(up, job)["record"]
     assert record["tenant"] == "umbrella" and record["status"] == "ok", record
     problems = promtool_problems(up)  # asserted last, so that the rest is checked too
-    assert httpx.get(f"{up.url(23)}/_stcore/health", timeout=10).status_code == 200
+    check_costs_page(up)
 
     up.proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert up.proc.wait(timeout=60) == 0, up.output()
