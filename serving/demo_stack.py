@@ -104,9 +104,15 @@ class StackLayout:
     dashboard_port: int
     pool: str = POOL
 
+    @property
+    def connect_host(self) -> str:
+        """Where clients on this machine reach a service bound to ``host``."""
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+        return wildcard.get(self.host, self.host)
+
     def url(self, port: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{port}"
+        host = self.connect_host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def metering_url(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -32,7 +33,6 @@ from serving.demo_habits import HABITS, Request, Sizing, tenant_rng
 from serving.demo_stack import TENANTS
 from serving.errors import ConfigError
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 TENANT_NAMES = tuple(t.name for t in TENANTS)
 
 
@@ -70,10 +70,20 @@ class TenantStats:
         }
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def require_loopback(url: str) -> str:
     """The gateway URL, refused unless it points at this machine's loopback."""
     host = urlsplit(url).hostname or ""
-    if host not in LOOPBACK_HOSTS:
+    if not is_loopback(host):
         raise ConfigError(f"demo traffic only targets loopback, not {host!r}", field="--gateway")
     return url.rstrip("/")
 

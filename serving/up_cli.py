@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.demo_stack import DEMO_MODEL, TENANTS, Replica, Secrets, StackLayout, write_stack
+from serving.demo_traffic import is_loopback
 from serving.errors import ConfigError
 from serving.settings import Config, section
 from serving.simulator.settings import SimulatorSettings
@@ -268,6 +269,12 @@ class Plan:
                        startup_timeout=max(self.settings.startup_timeout, 90.0)),
         ]  # fmt: skip
         if self.settings.traffic:
+            if not is_loopback(lay.connect_host):
+                raise ConfigError(
+                    f"the demo traffic only targets loopback, not {lay.connect_host}: add "
+                    "--no-traffic, or bind 127.0.0.1 or 0.0.0.0",
+                    field="--host",
+                )
             specs.append(self._traffic())
         return specs
 

@@ -22,7 +22,7 @@ from dashboards.settings import load_settings as dashboard_settings
 from metering.settings import MeteringSettings
 from serving.cli import build_parser
 from serving.demo_stack import TENANTS, Secrets, write_stack
-from serving.errors import EngineError, PortInUse
+from serving.errors import ConfigError, EngineError, PortInUse
 from serving.gateway.settings import GatewaySettings
 from serving.settings import Config, load_config, section
 from serving.simulator.settings import SimulatorSettings
@@ -297,3 +297,17 @@ def test_a_service_never_healthy_is_named_with_its_url(tmp_path: Path) -> None:
     ):
         supervisor.run()
     assert supervisor.children["mute"].poll() is not None
+
+
+def test_wildcard_host_is_reached_on_loopback_and_remote_hosts_get_no_traffic(
+    tmp_path: Path,
+) -> None:
+    specs = {s.name: s for s in plan(["--host", "0.0.0.0"], tmp_path).services()}
+    assert flag(list(specs["simulator-0"].argv), "--host") == "0.0.0.0"
+    assert flag(list(specs["demo-traffic"].argv), "--gateway") == "http://127.0.0.1:8080"
+    assert specs["gateway"].health_url == "http://127.0.0.1:8080/healthz"
+    with pytest.raises(ConfigError, match="--no-traffic"):
+        plan(["--host", "10.1.2.3"], tmp_path).services()
+    assert "demo-traffic" not in {
+        s.name for s in plan(["--host", "10.1.2.3", "--no-traffic"], tmp_path).services()
+    }
