@@ -6,21 +6,24 @@ before starting anything (a taken port is a :class:`PortInUse` naming the port a
 service), then starts the services stage by stage: every service of a stage is started at
 once, and the next stage starts when all of them answer their health URL, with one progress
 line per service. Children run in their own process groups (a terminal's Ctrl-C reaches only
-the supervisor) with output to one log file each. On Ctrl-C / SIGTERM, or when a child dies,
-it stops the stages in reverse order: SIGTERM to a stage's children, wait for them (their
-graceful shutdown: collectors ship their spools, metering closes its store), SIGKILL what is
-left after the service's stop timeout, then the previous stage. A service's ``stop_rank``
+the supervisor) with output to one log file each; on Linux the kernel sends them SIGTERM if
+the supervisor itself dies. On Ctrl-C / SIGTERM, or when a child dies, it stops the stages
+in reverse order: SIGTERM to a stage's children, wait for them (their graceful shutdown:
+collectors ship their spools, metering closes its store), SIGKILL what is left after the
+service's stop timeout, then the previous stage. A service's ``stop_rank``
 can hold it back further (metering stops after everything that ships to it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import TextIO
 
 from serving.errors import EngineError, PortInUse
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,14 @@ def check_port_free(host: str, port: int, what: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(host, port, what) from exc
             raise
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: on Linux, have the kernel SIGTERM the child when the supervisor dies
+    (even by SIGKILL), so that no service outlives ``up``; a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -152,6 +165,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **spec.env},
                 start_new_session=True,  # our signals reach them only through us
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
 
     def _log_tail(self, spec: ServiceSpec, lines: int = 8) -> str:

@@ -311,3 +311,33 @@ def test_wildcard_host_is_reached_on_loopback_and_remote_hosts_get_no_traffic(
     assert "demo-traffic" not in {
         s.name for s in plan(["--host", "10.1.2.3", "--no-traffic"], tmp_path).services()
     }
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_services_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from serving.supervisor import ServiceSpec, Supervisor\n"
+        f"spec = ServiceSpec('web', [sys.executable, '-m', 'http.server', '{port}', '--bind', "
+        f"'127.0.0.1'], 'http://127.0.0.1:{port}/', '127.0.0.1', {port})\n"
+        f"Supervisor([spec], log_dir=Path({str(tmp_path)!r}), out=sys.stdout).run()\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([PY, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        while "ready" not in proc.stdout.readline():
+            assert proc.poll() is None
+        proc.kill()  # SIGKILL: no handler, no orderly stop
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) != 0:
+                    break  # the service is gone
+            assert time.monotonic() < deadline, "the service outlived its supervisor"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
