@@ -20,9 +20,10 @@ def make_app(upstream: str) -> web.Application:
 
     async def start(app: web.Application) -> None:
         app["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
-        )  # fmt: skip
+        )
 
     async def stop(app: web.Application) -> None:
         await app["session"].close()
@@ -31,8 +32,9 @@ def make_app(upstream: str) -> web.Application:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         session: aiohttp.ClientSession = request.app["session"]
-        async with session.request(request.method, upstream + request.rel_url.raw_path_qs,
-                                   headers=headers, data=body) as up:  # fmt: skip
+        async with session.request(
+            request.method, upstream + request.rel_url.raw_path_qs, headers=headers, data=body
+        ) as up:
             resp = web.StreamResponse(status=up.status)
             for k, v in up.headers.items():
                 if k.lower() not in HOP:
@@ -49,9 +51,36 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
+def make_sink() -> web.Application:
+    """``python collector_bare_proxy.py PORT sink``: accepts usage batches like metering."""
+    app = web.Application()
+
+    async def accept(request: web.Request) -> web.Response:
+        items = await request.json()
+        return web.json_response({"accepted": len(items), "duplicates": 0, "rejected": []})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_post("/v1/usage", accept)
+    app.router.add_post("/v1/gpu-samples", accept)
+    app.router.add_get("/health", health)
+    return app
+
+
 if __name__ == "__main__":
     import uvloop
 
     uvloop.install()
-    web.run_app(make_app(sys.argv[2].rstrip("/")), host="127.0.0.1", port=int(sys.argv[1]),
-                access_log=None, print=None)  # fmt: skip
+    if sys.argv[2] == "sink":
+        web.run_app(
+            make_sink(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None
+        )
+        sys.exit(0)
+    web.run_app(
+        make_app(sys.argv[2].rstrip("/")),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        print=None,
+    )

@@ -33,13 +33,15 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def run(url: str, concurrency: int, count: int, max_s: float, stream: bool) -> dict[str, Any]:
-    body = json.dumps({
-        "model": "bench",
-        "messages": [{"role": "user", "content": "Say something about benchmarks."}],
-        "max_tokens": MAX_TOKENS,
-        "stream": stream,
-        "ignore_eos": True,
-    }).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": "Say something about benchmarks."}],
+            "max_tokens": MAX_TOKENS,
+            "stream": stream,
+            "ignore_eos": True,
+        }
+    ).encode()
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
     ttft: list[float] = []
     e2e: list[float] = []
