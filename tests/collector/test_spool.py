@@ -74,3 +74,32 @@ def test_corrupt_ack_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / "ack").write_text("not numbers")
     with pytest.raises(SpoolError):
         Spool(tmp_path)
+
+
+async def test_pipeline_counts_records_a_full_spool_refuses(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from collector.pipeline import RecordPipeline
+    from collector.record import RequestRecord
+    from collector.request_metrics import RequestMetrics
+
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path, max_bytes=4096)
+    pipeline = RecordPipeline(
+        RequestMetrics(registry), pool="p", replica="r", spool=spool, durable_ack=True
+    )
+    recs = [
+        RequestRecord(request_id=f"r{i}", endpoint="/v1/completions", started_wall=1.8e9,
+                      started_mono=1.0, model="m", finished_mono=2.0)
+        for i in range(40)
+    ]  # fmt: skip
+    for rec in recs:
+        pipeline.submit(rec)
+        await pipeline.drain()
+    assert all(rec.durable is not None and rec.durable.done() for rec in recs)  # never stuck
+    kept = spool.pending
+    assert 0 < kept < 40
+    dropped = registry.get_sample_value(
+        "infermeter_collector_records_dropped_total", {"reason": "spool_full"}
+    )
+    assert dropped == 40 - kept
