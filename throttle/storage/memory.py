@@ -39,7 +39,8 @@ class MemoryStorage:
         self._lease_pool: dict[str, str] = {}  # reservation id -> pool of its lease
         self._lease_heaps: dict[str, list[tuple[float, str]]] = {}  # tenant -> (expiry, id)
         self._pools: dict[str, PoolFairState] = {}
-        self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # -> (spent, expires)
+        # tenant -> window key -> [spent, expires]
+        self._spend: dict[str, dict[str, list[float]]] = {}
         # the admission request is the reservation record; settled ones map to their cost
         self._records: dict[str, ReserveRequest] = {}
         self._settled: dict[str, float] = {}
@@ -49,20 +50,30 @@ class MemoryStorage:
         self._policy: tuple[int, str] | None = None
 
     # -- helpers -------------------------------------------------------------------------
-    def _spent(self, tenant: str, key: str, now: float) -> float:
-        entry = self._spend.get((tenant, key))
+    @staticmethod
+    def _spent(windows: dict[str, list[float]], key: str, now: float) -> float:
+        entry = windows.get(key)
         if entry is None:
             return 0.0
         if entry[1] <= now:
-            del self._spend[(tenant, key)]
+            del windows[key]
             return 0.0
         return entry[0]
 
-    def _add_spend(self, tenant: str, key: str, amount: float, expires: float) -> float:
-        spent, old_exp = self._spend.get((tenant, key), (0.0, expires))
-        value = spent + amount
-        self._spend[(tenant, key)] = (value, max(old_exp, expires))
-        return value
+    @staticmethod
+    def _add_spend(
+        windows: dict[str, list[float]], key: str, amount: float, expires: float, now: float
+    ) -> float:
+        entry = windows.get(key)
+        if entry is None:
+            for old in [k for k, (_, until) in windows.items() if until <= now]:
+                del windows[old]  # a new window began: drop the ones that ended
+            windows[key] = [amount, expires]
+            return amount
+        entry[0] += amount
+        if expires > entry[1]:
+            entry[1] = expires
+        return entry[0]
 
     def _pool(self, pool: str) -> PoolFairState:
         state = self._pools.get(pool)
@@ -120,68 +131,77 @@ class MemoryStorage:
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
         now = r.now
+        tenant = r.tenant
         fair = r.fair
-        if self._expiry and self._expiry[0][0] <= now:
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:
             self._sweep(now)
         state = self._pools.get(r.pool) or self._pool(r.pool)
         if state.lease_heap and state.lease_heap[0][0] <= now:
             self._purge_pool(state, now)
-        held = self._leases.get(r.tenant)
+        held = self._leases.get(tenant)
         if held is None:
-            held = self._leases[r.tenant] = {}
+            held = self._leases[tenant] = {}
         elif held:
-            self._purge(r.tenant, held, now)
-        day = self._spent(r.tenant, r.day_key, now)
-        month = self._spent(r.tenant, r.month_key, now)
-        tat = self._tat.get(r.tenant, now)
-        state.touch(r.tenant, now, now - fair.active_window_s * FORGET_FACTOR)
-        floor = state.floor(r.tenant)
-        backlogged = r.tenant in state.inflight
-        before = state.counters.get(r.tenant, 0.0)
-        own = fairshare.lift(before, backlogged, floor)
-        if own != before or r.tenant not in state.counters:
-            state.set_counter(r.tenant, own)
+            self._purge(tenant, held, now)
+        windows = self._spend.get(tenant)
+        if windows is None:
+            windows = self._spend[tenant] = {}
+        day = self._spent(windows, r.day_key, now)
+        month = self._spent(windows, r.month_key, now)
+        tat = self._tat.get(tenant, now)
+        state.touch(tenant, now, now - fair.active_window_s * FORGET_FACTOR)
+        floor = state.floor(tenant)
+        counters = state.counters
+        before = counters.get(tenant)
+        own = fairshare.lift(before or 0.0, tenant in state.inflight, floor)
+        if before is None or own != before:
+            state.set_counter(tenant, own)
 
+        cost = r.cost
+        rate_per_s = r.rate_per_s
         refusal: tuple[str, float, str] | None = None
         rate = None
-        if not budgets.fits(day, r.cost, r.daily_budget):
+        if not budgets.fits(day, cost, r.daily_budget):
             refusal = ("budget", r.day_end - now, "daily")
-        elif not budgets.fits(month, r.cost, r.monthly_budget):
+        elif not budgets.fits(month, cost, r.monthly_budget):
             refusal = ("budget", r.month_end - now, "monthly")
         elif not leases.has_slot(len(held), r.concurrency):
             refusal = ("concurrency", leases.retry_after(held, now), "")
         else:
-            rate = gcra.check(tat, now, r.cost, r.rate_per_s, r.burst)
+            rate = gcra.check(tat, now, cost, rate_per_s, r.burst)
             if not rate.allowed:
                 refusal = ("rate", rate.retry_after_s, "")
             elif not fairshare.admits(own, floor, fair):
                 refusal = ("fair_share", fair.retry_s, "")
         if refusal is not None or rate is None:
             reason, retry, detail = refusal or ("", 0.0, "")
-            remaining, reset = gcra.state(tat, now, r.rate_per_s, r.burst)
+            remaining, reset = gcra.state(tat, now, rate_per_s, r.burst)
             return Decision(
                 False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail
             )
         # admit: charge everything
-        if r.rate_per_s > 0:
-            self._tat[r.tenant] = rate.tat
-        held[r.reservation_id] = r.lease_expires_at
-        heap = self._lease_heaps.get(r.tenant)
+        rid = r.reservation_id
+        lease_expires_at = r.lease_expires_at
+        if rate_per_s > 0:
+            self._tat[tenant] = rate.tat
+        held[rid] = lease_expires_at
+        heap = self._lease_heaps.get(tenant)
         if heap is None:
-            heap = self._lease_heaps[r.tenant] = []
-        heapq.heappush(heap, (r.lease_expires_at, r.reservation_id))
-        self._lease_pool[r.reservation_id] = r.pool
-        heapq.heappush(state.lease_heap, (r.lease_expires_at, r.reservation_id, r.tenant))
-        day = self._add_spend(r.tenant, r.day_key, r.cost, r.day_end + WINDOW_GRACE_S)
-        month = self._add_spend(r.tenant, r.month_key, r.cost, r.month_end + WINDOW_GRACE_S)
-        own = fairshare.charge(own, r.cost, r.weight, floor, fair.max_lead)
-        if r.tenant in state.backlog:
-            state.set_counter(r.tenant, own)
+            heap = self._lease_heaps[tenant] = []
+        heapq.heappush(heap, (lease_expires_at, rid))
+        self._lease_pool[rid] = r.pool
+        heapq.heappush(state.lease_heap, (lease_expires_at, rid, tenant))
+        day = self._add_spend(windows, r.day_key, cost, r.day_end + WINDOW_GRACE_S, now)
+        month = self._add_spend(windows, r.month_key, cost, r.month_end + WINDOW_GRACE_S, now)
+        own = fairshare.charge(own, cost, r.weight, floor, fair.max_lead)
+        if tenant in state.backlog:
+            state.set_counter(tenant, own)
         else:
-            state.counters[r.tenant] = own  # acquire() enters it in the backlog order
-        state.acquire(r.tenant)
-        self._records[r.reservation_id] = r
-        heapq.heappush(self._expiry, (r.record_expires_at, r.reservation_id))
+            counters[tenant] = own  # acquire() enters it in the backlog order
+        state.acquire(tenant)
+        self._records[rid] = r
+        heapq.heappush(expiry, (r.record_expires_at, rid))
         return Decision(
             True, "", 0.0, rate.remaining, rate.reset_s, len(held), day, month, own, floor
         )
@@ -205,10 +225,11 @@ class MemoryStorage:
         if record.rate_per_s > 0:
             tat = self._tat.get(record.tenant, now)
             self._tat[record.tenant] = gcra.adjust(tat, now, delta, record.rate_per_s)
+        windows = self._spend.get(record.tenant, {})
         for key in (record.day_key, record.month_key):
-            entry = self._spend.get((record.tenant, key))
+            entry = windows.get(key)
             if entry is not None:
-                self._spend[(record.tenant, key)] = (max(0.0, entry[0] + delta), entry[1])
+                entry[0] = max(0.0, entry[0] + delta)
         state = self._pools.get(record.pool)
         if state is not None and record.tenant in state.counters:
             counter = max(0.0, state.counters[record.tenant] + delta / record.weight)
@@ -235,8 +256,8 @@ class MemoryStorage:
             remaining,
             reset,
             in_flight,
-            self._spent(q.tenant, q.day_key, q.now),
-            self._spent(q.tenant, q.month_key, q.now),
+            self._spent(self._spend.get(q.tenant, {}), q.day_key, q.now),
+            self._spent(self._spend.get(q.tenant, {}), q.month_key, q.now),
             counters,
         )
 
