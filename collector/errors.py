@@ -4,13 +4,12 @@ Hierarchy::
 
     CollectorError
     ├── RequestError        a client request the collector itself refuses (names the field)
-    ├── UpstreamError       the engine could not be reached or did not answer in time
-    │   └── UpstreamTimeout the engine did not answer within the configured timeout
     ├── ShippingError       metering refused or could not take a batch (retried, then spooled)
     └── SpoolError          the on-disk spool is full or corrupt
 
-They become HTTP codes only in ``collector/proxy.py`` (the request path) and stay counters
-everywhere else: telemetry and shipping failures never reach proxied traffic.
+``RequestError`` becomes an HTTP 4xx only in ``collector/proxy.py`` (the request path, where
+the engine being unreachable or slow maps aiohttp's own errors to 502 / 504); the others
+stay counters and log lines: telemetry and shipping failures never reach proxied traffic.
 """
 
 from __future__ import annotations
@@ -28,14 +27,6 @@ class RequestError(CollectorError):
         self.message = message
         self.status = status
         super().__init__(f"{field}: {message}")
-
-
-class UpstreamError(CollectorError):
-    """The upstream engine is unreachable or failed before answering."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream engine did not answer within the configured timeout."""
 
 
 class ShippingError(CollectorError):
