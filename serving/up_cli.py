@@ -13,12 +13,14 @@ Options come from the ``[up]`` table; flags win.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -383,6 +385,27 @@ class FirstCostWatch:
         threading.Thread(target=self.run, name="first-costs", daemon=True).start()
 
 
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """An exclusive lock on ``data_dir`` (one ``up`` per data directory: one DuckDB writer)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "up.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(
+            f"{data_dir} is used by another `infermeter up` (pid {owner}); stop it or pass "
+            "another --data-dir",
+            field="--data-dir",
+        ) from exc
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def banner(plan: Plan, keys: Secrets) -> str:
     lay = plan.layout
     lines = [
@@ -416,6 +439,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         out=sys.stdout,
     )
     supervisor.check_ports()  # before anything is written
+    lock = lock_data_dir(plan.layout.data_dir)  # held until this process exits
     keys = Secrets.load_or_create(plan.layout.secrets_path)
     write_stack(plan.layout, keys, plan.engine_tables, plan.catalog)
     for problem in plan.unpriced():
@@ -447,3 +471,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return supervisor.run(on_ready=ready)
     finally:
         watch.stop.set()
+        lock.close()

@@ -341,3 +341,19 @@ def test_services_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_one_up_per_data_directory(tmp_path: Path) -> None:
+    from serving.up_cli import lock_data_dir
+
+    held = lock_data_dir(tmp_path / "data")
+    try:
+        argv = [PY, "-m", "serving", "up", "--base-port", str(free_port_range()),
+                "--data-dir", str(tmp_path / "data")]  # fmt: skip
+        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert f"is used by another `infermeter up` (pid {os.getpid()})" in proc.stderr
+        assert not (tmp_path / "data" / "infermeter.toml").exists()
+    finally:
+        held.close()
+    lock_data_dir(tmp_path / "data").close()  # free again once the holder is gone
