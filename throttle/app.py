@@ -122,8 +122,12 @@ def create_app(runtime: Runtime, background: bool = True) -> FastPath:
     """The ASGI app of one runtime: the gateway fast path in front of the FastAPI app.
 
     ``background=False`` leaves the loops (reload, probe, refresh, rates) to the caller.
-    The FastAPI app itself is ``create_app(...).app``.
     """
+    return FastPath(build_api(runtime, background), GatewayHandlers(runtime))
+
+
+def build_api(runtime: Runtime, background: bool = True) -> FastAPI:
+    """The FastAPI app (every route, the OpenAPI document, the lifespan loops)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -150,4 +154,4 @@ def create_app(runtime: Runtime, background: bool = True) -> FastPath:
     install_error_handlers(app)
     app.include_router(build_router(runtime))
     app.state.runtime = runtime
-    return FastPath(app, GatewayHandlers(runtime))
+    return app

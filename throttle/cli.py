@@ -98,6 +98,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     nginx.set_defaults(func=run_nginx_config)
 
+    spec = sub.add_parser(
+        "openapi",
+        parents=[common],
+        help="print the OpenAPI document of the throttle API (JSON)",
+        description="Print the OpenAPI 3 document served at /openapi.json, without a server.",
+    )
+    spec.set_defaults(func=run_openapi)
+
 
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
@@ -147,6 +155,18 @@ def run_check_policy(args: argparse.Namespace, config: Config) -> int:
         f"{args.file}: valid ({len(doc.tiers)} tiers, {len(doc.tenants)} tenants, "
         f"{len(doc.models)} models, {len(doc.pools)} pools, unit {doc.unit})"
     )
+    return 0
+
+
+def run_openapi(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from throttle.app import Runtime, build_api
+    from throttle.policy import default_policy
+    from throttle.settings import ThrottleSettings
+
+    api = build_api(Runtime(ThrottleSettings(), policy=default_policy()), background=False)
+    print(json.dumps(api.openapi(), indent=2, sort_keys=True))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -151,6 +152,11 @@ def test_cli_check_policy_and_help(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert "server 127.0.0.1:9;" in nginx.stdout and "auth_request_set" in nginx.stdout
+    spec = subprocess.run([*run, "openapi"], capture_output=True, text=True, cwd=REPO)
+    paths = json.loads(spec.stdout)["paths"]
+    assert {"/v1/admit", "/v1/settle", "/v1/check", "/v1/signals", "/v1/autoscale/{pool}"} <= set(
+        paths
+    )
 
 
 def test_prices_from_the_catalog_when_metering_is_absent() -> None:
