@@ -147,7 +147,7 @@ class Pool(_Strict):
     fair_share: bool = True
     fair_slack: float | None = Field(default=None, ge=0)  # default: the tenant's burst / weight
     fair_max_lead: float | None = Field(default=None, ge=0)  # default: 2 x slack
-    active_window_s: float = Field(default=30.0, gt=0)
+    active_window_s: float = Field(default=30.0, gt=0)  # idle 10 windows: forgotten
     fair_retry_s: float = Field(default=1.0, gt=0)
     autoscale: Autoscale = Field(default_factory=lambda: Autoscale.model_validate({}))
 

@@ -9,17 +9,17 @@ As an *admission* rule (the throttle does not own the engine's queue) this becom
 
 - every admission charges ``cost / weight`` to the tenant's counter in the pool, and settle
   replaces the estimate by the actual cost (VTC charges settled compute, not bytes);
-- a tenant is *active* while it has asked within ``active_window_s``; the smallest counter
-  among the other active tenants is the *floor*;
-- a tenant whose queue was empty (nothing in flight, or not active) is lifted to the floor
-  when it asks, as VTC lifts a client whose queue becomes non-empty again: a light tenant
-  never banks credit, and its counter never drifts behind or ahead of the others';
-- under pressure only, a tenant whose counter leads the smallest active counter by more than
-  ``slack`` is refused (reason ``fair_share``): the tenant with the least weighted service
-  always passes, light tenants are never held back by a heavy one;
-- a counter never leads the smallest active counter by more than ``max_lead``, so service
-  received while the pool was idle is not held against a tenant forever (bounded memory,
-  the pool stays work-conserving outside pressure).
+- a tenant is *backlogged* while it holds a lease (work in flight) in the pool; the *floor*
+  is the smallest counter among the other backlogged tenants (None when there are none);
+- a tenant that was not backlogged is lifted to the floor when it asks, as VTC lifts a
+  client whose queue becomes non-empty again: a light tenant never banks credit;
+- under pressure only, a tenant whose counter leads the floor by more than ``slack`` is
+  refused (reason ``fair_share``): the tenant with the least weighted service always passes,
+  light tenants are not held back by a heavy one, and a tenant alone passes
+  (work-conserving);
+- a counter never leads the floor by more than ``max_lead``, so service received while the
+  pool was idle is not held against a tenant forever;
+- a tenant idle for ``FORGET_FACTOR`` x ``active_window_s`` (storage) is forgotten.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ class FairParams:
     """Fair-share settings of one pool at decision time."""
 
     pressure: bool  # the pool is saturated: enforce fair share
-    slack: float  # allowed lead over the smallest active counter (cost units / weight)
+    slack: float  # allowed lead over the floor (cost units / weight)
     max_lead: float  # cap on any counter's lead (cost units / weight)
-    active_window_s: float  # a tenant is active while it asked within this window
+    active_window_s: float  # idle tenants are forgotten after 10 of these windows
     retry_s: float  # Retry-After for a fair-share refusal
 
 
 def min_active(counters: Iterable[tuple[str, float]], tenant: str) -> float | None:
-    """The smallest counter among the *other* active tenants, or None when alone."""
+    """The smallest counter among the *other* tenants given, or None when alone."""
     best: float | None = None
     for name, value in counters:
         if name != tenant and (best is None or value < best):
