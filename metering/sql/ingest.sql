@@ -2,16 +2,17 @@
 -- `ok` telling whether the row passed validation, and the typed columns of `usage`.
 
 -- name: stage_usage_json
--- A JSON array of records or of CloudEvents envelopes (fields then come from `data`).
+-- A JSON array of records or of CloudEvents envelopes (fields then come from `data`). Each
+-- JSON value is extracted, typed and parsed once (CTE `ex`); `typed` checks and converts.
 CREATE OR REPLACE TEMP TABLE usage_stage AS
 WITH raw AS (
     SELECT * FROM read_json($path, format = 'array', maximum_object_size = 16777216, columns = {
-        request_id: 'JSON', tenant: 'JSON', api_key_id: 'JSON', model: 'JSON', pool: 'JSON',
-        replica: 'JSON', endpoint: 'JSON', stream: 'JSON', status: 'JSON', http_status: 'JSON',
-        finish_reason: 'JSON', started_at: 'JSON', first_token_at: 'JSON', finished_at: 'JSON',
-        queue_s: 'JSON', prompt_tokens: 'JSON', cached_prompt_tokens: 'JSON',
-        completion_tokens: 'JSON', ttft_s: 'JSON', itl_mean_s: 'JSON', itl_p50_s: 'JSON',
-        itl_max_s: 'JSON', e2e_s: 'JSON', upstream: 'JSON', tags: 'JSON',
+        request_id: 'JSON', tenant: 'JSON', model: 'JSON', api_key_id: 'JSON', pool: 'JSON',
+        replica: 'JSON', endpoint: 'JSON', stream: 'JSON', status: 'JSON', http_status:
+        'JSON', finish_reason: 'JSON', started_at: 'JSON', first_token_at: 'JSON',
+        finished_at: 'JSON', queue_s: 'JSON', prompt_tokens: 'JSON', cached_prompt_tokens:
+        'JSON', completion_tokens: 'JSON', ttft_s: 'JSON', itl_mean_s: 'JSON', itl_p50_s:
+        'JSON', itl_max_s: 'JSON', e2e_s: 'JSON', upstream: 'JSON', tags: 'JSON',
         specversion: 'JSON', type: 'JSON', data: 'JSON'})
 ), rec AS MATERIALIZED (
     SELECT
@@ -20,8 +21,8 @@ WITH raw AS (
         json_type(data) AS data_type,
         im_nz(CASE WHEN specversion IS NULL THEN request_id ELSE data -> '$.request_id' END) AS request_id,
         im_nz(CASE WHEN specversion IS NULL THEN tenant ELSE data -> '$.tenant' END) AS tenant,
-        im_nz(CASE WHEN specversion IS NULL THEN api_key_id ELSE data -> '$.api_key_id' END) AS api_key_id,
         im_nz(CASE WHEN specversion IS NULL THEN model ELSE data -> '$.model' END) AS model,
+        im_nz(CASE WHEN specversion IS NULL THEN api_key_id ELSE data -> '$.api_key_id' END) AS api_key_id,
         im_nz(CASE WHEN specversion IS NULL THEN pool ELSE data -> '$.pool' END) AS pool,
         im_nz(CASE WHEN specversion IS NULL THEN replica ELSE data -> '$.replica' END) AS replica,
         im_nz(CASE WHEN specversion IS NULL THEN endpoint ELSE data -> '$.endpoint' END) AS endpoint,
@@ -44,56 +45,98 @@ WITH raw AS (
         im_nz(CASE WHEN specversion IS NULL THEN upstream ELSE data -> '$.upstream' END) AS upstream,
         im_nz(CASE WHEN specversion IS NULL THEN tags ELSE data -> '$.tags' END) AS tags
     FROM raw
+), ex AS (
+    SELECT is_event, event_type, data_type,
+        json_type(request_id) AS request_id_t, request_id ->> '$' AS request_id_s,
+        json_type(tenant) AS tenant_t, tenant ->> '$' AS tenant_s,
+        json_type(model) AS model_t, model ->> '$' AS model_s,
+        json_type(api_key_id) AS api_key_id_t, api_key_id ->> '$' AS api_key_id_s,
+        json_type(pool) AS pool_t, pool ->> '$' AS pool_s,
+        json_type(replica) AS replica_t, replica ->> '$' AS replica_s,
+        json_type(endpoint) AS endpoint_t, endpoint ->> '$' AS endpoint_s,
+        json_type(status) AS status_t, status ->> '$' AS status_s,
+        json_type(upstream) AS upstream_t, upstream ->> '$' AS upstream_s,
+        json_type(finish_reason) AS finish_reason_t, finish_reason ->> '$' AS finish_reason_s,
+        json_type(started_at) AS started_at_t, started_at ->> '$' AS started_at_s,
+        TRY_CAST(TRY_CAST(started_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS started_at_v,
+        json_type(first_token_at) AS first_token_at_t, first_token_at ->> '$' AS first_token_at_s,
+        TRY_CAST(TRY_CAST(first_token_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS first_token_at_v,
+        json_type(finished_at) AS finished_at_t, finished_at ->> '$' AS finished_at_s,
+        TRY_CAST(TRY_CAST(finished_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS finished_at_v,
+        json_type(http_status) AS http_status_t, TRY_CAST(http_status AS BIGINT) AS http_status_v,
+        json_type(prompt_tokens) AS prompt_tokens_t, TRY_CAST(prompt_tokens AS BIGINT) AS prompt_tokens_v,
+        json_type(cached_prompt_tokens) AS cached_prompt_tokens_t, TRY_CAST(cached_prompt_tokens AS BIGINT) AS cached_prompt_tokens_v,
+        json_type(completion_tokens) AS completion_tokens_t, TRY_CAST(completion_tokens AS BIGINT) AS completion_tokens_v,
+        json_type(queue_s) AS queue_s_t, TRY_CAST(queue_s AS DOUBLE) AS queue_s_v,
+        json_type(ttft_s) AS ttft_s_t, TRY_CAST(ttft_s AS DOUBLE) AS ttft_s_v,
+        json_type(itl_mean_s) AS itl_mean_s_t, TRY_CAST(itl_mean_s AS DOUBLE) AS itl_mean_s_v,
+        json_type(itl_p50_s) AS itl_p50_s_t, TRY_CAST(itl_p50_s AS DOUBLE) AS itl_p50_s_v,
+        json_type(itl_max_s) AS itl_max_s_t, TRY_CAST(itl_max_s AS DOUBLE) AS itl_max_s_v,
+        json_type(e2e_s) AS e2e_s_t, TRY_CAST(e2e_s AS DOUBLE) AS e2e_s_v,
+        json_type(stream) AS stream_t, TRY_CAST(stream AS BOOLEAN) AS stream_v,
+        tags, TRY_CAST(tags AS MAP(VARCHAR, VARCHAR)) AS tags_v
+    FROM rec
 ), typed AS (
     SELECT
         (NOT is_event OR (event_type = 'infermeter.inference.v1' AND data_type = 'OBJECT'))
-        AND im_req_str(request_id) AND im_req_str(tenant) AND im_req_str(model)
-        AND im_opt_str(api_key_id) AND im_opt_str(pool) AND im_opt_str(replica)
-        AND im_opt_str(endpoint)
-        AND (stream IS NULL OR json_type(stream) = 'BOOLEAN')
-        AND (status IS NULL OR (json_type(status) = 'VARCHAR'
-             AND (status ->> '$') IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit')))
-        AND (upstream IS NULL OR (json_type(upstream) = 'VARCHAR'
-             AND (upstream ->> '$') IN ('self_hosted', 'managed')))
-        AND im_opt_int(http_status)
-        AND coalesce(TRY_CAST(http_status AS BIGINT), 200) BETWEEN 100 AND 599
-        AND (finish_reason IS NULL OR json_type(finish_reason) = 'VARCHAR')
-        AND im_ts_ok(started_at) AND im_ts_ok(finished_at)
-        AND (first_token_at IS NULL OR im_ts_ok(first_token_at))
-        AND im_opt_int(prompt_tokens) AND im_opt_int(cached_prompt_tokens)
-        AND im_opt_int(completion_tokens)
-        AND coalesce(TRY_CAST(cached_prompt_tokens AS BIGINT), 0)
-            <= coalesce(TRY_CAST(prompt_tokens AS BIGINT), 0)
-        AND im_opt_num(queue_s) AND im_opt_num(ttft_s) AND im_opt_num(itl_mean_s)
-        AND im_opt_num(itl_p50_s) AND im_opt_num(itl_max_s) AND im_opt_num(e2e_s)
+        AND coalesce(request_id_t = 'VARCHAR' AND strlen(request_id_s) BETWEEN 1 AND 512, false)
+        AND coalesce(tenant_t = 'VARCHAR' AND strlen(tenant_s) BETWEEN 1 AND 512, false)
+        AND coalesce(model_t = 'VARCHAR' AND strlen(model_s) BETWEEN 1 AND 512, false)
+        AND (api_key_id_t IS NULL OR coalesce(api_key_id_t = 'VARCHAR' AND strlen(api_key_id_s) <= 512, false))
+        AND (pool_t IS NULL OR coalesce(pool_t = 'VARCHAR' AND strlen(pool_s) <= 512, false))
+        AND (replica_t IS NULL OR coalesce(replica_t = 'VARCHAR' AND strlen(replica_s) <= 512, false))
+        AND (endpoint_t IS NULL OR coalesce(endpoint_t = 'VARCHAR' AND strlen(endpoint_s) <= 512, false))
+        AND (stream_t IS NULL OR stream_t = 'BOOLEAN')
+        AND (status_t IS NULL OR (status_t = 'VARCHAR'
+             AND status_s IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit')))
+        AND (upstream_t IS NULL OR (upstream_t = 'VARCHAR' AND upstream_s IN ('self_hosted', 'managed')))
+        AND (finish_reason_t IS NULL OR finish_reason_t = 'VARCHAR')
+        AND (http_status_t IS NULL OR coalesce(http_status_t IN ('UBIGINT', 'BIGINT') AND http_status_v >= 0, false))
+        AND (prompt_tokens_t IS NULL OR coalesce(prompt_tokens_t IN ('UBIGINT', 'BIGINT') AND prompt_tokens_v >= 0, false))
+        AND (cached_prompt_tokens_t IS NULL OR coalesce(cached_prompt_tokens_t IN ('UBIGINT', 'BIGINT') AND cached_prompt_tokens_v >= 0, false))
+        AND (completion_tokens_t IS NULL OR coalesce(completion_tokens_t IN ('UBIGINT', 'BIGINT') AND completion_tokens_v >= 0, false))
+        AND coalesce(http_status_v, 200) BETWEEN 100 AND 599
+        AND coalesce(cached_prompt_tokens_v, 0) <= coalesce(prompt_tokens_v, 0)
+        AND (queue_s_t IS NULL OR coalesce(queue_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND queue_s_v >= 0, false))
+        AND (ttft_s_t IS NULL OR coalesce(ttft_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND ttft_s_v >= 0, false))
+        AND (itl_mean_s_t IS NULL OR coalesce(itl_mean_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_mean_s_v >= 0, false))
+        AND (itl_p50_s_t IS NULL OR coalesce(itl_p50_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_p50_s_v >= 0, false))
+        AND (itl_max_s_t IS NULL OR coalesce(itl_max_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_max_s_v >= 0, false))
+        AND (e2e_s_t IS NULL OR coalesce(e2e_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND e2e_s_v >= 0, false))
+        AND coalesce(started_at_t = 'VARCHAR' AND started_at_v IS NOT NULL
+             AND regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false)
+        AND (first_token_at_t IS NULL OR coalesce(first_token_at_t = 'VARCHAR' AND first_token_at_v IS NOT NULL
+             AND regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false))
+        AND coalesce(finished_at_t = 'VARCHAR' AND finished_at_v IS NOT NULL
+             AND regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false)
         AND im_tags_ok(tags)
-        AND coalesce(im_ts(finished_at) >= im_ts(started_at), false) AS ok,
-        request_id ->> '$' AS request_id,
-        tenant ->> '$' AS tenant,
-        coalesce(api_key_id ->> '$', '') AS api_key_id,
-        model ->> '$' AS model,
-        coalesce(pool ->> '$', '') AS pool,
-        coalesce(replica ->> '$', '') AS replica,
-        coalesce(endpoint ->> '$', '/v1/chat/completions') AS endpoint,
-        coalesce(TRY_CAST(stream AS BOOLEAN), false) AS stream,
-        coalesce(status ->> '$', 'ok') AS status,
-        coalesce(TRY_CAST(http_status AS INTEGER), 200) AS http_status,
-        finish_reason ->> '$' AS finish_reason,
-        im_ts(started_at) AS started_at,
-        im_ts(first_token_at) AS first_token_at,
-        im_ts(finished_at) AS finished_at,
-        TRY_CAST(queue_s AS DOUBLE) AS queue_s,
-        coalesce(TRY_CAST(prompt_tokens AS BIGINT), 0) AS prompt_tokens,
-        coalesce(TRY_CAST(cached_prompt_tokens AS BIGINT), 0) AS cached_prompt_tokens,
-        coalesce(TRY_CAST(completion_tokens AS BIGINT), 0) AS completion_tokens,
-        TRY_CAST(ttft_s AS DOUBLE) AS ttft_s,
-        TRY_CAST(itl_mean_s AS DOUBLE) AS itl_mean_s,
-        TRY_CAST(itl_p50_s AS DOUBLE) AS itl_p50_s,
-        TRY_CAST(itl_max_s AS DOUBLE) AS itl_max_s,
-        TRY_CAST(e2e_s AS DOUBLE) AS e2e_s,
-        coalesce(upstream ->> '$', 'self_hosted') AS upstream,
-        coalesce(TRY_CAST(tags AS MAP(VARCHAR, VARCHAR)), MAP {}) AS tags
-    FROM rec
+        AND coalesce(finished_at_v >= started_at_v, false) AS ok,
+        request_id_s AS request_id,
+        tenant_s AS tenant,
+        coalesce(api_key_id_s, '') AS api_key_id,
+        model_s AS model,
+        coalesce(pool_s, '') AS pool,
+        coalesce(replica_s, '') AS replica,
+        coalesce(endpoint_s, '/v1/chat/completions') AS endpoint,
+        coalesce(stream_v, false) AS stream,
+        coalesce(status_s, 'ok') AS status,
+        coalesce(http_status_v, 200)::INTEGER AS http_status,
+        finish_reason_s AS finish_reason,
+        started_at_v AS started_at,
+        first_token_at_v AS first_token_at,
+        finished_at_v AS finished_at,
+        queue_s_v AS queue_s,
+        coalesce(prompt_tokens_v, 0) AS prompt_tokens,
+        coalesce(cached_prompt_tokens_v, 0) AS cached_prompt_tokens,
+        coalesce(completion_tokens_v, 0) AS completion_tokens,
+        ttft_s_v AS ttft_s,
+        itl_mean_s_v AS itl_mean_s,
+        itl_p50_s_v AS itl_p50_s,
+        itl_max_s_v AS itl_max_s,
+        e2e_s_v AS e2e_s,
+        coalesce(upstream_s, 'self_hosted') AS upstream,
+        coalesce(tags_v, MAP {}) AS tags
+    FROM ex
 )
 SELECT * FROM typed;
 
