@@ -159,18 +159,19 @@ class EngineScraper(Collector):
             for sig in self.signals:
                 fam.add_metric([sig.model], float(getattr(sig, attr)))
             yield fam
+        # One gauge per quantile: a `quantile` label is reserved for summaries (promtool).
         for kind, doc in (("ttft", "time to first token"), ("itl", "inter-token latency")):
-            fam = GaugeMetricFamily(
-                f"infermeter_engine_{kind}_seconds",
-                f"Engine {doc} quantiles over the last scrape interval (histogram deltas)",
-                labels=["model", "quantile"],
-            )
-            for sig in self.signals:
-                for q in ("50", "95"):
+            for q in ("50", "95"):
+                fam = GaugeMetricFamily(
+                    f"infermeter_engine_{kind}_p{q}_seconds",
+                    f"Engine {doc} p{q} over the last scrape interval (histogram deltas)",
+                    labels=["model"],
+                )
+                for sig in self.signals:
                     value = getattr(sig, f"{kind}_p{q}_s")
                     if value is not None:
-                        fam.add_metric([sig.model, f"0.{q}"], float(value))
-            yield fam
+                        fam.add_metric([sig.model], float(value))
+                yield fam
         gap = GaugeMetricFamily(
             "infermeter_engine_unmetered_tokens",
             "Engine token counter increase minus tokens in usage records since the collector "

@@ -103,7 +103,7 @@ def panels() -> list[dict[str, Any]]:
             (f"max by (instance) (infermeter_engine_kv_cache_usage_perc{{{MODEL}}})",
              "{{instance}}")], "percentunit", 8, 19),
         _panel("Engine TTFT p95 and preemptions", [
-            (f'max by (instance) (infermeter_engine_ttft_seconds{{{MODEL}, quantile="0.95"}})',
+            (f"max by (instance) (infermeter_engine_ttft_p95_seconds{{{MODEL}}})",
              "ttft p95 {{instance}}"),
             (f"sum by (instance) (infermeter_engine_preemptions_per_second{{{MODEL}}})",
              "preemptions/s {{instance}}")], "short", 16, 19),

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest_paths import ARTIFACTS
+from tests_helpers_collector import promtool_check
 
 from collector.engine_signals import (
     SignalDeriver,
@@ -158,6 +159,10 @@ def test_scraper_publishes_metrics_and_pushes_to_throttle(
     assert 'infermeter_engine_num_requests_waiting{model="tiny-llama"} 28.0' in text
     assert 'infermeter_engine_kv_cache_usage_perc{model="tiny-llama"} 0.5' in text
     assert "infermeter_engine_up 1.0" in text
+    # quantiles are one gauge each: a `quantile` label on a gauge is a promtool finding
+    assert 'infermeter_engine_ttft_p95_seconds{model="tiny-llama"}' in text
+    code, findings = promtool_check(text)
+    assert code != 1 and not [f for f in findings if "quantile" in f], findings
     gap = col.sample(
         "infermeter_engine_unmetered_tokens", {"model": "tiny-llama", "kind": "generation"}
     )
