@@ -23,6 +23,7 @@ import duckdb
 from metering.errors import StorageError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+CHECKPOINT_THRESHOLD = "512MB"
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -80,6 +81,10 @@ def open_store(uri: str, *, migrate: bool = True) -> Store:
         )
     store = OPENERS[scheme](rest, uri)
     store.connection.execute("SET TimeZone = 'UTC'")
+    if store.path:
+        # Commits are durable in the WAL; checkpoint (which rewrites the primary-key index)
+        # only once the WAL holds this much, not after every large batch.
+        store.connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
     if migrate:
         apply_migrations(store.connection)
     return store
