@@ -8,7 +8,7 @@ from typing import Any
 
 from collector.settings import CollectorSettings
 from serving.settings import Config, section
-from serving.tenancy import TenantResolver
+from serving.tenancy import TenantResolver, tenancy_from_config
 
 # flag -> (settings key, help); booleans are handled separately below
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
@@ -91,12 +91,7 @@ def settings_from(args: argparse.Namespace, config: Config) -> CollectorSettings
 
 def resolver_from(config: Config) -> TenantResolver:
     """Tenant attribution from the shared [tenancy] table."""
-    table = config.table("tenancy")
-    return TenantResolver.from_config(
-        str(table.get("shared_secret", "")),
-        table.get("keys", {}) or {},
-        str(table.get("default_tenant", "anonymous")),
-    )
+    return tenancy_from_config(config)[0]
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

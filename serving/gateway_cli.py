@@ -13,7 +13,7 @@ from typing import Any
 
 from serving.gateway.settings import GatewaySettings
 from serving.settings import Config, section
-from serving.tenancy import TenantResolver, hash_key
+from serving.tenancy import TenantResolver, hash_key, tenancy_from_config
 
 _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("host", str, "address to bind (default 127.0.0.1)"),
@@ -87,12 +87,8 @@ def settings_from(args: argparse.Namespace, config: Config) -> GatewaySettings:
 
 def resolver_from(config: Config) -> tuple[TenantResolver, str]:
     """Tenant attribution and the shared secret from the ``[tenancy]`` table."""
-    table = config.table("tenancy")
-    secret = str(table.get("shared_secret", ""))
-    resolver = TenantResolver.from_config(
-        secret, table.get("keys", {}) or {}, str(table.get("default_tenant", "anonymous"))
-    )
-    return resolver, secret
+    resolver, tenancy = tenancy_from_config(config)
+    return resolver, tenancy.shared_secret
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -19,6 +19,11 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.settings import Config, section
 
 TENANT_HEADER = "x-infermeter-tenant"
 SECRET_HEADER = "x-infermeter-gateway-secret"
@@ -26,6 +31,20 @@ TAGS_HEADER = "x-infermeter-tags"
 KEY_ID_HEADER = "x-infermeter-key-id"
 MAX_TAGS = 8
 MAX_TAG_CHARS = 64
+
+
+class TenancySettings(BaseModel):
+    """The shared ``[tenancy]`` table read by the collector, throttle and gateway.
+
+    ``keys`` maps the SHA-256 hex digest of an API key (``infermeter gateway hash-key KEY``)
+    to ``{tenant, key_id, tier}``.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    shared_secret: str = ""
+    default_tenant: str = "anonymous"
+    keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def hash_key(api_key: str) -> str:
@@ -143,3 +162,11 @@ class TenantResolver:
         return Attribution(
             tenant=self.default_tenant, untrusted_header=untrusted, source="anonymous", tags=tags
         )
+
+
+def tenancy_from_config(config: Config) -> tuple[TenantResolver, TenancySettings]:
+    """The resolver and the validated ``[tenancy]`` table (errors name the field)."""
+    tenancy = section(config, "tenancy", TenancySettings)
+    keys = {digest: {k: str(v) for k, v in entry.items()} for digest, entry in tenancy.keys.items()}
+    resolver = TenantResolver.from_config(tenancy.shared_secret, keys, tenancy.default_tenant)
+    return resolver, tenancy

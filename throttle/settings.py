@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serving.settings import Config, section
-from serving.tenancy import TenantResolver
+from serving.tenancy import TenantResolver, tenancy_from_config
 
 
 class ThrottleSettings(BaseModel):
@@ -35,24 +35,10 @@ class ThrottleSettings(BaseModel):
     rates_timeout_s: float = Field(default=2.0, gt=0)
 
 
-class TenancySettings(BaseModel):
-    """The shared ``[tenancy]`` table (same as the collector and gateway)."""
-
-    model_config = {"extra": "allow"}
-
-    shared_secret: str = ""
-    default_tenant: str = "anonymous"
-    keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-
 def load(config: Config) -> tuple[ThrottleSettings, TenantResolver]:
     """The throttle settings and the tenant resolver from the merged configuration."""
     settings = section(config, "throttle", ThrottleSettings)
-    tenancy = section(config, "tenancy", TenancySettings)
-    resolver = TenantResolver.from_config(
-        tenancy.shared_secret, tenancy.keys, tenancy.default_tenant
-    )
-    return settings, resolver
+    return settings, tenancy_from_config(config)[0]
 
 
 def override(settings: ThrottleSettings, **values: Any) -> ThrottleSettings:
