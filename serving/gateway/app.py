@@ -26,7 +26,7 @@ from serving.gateway.api import ROUTES, GatewayApi
 from serving.gateway.cache import SemanticCache
 from serving.gateway.embeddings import Embedder
 from serving.gateway.errors import GatewayError
-from serving.gateway.front import PATHS, InferenceFront
+from serving.gateway.front import PATHS, InferenceFront, with_request_id
 from serving.gateway.jobs.memory import MemoryJobs
 from serving.gateway.jobs.model import JobBackend
 from serving.gateway.jobs.redis_streams import RedisJobs
@@ -277,7 +277,11 @@ class GatewayApp:
             await self.shutdown()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PATHS:
+        if scope["type"] != "http":
+            await self._starlette(scope, receive, send)
+            return
+        send = with_request_id(scope, send)
+        if scope["method"] == "POST" and scope["path"] in PATHS:
             assert self.front is not None, "lifespan startup did not run"
             await self.front(scope, receive, send)
             return

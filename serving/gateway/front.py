@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from serving.tenancy import TenantResolver
 Scope = MutableMapping[str, Any]
 PATHS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
 OVERHEAD_HEADER = "x-infermeter-overhead-ms"
+REQUEST_ID_SCOPE = "infermeter.request_id"
+_RID = REQUEST_ID_HEADER.encode()
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _JSON = (b"content-type", b"application/json")
 _SSE = [
@@ -89,6 +92,30 @@ def authenticate(resolver: TenantResolver, raw_headers: Iterable[tuple[bytes, by
     return Caller(attribution.tenant, attribution.key_id, attribution.tier, attribution.tags)
 
 
+def request_id_of(scope: Scope) -> str:
+    """The request id of this HTTP exchange (minted once, kept in the ASGI scope)."""
+    rid = scope.get(REQUEST_ID_SCOPE)
+    if not isinstance(rid, str) or not rid:
+        rid = uuid.uuid4().hex
+        scope[REQUEST_ID_SCOPE] = rid
+    return rid
+
+
+def with_request_id(scope: Scope, send: Any) -> Any:
+    """Wrap ``send`` so the response carries ``x-infermeter-request-id`` (unless it has one)."""
+    rid = request_id_of(scope).encode("latin-1")
+
+    async def send_with_id(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(k.lower() == _RID for k, _ in headers):
+                headers.append((_RID, rid))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
+
+
 def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
 
@@ -110,15 +137,17 @@ class InferenceFront:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         route = scope["path"]
+        rid = request_id_of(scope)
+        rid_header = (_RID, rid.encode("latin-1"))
         try:
             body = await _read_body(receive)
             caller = authenticate(self.resolver, scope["headers"])
             req = parse_inference(route, body)
-            begun = await self.pipeline.begin(caller, req)
+            begun = await self.pipeline.begin(caller, req, request_id=rid)
         except GatewayError as exc:
             status, payload, extra = error_parts(exc)
             self.responses.labels(route, str(status)).inc()
-            await _send_whole(send, status, [_JSON, *_headers(extra)], payload)
+            await _send_whole(send, status, [_JSON, rid_header, *_headers(extra)], payload)
             return
         if isinstance(begun, CacheReply):
             await self._cached(send, begun)
@@ -135,7 +164,7 @@ class InferenceFront:
                 payload = await flight.read()
             except UpstreamError as exc:
                 status, payload, extra = error_parts(exc)
-                await _send_whole(send, status, [_JSON, *_headers(extra)], payload)
+                await _send_whole(send, status, [_JSON, rid_header, *_headers(extra)], payload)
                 return
             meta.pop("content-length", None)
             await _send_whole(send, flight.status, _headers(meta), payload)

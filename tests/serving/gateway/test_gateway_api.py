@@ -292,3 +292,57 @@ def test_oversized_body_is_413(serve: Callable[..., Any]) -> None:
     huge = b'{"model": "' + b"x" * (33 * 1024 * 1024) + b'"}'
     resp = httpx.post(gw.url + "/v1/chat/completions", content=huge, headers=auth("sk-acme"))
     assert resp.status_code == 413 and resp.json()["error"]["code"] == 413
+
+
+def test_every_response_carries_a_request_id_and_the_throttled_record_uses_it(
+    serve: Callable[..., Any], free_port: Callable[[], int]
+) -> None:
+    from gateway_fixtures import METERING_TOKEN, MeteringContract
+
+    contract = MeteringContract()
+    metering = serve(contract.app())
+    sim = serve(simulator_app())
+    thr = serve(throttle_app())
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = gateway_settings(
+        [sim.url], throttle_url=thr.url, metering_url=metering.url, metering_token=METERING_TOKEN
+    )
+    settings.models["unreachable"] = settings.models[MODEL].model_copy(
+        update={"pool": "nowhere", "replicas": [settings.models[MODEL].replicas[0].model_copy(
+            update={"url": dead, "signals_url": dead + "/metrics"})]}
+    )  # fmt: skip
+    gw = serve(gateway_app(settings))
+    url = gw.url + "/v1/chat/completions"
+    responses = {
+        "200": httpx.post(url, json=CHAT, headers=auth("sk-acme")),
+        "400": httpx.post(url, json={"model": MODEL}, headers=auth("sk-acme")),
+        "401": httpx.post(url, json=CHAT),
+        "404": httpx.post(url, json={**CHAT, "model": "nope"}, headers=auth("sk-acme")),
+        "503": httpx.post(url, json={**CHAT, "model": "unreachable"}, headers=auth("sk-acme")),
+        "202": httpx.post(gw.url + "/v1/jobs", json=CHAT, headers=auth("sk-acme")),
+        "job404": httpx.get(gw.url + "/v1/jobs/job_nope", headers=auth("sk-acme")),
+        "models": httpx.get(gw.url + "/v1/models", headers=auth("sk-acme")),
+        "healthz": httpx.get(gw.url + "/healthz"),
+        "metrics": httpx.get(gw.url + "/metrics"),
+    }
+    throttled = None
+    for _ in range(6):
+        resp = httpx.post(url, json=CHAT, headers=auth("sk-tiny"))
+        if resp.status_code == 429:
+            throttled = resp
+            break
+    assert throttled is not None, "the tiny tenant was never throttled"
+    responses["429"] = throttled
+    for name, resp in responses.items():
+        if name.isdigit():
+            assert resp.status_code == int(name), (name, resp.text)
+        assert len(resp.headers.get_list("x-infermeter-request-id")) == 1, name
+    ids = [r.headers["x-infermeter-request-id"] for r in responses.values()]
+    assert len(set(ids)) == len(ids), "request ids must be unique per response"
+    rid = throttled.headers["x-infermeter-request-id"]
+    deadline = time.monotonic() + 10
+    while not any(r.status == "throttled" for r in contract.records):
+        assert time.monotonic() < deadline, "the throttled usage record never arrived"
+        time.sleep(0.05)
+    record = next(r for r in contract.records if r.status == "throttled")
+    assert record.request_id == rid and record.tenant == "tiny" and record.http_status == 429
