@@ -9,6 +9,8 @@ it). Flags override the file.
 from __future__ import annotations
 
 import argparse
+import math
+import socket
 from typing import Any
 
 from serving.gateway.settings import GatewaySettings
@@ -24,6 +26,11 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("metering_url", str, "metering base URL for cache-hit/managed/throttled usage records"),
     ("metering_token", str, "bearer token for metering"),
     ("connect_retries", int, "other replicas tried when connecting fails (default 2)"),
+    (
+        "shutdown_grace_s",
+        float,
+        "on SIGTERM, seconds requests in flight may take to finish (default 5)",
+    ),
 )
 
 
@@ -100,14 +107,22 @@ def run(args: argparse.Namespace, config: Config) -> int:
     settings = settings_from(args, config)
     resolver, secret = resolver_from(config)
     app = GatewayApp(settings, resolver, shared_secret=secret, run_workers=not args.no_workers)
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
+
+    class GatewayServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.begin_shutdown()  # event streams end now; requests in flight may finish
+            await super().shutdown(sockets)
+
+    GatewayServer(server_config).run()
     return 0
 
 

@@ -13,6 +13,8 @@ The inference routes (``POST /v1/chat/completions``, ``/v1/completions``,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +34,7 @@ from serving.gateway.errors import (
     RequestError,
 )
 from serving.gateway.front import MAX_BODY_BYTES, authenticate, error_parts
-from serving.gateway.jobs.model import Job, JobBackend
+from serving.gateway.jobs.model import Job, JobBackend, JobEvent
 from serving.gateway.pipeline import Caller, Pipeline
 from serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
 from serving.tenancy import TenantResolver
@@ -69,6 +71,7 @@ class GatewayApi:
         registry: CollectorRegistry,
         job_deadline_s: float,
         readiness: Readiness,
+        closing: asyncio.Event | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.pipeline = pipeline
@@ -77,6 +80,7 @@ class GatewayApi:
         self.registry = registry
         self._deadline_s = job_deadline_s
         self._readiness = readiness
+        self._closing = closing if closing is not None else asyncio.Event()
         self._now = now
         self.responses = Counter(
             "infermeter_gateway_responses",
@@ -190,11 +194,16 @@ class GatewayApi:
     async def _sse(self, job_id: str, after: str | None) -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         while True:
+            if self._closing.is_set():
+                yield b": gateway stopping, reconnect with Last-Event-ID\n\n"
+                return
             try:
-                events = await self.jobs.events(job_id, after, block_s=KEEPALIVE_S)
+                events = await self._events_or_closing(job_id, after)
             except QueueError:
                 yield b": queue unavailable, reconnect with Last-Event-ID\n\n"
                 return
+            if events is None:
+                continue
             if not events:
                 yield b": keepalive\n\n"
                 continue
@@ -211,6 +220,23 @@ class GatewayApi:
                 )
                 if event.type in ("done", "failed"):
                     return
+
+    async def _events_or_closing(self, job_id: str, after: str | None) -> list[JobEvent] | None:
+        """The next events of a job, or None when the gateway started stopping first."""
+        fetch = asyncio.ensure_future(self.jobs.events(job_id, after, block_s=KEEPALIVE_S))
+        stop = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((fetch, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, QueueError):
+                    await fetch
+        if not fetch.done() or fetch.cancelled():
+            return None
+        events: list[JobEvent] = fetch.result()
+        return events
 
     async def healthz(self, request: Request) -> Response:
         """Alive."""

@@ -8,6 +8,7 @@ the clock, the metrics registry and the embedder (to load the model once).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -108,6 +109,7 @@ class GatewayApp:
         self.runner: JobRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._poller: SignalPoller | None = None
+        self.closing = asyncio.Event()
         self._starlette = Starlette(routes=self._routes(), lifespan=self._lifespan)
 
     def _routes(self) -> list[Route]:
@@ -186,7 +188,13 @@ class GatewayApp:
             failure_mode=s.throttle_failure_mode,
             registry=self.registry,
         )
-        metering = MeteringClient(session, s.metering_url, s.metering_token, registry=self.registry)
+        metering = MeteringClient(
+            session,
+            s.metering_url,
+            s.metering_token,
+            registry=self.registry,
+            flush_interval_s=s.metering_flush_s,
+        )
         cache = None
         if s.cache.enabled:
             embedder = self._embedder or default_embedder(s, session)
@@ -210,6 +218,7 @@ class GatewayApp:
             registry=self.registry,
             job_deadline_s=s.jobs.deadline_s,
             readiness=self.readiness,
+            closing=self.closing,
             now=self._now,
         )
         self.front = InferenceFront(self.pipeline, self.resolver, self.registry)
@@ -233,15 +242,21 @@ class GatewayApp:
             )
             self.runner.start()
 
+    def begin_shutdown(self) -> None:
+        """The server is stopping: end open event streams (clients resume with
+        ``Last-Event-ID``) so that only real requests in flight hold the stop up."""
+        self.closing.set()
+
     async def shutdown(self) -> None:
         """Stop workers and pollers, flush usage records, close connections."""
+        self.closing.set()
         if self.runner is not None:
             await self.runner.stop()
         if self._poller is not None:
             await self._poller.stop()
         if self.pipeline is not None:
             await self.pipeline.drain()
-            await self.pipeline.metering.stop()
+            await self.pipeline.metering.stop(self.settings.shutdown_flush_s)
         await self.jobs.close()
         if self._session is not None:
             await self._session.close()

@@ -4,7 +4,8 @@ The collector meters what passes through it. The gateway meters what does not: c
 (status ``cache_hit``, with the cost they saved in the ``saved_usd`` tag), managed-API calls
 (``upstream = managed``, priced by metering at the catalog's list prices) and throttled
 requests. Records are queued in memory and posted in batches (``POST /v1/usage``) by a
-background task; a failed post keeps the batch for the next attempt (bounded; overflow is
+background task, ``flush_interval_s`` after the first of a batch was queued, and on stop
+(bounded wait); a failed post keeps the batch for the next attempt (bounded; overflow is
 counted, never silent). Prices for the saving come from ``GET /v1/rates``, refreshed lazily.
 """
 
@@ -81,24 +82,34 @@ class MeteringClient:
         if self.enabled and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
-        """Flush what is queued (best effort) and stop."""
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet accepted by metering."""
+        return len(self._queue)
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Flush what is queued (waiting at most ``timeout_s``; what is left is counted as
+        ``dropped``) and stop."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.enabled:
-            await self.flush()
+        if self.enabled and self._queue:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), timeout=timeout_s)
+            if self._queue:
+                self.shipped.labels("dropped").inc(len(self._queue))
+                self._queue.clear()
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            # Gather a batch (and, after a failed post, back off) before posting.
+            await asyncio.sleep(self._interval)
             await self.flush()
-            if self._queue:  # the post failed: back off before the next try
-                await asyncio.sleep(self._interval)
 
     async def flush(self) -> int:
         """Post queued records now; returns how many were accepted by metering."""

@@ -101,6 +101,13 @@ class GatewaySettings(_Strict):
     signal_max_age_s: float = Field(5.0, gt=0.0, description="engine signals older are ignored")
     signal_poll_s: float = Field(1.0, gt=0.0, description="0 disables polling of /metrics")
     default_max_tokens: int = Field(256, ge=1, description="admission estimate when absent")
+    metering_flush_s: float = Field(0.5, gt=0.0, description="usage records are posted this often")
+    shutdown_grace_s: float = Field(
+        5.0, ge=0.0, description="on stop, how long in-flight requests may take to finish"
+    )
+    shutdown_flush_s: float = Field(
+        2.0, gt=0.0, description="on stop, longest wait to post queued usage records"
+    )
     models: dict[str, PoolSettings] = Field(default_factory=dict)
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings.model_validate({}))
     jobs: JobSettings = Field(default_factory=lambda: JobSettings.model_validate({}))
