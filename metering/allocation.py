@@ -257,6 +257,7 @@ class Allocator:
                 "managed",
                 "insert_managed",
                 "clear_hourly",
+                "hourly",
                 "insert_hourly",
                 "clear_replica_hourly",
                 "insert_replica_hourly",
@@ -320,5 +321,6 @@ class Allocator:
             "alloc_models",
             "alloc_managed",
             "alloc_reps",
+            "alloc_hourly",
         ):
             cur.execute(f"DROP TABLE IF EXISTS {table}")

@@ -244,14 +244,16 @@ DELETE FROM cost_hourly
 WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
   AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
--- name: insert_hourly
+-- name: hourly
 -- Hourly rollup by every reporting dimension (the range is whole hours, see allocation.py).
 -- Requests and tokens count in the window the request finished; cost and GPU-seconds in the
 -- windows they were spent.
-INSERT INTO cost_hourly
-SELECT hour, replica, pool, tenant, model, feature, api_key_id, upstream, sum(cost_micro),
-       sum(requests), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens),
-       sum(gpu_s), sum(energy_j)
+CREATE OR REPLACE TEMP TABLE alloc_hourly AS
+SELECT hour, replica, pool, tenant, model, feature, api_key_id, upstream,
+       sum(cost_micro) AS cost_micro, sum(requests) AS requests,
+       sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
+       sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
+       sum(energy_j) AS energy_j
 FROM (
     SELECT make_timestamp((s.w * $window_us::BIGINT // 3600000000) * 3600000000) AS hour,
            s.replica, r.pool, r.tenant, r.model, r.feature, r.api_key_id,
@@ -267,8 +269,10 @@ FROM (
            cached_prompt_tokens, completion_tokens, 0, 0
     FROM alloc_managed
 )
-GROUP BY ALL
-ORDER BY hour;
+GROUP BY ALL;
+
+-- name: insert_hourly
+INSERT INTO cost_hourly SELECT * FROM alloc_hourly;
 
 -- name: clear_replica_hourly
 DELETE FROM replica_hourly
@@ -294,32 +298,33 @@ WHERE grain = 'hour'
   AND bucket < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: insert_rollup_hours
+-- One pass with grouping sets: per hour and replica, by each reporting dimension.
 INSERT INTO cost_rollup
-WITH c AS (
-    SELECT * FROM cost_hourly
-    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
-      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
-), keyed AS (
-    SELECT 'tenant' AS dim, tenant AS key, * FROM c
-    UNION ALL SELECT 'model', model, * FROM c
-    UNION ALL SELECT 'feature', feature, * FROM c
-    UNION ALL SELECT 'api_key', api_key_id, * FROM c
-    UNION ALL SELECT 'pool', pool, * FROM c
-    UNION ALL SELECT 'model_tenant', model || chr(31) || tenant, * FROM c
+WITH g AS (
+    SELECT hour, replica, tenant, model, feature, api_key_id, pool,
+           GROUPING(tenant, model, feature, api_key_id, pool) AS gid,
+           sum(cost_micro) AS cost, sum(requests) AS requests,
+           sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached,
+           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
+           sum(energy_j) AS energy_j
+    FROM alloc_hourly
+    GROUP BY GROUPING SETS ((hour, replica, tenant), (hour, replica, model),
+                            (hour, replica, feature), (hour, replica, api_key_id),
+                            (hour, replica, pool), (hour, replica, model, tenant))
+), k AS (
+    SELECT *,
+           CASE gid WHEN 15 THEN 'tenant' WHEN 23 THEN 'model' WHEN 27 THEN 'feature'
+                    WHEN 29 THEN 'api_key' WHEN 30 THEN 'pool' ELSE 'model_tenant' END AS dim,
+           CASE gid WHEN 15 THEN tenant WHEN 23 THEN model WHEN 27 THEN feature
+                    WHEN 29 THEN api_key_id WHEN 30 THEN pool
+                    ELSE model || chr(31) || tenant END AS key
+    FROM g
 )
 SELECT 'hour', k.hour, k.dim, k.key, k.replica, k.cost,
        CASE WHEN r.allocated_micro > 0 THEN floor(r.idle_micro * k.cost / r.allocated_micro)
             ELSE 0 END::BIGINT,
-       k.requests, k.prompt_tokens, k.cached_prompt_tokens, k.completion_tokens, k.gpu_s,
-       k.energy_j
-FROM (
-    SELECT hour, dim, key, replica, sum(cost_micro) AS cost, sum(requests) AS requests,
-           sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
-           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
-           sum(energy_j) AS energy_j
-    FROM keyed
-    GROUP BY hour, dim, key, replica
-) k
+       k.requests, k.prompt_tokens, k.cached, k.completion_tokens, k.gpu_s, k.energy_j
+FROM k
 LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica
 ORDER BY k.hour;
 
