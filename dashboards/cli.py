@@ -79,7 +79,22 @@ def streamlit_command(
     return argv, env
 
 
+def legacy_pages_folder(app: Path = APP) -> Path | None:
+    """A ``pages/`` folder beside the entry script, if any: Streamlit would run the first
+    session as a legacy multipage app, where a page's own URL is "Page not found"."""
+    folder = app.parent / "pages"
+    return folder if folder.exists() else None
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
+    legacy = legacy_pages_folder()
+    if legacy is not None:
+        print(
+            f"infermeter dashboard: remove {legacy}: the pages live in {APP.parent / 'views'} "
+            "and a pages/ folder makes Streamlit answer 'Page not found' for their URLs",
+            file=sys.stderr,
+        )
+        return 2
     settings = resolve(args, config)
     argv, env = streamlit_command(settings, args.config, os.environ)
     print(f"infermeter dashboard: http://{settings.host}:{settings.port}", file=sys.stderr)

@@ -35,6 +35,8 @@ STATE_JS = """(() => {
   return JSON.stringify({
     text: document.body ? document.body.innerText : "",
     exceptions: q('[data-testid="stException"]'),
+    dialogs: q('[role="dialog"]'),
+    url: location.href,
     running: q('[data-testid="stStatusWidget"]') + q('[data-testid="stSkeleton"]'),
     app: q('[data-testid="stApp"]'),
   });

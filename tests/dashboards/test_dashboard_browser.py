@@ -82,30 +82,38 @@ def test_every_page_renders_in_chromium(dashboard: str, stack: Stack) -> None:
     ).json()
     replica_cost = f"${cost['totals']['replica_cost_usd']:,.2f}"
     requests = sum(r["requests"] for r in cost["rows"])
-    pages = {
-        "fleet": ("", ["Fleet", "Output tokens/s", f"{requests:,}", "GPUs and MIG slices"]),
-        "costs": (
-            "costs",
-            ["Costs", "GPU cost (replicas)", replica_cost, "Self-hosted vs managed"],
-        ),
-        "tenants": ("tenants", ["Tenants", "acme", "Throttle decisions", "projected to exceed"]),
-        "capacity": (
-            "capacity",
-            ["Capacity", "chat (driven by", "Right-sizing advice", "Possible saving"],
-        ),
-        "lookup": (
-            f"lookup?request_id={first}",
-            ["Request lookup", first, "Cost per allocation window"],
-        ),
-    }
+    fleet = ["Fleet", "Output tokens/s", f"{requests:,}", "GPUs and MIG slices"]
+    # (screenshot name, path, texts, where the browser ends up). A non-default page comes
+    # first: this is the first session of the process, the one Streamlit would run as a legacy
+    # multipage app (and answer "Page not found") if a pages/ folder sat beside app.py.
+    pages = [
+        ("costs", "costs", ["Costs", "GPU cost (replicas)", replica_cost,
+                            "Self-hosted vs managed"]),
+        ("tenants", "tenants", ["Tenants", "acme", "Throttle decisions", "projected to exceed"]),
+        ("capacity", "capacity", ["Capacity", "chat (driven by", "Right-sizing advice",
+                                  "Possible saving"]),
+        ("lookup", f"lookup?request_id={first}", ["Request lookup", first,
+                                                   "Cost per allocation window"]),
+        ("fleet", "fleet", fleet),
+        ("", "", fleet),  # the app's root moves to /fleet
+    ]  # fmt: skip
     update_docs = os.environ.get("INFERMETER_UPDATE_SCREENSHOTS") == "1"
     push_signals(stack.throttle_url)
     browser = Browser(root_conftest().free_port())
     try:
-        for name, (path, expect) in pages.items():
+        for name, path, expect in pages:
+            # Page.navigate is a fresh load of the page's own URL (as typed or bookmarked),
+            # not a click in the sidebar: Streamlit resolves the path on the server.
             state = browser.load(f"{dashboard}/{path}", expect)
-            assert state["exceptions"] == 0, f"{name}: exception shown:\n{state['text'][:2000]}"
-            assert "Traceback" not in state["text"], name
+            where = f"/{path}: {state['text'][:600]}"
+            assert state["exceptions"] == 0, f"/{path}: exception shown:\n{state['text'][:2000]}"
+            assert "Traceback" not in state["text"], where
+            assert "Page not found" not in state["text"], where
+            assert state["dialogs"] == 0, f"/{path}: a dialog is open over the page"
+            if not path:
+                assert state["url"] == f"{dashboard}/fleet", state["url"]
+            if not name:
+                continue
             shot = ARTIFACTS / f"{name}.png"
             browser.screenshot(shot)
             assert shot.stat().st_size > 20_000, f"{name}: screenshot looks blank"

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.cli import APP, OPTIONS, register, resolve, streamlit_command
+from dashboards.cli import (
+    APP,
+    OPTIONS,
+    legacy_pages_folder,
+    register,
+    resolve,
+    streamlit_command,
+)
 from dashboards.settings import DashboardSettings
 from serving.cli import common_options
 from serving.settings import load_config
@@ -72,3 +79,12 @@ def test_streamlit_command_is_headless_on_loopback_without_usage_stats(tmp_path:
     assert env["INFERMETER__DASHBOARD__READ_TOKEN"] == "secret"
     assert env["INFERMETER__DASHBOARD__PORT"] == "8600"
     assert env["INFERMETER_CONFIG"] == str(tmp_path / "c.toml") and env["PATH"] == "/bin"
+
+
+def test_a_legacy_pages_folder_is_refused(tmp_path: Path) -> None:
+    assert legacy_pages_folder() is None, "dashboards/pages/ breaks every page's own URL"
+    app = tmp_path / "app.py"
+    app.write_text("")
+    assert legacy_pages_folder(app) is None
+    (tmp_path / "pages").mkdir()
+    assert legacy_pages_folder(app) == tmp_path / "pages"

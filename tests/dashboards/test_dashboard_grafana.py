@@ -133,8 +133,13 @@ def test_every_promql_name_is_exported(
     nvml = fake_nvml()
     nvml.reset()
     sim = serve(simulator_app(SimulatorSettings(served_model_name="tiny", time_scale=0)))
-    settings = CollectorSettings(
-        upstream=sim.url, spool_dir=str(tmp_path), gpu_interval_s=0.05, scrape_interval_s=0.05
+    settings = CollectorSettings.model_validate(
+        {
+            "upstream": sim.url,
+            "spool_dir": str(tmp_path),
+            "gpu_interval_s": 0.05,
+            "scrape_interval_s": 0.05,
+        }
     )
     collector = serve(CollectorApp(settings, nvml=nvml, telemetry=None))
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
