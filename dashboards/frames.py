@@ -8,6 +8,7 @@ with those columns) when the JSON holds no rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -35,20 +36,40 @@ LATENCY_COLUMNS = (
 BUCKET_SECONDS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
-def latency_frame(report: Mapping[str, Any]) -> pd.DataFrame:
-    """``/v1/reports/latency`` as one row per bucket with flat percentile columns."""
+Clip = tuple[datetime, datetime]
+
+
+def covered_seconds(bucket: str, seconds: float, clip: Clip | None) -> float:
+    """How much of the bucket starting at ``bucket`` lies in ``clip`` (since, until): the
+    range's first and last buckets are partial (the current hour has not ended)."""
+    if clip is None:
+        return seconds
+    start = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
+    end = start + timedelta(seconds=seconds)
+    covered = (min(end, clip[1]) - max(start, clip[0])).total_seconds()
+    return seconds if covered <= 0 else min(seconds, max(covered, 1.0))
+
+
+def _rescaled(rate: float | None, seconds: float, covered: float) -> float | None:
+    return None if rate is None else round(rate * seconds / covered, 3)
+
+
+def latency_frame(report: Mapping[str, Any], clip: Clip | None = None) -> pd.DataFrame:
+    """``/v1/reports/latency`` as one row per bucket with flat percentile columns; rates
+    over the part of each bucket inside ``clip`` (metering divides by the whole bucket)."""
     seconds = BUCKET_SECONDS.get(str(report.get("granularity", "hour")), 3600.0)
     rows = []
     for r in report.get("rows", []):
+        covered = covered_seconds(r["bucket"], seconds, clip)
         row: dict[str, Any] = {
             "bucket": r["bucket"],
-            "bucket_s": seconds,
+            "bucket_s": covered,
             "requests": r["requests"],
-            "requests_per_s": round(r["requests"] / seconds, 6),
+            "requests_per_s": round(r["requests"] / covered, 6),
             "errors": r.get("errors", 0),
             "client_aborts": r.get("client_aborts", 0),
-            "prompt_tokens_per_s": r.get("prompt_tokens_per_s"),
-            "output_tokens_per_s": r.get("output_tokens_per_s"),
+            "prompt_tokens_per_s": _rescaled(r.get("prompt_tokens_per_s"), seconds, covered),
+            "output_tokens_per_s": _rescaled(r.get("output_tokens_per_s"), seconds, covered),
         }
         for metric in ("ttft", "itl", "e2e", "queue"):
             for q, value in (r.get(f"{metric}_s") or {}).items():
@@ -65,11 +86,15 @@ REPLICA_LOAD_COLUMNS = (
 )  # fmt: skip
 
 
-def replica_load_frame(report: Mapping[str, Any], key: str = "replica") -> pd.DataFrame:
-    """Requests/s and tokens/s per replica (or pool) per bucket, from a cost report by it."""
-    seconds = BUCKET_SECONDS.get(str(report.get("granularity", "hour")), 3600.0)
+def replica_load_frame(
+    report: Mapping[str, Any], key: str = "replica", clip: Clip | None = None
+) -> pd.DataFrame:
+    """Requests/s and tokens/s per replica (or pool) per bucket, from a cost report by it;
+    rates over the part of each bucket inside ``clip``."""
+    granularity = BUCKET_SECONDS.get(str(report.get("granularity", "hour")), 3600.0)
     rows = []
     for r in report.get("rows", []):
+        seconds = covered_seconds(r["bucket"], granularity, clip)
         tokens = r["prompt_tokens"] + r["completion_tokens"]
         rows.append(
             {

@@ -21,7 +21,7 @@ def render(ctx: ui.Context) -> None:
     st.subheader("Throughput and latency")
     report = ui.fetch(lambda: ctx.metering.latency(window, grain), "latency")
     if report is not None:
-        lat = frames.latency_frame(report)
+        lat = frames.latency_frame(report, (window.since, window.until))
         totals = frames.latency_totals(lat, window.seconds)
         cols = st.columns(5)
         cols[0].metric("Requests", f"{totals['requests']:,}")
@@ -55,7 +55,7 @@ def render(ctx: ui.Context) -> None:
         by = ui.fetch(partial(ctx.metering.cost, key, window, cost_grain), f"{key} load")
         if by is None:
             continue
-        load = frames.replica_load_frame(by, key)
+        load = frames.replica_load_frame(by, key, (window.since, window.until))
         if not load.empty:
             st.caption(f"Tokens/s per {key} (per {cost_grain})")
             st.line_chart(frames.pivot(load, "bucket", key, "tokens_per_s"))

@@ -115,7 +115,8 @@ def workload(now: float, hours: float = 3.0, seed: int = 11) -> Workload:
             prompt = max(1, int(rng.expovariate(1 / p_mean)))
             completion = max(1, int(rng.expovariate(1 / d_mean)))
             ttft = 0.05 + prompt * 4e-5
-            duration = ttft + completion * 0.012
+            itl = 0.009 + min(completion, 800) * 1e-5  # longer answers, fuller KV cache
+            duration = ttft + completion * itl
             n += 1
             status = "cache_hit" if n % 37 == 0 else "ok"
             records.append(
@@ -138,8 +139,8 @@ def workload(now: float, hours: float = 3.0, seed: int = 11) -> Workload:
                     completion_tokens=completion,
                     ttft_s=ttft,
                     e2e_s=duration,
-                    itl_mean_s=0.012,
-                    itl_p50_s=0.012,
+                    itl_mean_s=itl,
+                    itl_p50_s=itl,
                     upstream="self_hosted",
                     tags={"feature": rng.choice(["chat", "search", "summarize"])},
                 )

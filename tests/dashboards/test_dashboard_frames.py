@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -371,3 +372,30 @@ def test_replica_load_frame_rates_per_bucket(granularity: str) -> None:
     }
     row = frames.replica_load_frame(report).iloc[0]
     assert row["requests_per_s"] == 1.0 and row["tokens_per_s"] == 4.0
+
+
+def test_rates_of_the_ranges_partial_buckets_count_only_the_covered_seconds() -> None:
+    clip = (
+        datetime(2026, 11, 24, 9, 30, tzinfo=UTC),
+        datetime(2026, 11, 24, 11, 15, tzinfo=UTC),  # the 11:00 hour is 15 minutes old
+    )
+    rows = [
+        {"bucket": f"2026-11-24T{h}:00:00Z", "requests": 900, "output_tokens_per_s": 1.0}
+        for h in ("09", "10", "11")
+    ]
+    frame = frames.latency_frame({"granularity": "hour", "rows": rows}, clip)
+    assert frame["bucket_s"].tolist() == [1800.0, 3600.0, 900.0]
+    assert frame["requests_per_s"].tolist() == [0.5, 0.25, 1.0]
+    assert frame["output_tokens_per_s"].tolist() == [2.0, 1.0, 4.0]
+    # the headline rate is still every request over the whole range
+    assert frames.latency_totals(frame, 6300)["requests_per_s"] == round(2700 / 6300, 6)
+    load = {
+        "granularity": "hour",
+        "rows": [
+            {"bucket": "2026-11-24T11:00:00Z", "pool": "chat", "requests": 90,
+             "prompt_tokens": 900, "completion_tokens": 0},
+        ],
+    }  # fmt: skip
+    row = frames.replica_load_frame(load, "pool", clip).iloc[0]
+    assert row["requests_per_s"] == 0.1 and row["tokens_per_s"] == 1.0 and row["pool"] == "chat"
+    assert frames.replica_load_frame(load, "pool").iloc[0]["tokens_per_s"] == 0.25
