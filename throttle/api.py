@@ -8,6 +8,8 @@ Errors use the OpenAI/vLLM shape ``{"error": {"message", "type", "param", "code"
 from __future__ import annotations
 
 import hmac
+import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.tenancy import bearer_token
 from throttle.algorithms import budgets
+from throttle.decision_log import counts_by_reason
 from throttle.errors import ThrottleError
 from throttle.gateway_http import (
     JSON,
@@ -29,10 +32,14 @@ from throttle.gateway_http import (
     finite,
     reply_for,
 )
+from throttle.service import KnownTenant
 from throttle.signals import keda_body
 
 if TYPE_CHECKING:
     from throttle.app import Runtime
+
+
+MAX_TENANTS_LISTED = 10_000
 
 
 def _response(reply: Reply) -> Response:
@@ -147,6 +154,59 @@ def build_router(rt: Runtime) -> APIRouter:
             }
         )
 
+    @router.get("/v1/tenants", tags=["dashboards"])
+    async def tenants(request: Request, limit: str = "1000") -> Response:
+        """Tenants the throttle knows (named by the policy or seen in recent decisions, sorted
+        by name): tier, weight, current usage and this replica's recent decision counts."""
+        if (denied := _deny_api(request)) is not None:
+            return denied
+        try:
+            count = int(limit)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_TENANTS_LISTED:
+            return error(
+                400, f"limit must be an integer 1..{MAX_TENANTS_LISTED}", "limit",
+                "invalid_request_error",
+            )  # fmt: skip
+        known, total = await rt.throttle.known_tenants(count)
+        return _json(
+            {
+                "tenants": [_tenant_summary(k) for k in known],
+                "total": total,
+                "truncated": total > len(known),
+                "unit": rt.policy().unit,
+                "as_of": rt.now(),
+            }
+        )
+
+    @router.get("/v1/tenants/{tenant}/decisions", tags=["dashboards"])
+    async def decisions(tenant: str, request: Request, since: str = "0") -> Response:
+        """This replica's recent decisions for a tenant since ``since`` (RFC 3339 or epoch
+        seconds), oldest first, and their counts by reason (``allow`` for admissions)."""
+        if (denied := _deny_api(request)) is not None:
+            return denied
+        start = parse_since(since)
+        if start is None:
+            return error(
+                400, "since must be RFC 3339 (2026-11-24T15:00:00Z) or epoch seconds", "since",
+                "invalid_request_error",
+            )  # fmt: skip
+        entries = rt.throttle.decisions_since(tenant, start)
+        return _json(
+            {
+                "tenant": tenant,
+                "since": start,
+                "unit": rt.policy().unit,
+                "scope": "replica",
+                "decisions": [
+                    {"ts": ts, "decision": "allow" if ok else "deny", "reason": r, "cost": c}
+                    for ts, ok, r, c in entries
+                ],
+                "counts": counts_by_reason(entries),
+            }
+        )
+
     @router.post("/v1/signals", tags=["collector"])
     async def signals(request: Request) -> Response:
         """Engine signals pushed by collectors (one object or an array)."""
@@ -227,6 +287,50 @@ def build_router(rt: Runtime) -> APIRouter:
         return Response(generate_latest(rt.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def parse_since(text: str) -> float | None:
+    """Epoch seconds from ``since``: a number, or an RFC 3339 timestamp (None when neither)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            return None  # RFC 3339 requires an offset
+        return moment.timestamp()
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _tenant_summary(known: KnownTenant) -> dict[str, Any]:
+    lim, st, act = known.usage.limits, known.usage.usage, known.activity
+    return {
+        "tenant": known.usage.tenant,
+        "tier": lim.tier,
+        "weight": lim.weight,
+        "in_policy": known.in_policy,
+        "usage": {
+            "rate_remaining": finite(st.remaining),
+            "rate_reset_s": st.reset_s,
+            "in_flight": st.in_flight,
+            "concurrency_limit": lim.concurrency or None,
+            "daily_spent": st.day_spent,
+            "daily_limit": lim.daily_budget or None,
+            "monthly_spent": st.month_spent,
+            "monthly_limit": lim.monthly_budget or None,
+            "fair_share": st.fair_counters,
+        },
+        "recent": None
+        if act is None
+        else {
+            "decisions": act.decisions,
+            "allowed": act.allowed,
+            "denied": act.denied,
+            "last_ts": act.last_ts,
+        },
+    }
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from serving.tenancy import TenantResolver
 from throttle.api import build_router, install_error_handlers
+from throttle.decision_log import DecisionLog
 from throttle.errors import StorageError
 from throttle.gateway_http import FastPath, GatewayHandlers
 from throttle.metering_rates import MeteringRates
@@ -60,6 +61,9 @@ class Runtime:
             self.policies.load_file()
         self.monitor = PoolMonitor(self.policy, self.storage, now)
         self.throttle = Throttle(self.policies.current, self.storage, now, self.monitor.pressure)
+        self.throttle.recorder = DecisionLog(
+            settings.decision_log_tenants, settings.decision_log_entries
+        )
         self.policies.subscribe(self.throttle.set_policy)
         self.rates: MeteringRates | None = None
         if settings.metering_url:

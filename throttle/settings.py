@@ -33,6 +33,8 @@ class ThrottleSettings(BaseModel):
     metering_token: str = ""
     rates_refresh_s: float = Field(default=60.0, gt=0)
     rates_timeout_s: float = Field(default=2.0, gt=0)
+    decision_log_tenants: int = Field(default=10_000, ge=1)  # tenants kept in the decision log
+    decision_log_entries: int = Field(default=1_000, ge=1)  # recent decisions kept per tenant
 
 
 def load(config: Config) -> tuple[ThrottleSettings, TenantResolver]:

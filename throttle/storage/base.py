@@ -58,7 +58,7 @@ class Decision:
     detail: str = ""  # e.g. daily | monthly for a budget refusal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 4x cheaper to build, on the decision path
 class SettleUsage:
     """The actual usage of a finished request."""
 
@@ -67,7 +67,7 @@ class SettleUsage:
     completion_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 4x cheaper to build, on the decision path
 class Settlement:
     """The outcome of settling a reservation."""
 

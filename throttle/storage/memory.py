@@ -147,8 +147,18 @@ class MemoryStorage:
         windows = self._spend.get(tenant)
         if windows is None:
             windows = self._spend[tenant] = {}
-        day = self._spent(windows, r.day_key, now)
-        month = self._spent(windows, r.month_key, now)
+        day_entry = windows.get(r.day_key)
+        day = (
+            day_entry[0]
+            if day_entry is not None and day_entry[1] > now
+            else self._spent(windows, r.day_key, now)
+        )
+        month_entry = windows.get(r.month_key)
+        month = (
+            month_entry[0]
+            if month_entry is not None and month_entry[1] > now
+            else self._spent(windows, r.month_key, now)
+        )
         tat = self._tat.get(tenant, now)
         state.touch(tenant, now, now - fair.active_window_s * FORGET_FACTOR)
         floor = state.floor(tenant)
@@ -192,8 +202,24 @@ class MemoryStorage:
         heapq.heappush(heap, (lease_expires_at, rid))
         self._lease_pool[rid] = r.pool
         heapq.heappush(state.lease_heap, (lease_expires_at, rid, tenant))
-        day = self._add_spend(windows, r.day_key, cost, r.day_end + WINDOW_GRACE_S, now)
-        month = self._add_spend(windows, r.month_key, cost, r.month_end + WINDOW_GRACE_S, now)
+        if (
+            day_entry is not None
+            and day_entry[1] > now
+            and day_entry[1] >= r.day_end + WINDOW_GRACE_S
+        ):
+            day_entry[0] += cost  # the common case: the window's counter exists
+            day = day_entry[0]
+        else:
+            day = self._add_spend(windows, r.day_key, cost, r.day_end + WINDOW_GRACE_S, now)
+        if (
+            month_entry is not None
+            and month_entry[1] > now
+            and month_entry[1] >= r.month_end + WINDOW_GRACE_S
+        ):
+            month_entry[0] += cost
+            month = month_entry[0]
+        else:
+            month = self._add_spend(windows, r.month_key, cost, r.month_end + WINDOW_GRACE_S, now)
         own = fairshare.charge(own, cost, r.weight, floor, fair.max_lead)
         if tenant in state.backlog:
             state.set_counter(tenant, own)
