@@ -90,9 +90,11 @@ class Reports:
             cur.close()
 
     @staticmethod
-    def _range(since: datetime, until: datetime) -> None:
+    def _range(since: datetime, until: datetime) -> datetime:
+        """Validate a range; cost reports start at the hour that contains ``since``."""
         if until <= since:
             raise QueryError("until", "must be after since")
+        return _floor_hour(since)
 
     # -- cost ------------------------------------------------------------------------------
     def cost(
@@ -105,7 +107,7 @@ class Reports:
         model: str = "",
     ) -> dict[str, Any]:
         """Cost per ``by`` key and bucket, with idle shared back when the policy says so."""
-        self._range(since, until)
+        since = self._range(since, until)
         if by not in DIMENSIONS:
             raise QueryError("by", f"must be one of {sorted(DIMENSIONS)}")
         _bucket("hour", granularity)  # validates granularity
@@ -178,7 +180,7 @@ class Reports:
         self, by: str, since: datetime, until: datetime, granularity: str = "day"
     ) -> dict[str, Any]:
         """Idle cost per replica or pool and bucket (capacity no request used)."""
-        self._range(since, until)
+        since = self._range(since, until)
         if by not in ("replica", "pool"):
             raise QueryError("by", "must be replica or pool")
         sql = (
@@ -263,7 +265,7 @@ class Reports:
     # -- buy vs build ----------------------------------------------------------------------
     def buy_vs_build(self, since: datetime, until: datetime) -> dict[str, Any]:
         """Self-hosted cost beside what every managed API in the catalog would have charged."""
-        self._range(since, until)
+        since = self._range(since, until)
         rows = []
         grain = _grain("day", since, until)
         sql = query("reports", "buy_vs_build_rollup")
