@@ -173,6 +173,16 @@ class ThrottleClient(_Http):
     def tenant_usage(self, tenant: str) -> dict[str, Any]:
         return dict(self.get(f"/v1/tenants/{quote(tenant, safe='')}/usage"))
 
+    def tenants(self, limit: int = 1000) -> dict[str, Any]:
+        """The tenants throttle knows (policy or recent decisions), with their usage."""
+        return dict(self.get("/v1/tenants", {"limit": str(limit)}))
+
+    def decisions(self, tenant: str, since: datetime) -> dict[str, Any]:
+        """The tenant's recent admission decisions since ``since`` (this throttle replica's
+        bounded log), oldest first, and their counts by reason."""
+        path = f"/v1/tenants/{quote(tenant, safe='')}/decisions"
+        return dict(self.get(path, {"since": _iso(since)}))
+
     def autoscale(self) -> list[dict[str, Any]]:
         return list(self.get("/v1/autoscale").get("pools", []))
 

@@ -1,17 +1,23 @@
-"""Tenants: usage, spend against budget with projected overrun, throttle decisions and
-fair-share state."""
+"""Tenants: the tenants metering and throttle know, spend against budget with projected
+overrun, throttle's decisions and their reasons over time, and fair-share state."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from dashboards import frames, ui
 from dashboards.errors import DashboardError, ServiceUnavailable
 
+ALL = "All tenants"
+
 
 def _usage(ctx: ui.Context, tenants: list[str]) -> dict[str, dict[str, Any]]:
+    """Live limits of tenants throttle does not list (metering saw them; throttle applies
+    its default tier to them)."""
     out: dict[str, dict[str, Any]] = {}
     for tenant in tenants[: ctx.settings.max_tenants]:
         try:
@@ -24,18 +30,87 @@ def _usage(ctx: ui.Context, tenants: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _decisions(ctx: ui.Context, tenants: list[str]) -> list[dict[str, Any]] | None:
+    """Each tenant's recent decisions in the range (None when throttle is unreachable)."""
+    window = ctx.window()
+    bodies = []
+    for tenant in tenants[: ctx.settings.max_tenants]:
+        body = ui.fetch(partial(ctx.throttle.decisions, tenant, window.since), "decisions")
+        if body is None:
+            return None
+        bodies.append(body)
+    return bodies
+
+
+def _decisions_section(ctx: ui.Context, listing: dict[str, Any] | None) -> None:
+    window = ctx.window()
+    st.subheader("Throttle decisions over time")
+    if listing is not None:
+        active = [t["tenant"] for t in listing.get("tenants", []) if t.get("recent")]
+        bodies = _decisions(ctx, active)
+        if bodies is not None:
+            log = frames.decision_log_frame(bodies)
+            log = log[log["ts"] < pd.Timestamp(window.until)]
+            _decision_charts(ctx, log)
+    with st.expander("Totals since throttle started (its /metrics, every tenant)"):
+        samples = ui.fetch(
+            lambda: ctx.throttle.metrics("infermeter_throttle_decisions"), "decisions"
+        )
+        if samples is not None:
+            decisions = frames.decisions_frame(samples)
+            if not decisions.empty:
+                refused = decisions[decisions["decision"] != "allow"]["count"].sum()
+                st.metric("Refused since throttle start", f"{int(refused):,}")
+            ui.table(
+                decisions, "throttle-decisions", "No admission decisions since throttle started."
+            )
+
+
+def _decision_charts(ctx: ui.Context, log: pd.DataFrame) -> None:
+    if log.empty:
+        st.info("Throttle took no admission decision in this range (or has restarted since).")
+        return
+    counts = frames.decision_counts(log)
+    cols = st.columns(3)
+    cols[0].metric("Decisions in range", f"{len(log):,}")
+    cols[1].metric("Refused in range", f"{int(counts['denied'].sum()):,}")
+    cols[2].metric("Refused share", f"{counts['denied'].sum() / len(log):.1%}")
+    tenants = sorted(log["tenant"].unique())
+    pick = st.selectbox("Decisions of", [ALL, *tenants], key="decisions-tenant")
+    shown = log if pick == ALL else log[log["tenant"] == pick]
+    grain = ctx.series_granularity()
+    st.caption(
+        f"Decisions per {grain} by outcome and reason ({pick.lower() if pick == ALL else pick})"
+    )
+    st.bar_chart(frames.decisions_over_time(shown, grain))
+    ui.table(counts, "decision-counts", "")
+    st.caption(
+        "From each throttle replica's bounded in-memory log of recent decisions (the newest "
+        "per tenant): a restart forgets them, and behind several replicas each answers for its own."
+    )
+    with st.expander(f"Every decision ({pick})"):
+        ui.table(shown.sort_values("ts", ascending=False), "decision-log", "")
+
+
 def render(ctx: ui.Context) -> None:
     window = ctx.window()
     st.caption(f"{window.since:%Y-%m-%d %H:%M} → {window.until:%Y-%m-%d %H:%M} UTC")
     report = ui.fetch(lambda: ctx.metering.cost("tenant", window, "total"), "tenant spend")
     budgets = ui.fetch(ctx.metering.budgets, "budgets")
+    listing = ui.fetch(lambda: ctx.throttle.tenants(ctx.settings.max_tenants), "throttle's tenants")
     if report is None:
         return
     spend = frames.cost_totals(frames.cost_frame(report), "tenant")
     states = (budgets or {}).get("tenants", [])
-    names = list(dict.fromkeys([*spend["tenant"], *(s["tenant"] for s in states)]))
-    usage = _usage(ctx, names) if names else {}
-    table = frames.tenant_frame(spend, states, usage)
+    usage: dict[str, dict[str, Any]] = {}
+    known: list[str] = []
+    if listing is not None:
+        listed = [frames.usage_from_listing(t) for t in listing.get("tenants", [])]
+        usage = {u["tenant"]: u for u in listed}
+        known = list(usage)
+        metering_names = dict.fromkeys([*spend["tenant"], *(s["tenant"] for s in states)])
+        usage.update(_usage(ctx, [n for n in metering_names if n not in usage]))
+    table = frames.tenant_frame(spend, states, usage, known)
 
     over = table[table["projected_overrun_usd"].fillna(0) > 0]
     cols = st.columns(3)
@@ -47,18 +122,16 @@ def render(ctx: ui.Context) -> None:
             f"{row['tenant']} is projected to exceed its budget by "
             f"{ui.usd(row['projected_overrun_usd'])} this period."
         )
-    if not table.empty:
-        st.bar_chart(spend.set_index("tenant")[["total_usd"]])
-    ui.table(table, "tenants", "No tenant usage or budgets in this range yet.")
+    if spend.empty:
+        st.info("No metered spend in this range yet.")
+    else:
+        st.caption("Spend in range ($)")
+        st.bar_chart(spend.set_index("tenant")[["total_usd"]], horizontal=True)
+    ui.table(table, "tenants", "No tenant usage, budgets or throttle decisions yet.")
+    if listing is not None and listing.get("truncated"):
+        st.caption(f"Throttle knows {listing.get('total')} tenants; the first {len(known)} shown.")
 
-    st.subheader("Throttle decisions")
-    samples = ui.fetch(lambda: ctx.throttle.metrics("infermeter_throttle_decisions"), "decisions")
-    if samples is not None:
-        decisions = frames.decisions_frame(samples)
-        if not decisions.empty:
-            refused = decisions[decisions["decision"] != "allow"]["count"].sum()
-            st.metric("Refused since throttle start", f"{int(refused):,}")
-        ui.table(decisions, "throttle-decisions", "No admission decisions since throttle started.")
+    _decisions_section(ctx, listing)
 
     st.subheader("Fair share")
     pools = ui.fetch(ctx.throttle.autoscale, "pool pressure")

@@ -15,6 +15,7 @@ from dashboard_seed import (
     POLICY,
     READ,
     THROTTLE_API,
+    SeedClock,
     Stack,
     push_signals,
     root_conftest,
@@ -52,13 +53,16 @@ def stack() -> Iterator[Stack]:
         }
     )
     service = MeteringService(settings, now=time.time)
-    runtime = Runtime(ThrottleSettings(api_token=THROTTLE_API), policy=load_policy_text(POLICY))
+    clock = SeedClock()
+    runtime = Runtime(
+        ThrottleSettings(api_token=THROTTLE_API), now=clock, policy=load_policy_text(POLICY)
+    )
     metering = root.ServerThread(metering_app(service, start_loop=False)).start()
     throttle = root.ServerThread(throttle_app(runtime, background=False)).start()
     try:
         load = workload(time.time())
         allocation = seed_metering(metering.url, load)
-        seed_throttle(throttle.url)
+        seed_throttle(throttle.url, clock)
         yield Stack(metering.url, throttle.url, load, allocation)
     finally:
         throttle.stop()

@@ -228,20 +228,43 @@ def push_signals(url: str) -> None:
     assert res.status_code == 200, res.text
 
 
-def seed_throttle(url: str) -> None:
-    """Engine signals, and admissions (some refused)."""
-    push_signals(url)
+class SeedClock:
+    """Throttle's clock: real time, set back while the seed replays admissions over the
+    last hours (so its decision log spans the range the pages show), then real time again."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+
+# Admissions per tenant at each seed step: acme (pro) always fits; globex and initech (free
+# tier, a burst smaller than one request) are refused by the rate limit after their first.
+ADMISSIONS = {"acme": 2, "globex": 4, "initech": 2}
+
+
+def seed_throttle(url: str, clock: SeedClock, hours: float = 3.0, steps: int = 12) -> None:
+    """Engine signals, and admissions (some refused) every ``hours / steps`` over the last
+    ``hours``, replayed through ``clock`` (back to real time on return)."""
     headers = {"Authorization": f"Bearer {THROTTLE_API}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
-        for tenant in ("acme", "globex", "globex", "globex", "initech"):
-            body = {
-                "tenant": tenant,
-                "model": "llama-3.1-8b",
-                "prompt_tokens": 200,
-                "max_tokens": 100,
-            }
-            res = client.post("/v1/admit", json=body)
-            assert res.status_code in (200, 429), res.text
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            for step in range(steps + 1):
+                clock.offset_s = -hours * 3600 * (1 - step / steps)
+                for tenant, count in ADMISSIONS.items():
+                    for _ in range(count + step % 3):
+                        body = {
+                            "tenant": tenant,
+                            "model": "llama-3.1-8b",
+                            "prompt_tokens": 200,
+                            "max_tokens": 100,
+                        }
+                        res = client.post("/v1/admit", json=body)
+                        assert res.status_code in (200, 429), res.text
+    finally:
+        clock.offset_s = 0.0
+    push_signals(url)
 
 
 @dataclass

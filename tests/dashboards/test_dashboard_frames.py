@@ -399,3 +399,86 @@ def test_rates_of_the_ranges_partial_buckets_count_only_the_covered_seconds() ->
     row = frames.replica_load_frame(load, "pool", clip).iloc[0]
     assert row["requests_per_s"] == 0.1 and row["tokens_per_s"] == 1.0 and row["pool"] == "chat"
     assert frames.replica_load_frame(load, "pool").iloc[0]["tokens_per_s"] == 0.25
+
+
+def decisions_answer(tenant: str, entries: list[tuple[float, str, str]]) -> dict[str, object]:
+    return {
+        "tenant": tenant,
+        "decisions": [
+            {"ts": ts, "decision": d, "reason": r, "cost": 0.001} for ts, d, r in entries
+        ],
+    }
+
+
+def test_decision_log_over_time_and_counts_by_reason() -> None:
+    t0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp()
+    bodies = [
+        decisions_answer("globex", [(t0 + 5, "allow", "none"), (t0 + 6, "deny", "rate"),
+                                    (t0 + 70, "deny", "rate"), (t0 + 71, "deny", "concurrency")]),
+        decisions_answer("acme", [(t0 + 1, "allow", "none"), (t0 + 65, "allow", "none")]),
+        decisions_answer("initech", []),
+    ]  # fmt: skip
+    log = frames.decision_log_frame(bodies)
+    assert log["tenant"].tolist() == ["acme", "globex", "globex", "acme", "globex", "globex"]
+    assert log["outcome"].tolist()[:3] == ["allow", "allow", "deny: rate"]
+    assert str(log["ts"].dt.tz) == "UTC"
+    wide = frames.decisions_over_time(log, "minute")
+    assert wide.columns.tolist() == ["allow", "deny: concurrency", "deny: rate"]
+    assert wide.to_dict("list") == {
+        "allow": [2, 1],
+        "deny: concurrency": [0, 1],
+        "deny: rate": [1, 1],
+    }
+    assert frames.decisions_over_time(log, "hour")["deny: rate"].tolist() == [2]
+    counts = frames.decision_counts(log).set_index("tenant")
+    assert counts.index.tolist() == ["globex", "acme"]  # the busiest denier first
+    assert counts.loc["globex"].to_dict() == {
+        "decisions": 4,
+        "allowed": 1,
+        "denied": 3,
+        "denied_share": 0.75,
+        "deny: concurrency": 1,
+        "deny: rate": 2,
+    }
+    assert counts.loc["acme", "denied"] == 0 and counts.loc["acme", "deny: rate"] == 0
+
+
+def test_decision_frames_are_empty_without_decisions() -> None:
+    log = frames.decision_log_frame([decisions_answer("acme", [])])
+    assert log.empty and list(log.columns) == list(frames.DECISION_COLUMNS)
+    assert frames.decisions_over_time(log, "minute").empty
+    counts = frames.decision_counts(log)
+    assert counts.empty and "denied_share" in counts.columns
+    only_denied = frames.decision_log_frame([decisions_answer("x", [(1.0, "deny", "")])])
+    assert only_denied["outcome"].tolist() == ["deny: unspecified"]
+    assert frames.decision_counts(only_denied).iloc[0]["allowed"] == 0
+
+
+def test_tenant_list_merges_metering_and_throttle() -> None:
+    spend = pd.DataFrame(
+        {"tenant": ["acme", "metered-only"], "total_usd": [2.0, 1.0], "requests": [3, 1],
+         "tokens": [30, 10]}
+    )  # fmt: skip
+    daily = {"limit_usd": 5.0, "spent_usd": 1.0, "projected_usd": 6.0, "will_exceed": True}
+    budgets = [{"tenant": "budgeted", "daily": daily}]
+    listing = [
+        {"tenant": "acme", "tier": "pro", "weight": 2.0, "in_policy": True,
+         "usage": {"rate_remaining": 9.5, "in_flight": 1, "concurrency_limit": 100,
+                   "fair_share": {"chat": 0.25}}, "recent": None},
+        {"tenant": "throttled-only", "tier": "free", "weight": 1.0, "in_policy": False,
+         "usage": {"rate_remaining": 0.0, "in_flight": 0, "concurrency_limit": 2,
+                   "fair_share": {}}, "recent": {"decisions": 3, "allowed": 1, "denied": 2,
+                                                 "last_ts": 1.0}},
+    ]  # fmt: skip
+    usage = {u["tenant"]: u for u in map(frames.usage_from_listing, listing)}
+    table = frames.tenant_frame(spend, budgets, usage, list(usage)).set_index("tenant")
+    assert table["known_to"].to_dict() == {
+        "acme": "metering + throttle",
+        "metered-only": "metering",
+        "budgeted": "metering",
+        "throttled-only": "throttle",
+    }
+    assert table.loc["acme", "tier"] == "pro" and table.loc["acme", "fair_share"] == "chat=0.25"
+    assert table.loc["acme", "concurrency_limit"] == 100 and table.loc["acme", "in_flight"] == 1
+    assert table.loc["throttled-only", "rate_remaining"] == 0.0
+    assert table.loc["budgeted", "projected_overrun_usd"] == 1.0

@@ -99,10 +99,25 @@ def test_costs_match_metering(dashboard_env: Stack) -> None:
     assert len(at.get("download_button")) == len(at.dataframe)
 
 
+def throttle_get(stack: Stack, path: str, **params: str) -> Any:
+    res = httpx.get(
+        f"{stack.throttle_url}{path}",
+        params=params,
+        headers={"Authorization": f"Bearer {THROTTLE_API}"},
+        timeout=10,
+    )
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
 def test_tenants_show_budgets_throttle_decisions_and_fair_share(dashboard_env: Stack) -> None:
     at = page(PAGES[2])
     shown = metrics(at)
-    assert shown["Tenants"] == "3"
+    listed = throttle_get(dashboard_env, "/v1/tenants")["tenants"]
+    spend = metering_get(dashboard_env, "/v1/reports/cost", by="tenant", granularity="total")
+    metering_names = {r["tenant"] for r in spend["rows"]}
+    names = metering_names | {t["tenant"] for t in listed}
+    assert shown["Tenants"] == f"{len(names)}" and len(names) == 3
     acme = metering_get(dashboard_env, "/v1/budgets/acme")["daily"]
     assert acme["will_exceed"]
     overrun = acme["projected_usd"] - acme["limit_usd"]
@@ -113,17 +128,48 @@ def test_tenants_show_budgets_throttle_decisions_and_fair_share(dashboard_env: S
     ]
     # the projection moves with the clock between the page's call and ours: cents apart at most
     assert shown_overrun and shown_overrun[0] == pytest.approx(overrun, abs=0.02)
+    table = frames_with(at, "projected_overrun_usd")[0].set_index("tenant")
+    assert table.loc["acme", "tier"] == "pro" and table.loc["globex", "tier"] == "free"
+    assert table.loc["acme", "daily_limit_usd"] == 0.05
+    assert table.loc["acme", "known_to"] == "metering + throttle"  # acme is in the policy
+    assert any("Fair-share mode" in w.value and "chat" in w.value for w in at.warning)
+
+    # decisions over time: what throttle's decision log holds for the range, by reason
+    since = at.caption[0].value.split(" → ")[0]
+    answers = {
+        t["tenant"]: throttle_get(
+            dashboard_env,
+            f"/v1/tenants/{t['tenant']}/decisions",
+            since=f"{since}:00Z".replace(" ", "T"),
+        )
+        for t in listed
+        if t["recent"]
+    }
+    counts = frames_with(at, "denied_share")[0].set_index("tenant")
+    for tenant, answer in answers.items():
+        expected = answer["counts"]
+        assert counts.loc[tenant, "allowed"] == expected.get("allow", 0), tenant
+        assert counts.loc[tenant, "decisions"] == sum(expected.values()), tenant
+        for reason, n in expected.items():
+            if reason != "allow":
+                assert counts.loc[tenant, f"deny: {reason}"] == n, (tenant, reason)
+    assert counts.loc["globex", "denied"] > 0 and counts.loc["acme", "denied"] == 0
+    total = sum(len(a["decisions"]) for a in answers.values())
+    assert shown["Decisions in range"] == f"{total:,}"
+    log = frames_with(at, "outcome")[0]
+    assert len(log) == total and log["ts"].nunique() > 12  # spread over the seeded hours
+    at.selectbox(key="decisions-tenant").set_value("globex").run()
+    assert not at.exception
+    log = frames_with(at, "outcome")[0]
+    assert set(log["tenant"]) == {"globex"} and len(log) == len(answers["globex"]["decisions"])
+
     scrape = httpx.get(f"{dashboard_env.throttle_url}/metrics").text
     denied = sum(
         float(line.rsplit(" ", 1)[1])
         for line in scrape.splitlines()
         if line.startswith('infermeter_throttle_decisions_total{decision="deny"')
     )
-    assert denied >= 1 and shown["Refused since throttle start"] == f"{int(denied):,}"
-    table = frames_with(at, "projected_overrun_usd")[0].set_index("tenant")
-    assert table.loc["acme", "tier"] == "pro" and table.loc["globex", "tier"] == "free"
-    assert table.loc["acme", "daily_limit_usd"] == 0.05
-    assert any("Fair-share mode" in w.value and "chat" in w.value for w in at.warning)
+    assert denied >= 1 and metrics(at)["Refused since throttle start"] == f"{int(denied):,}"
 
 
 def test_capacity_shows_autoscale_and_rightsizing(dashboard_env: Stack) -> None:
