@@ -11,6 +11,7 @@ from typing import Any
 
 from metering.catalog import Catalog
 from metering.errors import QueryError
+from metering.series import SeriesReports, _bucket
 from metering.sql_files import bind, query
 from metering.store import Store
 from metering.timeparse import iso
@@ -25,19 +26,8 @@ DIMENSIONS = {
     "replica": "replica",
     "pool": "pool",
 }
-GRANULARITIES = ("minute", "hour", "day", "total")
 RATE_LOOKBACK = timedelta(hours=24)
 DEFAULT_GPU = "h100-sxm"
-
-
-def _bucket(column: str, granularity: str, *, allow_minute: bool = False) -> str:
-    if granularity == "total":
-        return "CAST($since AS TIMESTAMP)"
-    if granularity == "minute" and not allow_minute:
-        raise QueryError("granularity", "must be hour, day or total for cost reports")
-    if granularity not in GRANULARITIES:
-        raise QueryError("granularity", f"must be one of {list(GRANULARITIES)}")
-    return f"CAST(date_trunc('{granularity}', {column}) AS TIMESTAMP)"
 
 
 def _grain(granularity: str, since: datetime, until: datetime) -> str:
@@ -66,7 +56,7 @@ def _usd(micro: float | int | None) -> float:
     return round((micro or 0) / 1e6, 6)
 
 
-class Reports:
+class Reports(SeriesReports):
     """Read-side queries of one store."""
 
     def __init__(
@@ -81,20 +71,6 @@ class Reports:
         self.catalog = catalog
         self.share_idle = share_idle
         self.now = now
-
-    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        cur = self.store.cursor()
-        try:
-            return cur.execute(sql, bind(sql, params)).fetchall()
-        finally:
-            cur.close()
-
-    @staticmethod
-    def _range(since: datetime, until: datetime) -> datetime:
-        """Validate a range; cost reports start at the hour that contains ``since``."""
-        if until <= since:
-            raise QueryError("until", "must be after since")
-        return _floor_hour(since)
 
     # -- cost ------------------------------------------------------------------------------
     def cost(
@@ -379,74 +355,6 @@ class Reports:
         ]
         return {"latest": latest, "history": history}
 
-    # -- usage-side series -----------------------------------------------------------------
-    def latency(
-        self,
-        since: datetime,
-        until: datetime,
-        granularity: str = "hour",
-        model: str = "",
-        tenant: str = "",
-    ) -> dict[str, Any]:
-        """Latency percentiles and tokens/s per bucket from the usage records."""
-        self._range(since, until)
-        sql = query("reports", "latency").replace(
-            "__BUCKET_U__", _bucket("finished_at", granularity, allow_minute=True)
-        )
-        params = {"since": since, "until": until, "model": model, "tenant": tenant}
-        seconds = {"minute": 60, "hour": 3600, "day": 86400}.get(
-            granularity, (until - since).total_seconds()
-        )
-        rows = []
-        for r in self._rows(sql, params):
-            bucket, n, errors, aborts, ttft, e2e, itl, queue, tps, completion, prompt = r
-            rows.append(
-                {
-                    "bucket": iso(bucket),
-                    "requests": n,
-                    "errors": errors,
-                    "client_aborts": aborts,
-                    "ttft_s": _quantiles(ttft, ("p50", "p95", "p99")),
-                    "e2e_s": _quantiles(e2e, ("p50", "p95", "p99")),
-                    "itl_s": _quantiles(itl, ("p50", "p95")),
-                    "queue_s": _quantiles(queue, ("p50", "p95")),
-                    "tokens_per_s_per_request_p50": tps,
-                    "output_tokens_per_s": round((completion or 0) / seconds, 3),
-                    "prompt_tokens_per_s": round((prompt or 0) / seconds, 3),
-                }
-            )
-        return {"granularity": granularity, "rows": rows}
-
-    def gpu(
-        self, since: datetime, until: datetime, granularity: str = "minute", replica: str = ""
-    ) -> dict[str, Any]:
-        """GPU samples aggregated per bucket and device."""
-        self._range(since, until)
-        sql = query("reports", "gpu_series").replace(
-            "__BUCKET_S__", _bucket("ts", granularity, allow_minute=True)
-        )
-        cols = [
-            "bucket",
-            "replica",
-            "gpu_uuid",
-            "mig_uuid",
-            "gpu_model",
-            "mig_profile",
-            "util_pct",
-            "mem_used_bytes",
-            "mem_total_bytes",
-            "power_w",
-            "energy_j",
-            "temp_c",
-            "samples",
-        ]
-        rows = []
-        for r in self._rows(sql, {"since": since, "until": until, "replica": replica}):
-            row = dict(zip(cols, r, strict=True))
-            row["bucket"] = iso(row["bucket"])
-            rows.append(row)
-        return {"granularity": granularity, "rows": rows}
-
     def cache_savings(self, since: datetime, until: datetime) -> dict[str, Any]:
         """What cache hits would have cost at each model's current rate."""
         self._range(since, until)
@@ -495,9 +403,3 @@ class Reports:
         """End of the last allocated window (None before the first run)."""
         rows = self._rows(query("reports", "allocated_until"), {})
         return rows[0][0] if rows and rows[0][0] is not None else None
-
-
-def _quantiles(values: list[float] | None, names: tuple[str, ...]) -> dict[str, float | None]:
-    if not values:
-        return {n: None for n in names}
-    return {n: (round(v, 6) if v is not None else None) for n, v in zip(names, values, strict=True)}
