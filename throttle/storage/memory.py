@@ -251,9 +251,12 @@ class MemoryStorage:
         if record.rate_per_s > 0:
             tat = self._tat.get(record.tenant, now)
             self._tat[record.tenant] = gcra.adjust(tat, now, delta, record.rate_per_s)
-        windows = self._spend.get(record.tenant, {})
-        for key in (record.day_key, record.month_key):
-            entry = windows.get(key)
+        windows = self._spend.get(record.tenant)
+        if windows is not None:
+            entry = windows.get(record.day_key)
+            if entry is not None:
+                entry[0] = max(0.0, entry[0] + delta)
+            entry = windows.get(record.month_key)
             if entry is not None:
                 entry[0] = max(0.0, entry[0] + delta)
         state = self._pools.get(record.pool)
