@@ -263,12 +263,11 @@ def cache_frame(report: Mapping[str, Any]) -> pd.DataFrame:
 
 # -- tenants ---------------------------------------------------------------------------------
 TENANT_COLUMNS = (
-    "tenant", "spend_usd", "requests", "tokens",
+    "tenant", "known_to", "tier", "spend_usd", "requests", "tokens",
     "daily_limit_usd", "daily_spent_usd", "daily_projected_usd", "daily_will_exceed",
     "monthly_limit_usd", "monthly_spent_usd", "monthly_projected_usd", "monthly_will_exceed",
     "projected_overrun_usd",
-    "tier", "rate_remaining", "in_flight", "concurrency_limit", "weight", "fair_share",
-    "known_to",
+    "rate_remaining", "in_flight", "concurrency_limit", "weight", "fair_share",
 )  # fmt: skip
 
 
@@ -371,16 +370,27 @@ def _outcome_order(columns: Iterable[str]) -> list[str]:
     return sorted(columns, key=lambda c: (c != ALLOW, c))
 
 
-def decisions_over_time(frame: pd.DataFrame, granularity: str) -> pd.DataFrame:
-    """Decisions per bucket (index) and outcome (one column each, ``allow`` first)."""
+def decisions_over_time(
+    frame: pd.DataFrame, granularity: str, clip: Clip | None = None
+) -> pd.DataFrame:
+    """Decisions per bucket (index) and outcome (one column each, ``allow`` first); with
+    ``clip`` (since, until), every bucket of the range is there, zero when quiet."""
+    freq = FREQ.get(granularity, "h")
     if frame.empty:
-        return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="bucket"))
-    bucketed = frame.assign(bucket=frame["ts"].dt.floor(FREQ.get(granularity, "h")))
-    wide = bucketed.pivot_table(
-        index="bucket", columns="outcome", values="tenant", aggfunc="count", fill_value=0
-    )
-    wide.columns.name = None
-    return wide[_outcome_order(wide.columns)].astype(int)
+        wide = pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC"))
+    else:
+        bucketed = frame.assign(bucket=frame["ts"].dt.floor(freq))
+        wide = bucketed.pivot_table(
+            index="bucket", columns="outcome", values="tenant", aggfunc="count", fill_value=0
+        )
+        wide.columns.name = None
+        wide = wide[_outcome_order(wide.columns)]
+    if clip is not None:
+        since, until = (pd.Timestamp(t).tz_convert("UTC") for t in clip)
+        buckets = pd.date_range(since.floor(freq), until, freq=freq, inclusive="left")
+        wide = wide.reindex(buckets, fill_value=0)
+    wide.index.name = "bucket"
+    return wide.astype(int)
 
 
 def decision_counts(frame: pd.DataFrame) -> pd.DataFrame:

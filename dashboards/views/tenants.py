@@ -82,7 +82,9 @@ def _decision_charts(ctx: ui.Context, log: pd.DataFrame) -> None:
     st.caption(
         f"Decisions per {grain} by outcome and reason ({pick.lower() if pick == ALL else pick})"
     )
-    st.bar_chart(frames.decisions_over_time(shown, grain))
+    wide = frames.decisions_over_time(shown, grain, (ctx.window().since, ctx.window().until))
+    wide.index = wide.index.strftime("%m-%d %H:%M" if grain != "day" else "%Y-%m-%d")
+    st.bar_chart(wide)  # one bar per bucket of the range (categorical), stacked by outcome
     ui.table(counts, "decision-counts", "")
     st.caption(
         "From each throttle replica's bounded in-memory log of recent decisions (the newest "

@@ -59,8 +59,18 @@ burst = 10.0
 concurrency = 100
 weight = 2.0
 
+[tiers.team]
+rate = 60.0
+per_s = 60
+burst = 1.0
+concurrency = 1
+weight = 1.0
+
 [tenants.acme]
 tier = "pro"
+
+[tenants.initech]
+tier = "team"
 
 [models."llama-3.1-8b"]
 prompt = 0.000001
@@ -239,8 +249,9 @@ class SeedClock:
         return time.time() + self.offset_s
 
 
-# Admissions per tenant at each seed step: acme (pro) always fits; globex and initech (free
-# tier, a burst smaller than one request) are refused by the rate limit after their first.
+# Admissions per tenant at each seed step: acme (pro) always fits; globex (free tier, a burst
+# smaller than one request) is refused by the rate limit after its first; initech (team tier,
+# one request at a time, never settled here) by its concurrency limit until the lease expires.
 ADMISSIONS = {"acme": 2, "globex": 4, "initech": 2}
 
 

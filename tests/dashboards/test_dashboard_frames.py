@@ -430,6 +430,14 @@ def test_decision_log_over_time_and_counts_by_reason() -> None:
         "deny: rate": [1, 1],
     }
     assert frames.decisions_over_time(log, "hour")["deny: rate"].tolist() == [2]
+    clip = (
+        datetime(2026, 11, 24, 9, 58, 30, tzinfo=UTC),
+        datetime(2026, 11, 24, 10, 3, tzinfo=UTC),
+    )
+    filled = frames.decisions_over_time(log, "minute", clip)
+    assert [t.minute for t in filled.index] == [58, 59, 0, 1, 2]  # every bucket of the range
+    assert filled["allow"].tolist() == [0, 0, 2, 1, 0]
+    assert frames.decisions_over_time(log.iloc[:0], "minute", clip).shape == (5, 0)
     counts = frames.decision_counts(log).set_index("tenant")
     assert counts.index.tolist() == ["globex", "acme"]  # the busiest denier first
     assert counts.loc["globex"].to_dict() == {
