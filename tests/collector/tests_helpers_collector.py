@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+from tests.conftest import free_port as free_port  # re-exported for the collector tests
+from tests.conftest import promtool_check as promtool_check
 
 SECRET = "gateway-secret"
 API_KEY = "sk-tenant-b"
@@ -30,20 +31,6 @@ class RunningCollector:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-def _root_conftest() -> Any:
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("infermeter_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def promtool_check(exposition: str) -> tuple[int, list[str]]:
-    """tests/conftest.py's promtool_check (the shared helper)."""
-    return _root_conftest().promtool_check(exposition)  # type: ignore[no-any-return]
-
-
 def sse_frames(raw: bytes) -> list[str]:
     """The ``data:`` payloads of an SSE body, in order."""
     out = []
@@ -51,12 +38,3 @@ def sse_frames(raw: bytes) -> list[str]:
         if frame.startswith("data: "):
             out.append(frame[len("data: ") :])
     return out
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
