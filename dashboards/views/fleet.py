@@ -55,7 +55,9 @@ def render(ctx: ui.Context) -> None:
         by = ui.fetch(partial(ctx.metering.cost, key, window, cost_grain), f"{key} load")
         if by is None:
             continue
-        load = frames.replica_load_frame(by, key, (window.since, window.until))
+        # metering's cost reports start at the hour that contains since
+        start = window.since.replace(minute=0, second=0, microsecond=0)
+        load = frames.replica_load_frame(by, key, (start, window.until))
         if not load.empty:
             st.caption(f"Tokens/s per {key} (per {cost_grain})")
             st.line_chart(frames.pivot(load, "bucket", key, "tokens_per_s"))
