@@ -47,7 +47,7 @@ def covered_seconds(bucket: str, seconds: float, clip: Clip | None) -> float:
     start = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
     end = start + timedelta(seconds=seconds)
     covered = (min(end, clip[1]) - max(start, clip[0])).total_seconds()
-    return seconds if covered <= 0 else min(seconds, max(covered, 1.0))
+    return seconds if covered <= 0 else float(min(seconds, max(round(covered), 1)))
 
 
 def _rescaled(rate: float | None, seconds: float, covered: float) -> float | None:
