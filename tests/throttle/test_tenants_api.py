@@ -128,8 +128,9 @@ def test_decision_log_is_bounded_per_tenant_and_in_tenants() -> None:
 
 def test_parse_since() -> None:
     assert parse_since("1795529753.5") == 1795529753.5
-    assert parse_since("2026-11-24T15:00:00+01:00") == datetime(
-        2026, 11, 24, 14, 0, tzinfo=UTC
-    ).timestamp()
+    assert (
+        parse_since("2026-11-24T15:00:00+01:00")
+        == datetime(2026, 11, 24, 14, 0, tzinfo=UTC).timestamp()
+    )
     assert parse_since("2026-11-24T15:00:00Z") == datetime(2026, 11, 24, 15, tzinfo=UTC).timestamp()
     assert parse_since("2026-11-24") is None and parse_since("inf") is None
