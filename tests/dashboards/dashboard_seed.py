@@ -5,13 +5,10 @@ admissions. Everything is relative to the current time, since the pages ask for 
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -86,16 +83,9 @@ targets = { num_requests_waiting = 4.0, kv_cache_usage_perc = 0.8 }
 
 def root_conftest() -> ModuleType:
     """tests/conftest.py as a module (ServerThread, free_port, wait_http)."""
-    name = "infermeter_tests_root_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    import tests.conftest
+
+    return tests.conftest
 
 
 @dataclass
