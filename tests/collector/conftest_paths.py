@@ -1,7 +1,7 @@
-"""Paths the collector tests read (shared, read-only vLLM artifacts)."""
+"""Paths the collector tests read (real vLLM output kept in tests/vllm_0_32_captures)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.conftest import VLLM_ARTIFACTS
 
-ARTIFACTS = Path(__file__).resolve().parents[3] / "shared" / "vllm-cpu" / "artifacts"
+ARTIFACTS = VLLM_ARTIFACTS

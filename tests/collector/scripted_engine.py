@@ -1,7 +1,7 @@
 """A small vLLM-shaped engine for collector tests: a real ASGI app served on loopback.
 
 It speaks the OpenAI routes with vLLM 0.32's exact frame and error shapes (see
-shared/vllm-cpu/artifacts) and can be told, per request, to misbehave: ``x-test-die-after: N``
+tests/vllm_0_32_captures) and can be told, per request, to misbehave: ``x-test-die-after: N``
 drops the connection after N content frames, ``x-test-hang`` never answers, and
 ``x-test-delay-ms`` spaces the frames. It records what it received and which streams the
 client (the collector) abandoned.

@@ -1,4 +1,4 @@
-"""SSE accounting against real vLLM streams (shared/vllm-cpu/artifacts), in any chunking."""
+"""SSE accounting against real vLLM streams (tests/vllm_0_32_captures), in any chunking."""
 
 from __future__ import annotations
 

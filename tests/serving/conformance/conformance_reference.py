@@ -1,6 +1,6 @@
 """What real vLLM 0.32 looks like, and how to compare a live engine with it.
 
-The reference is the captured output of real vLLM in ``vllm_0_32_captures/``: response
+The reference is the captured output of real vLLM in ``tests/vllm_0_32_captures/``: response
 *shapes* (keys and value types), SSE framing, metric families (type, labels, buckets). The
 helpers here parse live output and list the differences as readable strings, so a failing
 conformance test says exactly which key, chunk or metric differs.
@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-CAPTURES = Path(__file__).resolve().with_name("vllm_0_32_captures")
+from tests.conftest import VLLM_ARTIFACTS
+
+CAPTURES = VLLM_ARTIFACTS
 SERVED_MODEL = "tiny-llama"
 MAX_MODEL_LEN = 512
 DONE = "[DONE]"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 
@@ -16,9 +14,10 @@ from serving.gateway.routing import (
 )
 from serving.gateway.signals import signals_from_json
 from serving.gateway.usage import StreamTap, body_usage
+from tests.conftest import VLLM_ARTIFACTS
 
-ARTIFACTS = Path(__file__).resolve().parents[4] / "shared" / "vllm-cpu" / "artifacts"
-CAPTURES = Path(__file__).resolve().parents[1] / "conformance" / "vllm_0_32_captures"
+ARTIFACTS = VLLM_ARTIFACTS
+CAPTURES = VLLM_ARTIFACTS
 
 
 def _artifact(name: str) -> bytes:
