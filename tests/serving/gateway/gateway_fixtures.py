@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,12 +38,11 @@ def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-def root_conftest(config: Any) -> ModuleType:
-    """tests/conftest.py as pytest loaded it (free_port, ServerThread, ...)."""
-    path = Path(__file__).resolve().parents[2] / "conftest.py"
-    module = config.pluginmanager.get_plugin(str(path))
-    assert isinstance(module, ModuleType)
-    return module
+def root_conftest(config: Any = None) -> ModuleType:
+    """tests/conftest.py as a module (free_port, ServerThread, ...)."""
+    import tests.conftest
+
+    return tests.conftest
 
 
 def resolver() -> TenantResolver:
