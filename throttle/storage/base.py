@@ -4,12 +4,14 @@ A backend holds state and performs each decision as one atomic operation: ``rese
 (rate, concurrency lease, budgets and fair share checked and charged together), ``settle``
 (estimate replaced by the actual cost everywhere it was charged), ``usage`` (a read).
 The arithmetic is that of :mod:`throttle.algorithms`; the backend only makes it atomic.
+The values built on every decision (``Decision``, ``SettleUsage``, ``Settlement``) are named
+tuples: in CPython a tuple is built in a third of the time of a slots dataclass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from throttle.algorithms.fairshare import FairParams
 
@@ -41,8 +43,7 @@ class ReserveRequest:
     cached_factor: float = 1.0
 
 
-@dataclass(slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What a backend answers to a reservation."""
 
     allowed: bool
@@ -58,8 +59,7 @@ class Decision:
     detail: str = ""  # e.g. daily | monthly for a budget refusal
 
 
-@dataclass(slots=True)  # not frozen: 4x cheaper to build, on the decision path
-class SettleUsage:
+class SettleUsage(NamedTuple):
     """The actual usage of a finished request."""
 
     prompt_tokens: int
@@ -67,8 +67,7 @@ class SettleUsage:
     completion_tokens: int
 
 
-@dataclass(slots=True)  # not frozen: 4x cheaper to build, on the decision path
-class Settlement:
+class Settlement(NamedTuple):
     """The outcome of settling a reservation."""
 
     reservation_id: str

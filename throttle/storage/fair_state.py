@@ -22,13 +22,13 @@ class PoolFairState:
     """Counters, backlog order and last-seen times of the tenants of one pool."""
 
     __slots__ = (
-        "_backlog_heap",
-        "_seen_heap",
         "backlog",
+        "backlog_heap",
         "counters",
         "inflight",
         "lease_heap",
         "seen",
+        "seen_heap",
     )
 
     def __init__(self) -> None:
@@ -36,28 +36,28 @@ class PoolFairState:
         self.backlog: dict[str, float] = {}
         self.inflight: dict[str, int] = {}
         self.seen: dict[str, float] = {}
-        self._backlog_heap: list[tuple[float, str]] = []
-        self._seen_heap: list[tuple[float, str]] = []
+        self.backlog_heap: list[tuple[float, str]] = []
+        self.seen_heap: list[tuple[float, str]] = []
         # (lease expiry, reservation id, tenant) of every lease in the pool, lazily deleted
         self.lease_heap: list[tuple[float, str, str]] = []
 
     # -- backlog order --------------------------------------------------------------------
-    def _set_backlog(self, tenant: str, counter: float) -> None:
+    def set_backlog(self, tenant: str, counter: float) -> None:
         self.backlog[tenant] = counter
-        heapq.heappush(self._backlog_heap, (counter, tenant))
-        if len(self._backlog_heap) > 2 * len(self.backlog) + 64:
-            self._backlog_heap = [(v, t) for t, v in self.backlog.items()]
-            heapq.heapify(self._backlog_heap)
+        heapq.heappush(self.backlog_heap, (counter, tenant))
+        if len(self.backlog_heap) > 2 * len(self.backlog) + 64:
+            self.backlog_heap = [(v, t) for t, v in self.backlog.items()]
+            heapq.heapify(self.backlog_heap)
 
     def _clean_top(self) -> None:
-        heap = self._backlog_heap
+        heap = self.backlog_heap
         while heap and self.backlog.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
 
     def floor(self, tenant: str) -> float | None:
         """The smallest counter among the *other* backlogged tenants (None when none)."""
         self._clean_top()
-        heap = self._backlog_heap
+        heap = self.backlog_heap
         if not heap:
             return None
         if heap[0][1] != tenant:
@@ -71,14 +71,14 @@ class PoolFairState:
     def set_counter(self, tenant: str, value: float) -> None:
         self.counters[tenant] = value
         if tenant in self.backlog:
-            self._set_backlog(tenant, value)
+            self.set_backlog(tenant, value)
 
     # -- leases in flight -----------------------------------------------------------------
     def acquire(self, tenant: str) -> None:
         count = self.inflight.get(tenant, 0) + 1
         self.inflight[tenant] = count
         if count == 1:
-            self._set_backlog(tenant, self.counters.get(tenant, 0.0))
+            self.set_backlog(tenant, self.counters.get(tenant, 0.0))
 
     def release(self, tenant: str) -> None:
         count = self.inflight.get(tenant, 0) - 1
@@ -91,7 +91,7 @@ class PoolFairState:
     # -- activity ---------------------------------------------------------------------------
     def touch(self, tenant: str, now: float, forget_before: float) -> None:
         """Record that ``tenant`` asked now; forget idle, non-backlogged tenants."""
-        heap = self._seen_heap
+        heap = self.seen_heap
         if heap and heap[0][0] < forget_before:
             keep: list[tuple[float, str]] = []
             while heap and heap[0][0] < forget_before:

@@ -8,10 +8,12 @@ are dropped when read after their window ended.
 from __future__ import annotations
 
 import heapq
+import math
+from heapq import heappush
 from typing import Any
 
-from throttle.algorithms import budgets, fairshare, gcra, leases
-from throttle.algorithms.costs import usage_cost
+from throttle.algorithms import gcra, leases
+from throttle.algorithms.fairshare import FairParams
 from throttle.storage.base import (
     Decision,
     ReserveRequest,
@@ -22,10 +24,17 @@ from throttle.storage.base import (
 )
 from throttle.storage.fair_state import PoolFairState
 
+_new = tuple.__new__
+
 SWEEP_BATCH = 64
 POOL_PURGE_BATCH = 64
 FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fair-share table
 WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
+
+
+# tenant, pool, estimate, record expiry, rate per s, day key, month key, weight,
+# prompt price, completion price, cached factor: a tuple, built on every admission
+_Record = tuple[str, str, float, float, float, str, str, float, float, float, float]
 
 
 class MemoryStorage:
@@ -41,8 +50,8 @@ class MemoryStorage:
         self._pools: dict[str, PoolFairState] = {}
         # tenant -> window key -> [spent, expires]
         self._spend: dict[str, dict[str, list[float]]] = {}
-        # the admission request is the reservation record; settled ones map to their cost
-        self._records: dict[str, ReserveRequest] = {}
+        # reservation id -> record (see _Record); settled ones map to their actual cost
+        self._records: dict[str, _Record] = {}
         self._settled: dict[str, float] = {}
         self._expiry: list[tuple[float, str]] = []
         self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
@@ -84,7 +93,7 @@ class MemoryStorage:
     def _released(self, tenant: str, rid: str) -> None:
         pool = self._lease_pool.pop(rid, None)
         if pool is not None:
-            self._pool(pool).release(tenant)
+            (self._pools.get(pool) or self._pool(pool)).release(tenant)
 
     def _purge(self, tenant: str, held: dict[str, float], now: float) -> None:
         """Expire the tenant's leases, O(log n) each, from a lazily cleaned heap."""
@@ -121,153 +130,274 @@ class MemoryStorage:
             record = self._records.pop(rid, None)
             self._settled.pop(rid, None)
             if record is not None:
-                held = self._leases.get(record.tenant)
+                tenant = record[0]
+                held = self._leases.get(tenant)
                 if held is not None and held.pop(rid, None) is not None:
-                    self._released(record.tenant, rid)
+                    self._released(tenant, rid)
                 if held is not None and not held:
-                    del self._leases[record.tenant]
-                    self._lease_heaps.pop(record.tenant, None)
+                    del self._leases[tenant]
+                    self._lease_heaps.pop(tenant, None)
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
-        now = r.now
-        tenant = r.tenant
-        fair = r.fair
+        return self.decide(
+            r.reservation_id,
+            r.tenant,
+            r.pool,
+            r.cost,
+            r.now,
+            r.rate_per_s,
+            r.burst,
+            r.concurrency,
+            r.lease_expires_at,
+            r.record_expires_at,
+            r.day_key,
+            r.day_end,
+            r.daily_budget,
+            r.month_key,
+            r.month_end,
+            r.monthly_budget,
+            r.weight,
+            r.fair,
+            r.prompt_price,
+            r.completion_price,
+            r.cached_factor,
+        )
+
+    def decide(
+        self,
+        rid: str,
+        tenant: str,
+        pool: str,
+        cost: float,
+        now: float,
+        rate_per_s: float,
+        burst: float,
+        concurrency: int,
+        lease_expires_at: float,
+        record_expires_at: float,
+        day_key: str,
+        day_end: float,
+        daily_budget: float,
+        month_key: str,
+        month_end: float,
+        monthly_budget: float,
+        weight: float,
+        fair: FairParams,
+        prompt_price: float = 0.0,
+        completion_price: float = 0.0,
+        cached_factor: float = 1.0,
+    ) -> Decision:
+        """:meth:`reserve` without the coroutine and the request object: the fields of
+        :class:`ReserveRequest` as arguments. The algorithms of :mod:`throttle.algorithms`
+        (GCRA, budgets, leases, fair share) are inlined here, the one hot path of the
+        in-process throttle; the contract suite holds both to the same results."""
         expiry = self._expiry
         if expiry and expiry[0][0] <= now:
             self._sweep(now)
-        state = self._pools.get(r.pool) or self._pool(r.pool)
-        if state.lease_heap and state.lease_heap[0][0] <= now:
+        state = self._pools.get(pool)
+        if state is None:
+            state = self._pool(pool)
+        pool_leases = state.lease_heap
+        if pool_leases and pool_leases[0][0] <= now:
             self._purge_pool(state, now)
         held = self._leases.get(tenant)
+        heap = self._lease_heaps.get(tenant)
         if held is None:
             held = self._leases[tenant] = {}
-        elif held:
+        elif heap and (heap[0][0] <= now or len(heap) > 2 * len(held) + 16):
             self._purge(tenant, held, now)
         windows = self._spend.get(tenant)
         if windows is None:
             windows = self._spend[tenant] = {}
-        day_entry = windows.get(r.day_key)
+        day_entry = windows.get(day_key)
         day = (
             day_entry[0]
             if day_entry is not None and day_entry[1] > now
-            else self._spent(windows, r.day_key, now)
+            else self._spent(windows, day_key, now)
         )
-        month_entry = windows.get(r.month_key)
+        month_entry = windows.get(month_key)
         month = (
             month_entry[0]
             if month_entry is not None and month_entry[1] > now
-            else self._spent(windows, r.month_key, now)
+            else self._spent(windows, month_key, now)
         )
         tat = self._tat.get(tenant, now)
-        state.touch(tenant, now, now - fair.active_window_s * FORGET_FACTOR)
-        floor = state.floor(tenant)
+        # fair share: touch, floor and VTC lift (PoolFairState's common cases inline)
+        seen = state.seen
+        seen_heap = state.seen_heap
+        forget_before = now - fair.active_window_s * FORGET_FACTOR
+        if tenant in seen and not (seen_heap and seen_heap[0][0] < forget_before):
+            seen[tenant] = now
+        else:
+            state.touch(tenant, now, forget_before)
+        backlog = state.backlog
+        top = state.backlog_heap[0] if state.backlog_heap else None
+        if top is not None and top[1] != tenant and backlog.get(top[1]) == top[0]:
+            floor: float | None = top[0]
+        else:
+            floor = state.floor(tenant)
         counters = state.counters
         before = counters.get(tenant)
-        own = fairshare.lift(before or 0.0, tenant in state.inflight, floor)
+        own = before or 0.0
+        if floor is not None and floor > own and tenant not in state.inflight:
+            own = floor
         if before is None or own != before:
             state.set_counter(tenant, own)
 
-        cost = r.cost
-        rate_per_s = r.rate_per_s
         refusal: tuple[str, float, str] | None = None
-        rate = None
-        if not budgets.fits(day, cost, r.daily_budget):
-            refusal = ("budget", r.day_end - now, "daily")
-        elif not budgets.fits(month, cost, r.monthly_budget):
-            refusal = ("budget", r.month_end - now, "monthly")
-        elif not leases.has_slot(len(held), r.concurrency):
+        new_tat = tat
+        remaining = math.inf
+        reset = 0.0
+        if daily_budget > 0 and day + cost > daily_budget:
+            refusal = ("budget", day_end - now, "daily")
+        elif monthly_budget > 0 and month + cost > monthly_budget:
+            refusal = ("budget", month_end - now, "monthly")
+        elif concurrency > 0 and len(held) >= concurrency:
             refusal = ("concurrency", leases.retry_after(held, now), "")
         else:
-            rate = gcra.check(tat, now, cost, rate_per_s, r.burst)
-            if not rate.allowed:
-                refusal = ("rate", rate.retry_after_s, "")
-            elif not fairshare.admits(own, floor, fair):
+            if rate_per_s > 0 and rate_per_s != math.inf:  # GCRA (gcra.check)
+                t = 1.0 / rate_per_s
+                tau = burst * t
+                base = tat if tat > now else now
+                new_tat = base + cost * t
+                ahead = new_tat - now
+                if ahead <= tau or tat <= now:
+                    remaining = (tau - ahead) / t
+                    if remaining < 0.0:
+                        remaining = 0.0
+                    reset = ahead if ahead > 0.0 else 0.0
+                else:
+                    refusal = ("rate", ahead - tau, "")
+            if refusal is None and fair.pressure and floor is not None and own - floor > fair.slack:
                 refusal = ("fair_share", fair.retry_s, "")
-        if refusal is not None or rate is None:
-            reason, retry, detail = refusal or ("", 0.0, "")
-            remaining, reset = gcra.state(tat, now, rate_per_s, r.burst)
-            return Decision(
-                False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail
+        if refusal is not None:
+            reason, retry, detail = refusal
+            remaining, reset = gcra.state(tat, now, rate_per_s, burst)
+            return _new(
+                Decision,
+                (False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail),
             )
         # admit: charge everything
-        rid = r.reservation_id
-        lease_expires_at = r.lease_expires_at
         if rate_per_s > 0:
-            self._tat[tenant] = rate.tat
+            self._tat[tenant] = new_tat
         held[rid] = lease_expires_at
-        heap = self._lease_heaps.get(tenant)
         if heap is None:
             heap = self._lease_heaps[tenant] = []
-        heapq.heappush(heap, (lease_expires_at, rid))
-        self._lease_pool[rid] = r.pool
-        heapq.heappush(state.lease_heap, (lease_expires_at, rid, tenant))
-        if (
-            day_entry is not None
-            and day_entry[1] > now
-            and day_entry[1] >= r.day_end + WINDOW_GRACE_S
-        ):
+        heappush(heap, (lease_expires_at, rid))
+        self._lease_pool[rid] = pool
+        heappush(state.lease_heap, (lease_expires_at, rid, tenant))
+        kept_until = day_end + WINDOW_GRACE_S
+        if day_entry is not None and day_entry[1] > now and day_entry[1] >= kept_until:
             day_entry[0] += cost  # the common case: the window's counter exists
             day = day_entry[0]
         else:
-            day = self._add_spend(windows, r.day_key, cost, r.day_end + WINDOW_GRACE_S, now)
-        if (
-            month_entry is not None
-            and month_entry[1] > now
-            and month_entry[1] >= r.month_end + WINDOW_GRACE_S
-        ):
+            day = self._add_spend(windows, day_key, cost, kept_until, now)
+        kept_until = month_end + WINDOW_GRACE_S
+        if month_entry is not None and month_entry[1] > now and month_entry[1] >= kept_until:
             month_entry[0] += cost
             month = month_entry[0]
         else:
-            month = self._add_spend(windows, r.month_key, cost, r.month_end + WINDOW_GRACE_S, now)
-        own = fairshare.charge(own, cost, r.weight, floor, fair.max_lead)
-        if tenant in state.backlog:
-            state.set_counter(tenant, own)
-        else:
-            counters[tenant] = own  # acquire() enters it in the backlog order
-        state.acquire(tenant)
-        self._records[rid] = r
-        heapq.heappush(expiry, (r.record_expires_at, rid))
-        return Decision(
-            True, "", 0.0, rate.remaining, rate.reset_s, len(held), day, month, own, floor
+            month = self._add_spend(windows, month_key, cost, kept_until, now)
+        charged = own + cost / weight  # fairshare.charge
+        if floor is not None and fair.max_lead > 0:
+            cap = floor + fair.max_lead
+            if cap < own:
+                cap = own
+            if cap < charged:
+                charged = cap
+        own = charged
+        counters[tenant] = own
+        inflight = state.inflight
+        count = inflight.get(tenant, 0) + 1
+        inflight[tenant] = count
+        if count == 1 or tenant in backlog:  # acquire: it enters (or moves in) the backlog
+            state.set_backlog(tenant, own)
+        self._records[rid] = (
+            tenant,
+            pool,
+            cost,
+            record_expires_at,
+            rate_per_s,
+            day_key,
+            month_key,
+            weight,
+            prompt_price,
+            completion_price,
+            cached_factor,
+        )
+        heappush(expiry, (record_expires_at, rid))
+        return _new(
+            Decision,
+            (True, "", 0.0, remaining, reset, len(held), day, month, own, floor, ""),
         )
 
     async def settle(self, reservation_id: str, used: SettleUsage, now: float) -> Settlement | None:
-        record = self._records.get(reservation_id)
-        if record is None or record.record_expires_at <= now:
-            return None
-        done = self._settled.get(reservation_id)
-        if done is not None:
-            return Settlement(reservation_id, record.tenant, record.pool, record.cost, done, True)
-        actual = usage_cost(
+        return self.settle_now(
+            reservation_id,
             used.prompt_tokens,
             used.cached_prompt_tokens,
             used.completion_tokens,
-            record.prompt_price,
-            record.completion_price,
-            record.cached_factor,
+            now,
         )
-        delta = actual - record.cost
-        if record.rate_per_s > 0:
-            tat = self._tat.get(record.tenant, now)
-            self._tat[record.tenant] = gcra.adjust(tat, now, delta, record.rate_per_s)
-        windows = self._spend.get(record.tenant)
+
+    def settle_now(
+        self,
+        reservation_id: str,
+        prompt_tokens: int,
+        cached_prompt_tokens: int,
+        completion_tokens: int,
+        now: float,
+    ) -> Settlement | None:
+        """:meth:`settle` without the coroutine and the usage object."""
+        record = self._records.get(reservation_id)
+        if record is None:
+            return None
+        (
+            tenant,
+            pool,
+            estimate,
+            record_expires_at,
+            rate_per_s,
+            day_key,
+            month_key,
+            weight,
+            prompt_price,
+            completion_price,
+            cached_factor,
+        ) = record
+        if record_expires_at <= now:
+            return None
+        done = self._settled.get(reservation_id)
+        if done is not None:
+            return _new(Settlement, (reservation_id, tenant, pool, estimate, done, True))
+        cached = cached_prompt_tokens if cached_prompt_tokens < prompt_tokens else prompt_tokens
+        actual = (
+            (prompt_tokens - cached) + cached * cached_factor
+        ) * prompt_price + completion_tokens * completion_price  # costs.usage_cost
+        delta = actual - estimate
+        if rate_per_s > 0 and rate_per_s != math.inf:  # gcra.adjust
+            tats = self._tat
+            moved = tats.get(tenant, now) + delta * (1.0 / rate_per_s)
+            tats[tenant] = now if delta < 0 and moved < now else moved
+        windows = self._spend.get(tenant)
         if windows is not None:
-            entry = windows.get(record.day_key)
+            entry = windows.get(day_key)
             if entry is not None:
                 entry[0] = max(0.0, entry[0] + delta)
-            entry = windows.get(record.month_key)
+            entry = windows.get(month_key)
             if entry is not None:
                 entry[0] = max(0.0, entry[0] + delta)
-        state = self._pools.get(record.pool)
-        if state is not None and record.tenant in state.counters:
-            counter = max(0.0, state.counters[record.tenant] + delta / record.weight)
-            state.set_counter(record.tenant, counter)
-        held = self._leases.get(record.tenant)
+        held = self._leases.get(tenant)
         if held is not None and held.pop(reservation_id, None) is not None:
-            self._released(record.tenant, reservation_id)
+            self._released(tenant, reservation_id)  # first: a tenant leaving the backlog
+        state = self._pools.get(pool)  # has no backlog entry to reorder below
+        if state is not None:
+            counter = state.counters.get(tenant)
+            if counter is not None:
+                state.set_counter(tenant, max(0.0, counter + delta / weight))
         self._settled[reservation_id] = actual
-        return Settlement(reservation_id, record.tenant, record.pool, record.cost, actual)
+        return _new(Settlement, (reservation_id, tenant, pool, estimate, actual, False))
 
     async def has_reservation(self, reservation_id: str) -> bool:
         return reservation_id in self._records
