@@ -252,6 +252,20 @@ class GatewayHandlers:
         return json_reply(admit_body(result), deny_status, out)
 
 
+# header names as sent, encoded once
+_HEADER_NAMES = {
+    name: name.encode("latin-1")
+    for name in (
+        "RateLimit-Policy",
+        "RateLimit",
+        "Retry-After",
+        "X-Infermeter-Tenant",
+        "X-Infermeter-Reservation-Id",
+        "X-Infermeter-Reason",
+    )
+}
+_CONTENT_TYPE = (b"content-type", JSON.encode())
+
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
 
@@ -289,13 +303,17 @@ class FastPath:
             more = message.get("more_body", False)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            reply = await handler(b"".join(chunks), headers)
+            reply = await handler(chunks[0] if len(chunks) == 1 else b"".join(chunks), headers)
         except ThrottleError as exc:
             reply = reply_for(exc)
-        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+        names = _HEADER_NAMES
+        raw_headers = [
+            (names.get(k) or k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers.items()
+        ]
         body = b"" if method == "HEAD" else reply.body
         if reply.body:
-            raw_headers.append((b"content-type", JSON.encode()))
-        raw_headers.append((b"content-length", str(len(reply.body)).encode()))
+            raw_headers.append(_CONTENT_TYPE)
+        raw_headers.append((b"content-length", b"%d" % len(reply.body)))
         await send({"type": "http.response.start", "status": reply.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})

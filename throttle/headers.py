@@ -75,8 +75,28 @@ def state_items(
 
 
 def _first(items: list[tuple[str, str]], name: str) -> str:
-    ordered = sorted(items, key=lambda item: item[0] != name)
-    return ", ".join(item for _, item in ordered)
+    if name and any(item[0] == name for item in items):
+        items = sorted(items, key=lambda item: item[0] != name)
+    return ", ".join([item for _, item in items])
+
+
+# (id(limits), unit, refused_by) -> (limits, RateLimit-Policy value): the field depends only
+# on the limits, so it is built once per limits object (held, so its id is not reused)
+_policy_fields: dict[tuple[int, str, str], tuple[Limits, str]] = {}
+POLICY_FIELD_CACHE = 4096
+
+
+def _policy_field(limits: Limits, unit: str, refused_by: str) -> str:
+    key = (id(limits), unit, refused_by)
+    hit = _policy_fields.get(key)
+    if hit is not None and hit[0] is limits:
+        return hit[1]
+    policies = policy_items(limits, unit)
+    value = _first(policies, refused_by) if policies else ""
+    if len(_policy_fields) >= POLICY_FIELD_CACHE:
+        _policy_fields.clear()
+    _policy_fields[key] = (limits, value)
+    return value
 
 
 def rate_limit_headers(
@@ -87,11 +107,12 @@ def rate_limit_headers(
     month_reset_s: float,
 ) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (and ``Retry-After`` on a refusal)."""
-    refused_by = {"budget": decision.detail or "daily"}.get(decision.reason, decision.reason)
+    reason = decision.reason
+    refused_by = (decision.detail or "daily") if reason == "budget" else reason
     headers: dict[str, str] = {}
-    policies = policy_items(limits, unit)
-    if policies:
-        headers["RateLimit-Policy"] = _first(policies, refused_by)
+    policy = _policy_field(limits, unit, refused_by)
+    if policy:
+        headers["RateLimit-Policy"] = policy
         headers["RateLimit"] = _first(
             state_items(limits, decision, day_reset_s, month_reset_s), refused_by
         )
