@@ -241,11 +241,12 @@ class Allocator:
     ) -> None:
         now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
         result_range = (epoch_us(result.range_start), epoch_us(result.range_end))
-        unpriced = cur.execute(
-            "SELECT count(DISTINCT rid) FROM alloc_rw rw WHERE NOT EXISTS "
-            "(SELECT 1 FROM alloc_capacity c WHERE c.priced AND c.replica = rw.replica "
-            "AND c.w = rw.w)"
-        ).fetchone()
+        coverage = cur.execute(query("allocate", "share_coverage")).fetchone()
+        unpriced = (
+            cur.execute(query("allocate", "unpriced_requests")).fetchone()
+            if coverage is None or coverage[0] != coverage[1]
+            else (0,)
+        )
         result.unpriced_requests = int(unpriced[0]) if unpriced else 0
         cur.execute("BEGIN TRANSACTION")
         try:
@@ -258,7 +259,6 @@ class Allocator:
                 "insert_managed",
                 "clear_hourly",
                 "hourly",
-                "insert_hourly",
                 "clear_replica_hourly",
                 "insert_replica_hourly",
                 "clear_rollup_hours",
@@ -321,6 +321,5 @@ class Allocator:
             "alloc_models",
             "alloc_managed",
             "alloc_reps",
-            "alloc_hourly",
         ):
             cur.execute(f"DROP TABLE IF EXISTS {table}")

@@ -182,6 +182,17 @@ SELECT rid, replica, w, work, p_tok, d_tok, is_last, share,
        share * energy_j * busy_s / provisioned_s AS energy_j
 FROM ranked;
 
+-- name: share_coverage
+-- Request-windows, and those in a priced replica-window (the rows of alloc_share): equal
+-- counts mean no request is unpriced, and the anti-join below need not run.
+SELECT (SELECT count(*) FROM alloc_rw), (SELECT count(*) FROM alloc_share);
+
+-- name: unpriced_requests
+-- Requests with a window on a replica-window without a known price.
+SELECT count(DISTINCT rid) FROM alloc_rw rw
+WHERE NOT EXISTS (SELECT 1 FROM alloc_capacity c
+                  WHERE c.priced AND c.replica = rw.replica AND c.w = rw.w);
+
 -- name: clear_request_windows
 DELETE FROM request_window
 WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
@@ -247,8 +258,9 @@ WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
 -- name: hourly
 -- Hourly rollup by every reporting dimension (the range is whole hours, see allocation.py).
 -- Requests and tokens count in the window the request finished; cost and GPU-seconds in the
--- windows they were spent.
-CREATE OR REPLACE TEMP TABLE alloc_hourly AS
+-- windows they were spent. Written straight into cost_hourly (clear_hourly emptied the range);
+-- insert_rollup_hours reads the range back from there.
+INSERT INTO cost_hourly
 SELECT hour, replica, pool, tenant, model, feature, api_key_id, upstream,
        sum(cost_micro) AS cost_micro, sum(requests) AS requests,
        sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
@@ -270,9 +282,6 @@ FROM (
     FROM alloc_managed
 )
 GROUP BY ALL;
-
--- name: insert_hourly
-INSERT INTO cost_hourly SELECT * FROM alloc_hourly;
 
 -- name: clear_replica_hourly
 DELETE FROM replica_hourly
@@ -307,7 +316,9 @@ WITH g AS (
            sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached,
            sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
            sum(energy_j) AS energy_j
-    FROM alloc_hourly
+    FROM cost_hourly
+    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
     GROUP BY GROUPING SETS ((hour, replica, tenant), (hour, replica, model),
                             (hour, replica, feature), (hour, replica, api_key_id),
                             (hour, replica, pool), (hour, replica, model, tenant))

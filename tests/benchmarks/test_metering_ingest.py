@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import httpx
 import orjson
 import pyarrow as pa
@@ -19,7 +20,7 @@ from metering.api import create_app
 from metering.ingest import Ingestor
 from metering.service import MeteringService
 from metering.settings import MeteringSettings
-from metering.store import open_store
+from metering.store import CHECKPOINT_THRESHOLD, open_store
 from tests.conftest import ServerThread
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -140,3 +141,47 @@ def test_metering_ingest_over_http(tmp_path: Path, serve: Callable[..., ServerTh
             )
     finally:
         service.stop()
+
+
+def test_metering_ingest_insert_floor(tmp_path: Path) -> None:
+    """What the insert itself costs: the stored `usage` rows of 200,000 records appended in
+    batches of 10,000 (one transaction each, as ingest does) to a table with no key, with the
+    `request_id` primary key (ON CONFLICT DO NOTHING), and with a 128-bit hash key instead."""
+    store = open_store(f"duckdb:///{tmp_path}/source.duckdb")
+    ingestor = Ingestor(store, time.time)
+    for start in range(0, 200_000, BATCH):
+        ingestor.usage(orjson.dumps(records(start, BATCH)))
+    rows = store.connection.execute("SELECT * FROM usage").fetch_arrow_table()
+    store.close()
+    variants = {
+        "no key": ("CREATE TABLE u AS SELECT * FROM src LIMIT 0", "SELECT * FROM st", ""),
+        "request_id primary key": (
+            "CREATE TABLE u AS SELECT * FROM src LIMIT 0; "
+            "ALTER TABLE u ADD PRIMARY KEY (request_id)",
+            "SELECT * FROM st",
+            " ON CONFLICT DO NOTHING",
+        ),
+        "md5_number(request_id) primary key": (
+            "CREATE TABLE u AS SELECT md5_number(request_id) AS k, * FROM src LIMIT 0; "
+            "ALTER TABLE u ADD PRIMARY KEY (k)",
+            "SELECT md5_number(request_id), * FROM st",
+            " ON CONFLICT DO NOTHING",
+        ),
+    }
+    for i, (label, (ddl, select, conflict)) in enumerate(variants.items()):
+        con = duckdb.connect(str(tmp_path / f"floor-{i}.duckdb"))
+        con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        con.register("src", rows)
+        con.execute(ddl)
+        t, c = time.perf_counter(), time.process_time()
+        for start in range(0, rows.num_rows, BATCH):
+            con.register("st", rows.slice(start, BATCH))
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f"INSERT INTO u {select}{conflict}")
+            con.execute("COMMIT")
+        report(f"insert only, {label}", rows.num_rows, *_since(t, c))
+        con.close()
+
+
+def _since(wall: float, cpu: float) -> tuple[float, float]:
+    return time.perf_counter() - wall, time.process_time() - cpu
