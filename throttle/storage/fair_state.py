@@ -10,7 +10,10 @@ The Redis backend keeps the same state in sorted sets (``reserve.lua``):
 - ``seen``: tenant -> last time it asked, to forget tenants idle for ``forget`` seconds.
 
 Heaps are lazy (stale entries are skipped when they surface, and the heap is rebuilt when
-it holds more than twice the live entries), which keeps every operation O(log n).
+it holds more than twice the live entries), which keeps every operation O(log n). A backlogged
+counter that *grows* (every admission) needs no new entry: its old, smaller entry stays in
+the heap and is moved to the current value when it surfaces, so every backlogged tenant
+always has an entry no larger than its counter and a valid top entry is the minimum.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ class PoolFairState:
 
     # -- backlog order --------------------------------------------------------------------
     def set_backlog(self, tenant: str, counter: float) -> None:
+        old = self.backlog.get(tenant)
         self.backlog[tenant] = counter
+        if old is not None and counter >= old:
+            return  # grown: its entry (<= old) is moved up when it surfaces
         heapq.heappush(self.backlog_heap, (counter, tenant))
         if len(self.backlog_heap) > 2 * len(self.backlog) + 64:
             self.backlog_heap = [(v, t) for t, v in self.backlog.items()]
@@ -51,8 +57,16 @@ class PoolFairState:
 
     def _clean_top(self) -> None:
         heap = self.backlog_heap
-        while heap and self.backlog.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)
+        backlog = self.backlog
+        while heap:
+            value, name = heap[0]
+            current = backlog.get(name)
+            if current == value:
+                return
+            if current is not None and current > value:
+                heapq.heapreplace(heap, (current, name))  # raised since it was pushed
+            else:
+                heapq.heappop(heap)
 
     def floor(self, tenant: str) -> float | None:
         """The smallest counter among the *other* backlogged tenants (None when none)."""
@@ -63,7 +77,16 @@ class PoolFairState:
         if heap[0][1] != tenant:
             return heap[0][0]
         top = heapq.heappop(heap)
-        self._clean_top()
+        backlog = self.backlog
+        while heap:  # _clean_top, dropping the tenant's own older entries (top is its own)
+            value, name = heap[0]
+            current = backlog.get(name)
+            if name != tenant and current == value:
+                break
+            if name != tenant and current is not None and current > value:
+                heapq.heapreplace(heap, (current, name))
+            else:
+                heapq.heappop(heap)
         second = heap[0][0] if heap else None
         heapq.heappush(heap, top)
         return second

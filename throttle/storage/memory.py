@@ -311,8 +311,13 @@ class MemoryStorage:
         inflight = state.inflight
         count = inflight.get(tenant, 0) + 1
         inflight[tenant] = count
-        if count == 1 or tenant in backlog:  # acquire: it enters (or moves in) the backlog
+        if count == 1:  # acquire: it enters the backlog
             state.set_backlog(tenant, own)
+        elif tenant in backlog:
+            if own >= backlog[tenant]:
+                backlog[tenant] = own  # grown: no heap entry (see PoolFairState)
+            else:
+                state.set_backlog(tenant, own)
         self._records[rid] = (
             tenant,
             pool,
