@@ -36,6 +36,7 @@ STATUSES = ("ok", "error", "client_abort", "throttled", "cache_hit")
 _STATUS_SET = frozenset(STATUSES)
 MAX_TOKENS_LIMIT = 10_000_000
 PLAN_CACHE_SIZE = 100_000
+_ALLOWED = ("allow", "")
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 
@@ -132,6 +133,7 @@ class Throttle:
         self.decisions: Counter[tuple[str, str]] = Counter()  # (decision, reason) -> n
         self.settles: Counter[str] = Counter()  # status -> n
         self._windows = budgets.WindowCache()
+        self._span = self._windows.get(now())  # (day, month) windows of the last decision
         self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
         self.recorder: DecisionLog | None = DecisionLog()
 
@@ -193,7 +195,9 @@ class Throttle:
         lease_s = req.lease_s
         if lease_s is None:
             lease_s = plan.lease_s
-        day, month = self._windows.get(now)
+        day, month = self._span
+        if not day.end - day.length_s <= now < day.end:
+            day, month = self._span = self._windows.get(now)
         rid = f"{self._prefix}-{next(self._ids):x}"
         lease_expires_at = now + lease_s
         storage = self.storage
@@ -249,7 +253,7 @@ class Throttle:
             )
         allowed = decision.allowed
         reason = decision.reason
-        key_ = ("allow", reason) if allowed else ("deny", reason)
+        key_ = _ALLOWED if allowed and not reason else ("allow" if allowed else "deny", reason)
         decisions = self.decisions
         decisions[key_] = decisions.get(key_, 0) + 1
         if self.recorder is not None:
