@@ -245,6 +245,9 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
             q.get("granularity", "hour"),
             q.get("model", ""),
             q.get("tenant", ""),
+            q.get("by", ""),
+            q.get("pool", ""),
+            q.get("replica", ""),
         )
 
     @app.get("/v1/reports/gpu", dependencies=[Depends(read_auth)])

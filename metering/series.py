@@ -12,6 +12,7 @@ from metering.store import Store
 from metering.timeparse import iso
 
 GRANULARITIES = ("minute", "hour", "day", "total")
+LATENCY_GROUPS = {"": "''", "pool": "pool", "replica": "replica"}
 
 
 def _bucket(column: str, granularity: str, *, allow_minute: bool = False) -> str:
@@ -50,22 +51,43 @@ class SeriesReports:
         granularity: str = "hour",
         model: str = "",
         tenant: str = "",
+        by: str = "",
+        pool: str = "",
+        replica: str = "",
     ) -> dict[str, Any]:
-        """Latency percentiles and tokens/s per bucket from the usage records."""
+        """Latency percentiles and tokens/s per bucket from the usage records.
+
+        ``by`` = ``pool`` or ``replica`` adds that key to every row (one series per value);
+        ``pool`` / ``replica`` filter.
+        """
         self._range(since, until)
-        sql = query("reports", "latency").replace(
-            "__BUCKET_U__", _bucket("finished_at", granularity, allow_minute=True)
+        if by not in LATENCY_GROUPS:
+            raise QueryError("by", "must be pool or replica (or empty for the whole fleet)")
+        sql = (
+            query("reports", "latency")
+            .replace("__BUCKET_U__", _bucket("finished_at", granularity, allow_minute=True))
+            .replace("__GROUP__", LATENCY_GROUPS[by])
         )
-        params = {"since": since, "until": until, "model": model, "tenant": tenant}
+        params = {
+            "since": since,
+            "until": until,
+            "model": model,
+            "tenant": tenant,
+            "pool": pool,
+            "replica": replica,
+        }
         seconds = {"minute": 60, "hour": 3600, "day": 86400}.get(
             granularity, (until - since).total_seconds()
         )
         rows = []
         for r in self._rows(sql, params):
-            bucket, n, errors, aborts, ttft, e2e, itl, queue, tps, completion, prompt = r
+            bucket, grp, n, errors, aborts, ttft, e2e, itl, queue, tps, completion, prompt = r
+            row: dict[str, Any] = {"bucket": iso(bucket)}
+            if by:
+                row[by] = grp
             rows.append(
-                {
-                    "bucket": iso(bucket),
+                row
+                | {
                     "requests": n,
                     "errors": errors,
                     "client_aborts": aborts,
@@ -78,7 +100,7 @@ class SeriesReports:
                     "prompt_tokens_per_s": round((prompt or 0) / seconds, 3),
                 }
             )
-        return {"granularity": granularity, "rows": rows}
+        return {"granularity": granularity, "by": by, "rows": rows}
 
     def gpu(
         self, since: datetime, until: datetime, granularity: str = "minute", replica: str = ""

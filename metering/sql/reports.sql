@@ -140,8 +140,9 @@ SELECT sum(cost_micro) / 1e6 / nullif(sum(provisioned_s), 0),
 FROM replica_window WHERE window_start >= $since AND window_start < $until;
 
 -- name: latency
--- Latency percentiles and throughput per bucket from the usage records.
-SELECT __BUCKET_U__ AS bucket, count(*) AS requests,
+-- Latency percentiles and throughput per bucket (and per __GROUP__: '' , pool or replica,
+-- substituted from a fixed list) from the usage records.
+SELECT __BUCKET_U__ AS bucket, __GROUP__ AS grp, count(*) AS requests,
        count(*) FILTER (WHERE status = 'error') AS errors,
        count(*) FILTER (WHERE status = 'client_abort') AS aborts,
        quantile_cont(coalesce(ttft_s, epoch(first_token_at - started_at)), [0.5, 0.95, 0.99])
@@ -155,9 +156,10 @@ SELECT __BUCKET_U__ AS bucket, count(*) AS requests,
 FROM usage
 WHERE finished_at >= $since AND finished_at < $until
   AND ($model = '' OR model = $model) AND ($tenant = '' OR tenant = $tenant)
+  AND ($pool = '' OR pool = $pool) AND ($replica = '' OR replica = $replica)
   AND status NOT IN ('throttled', 'cache_hit')
 GROUP BY ALL
-ORDER BY bucket;
+ORDER BY bucket, grp;
 
 -- name: gpu_series
 SELECT __BUCKET_S__ AS bucket, replica, gpu_uuid, mig_uuid, any_value(gpu_model) AS gpu_model,

@@ -60,3 +60,40 @@ def test_rollup_reports_match_detail(
     idle = reports.idle("pool", since, until, "total")
     assert {r["pool"] for r in idle["rows"]} == {"small", "big"}
     assert idle["totals"]["cost_usd"] == pytest.approx(replica_cost, abs=1e-3)
+
+
+def test_latency_by_replica_and_pool(store: Store, catalog: Catalog, ingestor: Ingestor) -> None:
+    from metering.contracts import UsageRecord
+    from metering.errors import QueryError
+
+    def rec(i: int, replica: str, pool: str, ttft: float) -> UsageRecord:
+        start = T0 + timedelta(seconds=i)
+        return UsageRecord(
+            request_id=f"lat-{replica}-{i}", tenant="acme", model="llama", pool=pool,
+            replica=replica, started_at=start, first_token_at=start + timedelta(seconds=ttft),
+            finished_at=start + timedelta(seconds=ttft + 1), ttft_s=ttft,
+            prompt_tokens=10, completion_tokens=20,
+        )  # fmt: skip
+
+    ingest(
+        ingestor,
+        [rec(i, "r-fast", "chat", 0.1) for i in range(10)]
+        + [rec(i, "r-slow", "chat", 0.9) for i in range(10)]
+        + [rec(i, "r-batch", "batch", 2.0) for i in range(5)],
+    )
+    reports = Reports(store, catalog)
+    until = T0 + timedelta(hours=1)
+    fleet = reports.latency(T0, until, "total")
+    assert [r["requests"] for r in fleet["rows"]] == [25] and "replica" not in fleet["rows"][0]
+    per = {r["replica"]: r for r in reports.latency(T0, until, "total", by="replica")["rows"]}
+    assert per["r-fast"]["ttft_s"]["p50"] == pytest.approx(0.1)
+    assert per["r-slow"]["ttft_s"]["p50"] == pytest.approx(0.9)
+    assert per["r-batch"]["requests"] == 5
+    pools = {
+        r["pool"]: r["requests"] for r in reports.latency(T0, until, "total", by="pool")["rows"]
+    }
+    assert pools == {"chat": 20, "batch": 5}
+    only = reports.latency(T0, until, "total", by="replica", pool="batch")["rows"]
+    assert [r["replica"] for r in only] == ["r-batch"]
+    with pytest.raises(QueryError):
+        reports.latency(T0, until, "total", by="tenant; drop table usage")
