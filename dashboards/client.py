@@ -128,9 +128,20 @@ class MeteringClient(_Http):
         return dict(self.get("/v1/reports/buy-vs-build", window.params()))
 
     def latency(
-        self, window: TimeRange, granularity: str = "hour", model: str = "", tenant: str = ""
+        self,
+        window: TimeRange,
+        granularity: str = "hour",
+        model: str = "",
+        tenant: str = "",
+        by: str = "",
     ) -> dict[str, Any]:
-        params = {**window.params(), "granularity": granularity, "model": model, "tenant": tenant}
+        params = {
+            **window.params(),
+            "granularity": granularity,
+            "model": model,
+            "tenant": tenant,
+            "by": by,
+        }
         return dict(self.get("/v1/reports/latency", params))
 
     def gpu(

@@ -55,13 +55,16 @@ def _rescaled(rate: float | None, seconds: float, covered: float) -> float | Non
 
 
 def latency_frame(report: Mapping[str, Any], clip: Clip | None = None) -> pd.DataFrame:
-    """``/v1/reports/latency`` as one row per bucket with flat percentile columns; rates
-    over the part of each bucket inside ``clip`` (metering divides by the whole bucket)."""
+    """``/v1/reports/latency`` as one row per bucket (per pool or replica too when the report
+    was asked ``by`` one) with flat percentile columns; rates over the part of each bucket
+    inside ``clip`` (metering divides by the whole bucket)."""
     seconds = BUCKET_SECONDS.get(str(report.get("granularity", "hour")), 3600.0)
+    by = str(report.get("by") or "")
     rows = []
     for r in report.get("rows", []):
         covered = covered_seconds(r["bucket"], seconds, clip)
         row: dict[str, Any] = {
+            **({by: r.get(by, "")} if by else {}),
             "bucket": r["bucket"],
             "bucket_s": covered,
             "requests": r["requests"],
@@ -75,7 +78,7 @@ def latency_frame(report: Mapping[str, Any], clip: Clip | None = None) -> pd.Dat
             for q, value in (r.get(f"{metric}_s") or {}).items():
                 row[f"{metric}_{q}_s"] = value
         rows.append(row)
-    frame = _frame(rows, LATENCY_COLUMNS)
+    frame = _frame(rows, ((by,) if by else ()) + LATENCY_COLUMNS)
     frame["bucket"] = _ts(frame["bucket"])
     return frame
 

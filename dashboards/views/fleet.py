@@ -62,6 +62,16 @@ def render(ctx: ui.Context) -> None:
             st.caption(f"Tokens/s per {key} (per {cost_grain})")
             st.line_chart(frames.pivot(load, "bucket", key, "tokens_per_s"))
         ui.table(load, f"{key}-load", f"No allocated usage per {key} in this range yet.")
+    per = ui.fetch(lambda: ctx.metering.latency(window, grain, by="replica"), "replica latency")
+    if per is not None:
+        lat_by = frames.latency_frame(per, (window.since, window.until))
+        if not lat_by.empty:
+            left, right = st.columns(2)
+            left.caption("Time to first token p95 per replica (s)")
+            left.line_chart(frames.pivot(lat_by, "bucket", "replica", "ttft_p95_s"))
+            right.caption("End-to-end latency p95 per replica (s)")
+            right.line_chart(frames.pivot(lat_by, "bucket", "replica", "e2e_p95_s"))
+            ui.table(lat_by, "replica-latency", "")
 
     st.subheader("GPUs and MIG slices")
     gpu = ui.fetch(lambda: ctx.metering.gpu(window, grain), "GPU telemetry")
