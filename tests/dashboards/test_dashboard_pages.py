@@ -74,7 +74,7 @@ def test_fleet_shows_metered_throughput_latency_and_gpus(dashboard_env: Stack) -
     engine = frames_with(at, "num_requests_waiting")[0]
     assert engine["num_requests_waiting"].iloc[0] == pytest.approx(10.5)  # mean of 10 and 11
     per = metering_get(dashboard_env, "/v1/reports/latency", granularity="hour", by="replica")
-    shown_per = [f for f in frames_with(at, "ttft_p95_s") if "replica" in f.columns][0]
+    shown_per = next(f for f in frames_with(at, "ttft_p95_s") if "replica" in f.columns)
     assert set(shown_per["replica"]) == {r["replica"] for r in per["rows"]}
     assert len(set(shown_per["replica"])) > 1
     assert not at.error and not at.warning
