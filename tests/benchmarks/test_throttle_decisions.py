@@ -225,7 +225,8 @@ def _serve(policy: Path, storage: str) -> Iterator[tuple[str, int]]:
         except httpx.HTTPError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError(f"throttle did not start: {proc.stderr.read()!r}") from None
+                err = proc.stderr.read() if proc.stderr else b""
+                raise RuntimeError(f"throttle did not start: {err!r}") from None
             time.sleep(0.1)
     try:
         yield url, proc.pid

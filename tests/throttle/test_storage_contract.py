@@ -243,9 +243,8 @@ async def test_redis_matches_memory_on_a_random_workload() -> None:
             if open_ids and rng.random() < 0.35:
                 rid = open_ids.pop(rng.randrange(len(open_ids)))
                 used = SettleUsage(rng.randint(0, 300), rng.randint(0, 100), rng.randint(0, 300))
-                a = await memory.settle(rid, used, now)
-                b = await redis_backend.settle(rid, used, now)
-                assert a == b, step
+                settled = await memory.settle(rid, used, now)
+                assert settled == await redis_backend.settle(rid, used, now), step
                 continue
             fair = FairParams(rng.random() < 0.5, 0.3, 1.0, 10.0, 1.0)
             r = req(
