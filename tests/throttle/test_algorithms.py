@@ -47,6 +47,9 @@ def test_gcra_unlimited_and_adjust() -> None:
     assert gcra.check(T0, T0, 1e9, 0.0, 0.0).allowed
     assert gcra.adjust(T0 + 3, T0, -10.0, 1.0) == T0  # a refund never banks beyond full
     assert gcra.adjust(T0 + 3, T0, 2.0, 1.0) == T0 + 5
+    # a TAT in the past is a full bucket: a debit is taken from now, however old the TAT
+    assert gcra.adjust(T0 - 50, T0, 2.0, 1.0) == T0 + 2
+    assert gcra.adjust(T0 - 1, T0, 2.0, 1.0) == gcra.adjust(T0, T0, 2.0, 1.0)
     assert gcra.state(T0 + 2, T0, 1.0, 5.0) == (pytest.approx(3.0), pytest.approx(2.0))
 
 

@@ -6,6 +6,7 @@
 - :mod:`.fairshare`: Virtual Token Counter fair share (Sheng et al., OSDI 2024);
 - :mod:`.autoscale`: the Kubernetes HPA replica rule with tolerance and stabilisation.
 
-The memory storage calls these functions; the Redis Lua scripts implement the same arithmetic
-and the contract tests run both against the same scenarios.
+They are the reference implementation: the memory storage inlines them in its fast path and
+the Redis Lua scripts implement the same arithmetic; the contract and parity tests hold both
+backends to them.
 """

@@ -51,13 +51,16 @@ def check(tat: float, now: float, cost: float, rate_per_s: float, burst: float) 
 def adjust(tat: float, now: float, delta_cost: float, rate_per_s: float) -> float:
     """The TAT after settling: ``delta_cost`` > 0 debits more, < 0 refunds.
 
-    A refund never moves the TAT below ``now``: units cannot be banked beyond a full bucket.
+    The difference is applied to the bucket as it is at ``now``: a TAT in the past is a full
+    bucket, the same as ``now`` (storage may have dropped it), so an extra debit is taken
+    from ``max(tat, now)``. A refund never moves the TAT below ``now``: units cannot be
+    banked beyond a full bucket.
     """
     t = emission_interval(rate_per_s)
     if t == 0.0:
         return tat
-    moved = tat + delta_cost * t
-    return max(moved, now) if delta_cost < 0 else moved
+    moved = max(tat, now) + delta_cost * t
+    return max(moved, now)
 
 
 def state(tat: float, now: float, rate_per_s: float, burst: float) -> tuple[float, float]:

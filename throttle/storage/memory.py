@@ -383,8 +383,9 @@ class MemoryStorage:
         delta = actual - estimate
         if rate_per_s > 0 and rate_per_s != math.inf:  # gcra.adjust
             tats = self._tat
-            moved = tats.get(tenant, now) + delta * (1.0 / rate_per_s)
-            tats[tenant] = now if delta < 0 and moved < now else moved
+            tat = tats.get(tenant, now)
+            moved = (tat if tat > now else now) + delta * (1.0 / rate_per_s)
+            tats[tenant] = moved if moved > now else now
         windows = self._spend.get(tenant)
         if windows is not None:
             entry = windows.get(day_key)

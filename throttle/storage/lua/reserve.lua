@@ -156,10 +156,12 @@ redis.call('PEXPIRE', KEYS[8], lease_ttl)
 redis.call('PEXPIRE', KEYS[10], lease_ttl)
 redis.call('PEXPIRE', KEYS[2], ms(lease_exp - now + 60))
 in_flight = in_flight + 1
-day = tonumber(redis.call('INCRBYFLOAT', KEYS[3], f(cost)))
-redis.call('PEXPIRE', KEYS[3], ms(tonumber(ARGV[9]) - now + 3600))
-month = tonumber(redis.call('INCRBYFLOAT', KEYS[4], f(cost)))
-redis.call('PEXPIRE', KEYS[4], ms(tonumber(ARGV[11]) - now + 3600))
+-- budget spend in double arithmetic, stored with %.17g (exact round trip), as memory.py
+-- adds it: INCRBYFLOAT computes in long double and rounds differently
+day = day + cost
+redis.call('SET', KEYS[3], f(day), 'PX', ms(tonumber(ARGV[9]) - now + 3600))
+month = month + cost
+redis.call('SET', KEYS[4], f(month), 'PX', ms(tonumber(ARGV[11]) - now + 3600))
 local charged = own + cost / weight
 if floor ~= nil and max_lead > 0 then
   charged = math.min(charged, math.max(own, floor + max_lead))

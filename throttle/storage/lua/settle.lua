@@ -1,6 +1,7 @@
 -- settle.lua: replace a reservation's estimate by its actual cost, atomically (mirrors
--- MemoryStorage.settle): GCRA TAT moved by the difference (a refund never below now),
--- day/month spend and the pool's fair-share counter adjusted, the concurrency lease freed.
+-- MemoryStorage.settle_now): GCRA TAT moved by the difference from max(TAT, now) and never
+-- below now, day/month spend and the pool's fair-share counter adjusted, the concurrency
+-- lease freed.
 -- The keys charged at admission are read from the record; reserve.lua builds every key of
 -- one decision under the same hash tag, so they live in the same slot on Redis Cluster.
 --
@@ -25,8 +26,10 @@ local now = tonumber(ARGV[4])
 local delta = actual - tonumber(rec[3])
 local rate = tonumber(rec[5])
 if rate > 0 then
-  local moved = tonumber(redis.call('GET', rec[6]) or ARGV[4]) + delta / rate
-  if delta < 0 then moved = math.max(moved, now) end
+  -- a TAT in the past (or expired) is a full bucket: the difference applies from now, and
+  -- a refund never goes below now (gcra.adjust; t = 1 / rate as in reserve.lua and memory)
+  local tat = tonumber(redis.call('GET', rec[6]) or ARGV[4])
+  local moved = math.max(math.max(tat, now) + delta * (1 / rate), now)
   redis.call('SET', rec[6], f(moved), 'PX', math.max(1, math.ceil((moved - now + 1) * 1000)))
 end
 for _, key in ipairs({rec[8], rec[9]}) do
