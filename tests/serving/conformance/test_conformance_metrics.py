@@ -179,7 +179,6 @@ def test_client_abort_counts_tokens_but_not_a_finished_request(engine, client):
     ``finished_reason="abort"``) and no e2e latency. The simulator must do the same."""
     prompt_tokens = _completion(client, engine.served_model, 1)["prompt_tokens"]
     max_tokens = engine.max_model_len - prompt_tokens - 1
-    before = _wait_for(client, lambda s: total(s, "vllm:num_requests_running") == 0)
     body = {
         "model": engine.served_model,
         "prompt": PROMPT,
@@ -187,25 +186,32 @@ def test_client_abort_counts_tokens_but_not_a_finished_request(engine, client):
         "ignore_eos": True,
         "stream": True,
     }
-    received = 0
-    with client.stream("POST", "/v1/completions", json=body) as resp:
-        assert resp.status_code == 200
-        for line in resp.iter_lines():
-            if line.startswith("data: {"):
-                received += 1
-            if received == 3:
-                break  # leaving the block closes the connection mid-stream
+    # The tiny model on the CPU writes ~350 tokens/s into socket buffers; on a loaded machine
+    # the engine can finish all of them before it notices the disconnect. Such a trial says
+    # nothing about abort accounting, so it is repeated (at most 3 times).
+    for _attempt in range(3):
+        before = _wait_for(client, lambda s: total(s, "vllm:num_requests_running") == 0)
+        received = 0
+        with client.stream("POST", "/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    received += 1
+                if received == 3:
+                    break  # leaving the block closes the connection mid-stream
 
-    def quiet(now: Samples) -> bool:
-        return (
-            total(now, "vllm:num_requests_running") == 0
-            and _delta(now, before, "vllm:generation_tokens_total") >= received
-        )
+        def quiet(now: Samples, before: Samples = before, received: int = received) -> bool:
+            return (
+                total(now, "vllm:num_requests_running") == 0
+                and _delta(now, before, "vllm:generation_tokens_total") >= received
+            )
 
-    after = _wait_for(client, quiet)
-    time.sleep(0.3)  # let a late engine step land before the final reading
-    after = _wait_for(client, quiet)
-    generated = _delta(after, before, "vllm:generation_tokens_total")
+        after = _wait_for(client, quiet)
+        time.sleep(0.3)  # let a late engine step land before the final reading
+        after = _wait_for(client, quiet)
+        generated = _delta(after, before, "vllm:generation_tokens_total")
+        if generated < max_tokens:
+            break
     assert received <= generated < max_tokens, "the stream was not cut short"
     assert _delta(after, before, "vllm:prompt_tokens_total") == prompt_tokens
     assert _delta(after, before, "vllm:request_success_total") == 0
