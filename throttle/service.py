@@ -201,56 +201,33 @@ class Throttle:
         rid = f"{self._prefix}-{next(self._ids):x}"
         lease_expires_at = now + lease_s
         storage = self.storage
+        args = (
+            rid,
+            tenant,
+            pool_name,
+            cost,
+            now,
+            limits.rate_per_s,
+            limits.burst,
+            limits.concurrency,
+            lease_expires_at,
+            lease_expires_at + plan.settle_grace_s,
+            day.key,
+            day.end,
+            limits.daily_budget,
+            month.key,
+            month.end,
+            limits.monthly_budget,
+            limits.weight,
+            plan.hot if pressure else plan.calm,
+            price.prompt,
+            price.completion,
+            plan.cached_factor,
+        )
         if type(storage) is MemoryStorage:  # in process: no coroutine, no request object
-            decision = storage.decide(
-                rid,
-                tenant,
-                pool_name,
-                cost,
-                now,
-                limits.rate_per_s,
-                limits.burst,
-                limits.concurrency,
-                lease_expires_at,
-                lease_expires_at + plan.settle_grace_s,
-                day.key,
-                day.end,
-                limits.daily_budget,
-                month.key,
-                month.end,
-                limits.monthly_budget,
-                limits.weight,
-                plan.hot if pressure else plan.calm,
-                price.prompt,
-                price.completion,
-                plan.cached_factor,
-            )
+            decision = storage.decide(*args)
         else:
-            decision = await storage.reserve(
-                ReserveRequest(
-                    rid,
-                    tenant,
-                    pool_name,
-                    cost,
-                    now,
-                    limits.rate_per_s,
-                    limits.burst,
-                    limits.concurrency,
-                    lease_expires_at,
-                    lease_expires_at + plan.settle_grace_s,
-                    day.key,
-                    day.end,
-                    limits.daily_budget,
-                    month.key,
-                    month.end,
-                    limits.monthly_budget,
-                    limits.weight,
-                    plan.hot if pressure else plan.calm,
-                    price.prompt,
-                    price.completion,
-                    plan.cached_factor,
-                )
-            )
+            decision = await storage.reserve(ReserveRequest(*args))
         allowed = decision.allowed
         reason = decision.reason
         key_ = _ALLOWED if allowed and not reason else ("allow" if allowed else "deny", reason)
