@@ -45,6 +45,26 @@ def root_conftest(config: Any = None) -> ModuleType:
     return tests.conftest
 
 
+def throttle_policy(models: list[str], tiny_per_s: int = 60) -> str:
+    """A throttle policy: tier ``pro`` (ample) for everyone, tier ``tiny`` (refuses almost
+    everything) for tenant ``tiny``; cheap per-token prices for ``models``."""
+    prices = "".join(f'[models."{m}"]\nprompt = 1.0e-8\ncompletion = 1.0e-7\n' for m in models)
+    return f"""
+unit = "usd"
+default_tier = "pro"
+[tiers.pro]
+rate = 1000.0
+per_s = 60
+burst = 1000.0
+[tiers.tiny]
+rate = 0.000001
+per_s = {tiny_per_s}
+burst = 0.0000015
+[tenants.tiny]
+tier = "tiny"
+{prices}"""
+
+
 def resolver() -> TenantResolver:
     return TenantResolver(SECRET, {hash_key(k): v for k, v in KEYS.items()})
 

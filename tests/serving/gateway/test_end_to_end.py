@@ -26,6 +26,7 @@ from gateway_fixtures import (
     resolver,
     root_conftest,
     simulator_app,
+    throttle_policy,
 )
 from test_jobs import read_sse
 
@@ -41,26 +42,7 @@ from throttle.settings import ThrottleSettings
 
 VLLM_MODEL = "tiny-llama"
 READ = {"authorization": f"Bearer {METERING_TOKEN}"}
-POLICY = f"""
-unit = "usd"
-default_tier = "pro"
-[tiers.pro]
-rate = 1000.0
-per_s = 60
-burst = 1000.0
-[tiers.tiny]
-rate = 0.000001
-per_s = 3600
-burst = 0.0000015
-[tenants.tiny]
-tier = "tiny"
-[models."{MODEL}"]
-prompt = 1.0e-8
-completion = 1.0e-7
-[models."{VLLM_MODEL}"]
-prompt = 1.0e-8
-completion = 1.0e-7
-"""
+POLICY = throttle_policy([MODEL, VLLM_MODEL], tiny_per_s=3600)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

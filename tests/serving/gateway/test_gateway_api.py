@@ -18,6 +18,7 @@ from gateway_fixtures import (
     gateway_settings,
     root_conftest,
     simulator_app,
+    throttle_policy,
 )
 from prometheus_client import CollectorRegistry
 
@@ -27,23 +28,7 @@ from throttle.settings import ThrottleSettings
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
 
-POLICY = f"""
-unit = "usd"
-default_tier = "pro"
-[tiers.pro]
-rate = 1000.0
-per_s = 60
-burst = 1000.0
-[tiers.tiny]
-rate = 0.000001
-per_s = 60
-burst = 0.0000015
-[tenants.tiny]
-tier = "tiny"
-[models."{MODEL}"]
-prompt = 1.0e-8
-completion = 1.0e-7
-"""
+POLICY = throttle_policy([MODEL])
 
 
 def throttle_app() -> Any:

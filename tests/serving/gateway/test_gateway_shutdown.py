@@ -19,6 +19,7 @@ from gateway_fixtures import (
     MeteringContract,
     root_conftest,
     simulator_app,
+    throttle_policy,
 )
 
 from serving.tenancy import hash_key
@@ -28,23 +29,7 @@ from throttle.settings import ThrottleSettings
 
 REPO = Path(__file__).resolve().parents[3]
 STOP_BOUND_S = 1.5  # measured ~0.2 s; the old gateway took ~1.5-5 s and dropped open streams
-POLICY = """
-unit = "usd"
-default_tier = "pro"
-[tiers.pro]
-rate = 1000.0
-per_s = 60
-burst = 1000.0
-[tiers.tiny]
-rate = 0.000001
-per_s = 60
-burst = 0.0000015
-[tenants.tiny]
-tier = "tiny"
-[models."*"]
-prompt = 1.0e-8
-completion = 1.0e-7
-"""
+POLICY = throttle_policy(["*"])
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 8}
 
 
