@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import heapq
 
+BACKLOG_SLACK = 64  # the backlog heap is rebuilt when it holds 2 x live entries + this many
+
 
 class PoolFairState:
     """Counters, backlog order and last-seen times of the tenants of one pool."""
@@ -29,7 +31,6 @@ class PoolFairState:
         "backlog_heap",
         "counters",
         "inflight",
-        "lease_heap",
         "seen",
         "seen_heap",
     )
@@ -41,8 +42,6 @@ class PoolFairState:
         self.seen: dict[str, float] = {}
         self.backlog_heap: list[tuple[float, str]] = []
         self.seen_heap: list[tuple[float, str]] = []
-        # (lease expiry, reservation id, tenant) of every lease in the pool, lazily deleted
-        self.lease_heap: list[tuple[float, str, str]] = []
 
     # -- backlog order --------------------------------------------------------------------
     def set_backlog(self, tenant: str, counter: float) -> None:
@@ -51,9 +50,14 @@ class PoolFairState:
         if old is not None and counter >= old:
             return  # grown: its entry (<= old) is moved up when it surfaces
         heapq.heappush(self.backlog_heap, (counter, tenant))
-        if len(self.backlog_heap) > 2 * len(self.backlog) + 64:
-            self.backlog_heap = [(v, t) for t, v in self.backlog.items()]
-            heapq.heapify(self.backlog_heap)
+        if len(self.backlog_heap) > 2 * len(self.backlog) + BACKLOG_SLACK:
+            self.rebuild_backlog()
+
+    def rebuild_backlog(self) -> None:
+        """One heap entry per backlogged tenant, its current counter (drops stale ones)."""
+        heap = self.backlog_heap
+        heap[:] = [(v, t) for t, v in self.backlog.items()]
+        heapq.heapify(heap)
 
     def _clean_top(self) -> None:
         heap = self.backlog_heap
@@ -110,6 +114,8 @@ class PoolFairState:
             return
         self.inflight.pop(tenant, None)
         self.backlog.pop(tenant, None)
+        if not self.backlog:
+            self.backlog_heap.clear()  # nobody backlogged: every entry is stale
 
     # -- activity ---------------------------------------------------------------------------
     def touch(self, tenant: str, now: float, forget_before: float) -> None:

@@ -1,15 +1,18 @@
 """In-process state (``memory://``): the default, and the local fallback when Redis is down.
 
 Every operation runs to completion without awaiting, so on one event loop it is atomic.
-Expired reservation records are swept lazily from a heap; budget counters of past windows
-are dropped when read after their window ended.
+A tenant's state (bucket, leases, budget counters) is one object, found with one lookup.
+Leases of every tenant and pool expire from one heap, all those due before each decision
+(amortized O(log n) per lease: each is pushed and popped once), so a tenant's in-flight
+count is exact; reservation records are swept lazily from a second heap, budget counters of
+past windows are dropped when read after their window ended.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any
 
 from throttle.algorithms import gcra, leases
@@ -22,12 +25,11 @@ from throttle.storage.base import (
     Usage,
     UsageRequest,
 )
-from throttle.storage.fair_state import PoolFairState
+from throttle.storage.fair_state import BACKLOG_SLACK, PoolFairState
 
 _new = tuple.__new__
 
 SWEEP_BATCH = 64
-POOL_PURGE_BATCH = 64
 FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fair-share table
 WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
 
@@ -37,23 +39,31 @@ WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (la
 _Record = tuple[str, str, float, float, float, str, str, float, float, float, float]
 
 
+class TenantState:
+    """One tenant's bucket, leases and budget counters (every pool)."""
+
+    __slots__ = ("held", "tat", "windows")
+
+    def __init__(self) -> None:
+        # GCRA theoretical arrival time; any value <= now is a full bucket, like none stored
+        self.tat = -math.inf
+        self.held: dict[str, float] = {}  # reservation id -> lease expiry
+        self.windows: dict[str, list[float]] = {}  # window key -> [spent, kept until]
+
+
 class MemoryStorage:
     """All throttle state in dictionaries of this process."""
 
     name = "memory"
 
     def __init__(self) -> None:
-        self._tat: dict[str, float] = {}
-        self._leases: dict[str, dict[str, float]] = {}
-        self._lease_pool: dict[str, str] = {}  # reservation id -> pool of its lease
-        self._lease_heaps: dict[str, list[tuple[float, str]]] = {}  # tenant -> (expiry, id)
+        self._tenants: dict[str, TenantState] = {}
         self._pools: dict[str, PoolFairState] = {}
-        # tenant -> window key -> [spent, expires]
-        self._spend: dict[str, dict[str, list[float]]] = {}
         # reservation id -> record (see _Record); settled ones map to their actual cost
         self._records: dict[str, _Record] = {}
         self._settled: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []
+        self._expiry: list[tuple[float, str]] = []  # (record expiry, id)
+        self._lapse: list[tuple[float, str]] = []  # (lease expiry, id), lazily deleted
         self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._history: dict[str, list[tuple[float, int]]] = {}
         self._policy: tuple[int, str] | None = None
@@ -84,42 +94,38 @@ class MemoryStorage:
             entry[1] = expires
         return entry[0]
 
+    def _tenant(self, tenant: str) -> TenantState:
+        state = self._tenants.get(tenant)
+        if state is None:
+            state = self._tenants[tenant] = TenantState()
+        return state
+
     def _pool(self, pool: str) -> PoolFairState:
         state = self._pools.get(pool)
         if state is None:
             state = self._pools[pool] = PoolFairState()
         return state
 
-    def _released(self, tenant: str, rid: str) -> None:
-        pool = self._lease_pool.pop(rid, None)
-        if pool is not None:
-            (self._pools.get(pool) or self._pool(pool)).release(tenant)
+    def _release(self, tenant: str, pool: str) -> None:
+        state = self._pools.get(pool)
+        if state is not None:
+            state.release(tenant)
 
-    def _purge(self, tenant: str, held: dict[str, float], now: float) -> None:
-        """Expire the tenant's leases, O(log n) each, from a lazily cleaned heap."""
-        heap = self._lease_heaps.get(tenant)
-        if not heap:
-            return
+    def _expire_leases(self, now: float) -> None:
+        """Release every lease whose expiry is at or before ``now`` (any tenant, any pool:
+        a crashed gateway's leases lapse here)."""
+        heap = self._lapse
+        records = self._records
+        tenants = self._tenants
         while heap and heap[0][0] <= now:
-            expires, rid = heapq.heappop(heap)
+            expires, rid = heappop(heap)
+            record = records.get(rid)
+            if record is None:
+                continue  # swept with its record
+            held = tenants[record[0]].held
             if held.get(rid) == expires:
                 del held[rid]
-                self._released(tenant, rid)
-        if len(heap) > 2 * len(held) + 16:
-            heap[:] = [(expires, rid) for rid, expires in held.items()]
-            heapq.heapify(heap)
-
-    def _purge_pool(self, state: PoolFairState, now: float) -> None:
-        """Expire leases of every tenant of the pool (a crashed gateway's tenant included)."""
-        heap = state.lease_heap
-        purged = 0
-        while heap and heap[0][0] <= now and purged < POOL_PURGE_BATCH:
-            expires, rid, tenant = heapq.heappop(heap)
-            held = self._leases.get(tenant)
-            if held is not None and held.get(rid) == expires:
-                del held[rid]
-                self._released(tenant, rid)
-                purged += 1
+                self._release(record[0], record[1])
 
     def _sweep(self, now: float) -> None:
         heap = self._expiry
@@ -131,12 +137,8 @@ class MemoryStorage:
             self._settled.pop(rid, None)
             if record is not None:
                 tenant = record[0]
-                held = self._leases.get(tenant)
-                if held is not None and held.pop(rid, None) is not None:
-                    self._released(tenant, rid)
-                if held is not None and not held:
-                    del self._leases[tenant]
-                    self._lease_heaps.pop(tenant, None)
+                if self._tenants[tenant].held.pop(rid, None) is not None:
+                    self._release(tenant, record[1])
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
@@ -195,21 +197,17 @@ class MemoryStorage:
         expiry = self._expiry
         if expiry and expiry[0][0] <= now:
             self._sweep(now)
+        lapse = self._lapse
+        if lapse and lapse[0][0] <= now:
+            self._expire_leases(now)
         state = self._pools.get(pool)
         if state is None:
             state = self._pool(pool)
-        pool_leases = state.lease_heap
-        if pool_leases and pool_leases[0][0] <= now:
-            self._purge_pool(state, now)
-        held = self._leases.get(tenant)
-        heap = self._lease_heaps.get(tenant)
-        if held is None:
-            held = self._leases[tenant] = {}
-        elif heap and (heap[0][0] <= now or len(heap) > 2 * len(held) + 16):
-            self._purge(tenant, held, now)
-        windows = self._spend.get(tenant)
-        if windows is None:
-            windows = self._spend[tenant] = {}
+        me = self._tenants.get(tenant)
+        if me is None:
+            me = self._tenant(tenant)
+        held = me.held
+        windows = me.windows
         day_entry = windows.get(day_key)
         day = (
             day_entry[0]
@@ -222,7 +220,7 @@ class MemoryStorage:
             if month_entry is not None and month_entry[1] > now
             else self._spent(windows, month_key, now)
         )
-        tat = self._tat.get(tenant, now)
+        tat = me.tat
         # fair share: touch, floor and VTC lift (PoolFairState's common cases inline)
         seen = state.seen
         seen_heap = state.seen_heap
@@ -232,11 +230,13 @@ class MemoryStorage:
         else:
             state.touch(tenant, now, forget_before)
         backlog = state.backlog
-        top = state.backlog_heap[0] if state.backlog_heap else None
-        if top is not None and top[1] != tenant and backlog.get(top[1]) == top[0]:
-            floor: float | None = top[0]
-        else:
-            floor = state.floor(tenant)
+        floor: float | None = None
+        if backlog:  # else nobody is backlogged: no floor
+            top = state.backlog_heap[0]
+            if top[1] != tenant and backlog.get(top[1]) == top[0]:
+                floor = top[0]
+            else:
+                floor = state.floor(tenant)
         counters = state.counters
         before = counters.get(tenant)
         own = before or 0.0
@@ -280,13 +280,9 @@ class MemoryStorage:
             )
         # admit: charge everything
         if rate_per_s > 0:
-            self._tat[tenant] = new_tat
+            me.tat = new_tat
         held[rid] = lease_expires_at
-        if heap is None:
-            heap = self._lease_heaps[tenant] = []
-        heappush(heap, (lease_expires_at, rid))
-        self._lease_pool[rid] = pool
-        heappush(state.lease_heap, (lease_expires_at, rid, tenant))
+        heappush(lapse, (lease_expires_at, rid))
         kept_until = day_end + WINDOW_GRACE_S
         if day_entry is not None and day_entry[1] > now and day_entry[1] >= kept_until:
             day_entry[0] += cost  # the common case: the window's counter exists
@@ -311,8 +307,12 @@ class MemoryStorage:
         inflight = state.inflight
         count = inflight.get(tenant, 0) + 1
         inflight[tenant] = count
-        if count == 1:  # acquire: it enters the backlog
-            state.set_backlog(tenant, own)
+        if count == 1:  # acquire: it enters the backlog (PoolFairState.set_backlog)
+            backlog[tenant] = own
+            backlog_heap = state.backlog_heap
+            heappush(backlog_heap, (own, tenant))
+            if len(backlog_heap) > 2 * len(backlog) + BACKLOG_SLACK:
+                state.rebuild_backlog()
         elif tenant in backlog:
             if own >= backlog[tenant]:
                 backlog[tenant] = own  # grown: no heap entry (see PoolFairState)
@@ -381,24 +381,22 @@ class MemoryStorage:
             (prompt_tokens - cached) + cached * cached_factor
         ) * prompt_price + completion_tokens * completion_price  # costs.usage_cost
         delta = actual - estimate
+        me = self._tenants[tenant]  # made at the admission, never dropped
         if rate_per_s > 0 and rate_per_s != math.inf:  # gcra.adjust
-            tats = self._tat
-            tat = tats.get(tenant, now)
+            tat = me.tat
             moved = (tat if tat > now else now) + delta * (1.0 / rate_per_s)
-            tats[tenant] = moved if moved > now else now
-        windows = self._spend.get(tenant)
-        if windows is not None:
-            entry = windows.get(day_key)
-            if entry is not None:
-                entry[0] = max(0.0, entry[0] + delta)
-            entry = windows.get(month_key)
-            if entry is not None:
-                entry[0] = max(0.0, entry[0] + delta)
-        held = self._leases.get(tenant)
-        if held is not None and held.pop(reservation_id, None) is not None:
-            self._released(tenant, reservation_id)  # first: a tenant leaving the backlog
-        state = self._pools.get(pool)  # has no backlog entry to reorder below
-        if state is not None:
+            me.tat = moved if moved > now else now
+        windows = me.windows
+        entry = windows.get(day_key)
+        if entry is not None:
+            entry[0] = max(0.0, entry[0] + delta)
+        entry = windows.get(month_key)
+        if entry is not None:
+            entry[0] = max(0.0, entry[0] + delta)
+        state = self._pools.get(pool)
+        if me.held.pop(reservation_id, None) is not None and state is not None:
+            state.release(tenant)  # first: a tenant leaving the backlog
+        if state is not None:  # has no backlog entry to reorder below
             counter = state.counters.get(tenant)
             if counter is not None:
                 state.set_counter(tenant, max(0.0, counter + delta / weight))
@@ -409,9 +407,9 @@ class MemoryStorage:
         return reservation_id in self._records
 
     async def usage(self, q: UsageRequest) -> Usage:
-        held = self._leases.get(q.tenant, {})
-        in_flight = sum(1 for expires in held.values() if expires > q.now)
-        remaining, reset = gcra.state(self._tat.get(q.tenant, q.now), q.now, q.rate_per_s, q.burst)
+        me = self._tenants.get(q.tenant) or TenantState()
+        in_flight = sum(1 for expires in me.held.values() if expires > q.now)
+        remaining, reset = gcra.state(me.tat, q.now, q.rate_per_s, q.burst)
         counters = {
             pool: self._pools[pool].counters[q.tenant]
             for pool in q.pools
@@ -421,8 +419,8 @@ class MemoryStorage:
             remaining,
             reset,
             in_flight,
-            self._spent(self._spend.get(q.tenant, {}), q.day_key, q.now),
-            self._spent(self._spend.get(q.tenant, {}), q.month_key, q.now),
+            self._spent(me.windows, q.day_key, q.now),
+            self._spent(me.windows, q.month_key, q.now),
             counters,
         )
 
