@@ -27,6 +27,7 @@ from throttle.storage.base import (
     ReserveRequest,
     SettleUsage,
     Storage,
+    Terms,
     Usage,
     UsageRequest,
 )
@@ -50,11 +51,11 @@ class _Plan:
     price: Price
     hot: FairParams
     calm: FairParams
+    terms: Terms  # limits and prices, what storage needs besides the request
     # policy constants read on every decision, copied out of the pydantic document once
     fair_share: bool
     lease_s: float
     settle_grace_s: float
-    cached_factor: float
     unit: str
 
 
@@ -127,15 +128,32 @@ class Throttle:
         self.pricer = Pricer(policy)
         self.storage = storage
         self._now = now
-        self._pressure = pressure or (lambda _pool: False)
+        self._pressure = pressure  # None: never under pressure
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._ids = itertools.count(1)
-        self.decisions: Counter[tuple[str, str]] = Counter()  # (decision, reason) -> n
+        self._decisions: Counter[tuple[str, str]] = Counter()  # refusals, unusual allows
+        self._allowed = 0  # plain allows (reason ""), not yet in _decisions
         self.settles: Counter[str] = Counter()  # status -> n
         self._windows = budgets.WindowCache()
-        self._span = self._windows.get(now())  # (day, month) windows of the last decision
+        self._span_start = self._span_end = 0.0
+        self._span = self._roll_span(now())  # (day, month) windows of the last decision
         self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
         self.recorder: DecisionLog | None = DecisionLog()
+
+    @property
+    def decisions(self) -> Counter[tuple[str, str]]:
+        """Admissions so far by (decision, reason), e.g. ``("allow", "")``, ``("deny", "rate")``."""
+        counts = Counter(self._decisions)
+        if self._allowed:
+            counts[_ALLOWED] += self._allowed
+        return counts
+
+    def _roll_span(self, now: float) -> tuple[budgets.Window, budgets.Window]:
+        """The (day, month) budget windows of ``now``, kept for the decisions that follow."""
+        day, month = self._span = self._windows.get(now)
+        self._span_start = day.end - day.length_s
+        self._span_end = day.end
+        return day, month
 
     def set_policy(self, policy: Policy) -> None:
         """Swap the policy in force (atomic for every later decision)."""
@@ -153,19 +171,31 @@ class Throttle:
         pool_name = pool_hint or policy.pool_of(model)
         pool = policy.pool(pool_name)
         slack, max_lead = policy.fair_slack(pool, limits)
+        price = self.pricer.price(model)
         plan = _Plan(
             policy,
             self.pricer.epoch,
             limits,
             pool_name,
             pool,
-            self.pricer.price(model),
+            price,
             FairParams(True, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
             FairParams(False, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
+            Terms(
+                pool_name,
+                limits.rate_per_s,
+                limits.burst,
+                limits.concurrency,
+                limits.daily_budget,
+                limits.monthly_budget,
+                limits.weight,
+                price.prompt,
+                price.completion,
+                policy.doc.cached_prompt_factor,
+            ),
             bool(pool.fair_share),
             policy.doc.lease_s,
             policy.doc.settle_grace_s,
-            policy.doc.cached_prompt_factor,
             policy.unit,
         )
         if len(self._plans) >= PLAN_CACHE_SIZE:
@@ -175,66 +205,75 @@ class Throttle:
 
     async def admit(self, req: AdmitRequest) -> AdmitResult:
         """Price the request, reserve its cost; never raises for a refusal."""
-        if req.max_tokens < 0 or req.max_tokens > MAX_TOKENS_LIMIT:
+        max_tokens = req.max_tokens
+        if max_tokens < 0 or max_tokens > MAX_TOKENS_LIMIT:
             raise RequestError("max_tokens", f"must be between 0 and {MAX_TOKENS_LIMIT}")
-        policy = self.policy
         now = self._now()
         tenant = req.tenant
         key = (tenant, req.tier_hint, req.model, req.pool)
         plan = self._plans.get(key)
-        if plan is None or plan.policy is not policy or plan.price_epoch != self.pricer.epoch:
+        if plan is None or plan.policy is not self.policy or plan.price_epoch != self.pricer.epoch:
             plan = self._plan(key)
-        limits = plan.limits
-        pool_name = plan.pool_name
         price = plan.price
         prompt_tokens = req.prompt_tokens
         if prompt_tokens is None:
             prompt_tokens = self.pricer.prompt_tokens(None, req.prompt_chars)
-        cost = prompt_tokens * price.prompt + req.max_tokens * price.completion
-        pressure = plan.fair_share and self._pressure(pool_name)
+        cost = prompt_tokens * price.prompt + max_tokens * price.completion
+        pool_name = plan.pool_name
+        pressure_of = self._pressure
+        pressure = plan.fair_share and pressure_of is not None and pressure_of(pool_name)
         lease_s = req.lease_s
         if lease_s is None:
             lease_s = plan.lease_s
+        if not self._span_start <= now < self._span_end:
+            self._roll_span(now)
         day, month = self._span
-        if not day.end - day.length_s <= now < day.end:
-            day, month = self._span = self._windows.get(now)
         rid = f"{self._prefix}-{next(self._ids):x}"
         lease_expires_at = now + lease_s
+        record_expires_at = lease_expires_at + plan.settle_grace_s
+        fair = plan.hot if pressure else plan.calm
         storage = self.storage
-        args = (
-            rid,
-            tenant,
-            pool_name,
-            cost,
-            now,
-            limits.rate_per_s,
-            limits.burst,
-            limits.concurrency,
-            lease_expires_at,
-            lease_expires_at + plan.settle_grace_s,
-            day.key,
-            day.end,
-            limits.daily_budget,
-            month.key,
-            month.end,
-            limits.monthly_budget,
-            limits.weight,
-            plan.hot if pressure else plan.calm,
-            price.prompt,
-            price.completion,
-            plan.cached_factor,
-        )
         if type(storage) is MemoryStorage:  # in process: no coroutine, no request object
-            decision = storage.decide(*args)
+            decision = storage.decide(
+                rid,
+                tenant,
+                cost,
+                now,
+                lease_expires_at,
+                record_expires_at,
+                day.key,
+                day.end,
+                month.key,
+                month.end,
+                fair,
+                plan.terms,
+            )
         else:
-            decision = await storage.reserve(ReserveRequest(*args))
+            decision = await storage.reserve(
+                _reserve_request(
+                    rid,
+                    tenant,
+                    cost,
+                    now,
+                    lease_expires_at,
+                    record_expires_at,
+                    day,
+                    month,
+                    fair,
+                    plan.terms,
+                )
+            )
         allowed = decision.allowed
         reason = decision.reason
-        key_ = _ALLOWED if allowed and not reason else ("allow" if allowed else "deny", reason)
-        decisions = self.decisions
-        decisions[key_] = decisions.get(key_, 0) + 1
-        if self.recorder is not None:
-            self.recorder.record(tenant, now, allowed, reason, cost)
+        if allowed and not reason:
+            self._allowed += 1  # the common case, folded into ``decisions`` when read
+        else:
+            key_ = ("allow" if allowed else "deny", reason)
+            counts = self._decisions
+            counts[key_] = counts.get(key_, 0) + 1
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(tenant, now, allowed, reason, cost)
         return _new(
             AdmitResult,
             (
@@ -246,7 +285,7 @@ class Throttle:
                 lease_expires_at if allowed else 0.0,
                 tenant,
                 pool_name,
-                limits,
+                plan.limits,
                 decision,
                 plan.unit,
                 pressure,
@@ -333,6 +372,43 @@ class Throttle:
     def decisions_since(self, tenant: str, since: float) -> list[Entry]:
         """This replica's recent decisions for ``tenant`` with ``ts >= since``, oldest first."""
         return self.recorder.since(tenant, since) if self.recorder is not None else []
+
+
+def _reserve_request(
+    rid: str,
+    tenant: str,
+    cost: float,
+    now: float,
+    lease_expires_at: float,
+    record_expires_at: float,
+    day: budgets.Window,
+    month: budgets.Window,
+    fair: FairParams,
+    terms: Terms,
+) -> ReserveRequest:
+    return ReserveRequest(
+        rid,
+        tenant,
+        terms.pool,
+        cost,
+        now,
+        terms.rate_per_s,
+        terms.burst,
+        terms.concurrency,
+        lease_expires_at,
+        record_expires_at,
+        day.key,
+        day.end,
+        terms.daily_budget,
+        month.key,
+        month.end,
+        terms.monthly_budget,
+        terms.weight,
+        fair,
+        terms.prompt_price,
+        terms.completion_price,
+        terms.cached_factor,
+    )
 
 
 @dataclass(frozen=True, slots=True)

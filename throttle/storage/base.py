@@ -43,6 +43,25 @@ class ReserveRequest:
     cached_factor: float = 1.0
 
 
+class Terms(NamedTuple):
+    """The constant part of a reservation: a tenant's limits and prices in one pool.
+
+    Fixed for a policy and a price list, so a caller builds it once per (tenant, model,
+    pool) and the memory backend's fast path takes it whole (see ``MemoryStorage.decide``).
+    """
+
+    pool: str
+    rate_per_s: float
+    burst: float
+    concurrency: int
+    daily_budget: float
+    monthly_budget: float
+    weight: float
+    prompt_price: float = 0.0
+    completion_price: float = 0.0
+    cached_factor: float = 1.0
+
+
 class Decision(NamedTuple):
     """What a backend answers to a reservation."""
 

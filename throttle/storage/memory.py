@@ -22,6 +22,7 @@ from throttle.storage.base import (
     ReserveRequest,
     Settlement,
     SettleUsage,
+    Terms,
     Usage,
     UsageRequest,
 )
@@ -34,9 +35,8 @@ FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fa
 WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
 
 
-# tenant, pool, estimate, record expiry, rate per s, day key, month key, weight,
-# prompt price, completion price, cached factor: a tuple, built on every admission
-_Record = tuple[str, str, float, float, float, str, str, float, float, float, float]
+# tenant, estimate, record expiry, day key, month key, terms (pool, prices, ...)
+_Record = tuple[str, float, float, str, str, Terms]
 
 
 class TenantState:
@@ -125,7 +125,7 @@ class MemoryStorage:
             held = tenants[record[0]].held
             if held.get(rid) == expires:
                 del held[rid]
-                self._release(record[0], record[1])
+                self._release(record[0], record[5][0])
 
     def _sweep(self, now: float) -> None:
         heap = self._expiry
@@ -138,62 +138,71 @@ class MemoryStorage:
             if record is not None:
                 tenant = record[0]
                 if self._tenants[tenant].held.pop(rid, None) is not None:
-                    self._release(tenant, record[1])
+                    self._release(tenant, record[5][0])
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
         return self.decide(
             r.reservation_id,
             r.tenant,
-            r.pool,
             r.cost,
             r.now,
-            r.rate_per_s,
-            r.burst,
-            r.concurrency,
             r.lease_expires_at,
             r.record_expires_at,
             r.day_key,
             r.day_end,
-            r.daily_budget,
             r.month_key,
             r.month_end,
-            r.monthly_budget,
-            r.weight,
             r.fair,
-            r.prompt_price,
-            r.completion_price,
-            r.cached_factor,
+            _new(
+                Terms,
+                (
+                    r.pool,
+                    r.rate_per_s,
+                    r.burst,
+                    r.concurrency,
+                    r.daily_budget,
+                    r.monthly_budget,
+                    r.weight,
+                    r.prompt_price,
+                    r.completion_price,
+                    r.cached_factor,
+                ),
+            ),
         )
 
     def decide(
         self,
         rid: str,
         tenant: str,
-        pool: str,
         cost: float,
         now: float,
-        rate_per_s: float,
-        burst: float,
-        concurrency: int,
         lease_expires_at: float,
         record_expires_at: float,
         day_key: str,
         day_end: float,
-        daily_budget: float,
         month_key: str,
         month_end: float,
-        monthly_budget: float,
-        weight: float,
         fair: FairParams,
-        prompt_price: float = 0.0,
-        completion_price: float = 0.0,
-        cached_factor: float = 1.0,
+        terms: Terms,
     ) -> Decision:
         """:meth:`reserve` without the coroutine and the request object: the fields of
-        :class:`ReserveRequest` as arguments. The algorithms of :mod:`throttle.algorithms`
+        :class:`ReserveRequest` as arguments, its constant ones as one :class:`Terms`
+        (built once per tenant and pool by the caller). The algorithms of :mod:`throttle.algorithms`
         (GCRA, budgets, leases, fair share) are inlined here, the one hot path of the
         in-process throttle; the contract suite holds both to the same results."""
+        (
+            pool,
+            rate_per_s,
+            burst,
+            concurrency,
+            daily_budget,
+            monthly_budget,
+            weight,
+            _,
+            _,
+            _,
+        ) = terms
         expiry = self._expiry
         if expiry and expiry[0][0] <= now:
             self._sweep(now)
@@ -318,19 +327,7 @@ class MemoryStorage:
                 backlog[tenant] = own  # grown: no heap entry (see PoolFairState)
             else:
                 state.set_backlog(tenant, own)
-        self._records[rid] = (
-            tenant,
-            pool,
-            cost,
-            record_expires_at,
-            rate_per_s,
-            day_key,
-            month_key,
-            weight,
-            prompt_price,
-            completion_price,
-            cached_factor,
-        )
+        self._records[rid] = (tenant, cost, record_expires_at, day_key, month_key, terms)
         heappush(expiry, (record_expires_at, rid))
         return _new(
             Decision,
@@ -358,22 +355,11 @@ class MemoryStorage:
         record = self._records.get(reservation_id)
         if record is None:
             return None
-        (
-            tenant,
-            pool,
-            estimate,
-            record_expires_at,
-            rate_per_s,
-            day_key,
-            month_key,
-            weight,
-            prompt_price,
-            completion_price,
-            cached_factor,
-        ) = record
+        tenant, estimate, record_expires_at, day_key, month_key, terms = record
         if record_expires_at <= now:
             return None
         done = self._settled.get(reservation_id)
+        pool, rate_per_s, _, _, _, _, weight, prompt_price, completion_price, cached_factor = terms
         if done is not None:
             return _new(Settlement, (reservation_id, tenant, pool, estimate, done, True))
         cached = cached_prompt_tokens if cached_prompt_tokens < prompt_tokens else prompt_tokens
@@ -389,17 +375,20 @@ class MemoryStorage:
         windows = me.windows
         entry = windows.get(day_key)
         if entry is not None:
-            entry[0] = max(0.0, entry[0] + delta)
+            spent = entry[0] + delta
+            entry[0] = spent if spent > 0.0 else 0.0
         entry = windows.get(month_key)
         if entry is not None:
-            entry[0] = max(0.0, entry[0] + delta)
+            spent = entry[0] + delta
+            entry[0] = spent if spent > 0.0 else 0.0
         state = self._pools.get(pool)
         if me.held.pop(reservation_id, None) is not None and state is not None:
             state.release(tenant)  # first: a tenant leaving the backlog
         if state is not None:  # has no backlog entry to reorder below
             counter = state.counters.get(tenant)
             if counter is not None:
-                state.set_counter(tenant, max(0.0, counter + delta / weight))
+                counter += delta / weight
+                state.set_counter(tenant, counter if counter > 0.0 else 0.0)
         self._settled[reservation_id] = actual
         return _new(Settlement, (reservation_id, tenant, pool, estimate, actual, False))
 
