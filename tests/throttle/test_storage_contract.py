@@ -166,6 +166,30 @@ async def test_concurrency_leases_expire_when_a_gateway_crashes(backend: Storage
     assert after.allowed and after.in_flight == 1
 
 
+async def test_a_hundred_lapsed_leases_all_leave_the_count(backend: Storage) -> None:
+    # a crashed gateway held 100 slots; they lapse together (more than one batch of 64)
+    for _ in range(100):
+        assert (await backend.reserve(req(cost=0.0, rate=0, lease_s=10.0))).allowed
+    assert (await backend.reserve(req(cost=0.0, rate=0, lease_s=10.0, now=T0 + 5))).in_flight == 101
+    after = await backend.reserve(req(cost=0.0, rate=0, lease_s=10.0, now=T0 + 11))
+    assert after.allowed and after.in_flight == 2  # the lease taken at +5 and this one
+    state = await backend.usage(usage_req("a", T0 + 11, rate=0))
+    assert state.in_flight == 2
+
+
+async def test_memory_releases_every_lapsed_lease_of_the_pool_at_once() -> None:
+    """Memory releases all lapsed leases before each decision; Redis releases those of the
+    asking tenant and at most 64 more of the pool per decision (docs/throttle.md)."""
+    memory = MemoryStorage()
+    hot = FairParams(True, 0.5, 100.0, 1000.0, 1.0)
+    for _ in range(100):
+        assert (await memory.reserve(req("crashed", 1.0, rate=0, lease_s=10.0, fair=hot))).allowed
+    before = await memory.reserve(req("other", 0.0, now=T0 + 5, rate=0, lease_s=1.0, fair=hot))
+    assert before.fair_floor == pytest.approx(100.0)  # "crashed" is backlogged
+    after = await memory.reserve(req("other", 0.0, now=T0 + 11, rate=0, fair=hot))
+    assert after.allowed and after.fair_floor is None  # nobody else has work in flight
+
+
 async def test_expired_reservation_settles_at_its_estimate(backend: Storage) -> None:
     r = req(cost=2.0, lease_s=10.0)
     await backend.reserve(r)
