@@ -30,6 +30,7 @@ from throttle.storage.base import (
     Terms,
     Usage,
     UsageRequest,
+    make_terms,
 )
 from throttle.storage.memory import MemoryStorage
 
@@ -181,7 +182,7 @@ class Throttle:
             price,
             FairParams(True, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
             FairParams(False, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
-            Terms(
+            make_terms(
                 pool_name,
                 limits.rate_per_s,
                 limits.burst,
@@ -386,28 +387,29 @@ def _reserve_request(
     fair: FairParams,
     terms: Terms,
 ) -> ReserveRequest:
+    pool, rate, burst, concurrency, daily, monthly, weight, prompt, completion, cached = terms
     return ReserveRequest(
         rid,
         tenant,
-        terms.pool,
+        pool,
         cost,
         now,
-        terms.rate_per_s,
-        terms.burst,
-        terms.concurrency,
+        rate,
+        burst,
+        concurrency,
         lease_expires_at,
         record_expires_at,
         day.key,
         day.end,
-        terms.daily_budget,
+        daily,
         month.key,
         month.end,
-        terms.monthly_budget,
-        terms.weight,
+        monthly,
+        weight,
         fair,
-        terms.prompt_price,
-        terms.completion_price,
-        terms.cached_factor,
+        prompt,
+        completion,
+        cached,
     )
 
 

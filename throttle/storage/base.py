@@ -43,23 +43,40 @@ class ReserveRequest:
     cached_factor: float = 1.0
 
 
-class Terms(NamedTuple):
-    """The constant part of a reservation: a tenant's limits and prices in one pool.
+# The constant part of a reservation: a tenant's limits and prices in one pool, fixed for a
+# policy and a price list, so a caller builds it once per (tenant, model, pool) and the
+# memory backend's fast path takes it whole (``MemoryStorage.decide``): (pool, rate_per_s,
+# burst, concurrency, daily_budget, monthly_budget, weight, prompt_price, completion_price,
+# cached_factor). A plain tuple, not a NamedTuple: the garbage collector stops tracking an
+# exact tuple of strings and numbers, and with it every reservation record that holds it.
+Terms = tuple[str, float, float, int, float, float, float, float, float, float]
 
-    Fixed for a policy and a price list, so a caller builds it once per (tenant, model,
-    pool) and the memory backend's fast path takes it whole (see ``MemoryStorage.decide``).
-    """
 
-    pool: str
-    rate_per_s: float
-    burst: float
-    concurrency: int
-    daily_budget: float
-    monthly_budget: float
-    weight: float
-    prompt_price: float = 0.0
-    completion_price: float = 0.0
-    cached_factor: float = 1.0
+def make_terms(
+    pool: str,
+    rate_per_s: float,
+    burst: float,
+    concurrency: int,
+    daily_budget: float,
+    monthly_budget: float,
+    weight: float,
+    prompt_price: float = 0.0,
+    completion_price: float = 0.0,
+    cached_factor: float = 1.0,
+) -> Terms:
+    """A :data:`Terms` tuple, named arguments in its field order."""
+    return (
+        pool,
+        rate_per_s,
+        burst,
+        concurrency,
+        daily_budget,
+        monthly_budget,
+        weight,
+        prompt_price,
+        completion_price,
+        cached_factor,
+    )
 
 
 class Decision(NamedTuple):

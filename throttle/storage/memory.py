@@ -154,20 +154,17 @@ class MemoryStorage:
             r.month_key,
             r.month_end,
             r.fair,
-            _new(
-                Terms,
-                (
-                    r.pool,
-                    r.rate_per_s,
-                    r.burst,
-                    r.concurrency,
-                    r.daily_budget,
-                    r.monthly_budget,
-                    r.weight,
-                    r.prompt_price,
-                    r.completion_price,
-                    r.cached_factor,
-                ),
+            (
+                r.pool,
+                r.rate_per_s,
+                r.burst,
+                r.concurrency,
+                r.daily_budget,
+                r.monthly_budget,
+                r.weight,
+                r.prompt_price,
+                r.completion_price,
+                r.cached_factor,
             ),
         )
 
@@ -187,7 +184,7 @@ class MemoryStorage:
         terms: Terms,
     ) -> Decision:
         """:meth:`reserve` without the coroutine and the request object: the fields of
-        :class:`ReserveRequest` as arguments, its constant ones as one :class:`Terms`
+        :class:`ReserveRequest` as arguments, its constant ones as one :data:`Terms` tuple
         (built once per tenant and pool by the caller). The algorithms of :mod:`throttle.algorithms`
         (GCRA, budgets, leases, fair share) are inlined here, the one hot path of the
         in-process throttle; the contract suite holds both to the same results."""
