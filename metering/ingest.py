@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -170,14 +171,77 @@ def _arrow_table(body: bytes, schema: pa.Schema, required: tuple[str, ...]) -> p
     return pa.Table.from_arrays(out, schema=schema)
 
 
-def _struct_to_map(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Tags written as a struct column (e.g. ``Table.from_pylist``) as map<string, string>."""
-    table = pa.Table.from_arrays([col], names=["tags"])
-    rows = [
-        None if v is None else [(k, x) for k, x in v.items() if x is not None]
-        for v in table.column(0).to_pylist()
-    ]
-    return pa.chunked_array([pa.array(rows, type=columns.TAGS)])
+def _struct_to_map(col: pa.ChunkedArray) -> pa.Array:
+    """Tags written as a struct column (e.g. ``Table.from_pylist``) as map<string, string>:
+    one entry per non-null field, in field order; a null struct is a null map."""
+    struct = col.combine_chunks()
+    if isinstance(struct, pa.ChunkedArray):  # no chunks at all
+        struct = pa.array([], struct.type)
+    names = [f.name for f in struct.type]
+    for f in struct.type:
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            raise TypeError(f"tag {f.name!r} is {f.type}, not a string")
+    n, k = len(struct), len(names)
+    fields = [a.cast(pa.string()) for a in struct.flatten()]
+    if k == 0:
+        offsets = pa.array(np.zeros(n + 1, np.int32))
+        empty = pa.array([], pa.string())
+        return pa.MapArray.from_arrays(offsets, empty, empty, mask=struct.is_null())
+    # row-major interleave: row i's fields at i*k .. i*k+k-1
+    order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
+    values = pa.concat_arrays(fields).take(pa.array(order))
+    present = np.asarray(values.is_valid())
+    counts = present.reshape(n, k).sum(axis=1)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    keys = pa.array(np.tile(np.array(names, dtype=object), n)[present], pa.string())
+    items = values.filter(pa.array(present))
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items, mask=struct.is_null())
+
+
+@dataclass(slots=True, frozen=True)
+class _Summary:
+    rows: int
+    bad: int
+    ids: int
+    lo: datetime | None
+    hi: datetime | None
+
+
+def _stage_arrow(cur: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    cur.register("usage_arrow", table)
+    cur.execute(query("ingest", "batch_from_arrow"))
+    cur.execute(query("ingest", "checks_from_arrow"))
+
+
+def _summary(cur: duckdb.DuckDBPyConnection) -> _Summary:
+    row = cur.execute(query("ingest", "batch_summary")).fetchone()
+    assert row is not None
+    return _Summary(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+
+def _clean_summary(cur: duckdb.DuckDBPyConnection) -> _Summary | None:
+    """The batch's summary when every row is valid and no id repeats in it, else None."""
+    summary = _summary(cur)
+    return summary if summary.bad == 0 and summary.ids == summary.rows else None
+
+
+def _run(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> int:
+    sql = query("ingest", name)
+    row = cur.execute(sql, bind(sql, params)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _insert_usage(
+    cur: duckdb.DuckDBPyConnection, params: dict[str, Any], keyed: bool, rows: int
+) -> int:
+    if rows == 0:
+        return 0
+    if keyed:
+        return _run(cur, "insert_usage_keyed", params)
+    if _run(cur, "stored_duplicates", params) == 0:
+        return _run(cur, "insert_usage", params)
+    return _run(cur, "insert_usage_new", params)
 
 
 class Ingestor:
@@ -189,6 +253,7 @@ class Ingestor:
         self.store = store
         self.now = now
         self.stats = stats or IngestStats()
+        self._keyed: bool | None = None
 
     # -- usage records ---------------------------------------------------------------------
     def usage(self, body: bytes, content_type: str = "application/json") -> IngestResult:
@@ -206,19 +271,20 @@ class Ingestor:
         try:
             if content_type.split(";")[0].strip().lower() in ARROW_TYPES:
                 table = _arrow_table(body, columns.USAGE_SCHEMA, columns.USAGE_REQUIRED)
-                cur.register("usage_arrow", table)
-                cur.execute(query("ingest", "stage_usage_arrow"))
-                cur.unregister("usage_arrow")
-                if self._stage_clean(cur):
-                    return self._commit_usage(cur, []), table.num_rows, True
+                _stage_arrow(cur, table)
+                summary = _clean_summary(cur)
+                if summary is not None:
+                    return self._commit_usage(cur, summary, []), table.num_rows, True
                 items = columns.records_from_arrow(table)
             else:
-                if self._stage_json(cur, body) and self._stage_clean(cur):
-                    rows = cur.execute("SELECT count(*) FROM usage_stage").fetchone()
-                    return self._commit_usage(cur, []), int(rows[0]) if rows else 0, True
+                summary = _clean_summary(cur) if self._stage_json(cur, body) else None
+                if summary is not None:
+                    return self._commit_usage(cur, summary, []), summary.rows, True
                 items = _json_items(body)
             return self._usage_slow(cur, items), len(items), False
         finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.unregister("usage_arrow")
             cur.close()
 
     def _stage_json(self, cur: duckdb.DuckDBPyConnection, body: bytes) -> bool:
@@ -231,12 +297,9 @@ class Ingestor:
                 cur.execute(query("ingest", "stage_usage_json"), {"path": spool.name})
             except duckdb.Error:
                 return False
+        cur.execute(query("ingest", "batch_from_json"))
+        cur.execute(query("ingest", "checks_from_json"))
         return True
-
-    @staticmethod
-    def _stage_clean(cur: duckdb.DuckDBPyConnection) -> bool:
-        row = cur.execute(query("ingest", "stage_summary")).fetchone()
-        return row is not None and row[1] == 0 and row[2] == row[0]
 
     def _usage_slow(self, cur: duckdb.DuckDBPyConnection, items: list[Any]) -> IngestResult:
         good: list[UsageRecord] = []
@@ -254,37 +317,47 @@ class Ingestor:
                 continue
             seen.add(record.request_id)
             good.append(record)
-        cur.register("usage_arrow", columns.usage_table(good))
-        cur.execute(query("ingest", "stage_usage_arrow"))
-        cur.unregister("usage_arrow")
-        result = self._commit_usage(cur, dead)
+        _stage_arrow(cur, columns.usage_table(good))
+        summary = _summary(cur)
+        result = self._commit_usage(cur, summary, dead)
         result.duplicates += in_batch_dups
         return result
 
     def _commit_usage(
-        self, cur: duckdb.DuckDBPyConnection, dead: list[tuple[int, str, str, str]]
+        self, cur: duckdb.DuckDBPyConnection, batch: _Summary, dead: list[tuple[int, str, str, str]]
     ) -> IngestResult:
-        params = {"now": _now_naive(self.now)}
-        staged = cur.execute("SELECT count(*) FROM usage_stage WHERE ok").fetchone()
-        n = int(staged[0]) if staged else 0
-        inserted = self._transaction(cur, "usage", query("ingest", "insert_usage"), params, dead)
+        """Store every row of ``usage_batch`` whose id is new, and the dead letters.
+
+        Without the primary key (migration 005) the ids already stored are found by an
+        anti-join against the rows started in the batch's time range; the check, the insert
+        and the commit hold the store's usage lock, so no other batch commits in between and
+        an id counts as seen exactly when the transaction that stores it commits."""
+        params = {"now": _now_naive(self.now), "lo": batch.lo, "hi": batch.hi}
+        with self.store.usage_lock:
+            if self._keyed is None:
+                row = cur.execute(query("ingest", "usage_keyed")).fetchone()
+                self._keyed = bool(row and row[0])
+            keyed = self._keyed
+            inserted = self._transaction(
+                cur, "usage", lambda: _insert_usage(cur, params, keyed, batch.rows), dead, params
+            )
         return IngestResult(
             accepted=inserted,
-            duplicates=n - inserted,
+            duplicates=batch.rows - inserted,
             rejected=[{"index": i, "field": f, "error": e} for i, f, e, _ in dead],
         )
 
+    @staticmethod
     def _transaction(
-        self,
         cur: duckdb.DuckDBPyConnection,
         kind: str,
-        insert_sql: str,
-        params: dict[str, Any],
+        insert: Callable[[], int],
         dead: list[tuple[int, str, str, str]],
+        params: dict[str, Any],
     ) -> int:
         try:
             cur.execute("BEGIN TRANSACTION")
-            row = cur.execute(insert_sql, bind(insert_sql, params)).fetchone()
+            inserted = insert()
             if dead:
                 cur.register("dead_letter_arrow", _dead_letter_table(kind, dead))
                 sql = query("ingest", "insert_dead_letter")
@@ -294,7 +367,7 @@ class Ingestor:
             with contextlib.suppress(duckdb.Error):
                 cur.execute("ROLLBACK")
             raise StorageError(f"{kind} batch not stored: {exc}") from exc
-        return int(row[0]) if row else 0
+        return inserted
 
     # -- GPU samples -----------------------------------------------------------------------
     def gpu_samples(self, body: bytes, content_type: str = "application/json") -> IngestResult:
@@ -333,7 +406,7 @@ class Ingestor:
             cur.register("samples_arrow", columns.sample_table(good))
             params = {"now": _now_naive(self.now)}
             inserted = self._transaction(
-                cur, "gpu_samples", query("ingest", "insert_samples"), params, dead
+                cur, "gpu_samples", lambda: _run(cur, "insert_samples", params), dead, params
             )
         finally:
             cur.close()

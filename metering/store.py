@@ -35,6 +35,8 @@ class Store:
         self.uri = uri
         self.path = path
         self.lock = threading.Lock()
+        # Held by ingest from its duplicate check to its commit: usage batches commit one at a time.
+        self.usage_lock = threading.Lock()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (its own transaction scope)."""

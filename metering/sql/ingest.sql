@@ -1,10 +1,12 @@
--- Ingest of usage records. The stage table `usage_stage` has one row per record of the batch,
--- `ok` telling whether the row passed validation, and the typed columns of `usage`.
+-- Ingest of usage records. A batch is two views: `usage_batch`, one row per record with the
+-- typed columns of `usage`, and `usage_checks`, whether each row passed validation (`ok`). Both
+-- read the registered Arrow table (`*_from_arrow`) or the temp table the JSON reader fills
+-- (`stage_usage_json`, then `*_from_json`).
 
 -- name: stage_usage_json
 -- A JSON array of records or of CloudEvents envelopes (fields then come from `data`). Each
 -- JSON value is extracted, typed and parsed once (CTE `ex`); `typed` checks and converts.
-CREATE OR REPLACE TEMP TABLE usage_stage AS
+CREATE OR REPLACE TEMP TABLE usage_json AS
 WITH raw AS (
     SELECT * FROM read_json($path, format = 'array', maximum_object_size = 16777216, columns = {
         request_id: 'JSON', tenant: 'JSON', model: 'JSON', api_key_id: 'JSON', pool: 'JSON',
@@ -140,9 +142,33 @@ WITH raw AS (
 )
 SELECT * FROM typed;
 
--- name: stage_usage_arrow
--- A typed Arrow batch (registered as `usage_arrow`, columns already cast by the caller).
-CREATE OR REPLACE TEMP TABLE usage_stage AS
+-- name: batch_from_json
+CREATE OR REPLACE TEMP VIEW usage_batch AS SELECT * EXCLUDE (ok) FROM usage_json;
+
+-- name: checks_from_json
+CREATE OR REPLACE TEMP VIEW usage_checks AS SELECT ok, request_id, started_at FROM usage_json;
+
+-- name: batch_from_arrow
+-- A typed Arrow batch (registered as `usage_arrow`, columns already cast by the caller) with
+-- the defaults applied. A view: the rows are read twice (checks, insert) and never copied. The
+-- checks are a separate view so the insert's plan has no join (the `IN` lists become one) and
+-- DuckDB writes a large batch straight into compressed row groups.
+CREATE OR REPLACE TEMP VIEW usage_batch AS
+SELECT
+    request_id, tenant, coalesce(api_key_id, '') AS api_key_id, model,
+    coalesce(pool, '') AS pool, coalesce(replica, '') AS replica,
+    coalesce(endpoint, '/v1/chat/completions') AS endpoint, coalesce(stream, false) AS stream,
+    coalesce(status, 'ok') AS status, coalesce(http_status, 200)::INTEGER AS http_status,
+    finish_reason, started_at, first_token_at, finished_at, queue_s,
+    coalesce(prompt_tokens, 0) AS prompt_tokens,
+    coalesce(cached_prompt_tokens, 0) AS cached_prompt_tokens,
+    coalesce(completion_tokens, 0) AS completion_tokens,
+    ttft_s, itl_mean_s, itl_p50_s, itl_max_s, e2e_s,
+    coalesce(upstream, 'self_hosted') AS upstream, coalesce(tags, MAP {}) AS tags
+FROM usage_arrow;
+
+-- name: checks_from_arrow
+CREATE OR REPLACE TEMP VIEW usage_checks AS
 SELECT
     request_id IS NOT NULL AND strlen(request_id) BETWEEN 1 AND 512
     AND tenant IS NOT NULL AND strlen(tenant) BETWEEN 1 AND 512
@@ -162,31 +188,56 @@ SELECT
     AND coalesce(list_bool_and(list_transform(map_keys(tags), k -> strlen(k) <= 128)), true)
     AND coalesce(list_bool_and(list_transform(map_values(tags),
         v -> v IS NOT NULL AND strlen(v) <= 128)), true) AS ok,
-    request_id, tenant, coalesce(api_key_id, '') AS api_key_id, model,
-    coalesce(pool, '') AS pool, coalesce(replica, '') AS replica,
-    coalesce(endpoint, '/v1/chat/completions') AS endpoint, coalesce(stream, false) AS stream,
-    coalesce(status, 'ok') AS status, coalesce(http_status, 200)::INTEGER AS http_status,
-    finish_reason, started_at, first_token_at, finished_at, queue_s,
-    coalesce(prompt_tokens, 0) AS prompt_tokens,
-    coalesce(cached_prompt_tokens, 0) AS cached_prompt_tokens,
-    coalesce(completion_tokens, 0) AS completion_tokens,
-    ttft_s, itl_mean_s, itl_p50_s, itl_max_s, e2e_s,
-    coalesce(upstream, 'self_hosted') AS upstream, coalesce(tags, MAP {}) AS tags
+    request_id, started_at
 FROM usage_arrow;
 
--- name: stage_summary
+-- name: batch_summary
+-- Rows, invalid rows, distinct ids and the started_at range of the batch's valid rows.
 SELECT count(*) AS rows, count(*) FILTER (WHERE NOT ok) AS bad,
-       count(DISTINCT request_id) AS ids
-FROM usage_stage;
+       count(DISTINCT request_id) AS ids,
+       min(started_at) FILTER (WHERE ok) AS lo, max(started_at) FILTER (WHERE ok) AS hi
+FROM usage_checks;
+
+-- name: usage_keyed
+-- Whether `usage` still has the `request_id` primary key (stores before migration 005).
+SELECT count(*) > 0 FROM duckdb_constraints()
+WHERE schema_name = 'main' AND table_name = 'usage' AND constraint_type = 'PRIMARY KEY';
+
+-- name: stored_duplicates
+-- Ids of the batch already stored. A re-sent record carries its original started_at, so only
+-- the stored rows started within the batch's range are read (zone maps skip the rest).
+SELECT count(*) FROM usage
+WHERE started_at BETWEEN $lo AND $hi
+  AND request_id IN (SELECT request_id FROM usage_batch);
 
 -- name: insert_usage
+-- Every row of `usage_batch` (all valid, ids distinct and not stored: the caller checked).
 INSERT INTO usage
 SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, status,
        http_status, finish_reason, started_at, first_token_at, finished_at, queue_s,
        prompt_tokens, cached_prompt_tokens, completion_tokens, ttft_s, itl_mean_s, itl_p50_s,
        itl_max_s, e2e_s, upstream, tags, coalesce(tags['feature'], ''), $now
-FROM usage_stage
-WHERE ok
+FROM usage_batch;
+
+-- name: insert_usage_new
+-- The rows of `usage_batch` whose id is not stored yet.
+INSERT INTO usage
+SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, status,
+       http_status, finish_reason, started_at, first_token_at, finished_at, queue_s,
+       prompt_tokens, cached_prompt_tokens, completion_tokens, ttft_s, itl_mean_s, itl_p50_s,
+       itl_max_s, e2e_s, upstream, tags, coalesce(tags['feature'], ''), $now
+FROM usage_batch
+WHERE request_id NOT IN (
+    SELECT request_id FROM usage WHERE started_at BETWEEN $lo AND $hi);
+
+-- name: insert_usage_keyed
+-- A store whose `usage` keeps the primary key: the key decides what is new.
+INSERT INTO usage
+SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, status,
+       http_status, finish_reason, started_at, first_token_at, finished_at, queue_s,
+       prompt_tokens, cached_prompt_tokens, completion_tokens, ttft_s, itl_mean_s, itl_p50_s,
+       itl_max_s, e2e_s, upstream, tags, coalesce(tags['feature'], ''), $now
+FROM usage_batch
 ON CONFLICT DO NOTHING;
 
 -- name: insert_samples

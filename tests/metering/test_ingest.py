@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,66 @@ def test_crash_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
         store.close()
     assert n >= 3 * batch and n % batch == 0
     assert all(c == batch for _, c in per_batch)
+
+
+def arrow_body(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_arrow_tags_as_struct_become_a_map_without_null_fields(
+    store: Store, ingestor: Ingestor
+) -> None:
+    tags = [{"feature": "a", "team": None}, None, {"feature": None, "team": "t"}]
+    table = pa.table(
+        {
+            "request_id": ["s0", "s1", "s2"],
+            "tenant": ["t"] * 3,
+            "model": ["m"] * 3,
+            "started_at": pa.array([T0] * 3, pa.timestamp("us", "UTC")),
+            "finished_at": pa.array([T0] * 3, pa.timestamp("us", "UTC")),
+            "tags": pa.array(tags),
+        }
+    )
+    result = ingestor.usage(arrow_body(table), "application/vnd.apache.arrow.stream")
+    assert result.accepted == 3
+    rows = store.connection.execute(
+        "SELECT request_id, tags, feature FROM usage ORDER BY request_id"
+    ).fetchall()
+    assert rows == [("s0", {"feature": "a"}, "a"), ("s1", {}, ""), ("s2", {"team": "t"}, "")]
+
+
+def test_arrow_struct_tags_must_be_strings(ingestor: Ingestor) -> None:
+    table = pa.table(
+        {
+            "request_id": ["x"],
+            "tenant": ["t"],
+            "model": ["m"],
+            "started_at": pa.array([T0], pa.timestamp("us", "UTC")),
+            "finished_at": pa.array([T0], pa.timestamp("us", "UTC")),
+            "tags": pa.array([{"n": 1}]),
+        }
+    )
+    with pytest.raises(BatchError) as info:
+        ingestor.usage(arrow_body(table), "application/vnd.apache.arrow.stream")
+    assert info.value.field == "tags"
+
+
+def test_the_same_batch_sent_concurrently_is_stored_once(store: Store, ingestor: Ingestor) -> None:
+    body = orjson.dumps([record(i) for i in range(2000)])
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ingestor.usage(body), range(4)))
+    assert sorted(r.accepted for r in results) == [0, 0, 0, 2000]
+    assert all(r.accepted + r.duplicates == 2000 for r in results)
+    assert count(store) == 2000
+
+
+def test_a_resent_record_is_a_duplicate_in_a_batch_with_other_times(
+    store: Store, ingestor: Ingestor
+) -> None:
+    ingestor.usage(orjson.dumps([record(i) for i in range(0, 100, 10)]))
+    result = ingestor.usage(orjson.dumps([record(i) for i in range(100)]))
+    assert (result.accepted, result.duplicates) == (90, 10)
+    assert count(store) == 100
