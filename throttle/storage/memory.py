@@ -10,7 +10,6 @@ past windows are dropped when read after their window ended.
 
 from __future__ import annotations
 
-import heapq
 import math
 from heapq import heappop, heappush
 from typing import Any
@@ -132,7 +131,7 @@ class MemoryStorage:
         for _ in range(SWEEP_BATCH):
             if not heap or heap[0][0] > now:
                 return
-            _, rid = heapq.heappop(heap)
+            _, rid = heappop(heap)
             record = self._records.pop(rid, None)
             self._settled.pop(rid, None)
             if record is not None:
