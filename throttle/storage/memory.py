@@ -183,10 +183,11 @@ class MemoryStorage:
         terms: Terms,
     ) -> Decision:
         """:meth:`reserve` without the coroutine and the request object: the fields of
-        :class:`ReserveRequest` as arguments, its constant ones as one :data:`Terms` tuple
-        (built once per tenant and pool by the caller). The algorithms of :mod:`throttle.algorithms`
-        (GCRA, budgets, leases, fair share) are inlined here, the one hot path of the
-        in-process throttle; the contract suite holds both to the same results."""
+        :class:`ReserveRequest` as arguments, the constant ones as one :data:`Terms` tuple
+        (built once per tenant, model and pool by the caller). The algorithms of
+        :mod:`throttle.algorithms` (GCRA, budgets, leases, fair share) are inlined here, the
+        one hot path of the in-process throttle; the contract suite holds both to the same
+        results."""
         (
             pool,
             rate_per_s,
