@@ -29,6 +29,7 @@ STATUSES = frozenset({"ok", "error", "client_abort", "throttled", "cache_hit"})
 UPSTREAM_KINDS = frozenset({"self_hosted", "managed"})
 MAX_TAGS = 16
 MAX_TAG_LEN = 128
+MAX_INT = 2**63 - 1  # integers are stored as BIGINT
 
 
 @dataclass(slots=True)
@@ -156,6 +157,8 @@ def _int(obj: dict[str, Any], name: str, default: int = 0) -> int:
         raise RecordError(name, "must be an integer")
     if value < 0:
         raise RecordError(name, "must not be negative")
+    if value > MAX_INT:
+        raise RecordError(name, "exceeds 2^63-1")
     return value
 
 

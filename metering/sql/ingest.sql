@@ -5,114 +5,108 @@
 
 -- name: stage_usage_json
 -- A JSON array of records or of CloudEvents envelopes (fields then come from `data`). Each
--- JSON value is extracted, typed and parsed once (CTE `ex`); `typed` checks and converts.
+-- field is read as its JSON text (`rec`), whose first character tells its JSON type: `"` a
+-- string (unescaped by slicing, or by the JSON extractor when it holds a backslash), a digit or
+-- `-` a number (an integer when it casts to BIGINT and back to the same text), `true`/`false`.
+-- Plain string operations on the text, no JSON parsing per check; `typed` checks and converts.
 CREATE OR REPLACE TEMP TABLE usage_json AS
 WITH raw AS (
     SELECT * FROM read_json($path, format = 'array', maximum_object_size = 16777216, columns = {
         request_id: 'JSON', tenant: 'JSON', model: 'JSON', api_key_id: 'JSON', pool: 'JSON',
-        replica: 'JSON', endpoint: 'JSON', stream: 'JSON', status: 'JSON', http_status:
-        'JSON', finish_reason: 'JSON', started_at: 'JSON', first_token_at: 'JSON',
-        finished_at: 'JSON', queue_s: 'JSON', prompt_tokens: 'JSON', cached_prompt_tokens:
-        'JSON', completion_tokens: 'JSON', ttft_s: 'JSON', itl_mean_s: 'JSON', itl_p50_s:
-        'JSON', itl_max_s: 'JSON', e2e_s: 'JSON', upstream: 'JSON', tags: 'JSON',
-        specversion: 'JSON', type: 'JSON', data: 'JSON'})
-), rec AS MATERIALIZED (
-    SELECT
-        specversion IS NOT NULL AS is_event,
-        type ->> '$' AS event_type,
+        replica: 'JSON', endpoint: 'JSON', stream: 'JSON', status: 'JSON', http_status: 'JSON',
+        finish_reason: 'JSON', started_at: 'JSON', first_token_at: 'JSON', finished_at: 'JSON',
+        queue_s: 'JSON', prompt_tokens: 'JSON', cached_prompt_tokens: 'JSON',
+        completion_tokens: 'JSON', ttft_s: 'JSON', itl_mean_s: 'JSON', itl_p50_s: 'JSON',
+        itl_max_s: 'JSON', e2e_s: 'JSON', upstream: 'JSON', tags: 'JSON', specversion: 'JSON',
+        type: 'JSON', data: 'JSON'})
+), rec AS (
+    SELECT specversion IS NOT NULL AS is_event, type ->> '$' AS event_type,
         json_type(data) AS data_type,
-        im_nz(CASE WHEN specversion IS NULL THEN request_id ELSE data -> '$.request_id' END) AS request_id,
-        im_nz(CASE WHEN specversion IS NULL THEN tenant ELSE data -> '$.tenant' END) AS tenant,
-        im_nz(CASE WHEN specversion IS NULL THEN model ELSE data -> '$.model' END) AS model,
-        im_nz(CASE WHEN specversion IS NULL THEN api_key_id ELSE data -> '$.api_key_id' END) AS api_key_id,
-        im_nz(CASE WHEN specversion IS NULL THEN pool ELSE data -> '$.pool' END) AS pool,
-        im_nz(CASE WHEN specversion IS NULL THEN replica ELSE data -> '$.replica' END) AS replica,
-        im_nz(CASE WHEN specversion IS NULL THEN endpoint ELSE data -> '$.endpoint' END) AS endpoint,
-        im_nz(CASE WHEN specversion IS NULL THEN stream ELSE data -> '$.stream' END) AS stream,
-        im_nz(CASE WHEN specversion IS NULL THEN status ELSE data -> '$.status' END) AS status,
-        im_nz(CASE WHEN specversion IS NULL THEN http_status ELSE data -> '$.http_status' END) AS http_status,
-        im_nz(CASE WHEN specversion IS NULL THEN finish_reason ELSE data -> '$.finish_reason' END) AS finish_reason,
-        im_nz(CASE WHEN specversion IS NULL THEN started_at ELSE data -> '$.started_at' END) AS started_at,
-        im_nz(CASE WHEN specversion IS NULL THEN first_token_at ELSE data -> '$.first_token_at' END) AS first_token_at,
-        im_nz(CASE WHEN specversion IS NULL THEN finished_at ELSE data -> '$.finished_at' END) AS finished_at,
-        im_nz(CASE WHEN specversion IS NULL THEN queue_s ELSE data -> '$.queue_s' END) AS queue_s,
-        im_nz(CASE WHEN specversion IS NULL THEN prompt_tokens ELSE data -> '$.prompt_tokens' END) AS prompt_tokens,
-        im_nz(CASE WHEN specversion IS NULL THEN cached_prompt_tokens ELSE data -> '$.cached_prompt_tokens' END) AS cached_prompt_tokens,
-        im_nz(CASE WHEN specversion IS NULL THEN completion_tokens ELSE data -> '$.completion_tokens' END) AS completion_tokens,
-        im_nz(CASE WHEN specversion IS NULL THEN ttft_s ELSE data -> '$.ttft_s' END) AS ttft_s,
-        im_nz(CASE WHEN specversion IS NULL THEN itl_mean_s ELSE data -> '$.itl_mean_s' END) AS itl_mean_s,
-        im_nz(CASE WHEN specversion IS NULL THEN itl_p50_s ELSE data -> '$.itl_p50_s' END) AS itl_p50_s,
-        im_nz(CASE WHEN specversion IS NULL THEN itl_max_s ELSE data -> '$.itl_max_s' END) AS itl_max_s,
-        im_nz(CASE WHEN specversion IS NULL THEN e2e_s ELSE data -> '$.e2e_s' END) AS e2e_s,
-        im_nz(CASE WHEN specversion IS NULL THEN upstream ELSE data -> '$.upstream' END) AS upstream,
-        im_nz(CASE WHEN specversion IS NULL THEN tags ELSE data -> '$.tags' END) AS tags
+        nullif((CASE WHEN specversion IS NULL THEN request_id ELSE data -> '$.request_id' END)::VARCHAR, 'null') AS request_id,
+        nullif((CASE WHEN specversion IS NULL THEN tenant ELSE data -> '$.tenant' END)::VARCHAR, 'null') AS tenant,
+        nullif((CASE WHEN specversion IS NULL THEN model ELSE data -> '$.model' END)::VARCHAR, 'null') AS model,
+        nullif((CASE WHEN specversion IS NULL THEN api_key_id ELSE data -> '$.api_key_id' END)::VARCHAR, 'null') AS api_key_id,
+        nullif((CASE WHEN specversion IS NULL THEN pool ELSE data -> '$.pool' END)::VARCHAR, 'null') AS pool,
+        nullif((CASE WHEN specversion IS NULL THEN replica ELSE data -> '$.replica' END)::VARCHAR, 'null') AS replica,
+        nullif((CASE WHEN specversion IS NULL THEN endpoint ELSE data -> '$.endpoint' END)::VARCHAR, 'null') AS endpoint,
+        nullif((CASE WHEN specversion IS NULL THEN stream ELSE data -> '$.stream' END)::VARCHAR, 'null') AS stream,
+        nullif((CASE WHEN specversion IS NULL THEN status ELSE data -> '$.status' END)::VARCHAR, 'null') AS status,
+        nullif((CASE WHEN specversion IS NULL THEN http_status ELSE data -> '$.http_status' END)::VARCHAR, 'null') AS http_status,
+        nullif((CASE WHEN specversion IS NULL THEN finish_reason ELSE data -> '$.finish_reason' END)::VARCHAR, 'null') AS finish_reason,
+        nullif((CASE WHEN specversion IS NULL THEN started_at ELSE data -> '$.started_at' END)::VARCHAR, 'null') AS started_at,
+        nullif((CASE WHEN specversion IS NULL THEN first_token_at ELSE data -> '$.first_token_at' END)::VARCHAR, 'null') AS first_token_at,
+        nullif((CASE WHEN specversion IS NULL THEN finished_at ELSE data -> '$.finished_at' END)::VARCHAR, 'null') AS finished_at,
+        nullif((CASE WHEN specversion IS NULL THEN queue_s ELSE data -> '$.queue_s' END)::VARCHAR, 'null') AS queue_s,
+        nullif((CASE WHEN specversion IS NULL THEN prompt_tokens ELSE data -> '$.prompt_tokens' END)::VARCHAR, 'null') AS prompt_tokens,
+        nullif((CASE WHEN specversion IS NULL THEN cached_prompt_tokens ELSE data -> '$.cached_prompt_tokens' END)::VARCHAR, 'null') AS cached_prompt_tokens,
+        nullif((CASE WHEN specversion IS NULL THEN completion_tokens ELSE data -> '$.completion_tokens' END)::VARCHAR, 'null') AS completion_tokens,
+        nullif((CASE WHEN specversion IS NULL THEN ttft_s ELSE data -> '$.ttft_s' END)::VARCHAR, 'null') AS ttft_s,
+        nullif((CASE WHEN specversion IS NULL THEN itl_mean_s ELSE data -> '$.itl_mean_s' END)::VARCHAR, 'null') AS itl_mean_s,
+        nullif((CASE WHEN specversion IS NULL THEN itl_p50_s ELSE data -> '$.itl_p50_s' END)::VARCHAR, 'null') AS itl_p50_s,
+        nullif((CASE WHEN specversion IS NULL THEN itl_max_s ELSE data -> '$.itl_max_s' END)::VARCHAR, 'null') AS itl_max_s,
+        nullif((CASE WHEN specversion IS NULL THEN e2e_s ELSE data -> '$.e2e_s' END)::VARCHAR, 'null') AS e2e_s,
+        nullif((CASE WHEN specversion IS NULL THEN upstream ELSE data -> '$.upstream' END)::VARCHAR, 'null') AS upstream,
+        nullif((CASE WHEN specversion IS NULL THEN tags ELSE data -> '$.tags' END)::VARCHAR, 'null') AS tags
     FROM raw
 ), ex AS (
     SELECT is_event, event_type, data_type,
-        json_type(request_id) AS request_id_t, request_id ->> '$' AS request_id_s,
-        json_type(tenant) AS tenant_t, tenant ->> '$' AS tenant_s,
-        json_type(model) AS model_t, model ->> '$' AS model_s,
-        json_type(api_key_id) AS api_key_id_t, api_key_id ->> '$' AS api_key_id_s,
-        json_type(pool) AS pool_t, pool ->> '$' AS pool_s,
-        json_type(replica) AS replica_t, replica ->> '$' AS replica_s,
-        json_type(endpoint) AS endpoint_t, endpoint ->> '$' AS endpoint_s,
-        json_type(status) AS status_t, status ->> '$' AS status_s,
-        json_type(upstream) AS upstream_t, upstream ->> '$' AS upstream_s,
-        json_type(finish_reason) AS finish_reason_t, finish_reason ->> '$' AS finish_reason_s,
-        json_type(started_at) AS started_at_t, started_at ->> '$' AS started_at_s,
-        TRY_CAST(TRY_CAST(started_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS started_at_v,
-        json_type(first_token_at) AS first_token_at_t, first_token_at ->> '$' AS first_token_at_s,
-        TRY_CAST(TRY_CAST(first_token_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS first_token_at_v,
-        json_type(finished_at) AS finished_at_t, finished_at ->> '$' AS finished_at_s,
-        TRY_CAST(TRY_CAST(finished_at ->> '$' AS TIMESTAMPTZ) AS TIMESTAMP) AS finished_at_v,
-        json_type(http_status) AS http_status_t, TRY_CAST(http_status AS BIGINT) AS http_status_v,
-        json_type(prompt_tokens) AS prompt_tokens_t, TRY_CAST(prompt_tokens AS BIGINT) AS prompt_tokens_v,
-        json_type(cached_prompt_tokens) AS cached_prompt_tokens_t, TRY_CAST(cached_prompt_tokens AS BIGINT) AS cached_prompt_tokens_v,
-        json_type(completion_tokens) AS completion_tokens_t, TRY_CAST(completion_tokens AS BIGINT) AS completion_tokens_v,
-        json_type(queue_s) AS queue_s_t, TRY_CAST(queue_s AS DOUBLE) AS queue_s_v,
-        json_type(ttft_s) AS ttft_s_t, TRY_CAST(ttft_s AS DOUBLE) AS ttft_s_v,
-        json_type(itl_mean_s) AS itl_mean_s_t, TRY_CAST(itl_mean_s AS DOUBLE) AS itl_mean_s_v,
-        json_type(itl_p50_s) AS itl_p50_s_t, TRY_CAST(itl_p50_s AS DOUBLE) AS itl_p50_s_v,
-        json_type(itl_max_s) AS itl_max_s_t, TRY_CAST(itl_max_s AS DOUBLE) AS itl_max_s_v,
-        json_type(e2e_s) AS e2e_s_t, TRY_CAST(e2e_s AS DOUBLE) AS e2e_s_v,
-        json_type(stream) AS stream_t, TRY_CAST(stream AS BOOLEAN) AS stream_v,
-        tags, TRY_CAST(tags AS MAP(VARCHAR, VARCHAR)) AS tags_v
+        request_id AS request_id_r, CASE WHEN starts_with(request_id, '"') THEN CASE WHEN contains(request_id, '\') THEN request_id::JSON ->> '$' ELSE request_id[2:-2] END END AS request_id_s,
+        tenant AS tenant_r, CASE WHEN starts_with(tenant, '"') THEN CASE WHEN contains(tenant, '\') THEN tenant::JSON ->> '$' ELSE tenant[2:-2] END END AS tenant_s,
+        model AS model_r, CASE WHEN starts_with(model, '"') THEN CASE WHEN contains(model, '\') THEN model::JSON ->> '$' ELSE model[2:-2] END END AS model_s,
+        api_key_id AS api_key_id_r, CASE WHEN starts_with(api_key_id, '"') THEN CASE WHEN contains(api_key_id, '\') THEN api_key_id::JSON ->> '$' ELSE api_key_id[2:-2] END END AS api_key_id_s,
+        pool AS pool_r, CASE WHEN starts_with(pool, '"') THEN CASE WHEN contains(pool, '\') THEN pool::JSON ->> '$' ELSE pool[2:-2] END END AS pool_s,
+        replica AS replica_r, CASE WHEN starts_with(replica, '"') THEN CASE WHEN contains(replica, '\') THEN replica::JSON ->> '$' ELSE replica[2:-2] END END AS replica_s,
+        endpoint AS endpoint_r, CASE WHEN starts_with(endpoint, '"') THEN CASE WHEN contains(endpoint, '\') THEN endpoint::JSON ->> '$' ELSE endpoint[2:-2] END END AS endpoint_s,
+        status AS status_r, CASE WHEN starts_with(status, '"') THEN CASE WHEN contains(status, '\') THEN status::JSON ->> '$' ELSE status[2:-2] END END AS status_s,
+        upstream AS upstream_r, CASE WHEN starts_with(upstream, '"') THEN CASE WHEN contains(upstream, '\') THEN upstream::JSON ->> '$' ELSE upstream[2:-2] END END AS upstream_s,
+        finish_reason AS finish_reason_r, CASE WHEN starts_with(finish_reason, '"') THEN CASE WHEN contains(finish_reason, '\') THEN finish_reason::JSON ->> '$' ELSE finish_reason[2:-2] END END AS finish_reason_s,
+        started_at AS started_at_r, CASE WHEN starts_with(started_at, '"') THEN CASE WHEN contains(started_at, '\') THEN started_at::JSON ->> '$' ELSE started_at[2:-2] END END AS started_at_s,
+        first_token_at AS first_token_at_r, CASE WHEN starts_with(first_token_at, '"') THEN CASE WHEN contains(first_token_at, '\') THEN first_token_at::JSON ->> '$' ELSE first_token_at[2:-2] END END AS first_token_at_s,
+        finished_at AS finished_at_r, CASE WHEN starts_with(finished_at, '"') THEN CASE WHEN contains(finished_at, '\') THEN finished_at::JSON ->> '$' ELSE finished_at[2:-2] END END AS finished_at_s,
+        http_status AS http_status_r, CASE WHEN TRY_CAST(http_status AS BIGINT)::VARCHAR = http_status THEN http_status::BIGINT END AS http_status_v,
+        prompt_tokens AS prompt_tokens_r, CASE WHEN TRY_CAST(prompt_tokens AS BIGINT)::VARCHAR = prompt_tokens THEN prompt_tokens::BIGINT END AS prompt_tokens_v,
+        cached_prompt_tokens AS cached_prompt_tokens_r, CASE WHEN TRY_CAST(cached_prompt_tokens AS BIGINT)::VARCHAR = cached_prompt_tokens THEN cached_prompt_tokens::BIGINT END AS cached_prompt_tokens_v,
+        completion_tokens AS completion_tokens_r, CASE WHEN TRY_CAST(completion_tokens AS BIGINT)::VARCHAR = completion_tokens THEN completion_tokens::BIGINT END AS completion_tokens_v,
+        queue_s AS queue_s_r, CASE WHEN NOT starts_with(queue_s, '"') THEN TRY_CAST(queue_s AS DOUBLE) END AS queue_s_v,
+        ttft_s AS ttft_s_r, CASE WHEN NOT starts_with(ttft_s, '"') THEN TRY_CAST(ttft_s AS DOUBLE) END AS ttft_s_v,
+        itl_mean_s AS itl_mean_s_r, CASE WHEN NOT starts_with(itl_mean_s, '"') THEN TRY_CAST(itl_mean_s AS DOUBLE) END AS itl_mean_s_v,
+        itl_p50_s AS itl_p50_s_r, CASE WHEN NOT starts_with(itl_p50_s, '"') THEN TRY_CAST(itl_p50_s AS DOUBLE) END AS itl_p50_s_v,
+        itl_max_s AS itl_max_s_r, CASE WHEN NOT starts_with(itl_max_s, '"') THEN TRY_CAST(itl_max_s AS DOUBLE) END AS itl_max_s_v,
+        e2e_s AS e2e_s_r, CASE WHEN NOT starts_with(e2e_s, '"') THEN TRY_CAST(e2e_s AS DOUBLE) END AS e2e_s_v,
+        stream AS stream_r, CASE stream WHEN 'true' THEN true WHEN 'false' THEN false END AS stream_v,
+        tags AS tags_r, TRY_CAST(tags::JSON AS MAP(VARCHAR, JSON)) AS tags_j
     FROM rec
 ), typed AS (
     SELECT
         (NOT is_event OR (event_type = 'infermeter.inference.v1' AND data_type = 'OBJECT'))
-        AND coalesce(request_id_t = 'VARCHAR' AND strlen(request_id_s) BETWEEN 1 AND 512, false)
-        AND coalesce(tenant_t = 'VARCHAR' AND strlen(tenant_s) BETWEEN 1 AND 512, false)
-        AND coalesce(model_t = 'VARCHAR' AND strlen(model_s) BETWEEN 1 AND 512, false)
-        AND (api_key_id_t IS NULL OR coalesce(api_key_id_t = 'VARCHAR' AND strlen(api_key_id_s) <= 512, false))
-        AND (pool_t IS NULL OR coalesce(pool_t = 'VARCHAR' AND strlen(pool_s) <= 512, false))
-        AND (replica_t IS NULL OR coalesce(replica_t = 'VARCHAR' AND strlen(replica_s) <= 512, false))
-        AND (endpoint_t IS NULL OR coalesce(endpoint_t = 'VARCHAR' AND strlen(endpoint_s) <= 512, false))
-        AND (stream_t IS NULL OR stream_t = 'BOOLEAN')
-        AND (status_t IS NULL OR (status_t = 'VARCHAR'
-             AND status_s IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit')))
-        AND (upstream_t IS NULL OR (upstream_t = 'VARCHAR' AND upstream_s IN ('self_hosted', 'managed')))
-        AND (finish_reason_t IS NULL OR finish_reason_t = 'VARCHAR')
-        AND (http_status_t IS NULL OR coalesce(http_status_t IN ('UBIGINT', 'BIGINT') AND http_status_v >= 0, false))
-        AND (prompt_tokens_t IS NULL OR coalesce(prompt_tokens_t IN ('UBIGINT', 'BIGINT') AND prompt_tokens_v >= 0, false))
-        AND (cached_prompt_tokens_t IS NULL OR coalesce(cached_prompt_tokens_t IN ('UBIGINT', 'BIGINT') AND cached_prompt_tokens_v >= 0, false))
-        AND (completion_tokens_t IS NULL OR coalesce(completion_tokens_t IN ('UBIGINT', 'BIGINT') AND completion_tokens_v >= 0, false))
+        AND coalesce(strlen(request_id_s) BETWEEN 1 AND 512, false)
+        AND coalesce(strlen(tenant_s) BETWEEN 1 AND 512, false)
+        AND coalesce(strlen(model_s) BETWEEN 1 AND 512, false)
+        AND (api_key_id_r IS NULL OR coalesce(strlen(api_key_id_s) <= 512, false))
+        AND (pool_r IS NULL OR coalesce(strlen(pool_s) <= 512, false))
+        AND (replica_r IS NULL OR coalesce(strlen(replica_s) <= 512, false))
+        AND (endpoint_r IS NULL OR coalesce(strlen(endpoint_s) <= 512, false))
+        AND (status_r IS NULL OR coalesce(status_s IN ('ok', 'error', 'client_abort', 'throttled', 'cache_hit'), false))
+        AND (upstream_r IS NULL OR coalesce(upstream_s IN ('self_hosted', 'managed'), false))
+        AND (finish_reason_r IS NULL OR finish_reason_s IS NOT NULL)
+        AND (stream_r IS NULL OR stream_v IS NOT NULL)
+        AND (http_status_r IS NULL OR coalesce(http_status_v >= 0, false))
+        AND (prompt_tokens_r IS NULL OR coalesce(prompt_tokens_v >= 0, false))
+        AND (cached_prompt_tokens_r IS NULL OR coalesce(cached_prompt_tokens_v >= 0, false))
+        AND (completion_tokens_r IS NULL OR coalesce(completion_tokens_v >= 0, false))
         AND coalesce(http_status_v, 200) BETWEEN 100 AND 599
         AND coalesce(cached_prompt_tokens_v, 0) <= coalesce(prompt_tokens_v, 0)
-        AND (queue_s_t IS NULL OR coalesce(queue_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND queue_s_v >= 0, false))
-        AND (ttft_s_t IS NULL OR coalesce(ttft_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND ttft_s_v >= 0, false))
-        AND (itl_mean_s_t IS NULL OR coalesce(itl_mean_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_mean_s_v >= 0, false))
-        AND (itl_p50_s_t IS NULL OR coalesce(itl_p50_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_p50_s_v >= 0, false))
-        AND (itl_max_s_t IS NULL OR coalesce(itl_max_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND itl_max_s_v >= 0, false))
-        AND (e2e_s_t IS NULL OR coalesce(e2e_s_t IN ('UBIGINT', 'BIGINT', 'DOUBLE') AND e2e_s_v >= 0, false))
-        AND coalesce(started_at_t = 'VARCHAR' AND started_at_v IS NOT NULL
-             AND regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false)
-        AND (first_token_at_t IS NULL OR coalesce(first_token_at_t = 'VARCHAR' AND first_token_at_v IS NOT NULL
-             AND regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false))
-        AND coalesce(finished_at_t = 'VARCHAR' AND finished_at_v IS NOT NULL
-             AND regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})'), false)
-        AND im_tags_ok(tags)
-        AND coalesce(finished_at_v >= started_at_v, false) AS ok,
+        AND (queue_s_r IS NULL OR coalesce(queue_s_v >= 0, false))
+        AND (ttft_s_r IS NULL OR coalesce(ttft_s_v >= 0, false))
+        AND (itl_mean_s_r IS NULL OR coalesce(itl_mean_s_v >= 0, false))
+        AND (itl_p50_s_r IS NULL OR coalesce(itl_p50_s_v >= 0, false))
+        AND (itl_max_s_r IS NULL OR coalesce(itl_max_s_v >= 0, false))
+        AND (e2e_s_r IS NULL OR coalesce(e2e_s_v >= 0, false))
+        AND coalesce(regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND started_at_t IS NOT NULL, false)
+        AND coalesce(regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND finished_at_t IS NOT NULL, false)
+        AND (first_token_at_r IS NULL OR coalesce(regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND first_token_at_t IS NOT NULL, false))
+        AND (tags_r IS NULL OR coalesce(cardinality(tags_j) <= 16 AND coalesce(list_bool_and(list_transform(map_entries(tags_j), e -> strlen(e.key) <= 128 AND starts_with(e.value, '"') AND strlen(e.value) <= 130)), true), false))
+        AND coalesce(finished_at_t >= started_at_t, false) AS ok,
         request_id_s AS request_id,
         tenant_s AS tenant,
         coalesce(api_key_id_s, '') AS api_key_id,
@@ -124,9 +118,9 @@ WITH raw AS (
         coalesce(status_s, 'ok') AS status,
         coalesce(http_status_v, 200)::INTEGER AS http_status,
         finish_reason_s AS finish_reason,
-        started_at_v AS started_at,
-        first_token_at_v AS first_token_at,
-        finished_at_v AS finished_at,
+        started_at_t AS started_at,
+        first_token_at_t AS first_token_at,
+        finished_at_t AS finished_at,
         queue_s_v AS queue_s,
         coalesce(prompt_tokens_v, 0) AS prompt_tokens,
         coalesce(cached_prompt_tokens_v, 0) AS cached_prompt_tokens,
@@ -137,8 +131,12 @@ WITH raw AS (
         itl_max_s_v AS itl_max_s,
         e2e_s_v AS e2e_s,
         coalesce(upstream_s, 'self_hosted') AS upstream,
-        coalesce(tags_v, MAP {}) AS tags
-    FROM ex
+        CASE WHEN tags_r IS NULL THEN MAP {} ELSE TRY_CAST(tags_r::JSON AS MAP(VARCHAR, VARCHAR)) END AS tags
+    FROM (SELECT *,
+        TRY_CAST(TRY_CAST(started_at_s AS TIMESTAMPTZ) AS TIMESTAMP) AS started_at_t,
+        TRY_CAST(TRY_CAST(first_token_at_s AS TIMESTAMPTZ) AS TIMESTAMP) AS first_token_at_t,
+        TRY_CAST(TRY_CAST(finished_at_s AS TIMESTAMPTZ) AS TIMESTAMP) AS finished_at_t
+    FROM ex)
 )
 SELECT * FROM typed;
 
@@ -217,7 +215,8 @@ SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, s
        http_status, finish_reason, started_at, first_token_at, finished_at, queue_s,
        prompt_tokens, cached_prompt_tokens, completion_tokens, ttft_s, itl_mean_s, itl_p50_s,
        itl_max_s, e2e_s, upstream, tags, coalesce(tags['feature'], ''), $now
-FROM usage_batch;
+FROM usage_batch
+ORDER BY request_id;
 
 -- name: insert_usage_new
 -- The rows of `usage_batch` whose id is not stored yet.

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,35 +221,73 @@ def test_gpu_samples_idempotent_by_key(store: Store, ingestor: Ingestor) -> None
 
 # The vectorised fast path must accept exactly what parse_usage_record accepts.
 MUTATIONS: dict[str, list[Any]] = {
-    "request_id": [None, "", 5, "x" * 513, "ok-id"],
-    "tenant": [None, "", ["a"], "t"],
+    "request_id": [None, "", 5, "x" * 513, "ok-id", 'q"uo\\te', "é-ü", "x" * 511 + "é"],
+    "tenant": [None, "", ["a"], "t", {"a": "b"}, "t\u00e9\n"],
     "model": [None, 1.5, "m"],
     "status": [None, "ok", "cache_hit", "bogus", 3],
-    "stream": [None, True, "yes", 1],
-    "http_status": [None, 99, 200, 600, 404.0, True],
+    "stream": [None, True, "yes", 1, "true", False, 0],
+    "http_status": [None, 99, 200, 600, 404.0, True, "200", 2e2],
     "started_at": ["2026-11-02T00:00:00Z", "2026-11-02T00:00:00", "yesterday", 1700000000, None],
     "first_token_at": [None, "2026-11-02T00:00:00.5+00:00", "bad"],
     "finished_at": ["2026-11-02T00:00:01.000001Z", "2026-11-01T00:00:00Z", None],
-    "prompt_tokens": [None, 0, 10, -1, 2.5, "7"],
+    "prompt_tokens": [None, 0, 10, -1, 2.5, "7", 1e3, 2**63, -0],
     "cached_prompt_tokens": [None, 0, 5, 50],
     "completion_tokens": [None, 3, -3],
-    "queue_s": [None, 0.1, -0.1, "1"],
+    "queue_s": [None, 0.1, -0.1, "1", True, {"a": 1}, 3, 1e-7],
     "ttft_s": [None, 2, False],
     "upstream": [None, "managed", "other"],
-    "tags": [None, {}, {"feature": "x"}, {"a": 1}, {"k" * 129: "v"}, [], "s"],
-    "finish_reason": [None, "stop", 5],
+    "tags": [
+        None,
+        {},
+        {"feature": "x"},
+        {"a": 1},
+        {"k" * 129: "v"},
+        [],
+        "s",
+        {"a": 'x"y'},
+        {"a": None},
+        {"é": "ü"},
+        {"a": {"b": "c"}},
+        {f"k{i}": "v" for i in range(17)},
+    ],
+    "finish_reason": [None, "stop", 5, ["x"], "a\\b"],
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STORED_FIELDS = (
+    "request_id, tenant, model, finish_reason, stream, http_status, prompt_tokens, queue_s, "
+    "started_at, first_token_at, tags"
+)
+
+
+def stored_form(rec: UsageRecord) -> tuple[Any, ...]:
+    first = rec.first_token_at.astimezone(UTC).replace(tzinfo=None) if rec.first_token_at else None
+    return (
+        rec.request_id,
+        rec.tenant,
+        rec.model,
+        rec.finish_reason,
+        rec.stream,
+        rec.http_status,
+        rec.prompt_tokens,
+        rec.queue_s,
+        rec.started_at.astimezone(UTC).replace(tzinfo=None),
+        first,
+        rec.tags,
+    )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
-        st.dictionaries(st.sampled_from(sorted(MUTATIONS)), st.integers(0, 6), max_size=4),
+        st.dictionaries(st.sampled_from(sorted(MUTATIONS)), st.integers(0, 11), max_size=4),
         min_size=1,
         max_size=8,
     )
 )
 def test_fast_path_agrees_with_parse_usage_record(mutations: list[dict[str, int]]) -> None:
+    """Whichever path a batch takes, it stores exactly what parse_usage_record reads (first
+    record of an id wins) with the same values."""
     store = open_store("duckdb:///:memory:")
     try:
         records = []
@@ -270,19 +308,34 @@ def test_fast_path_agrees_with_parse_usage_record(mutations: list[dict[str, int]
                 else:
                     rec[key] = value
             records.append(rec)
-        expected = []
+        expected: dict[str, tuple[Any, ...]] = {}
         for rec in records:
             with contextlib.suppress(RecordError):
-                expected.append(parse_usage_record(rec).request_id)
+                parsed = parse_usage_record(rec)
+                expected.setdefault(parsed.request_id, stored_form(parsed))
         ingestor = Ingestor(store, lambda: T0.timestamp())
         result = ingestor.usage(orjson.dumps(records))
-        stored = sorted(
-            r[0] for r in store.connection.execute("SELECT request_id FROM usage").fetchall()
-        )
-        assert stored == sorted(set(expected))
+        stored = store.connection.execute(
+            f"SELECT {STORED_FIELDS} FROM usage ORDER BY request_id"
+        ).fetchall()
+        assert stored == [expected[k] for k in sorted(expected)]
         assert result.accepted + result.duplicates + len(result.rejected) == len(records)
     finally:
         store.close()
+
+
+def test_fast_path_reads_escaped_and_unicode_strings(store: Store, ingestor: Ingestor) -> None:
+    records = [
+        record(1, request_id='q"1\\', tenant="t\u00e9\n", tags={"é": 'a"b', "f": "ü"}),
+        record(2, finish_reason="stop", http_status=201, stream=True, queue_s=0),
+        record(3, tags={}),
+    ]
+    result = ingestor.usage(orjson.dumps(records))
+    assert (result.accepted, ingestor.stats.kinds["usage"].fast_path_batches) == (3, 1)
+    stored = store.connection.execute(
+        f"SELECT {STORED_FIELDS} FROM usage ORDER BY started_at"
+    ).fetchall()
+    assert stored == [stored_form(parse_usage_record(r)) for r in records]
 
 
 CRASH_WRITER = textwrap.dedent(
