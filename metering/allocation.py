@@ -1,6 +1,7 @@
 """Cost allocation: the replica's cost per window, split over the requests active in it.
 
-The arithmetic lives in ``sql/allocate.sql`` (set-based, no per-request Python); this module
+The arithmetic is vectorised numpy (:mod:`metering.window_costs`, :mod:`metering.window_split`)
+between two SQL steps (``sql/allocate.sql``): this module
 registers the inputs (price catalog, configured replicas, managed prices), runs the steps in
 order, chooses the calibration (:mod:`metering.calibration`) and writes the results for one
 range of windows in one transaction, replacing whatever an earlier run wrote for that range.
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from metering import busy, calibration
+from metering import calibration, heap, window_costs
 from metering.catalog import Catalog
 from metering.errors import QueryError, StorageError
 from metering.settings import ReplicaSettings
@@ -91,12 +92,19 @@ def _replica_table(replicas: Mapping[str, ReplicaSettings]) -> pa.Table:
     )
 
 
-def _managed_table(catalog: Catalog) -> pa.Table:
+def managed_prices(catalog: Catalog) -> dict[str, tuple[float, float]]:
+    """$ per million input / output tokens by model name, full (``openai/gpt-4o-mini``) or
+    without its provider prefix (``gpt-4o-mini``; the first provider in name order wins)."""
     rows: dict[str, tuple[float, float]] = {}
     for name, price in sorted(catalog.managed.items()):
         rows.setdefault(name.split("/", 1)[-1], (price.input_per_mtok, price.output_per_mtok))
     for name, price in catalog.managed.items():
         rows[name] = (price.input_per_mtok, price.output_per_mtok)
+    return rows
+
+
+def _managed_table(catalog: Catalog) -> pa.Table:
+    rows = managed_prices(catalog)
     return pa.table(
         {
             "model": pa.array(list(rows), pa.string()),
@@ -152,19 +160,35 @@ class Allocator:
             "overhead": self.catalog.overhead_multiplier,
             "usd_per_kwh": self.catalog.energy_usd_per_kwh,
             "price_energy": self.price_energy,
+            "replica": "",
         }
         cur = self.store.cursor()
         try:
             cur.register("price_catalog", _price_table(self.catalog))
             cur.register("replica_config", _replica_table(self.replicas))
             cur.register("managed_prices", _managed_table(self.catalog))
-            for step in ("capacity", "requests", "request_windows", "models", "replica_index"):
-                self._exec(cur, step, params)
-            self._busy(cur, w_since, w_until)
-            self._exec(cur, "busy", params)
-            result.calibrations = self._calibrate(cur, result)
-            self._exec(cur, "shares", params)
-            self._write(cur, params, result, started)
+            with heap.retained_heap():
+                self._exec(cur, "capacity", params)
+                sql = query("allocate", "requests")
+                requests = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
+                capacity = cur.execute(query("allocate", "capacity_rows")).fetch_arrow_table()
+                costs = window_costs.compute(
+                    requests,
+                    capacity,
+                    window_us=self.window_us,
+                    w_since=w_since,
+                    w_until=w_until,
+                    choose=self._chooser(cur),
+                )
+                del requests, capacity
+                result.calibrations = costs.calibrations
+                result.unpriced_requests = costs.unpriced_requests
+                result.request_windows = costs.rows.num_rows
+                cur.register("alloc_rows", costs.rows)
+                cur.register("alloc_names", costs.names)
+                cur.register("alloc_replicas", costs.replicas)
+                self._exec(cur, "managed", params)
+                self._write(cur, params, result, started)
         except duckdb.Error as exc:
             raise StorageError(f"allocation failed: {exc}") from exc
         finally:
@@ -172,24 +196,17 @@ class Allocator:
         result.duration_s = self.clock() - started
         return result
 
-    def _busy(self, cur: duckdb.DuckDBPyConnection, w_since: int, w_until: int) -> None:
-        intervals = cur.execute(query("allocate", "busy_intervals")).fetch_arrow_table()
-        merged = busy.islands(
-            intervals.column("rep").to_numpy(),
-            intervals.column("x0").to_numpy(),
-            intervals.column("f").to_numpy(),
-        )
-        cur.register(
-            "alloc_busy_raw",
-            busy.busy_per_window(
-                merged.column("rep").to_numpy(),
-                merged.column("a").to_numpy(),
-                merged.column("b").to_numpy(),
-                self.window_us,
-                w_since,
-                w_until,
-            ),
-        )
+    @staticmethod
+    def _chooser(cur: duckdb.DuckDBPyConnection) -> window_costs.Chooser:
+        previous = {
+            row[0]: calibration.Calibration(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+            for row in cur.execute(query("reports", "latest_fit_calibration")).fetchall()
+        }
+
+        def choose(model: str, sums: calibration.Sums | None) -> calibration.Calibration:
+            return calibration.choose(model, sums, previous.get(model))
+
+        return choose
 
     def _allocated_beyond(self, w_until: int) -> bool:
         cur = self.store.cursor()
@@ -207,31 +224,6 @@ class Allocator:
         sql = query("allocate", name)
         cur.execute(sql, bind(sql, params))
 
-    def _calibrate(
-        self, cur: duckdb.DuckDBPyConnection, result: AllocationResult
-    ) -> list[calibration.Calibration]:
-        sums = {
-            row[0]: calibration.Sums(*row[1:])
-            for row in cur.execute(query("allocate", "calibration_sums")).fetchall()
-        }
-        models = [r[0] for r in cur.execute("SELECT DISTINCT model FROM alloc_req").fetchall()]
-        previous = {
-            row[0]: calibration.Calibration(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
-            for row in cur.execute(query("reports", "latest_fit_calibration")).fetchall()
-        }
-        chosen = [calibration.choose(m, sums.get(m), previous.get(m)) for m in sorted(set(models))]
-        cur.register(
-            "alloc_weights",
-            pa.table(
-                {
-                    "model": pa.array([c.model for c in chosen], pa.string()),
-                    "a": pa.array([c.prefill_s_per_token for c in chosen], pa.float64()),
-                    "b": pa.array([c.decode_s_per_token for c in chosen], pa.float64()),
-                }
-            ),
-        )
-        return chosen
-
     def _write(
         self,
         cur: duckdb.DuckDBPyConnection,
@@ -241,24 +233,15 @@ class Allocator:
     ) -> None:
         now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
         result_range = (epoch_us(result.range_start), epoch_us(result.range_end))
-        coverage = cur.execute(query("allocate", "share_coverage")).fetchone()
-        unpriced = (
-            cur.execute(query("allocate", "unpriced_requests")).fetchone()
-            if coverage is None or coverage[0] != coverage[1]
-            else (0,)
-        )
-        result.unpriced_requests = int(unpriced[0]) if unpriced else 0
         cur.execute("BEGIN TRANSACTION")
         try:
             for step in (
-                "clear_request_windows",
                 "clear_replica_windows",
                 "insert_replica_windows",
-                "insert_request_windows",
-                "managed",
-                "insert_managed",
                 "clear_hourly",
                 "hourly",
+                "clear_detail",
+                "insert_detail",
                 "clear_replica_hourly",
                 "insert_replica_hourly",
                 "clear_rollup_hours",
@@ -273,11 +256,9 @@ class Allocator:
                 "AND window_start < make_timestamp($b)",
                 {"a": result_range[0], "b": result_range[1]},
             ).fetchone()
-            rw = cur.execute("SELECT count(*) FROM alloc_share").fetchone()
             result.replica_windows, result.cost_micro, result.idle_micro = (
                 (int(totals[0]), int(totals[1]), int(totals[2])) if totals else (0, 0, 0)
             )
-            result.request_windows = int(rw[0]) if rw else 0
             for c in result.calibrations:
                 cur.execute(
                     "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -312,14 +293,7 @@ class Allocator:
         except duckdb.Error:
             cur.execute("ROLLBACK")
             raise
-        for table in (
-            "alloc_capacity",
-            "alloc_req",
-            "alloc_rw",
-            "alloc_busy",
-            "alloc_share",
-            "alloc_models",
-            "alloc_managed",
-            "alloc_reps",
-        ):
+        for table in ("alloc_capacity", "alloc_managed"):
             cur.execute(f"DROP TABLE IF EXISTS {table}")
+        for view in ("alloc_rows", "alloc_names", "alloc_replicas"):
+            cur.unregister(view)

@@ -11,8 +11,9 @@ from typing import Any
 
 from metering.catalog import Catalog
 from metering.errors import QueryError
+from metering.request_cost import RequestCosts
 from metering.series import SeriesReports, _bucket
-from metering.sql_files import bind, query
+from metering.sql_files import query
 from metering.store import Store
 from metering.timeparse import iso
 
@@ -89,8 +90,9 @@ class Reports(SeriesReports):
         _bucket("hour", granularity)  # validates granularity
         params: dict[str, Any] = {"since": since, "until": until, "share_idle": self.share_idle}
         if tenant or model:
+            detail = DIMENSIONS[by] in ("feature", "api_key_id")
             sql = (
-                query("reports", "cost_by")
+                query("reports", "cost_by_detail" if detail else "cost_by")
                 .replace("__DIM__", DIMENSIONS[by])
                 .replace("__BUCKET__", _bucket("c.hour", granularity))
             )
@@ -203,38 +205,33 @@ class Reports(SeriesReports):
             if row is None:
                 return None
             record = dict(zip(names, row, strict=True))
-            sql = query("reports", "request_windows")
-            params = {
-                "request_id": request_id,
-                "from": record["started_at"] - timedelta(hours=1),
-                "to": record["finished_at"],
-            }
-            windows_rows = cur.execute(sql, bind(sql, params)).fetchall()
+            found = RequestCosts(self.catalog).windows(cur, record)
         finally:
             cur.close()
         for key in ("started_at", "first_token_at", "finished_at", "received_at"):
             record[key] = iso(record[key])
         windows = [
             {
-                "window_start": iso(w[0]),
-                "replica": w[1],
-                "cost_usd": _usd(w[2]),
-                "work": w[3],
-                "prefill_tokens": w[4],
-                "decode_tokens": w[5],
-                "gpu_seconds": w[6],
-                "energy_j": w[7],
+                "window_start": iso(w["window_start"]),
+                "replica": w["replica"],
+                "cost_usd": _usd(w["cost_micro"]),
+                "work": w["work"],
+                "prefill_tokens": w["prefill_tokens"],
+                "decode_tokens": w["decode_tokens"],
+                "gpu_seconds": w["gpu_s"],
+                "energy_j": w["energy_j"],
+                "stale": w["stale"],
             }
-            for w in windows_rows
+            for w in found
         ]
-        micro = sum(w[2] for w in windows_rows)
         return {
             "request_id": request_id,
             "record": record,
             "allocated": bool(windows),
-            "cost_usd": _usd(micro),
+            "cost_usd": _usd(sum(w["cost_micro"] for w in found)),
             "gpu_seconds": round(sum(w["gpu_seconds"] or 0 for w in windows), 6),
             "kwh": round(sum(w["energy_j"] or 0 for w in windows) / 3.6e6, 9),
+            "stale": any(w["stale"] for w in found),
             "windows": windows,
         }
 
@@ -380,18 +377,15 @@ class Reports(SeriesReports):
         return {"rows": rows, "total_saved_usd": round(sum(r["saved_usd"] for r in rows), 6)}
 
     def tenant_spend(self, tenant: str, since: datetime, until: datetime) -> float:
-        """A tenant's cost in USD over a range (idle share included when shared)."""
+        """A tenant's cost in USD over a range (idle share included when shared). Allocation
+        keeps tenant totals per hour: the hour containing ``since`` counts pro rata."""
         h_since = _floor_hour(since)
-        if h_since < since:
-            h_since += timedelta(hours=1)
-        h_until = max(_floor_hour(until), h_since)
         rows = self._rows(
             query("reports", "tenant_spend_rollup"),
             {
-                "since": since,
-                "until": until,
                 "h_since": h_since,
-                "h_until": h_until,
+                "first_fraction": 1 - (since - h_since).total_seconds() / 3600,
+                "until": until,
                 "tenant": tenant,
                 "share_idle": self.share_idle,
             },

@@ -62,9 +62,10 @@ FROM unioned;
 -- name: requests
 -- Self-hosted requests overlapping the range, as integer-microsecond intervals: queued until
 -- x0, prefill [x0, p1], decode [d0, f] (without a first token both phases span [x0, f]).
-CREATE OR REPLACE TEMP TABLE alloc_req AS
+-- Read into numpy (metering/window_costs.py does the arithmetic); h orders tied starts.
+-- $replica / $request_id: '' for a run; one replica for a request lookup.
 WITH base AS (
-    SELECT row_number() OVER () AS rid, request_id, replica, tenant, model, feature, api_key_id, pool, upstream,
+    SELECT request_id, replica, tenant, model, feature, api_key_id, pool,
            greatest(prompt_tokens - cached_prompt_tokens, 0)::DOUBLE AS prefill,
            completion_tokens::DOUBLE AS decode,
            prompt_tokens, cached_prompt_tokens, completion_tokens,
@@ -74,168 +75,29 @@ WITH base AS (
            epoch_us(first_token_at) AS ft
     FROM usage
     WHERE upstream = 'self_hosted' AND status NOT IN ('throttled', 'cache_hit')
-      AND replica <> ''
+      AND replica <> '' AND ($replica = '' OR replica = $replica)
       AND finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
       AND started_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
 )
-SELECT *,
+SELECT request_id, replica, tenant, model, feature, api_key_id, pool, prefill, decode,
+       prompt_tokens, cached_prompt_tokens, completion_tokens, x0, f,
        CASE WHEN ft IS NULL THEN f ELSE least(greatest(ft, x0), f) END AS p1,
        CASE WHEN ft IS NULL THEN x0 ELSE least(greatest(ft, x0), f) END AS d0,
-       x0 // $window_us::BIGINT AS w0,
-       greatest(x0, f - 1) // $window_us::BIGINT AS w1
+       hash(request_id) AS h
 FROM base;
 
--- name: request_windows
--- One row per request and window it overlaps, with its prefill / decode tokens pro-rated by
--- the overlap of each phase with the window.
-CREATE OR REPLACE TEMP TABLE alloc_rw AS
-SELECT r.rid, r.replica, t.w, r.model,
-       greatest(least(r.f, (t.w + 1) * $window_us::BIGINT)
-                - greatest(r.x0, t.w * $window_us::BIGINT), 0) AS ov_us,
-       r.prefill * CASE WHEN r.p1 > r.x0
-           THEN greatest(least(r.p1, (t.w + 1) * $window_us::BIGINT)
-                         - greatest(r.x0, t.w * $window_us::BIGINT), 0)::DOUBLE / (r.p1 - r.x0)
-           ELSE (r.x0 // $window_us::BIGINT = t.w)::INTEGER END AS p_tok,
-       r.decode * CASE WHEN r.f > r.d0
-           THEN greatest(least(r.f, (t.w + 1) * $window_us::BIGINT)
-                         - greatest(r.d0, t.w * $window_us::BIGINT), 0)::DOUBLE / (r.f - r.d0)
-           ELSE (greatest(r.f - 1, r.x0) // $window_us::BIGINT = t.w)::INTEGER END AS d_tok,
-       (r.w1 = t.w) AS is_last
-FROM alloc_req r,
-     unnest(range(greatest(r.w0, $w_since::BIGINT), least(r.w1, $w_until::BIGINT - 1) + 1)) AS t(w);
-
--- name: replica_index
-CREATE OR REPLACE TEMP TABLE alloc_reps AS
-SELECT replica, (row_number() OVER (ORDER BY replica) - 1)::BIGINT AS rep
-FROM (SELECT DISTINCT replica FROM alloc_req);
-
--- name: busy_intervals
--- Request intervals per replica in start order, for the union (islands) computed by
--- metering/busy.py.
-SELECT p.rep, r.x0, r.f
-FROM alloc_req r JOIN alloc_reps p USING (replica)
-WHERE r.f > r.x0
-ORDER BY p.rep, r.x0;
-
--- name: busy
--- Engine busy time per replica and window (union of request intervals, from metering/busy.py).
-CREATE OR REPLACE TEMP TABLE alloc_busy AS
-SELECT p.replica, b.w, sum(b.busy_us) AS busy_us
-FROM alloc_busy_raw b JOIN alloc_reps p USING (rep)
-GROUP BY p.replica, b.w;
-
--- name: calibration_sums
--- Normal-equation sums for busy_s ~ a * prefill + b * decode per model, over replica-windows
--- that served one model and were busy.
-WITH win AS (
-    SELECT rw.replica, rw.w, min(rw.model) AS model, count(DISTINCT rw.model) AS models,
-           sum(rw.p_tok) AS p, sum(rw.d_tok) AS d
-    FROM alloc_rw rw
-    GROUP BY rw.replica, rw.w
-)
-SELECT win.model, count(*) AS n,
-       sum(p * p) AS pp, sum(p * d) AS pd, sum(d * d) AS dd,
-       sum(p * b.busy_us / 1e6) AS pb, sum(d * b.busy_us / 1e6) AS db,
-       sum((b.busy_us / 1e6) ^ 2) AS bb, sum(b.busy_us / 1e6) AS b_sum
-FROM win JOIN alloc_busy b USING (replica, w)
-WHERE win.models = 1 AND b.busy_us > 0 AND (p > 0 OR d > 0)
-GROUP BY win.model
-ORDER BY win.model;
-
--- name: shares
--- Split each replica-window's busy cost over its requests by work, in integer micro-dollars,
--- with a largest-remainder step so the parts sum exactly to the allocated total.
-CREATE OR REPLACE TEMP TABLE alloc_share AS
-WITH rw AS (
-    SELECT x.rid, x.replica, x.w, x.ov_us, x.p_tok, x.d_tok, x.is_last,
-           x.p_tok * cw.a + x.d_tok * cw.b AS work
-    FROM alloc_rw x JOIN alloc_weights cw ON cw.model = x.model
-), tot AS (
-    SELECT replica, w, sum(work) AS work_sum, sum(ov_us) AS ov_sum, count(*) AS n
-    FROM rw GROUP BY replica, w
-), win AS (
-    SELECT c.replica, c.w, c.cost_micro, c.provisioned_s, c.gpu_equiv, c.energy_j,
-           least(coalesce(b.busy_us, 0) / 1e6, c.provisioned_s) AS busy_s
-    FROM alloc_capacity c LEFT JOIN alloc_busy b USING (replica, w)
-    WHERE c.priced
-), base AS (
-    SELECT rw.rid, rw.replica, rw.w, rw.work, rw.p_tok, rw.d_tok, rw.is_last,
-           win.busy_s, win.provisioned_s, win.gpu_equiv, win.energy_j,
-           win.cost_micro - round(win.cost_micro * (win.provisioned_s - win.busy_s)
-                                  / win.provisioned_s)::BIGINT AS alloc_total,
-           CASE WHEN tot.work_sum > 0 THEN rw.work / tot.work_sum
-                WHEN tot.ov_sum > 0 THEN rw.ov_us / tot.ov_sum
-                ELSE 1.0 / tot.n END AS share
-    FROM rw JOIN tot USING (replica, w) JOIN win USING (replica, w)
-), floored AS (
-    SELECT *, alloc_total * share AS exact, floor(alloc_total * share)::BIGINT AS fl
-    FROM base
-), ranked AS (
-    SELECT *,
-           alloc_total - sum(fl) OVER (PARTITION BY replica, w) AS deficit,
-           row_number() OVER (PARTITION BY replica, w ORDER BY exact - fl DESC, rid) AS rk
-    FROM floored
-)
-SELECT rid, replica, w, work, p_tok, d_tok, is_last, share,
-       fl + (rk <= deficit)::BIGINT AS cost_micro,
-       share * gpu_equiv * busy_s AS gpu_s,
-       share * energy_j * busy_s / provisioned_s AS energy_j
-FROM ranked;
-
--- name: share_coverage
--- Request-windows, and those in a priced replica-window (the rows of alloc_share): equal
--- counts mean no request is unpriced, and the anti-join below need not run.
-SELECT (SELECT count(*) FROM alloc_rw), (SELECT count(*) FROM alloc_share);
-
--- name: unpriced_requests
--- Requests with a window on a replica-window without a known price.
-SELECT count(DISTINCT rid) FROM alloc_rw rw
-WHERE NOT EXISTS (SELECT 1 FROM alloc_capacity c
-                  WHERE c.priced AND c.replica = rw.replica AND c.w = rw.w);
-
--- name: clear_request_windows
-DELETE FROM request_window
-WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
-  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
-
--- name: clear_replica_windows
-DELETE FROM replica_window
-WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
-  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
-
--- name: insert_replica_windows
-INSERT INTO replica_window
-SELECT c.replica, make_timestamp(c.w * $window_us::BIGINT), c.pool,
-       coalesce(nullif(c.model, ''), m.model, ''), c.gpu, c.pricing, c.gpu_equiv,
-       c.provisioned_s, least(coalesce(b.busy_us, 0) / 1e6, c.provisioned_s), c.energy_j,
-       c.capacity_usd, c.energy_usd, c.cost_micro,
-       coalesce(s.allocated, 0),
-       c.cost_micro - coalesce(s.allocated, 0),
-       coalesce(s.p, 0), coalesce(s.d, 0), coalesce(s.n, 0)
-FROM alloc_capacity c
-LEFT JOIN alloc_busy b USING (replica, w)
-LEFT JOIN (SELECT replica, w, sum(cost_micro) AS allocated, sum(p_tok) AS p, sum(d_tok) AS d,
-                  count(*) AS n
-           FROM alloc_share GROUP BY replica, w) s USING (replica, w)
-LEFT JOIN alloc_models m USING (replica);
-
--- name: models
-CREATE OR REPLACE TEMP TABLE alloc_models AS
-SELECT replica, min(model) AS model FROM alloc_req GROUP BY replica;
-
--- name: insert_request_windows
-INSERT INTO request_window
-SELECT r.request_id, make_timestamp(s.w * $window_us::BIGINT), s.replica, r.tenant,
-       s.cost_micro, s.work, s.p_tok, s.d_tok, s.gpu_s, s.energy_j
-FROM alloc_share s JOIN alloc_req r USING (rid)
-ORDER BY s.w;
+-- name: capacity_rows
+SELECT replica, w, pool, model, gpu, pricing, gpu_equiv, provisioned_s, energy_j,
+       capacity_usd, energy_usd, cost_micro, priced
+FROM alloc_capacity;
 
 -- name: managed
 -- Requests served by a managed API: priced at the catalog's token prices, in the window where
 -- they finished.
 CREATE OR REPLACE TEMP TABLE alloc_managed AS
-SELECT u.request_id, (epoch_us(u.finished_at) // $window_us::BIGINT) AS w, u.pool, u.tenant,
-       u.model, u.feature, u.api_key_id,
+SELECT u.request_id, (epoch_us(u.finished_at) // $window_us::BIGINT) AS w,
+       make_timestamp(epoch_us(u.finished_at) // 3600000000 * 3600000000) AS hour, u.pool,
+       u.tenant, u.model, u.feature, u.api_key_id,
        round(u.prompt_tokens * mp.input_per_mtok
              + u.completion_tokens * mp.output_per_mtok)::BIGINT AS cost_micro,
        u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
@@ -244,11 +106,19 @@ WHERE u.upstream = 'managed' AND u.status NOT IN ('throttled', 'cache_hit')
   AND u.finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
   AND u.finished_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
--- name: insert_managed
-INSERT INTO request_window
-SELECT request_id, make_timestamp(w * $window_us::BIGINT), '', tenant, cost_micro, 0,
-       prompt_tokens - cached_prompt_tokens, completion_tokens, 0, 0
-FROM alloc_managed;
+-- name: clear_replica_windows
+DELETE FROM replica_window
+WHERE window_start >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND window_start < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_replica_windows
+-- alloc_replicas: one row per capacity row, from metering/window_costs.py.
+INSERT INTO replica_window
+SELECT replica, make_timestamp(w * $window_us::BIGINT), pool, model, gpu, pricing, gpu_equiv,
+       provisioned_s, busy_s, energy_j, capacity_usd, energy_usd, cost_micro,
+       allocated_micro, cost_micro - allocated_micro, prefill_tokens, decode_tokens, requests
+FROM alloc_replicas
+ORDER BY w;
 
 -- name: clear_hourly
 DELETE FROM cost_hourly
@@ -256,32 +126,63 @@ WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
   AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: hourly
--- Hourly rollup by every reporting dimension (the range is whole hours, see allocation.py).
--- Requests and tokens count in the window the request finished; cost and GPU-seconds in the
--- windows they were spent. Written straight into cost_hourly (clear_hourly emptied the range);
--- insert_rollup_hours reads the range back from there.
+-- Hourly cost at the FOCUS grain (the range is whole hours, see allocation.py): cost and
+-- GPU-seconds in the windows they were spent; requests and tokens in the window the request
+-- finished. alloc_rows / alloc_names: the priced request-windows as integer codes.
 INSERT INTO cost_hourly
-SELECT hour, replica, pool, tenant, model, feature, api_key_id, upstream,
-       sum(cost_micro) AS cost_micro, sum(requests) AS requests,
-       sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
-       sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
-       sum(energy_j) AS energy_j
-FROM (
-    SELECT make_timestamp((s.w * $window_us::BIGINT // 3600000000) * 3600000000) AS hour,
-           s.replica, r.pool, r.tenant, r.model, r.feature, r.api_key_id,
-           'self_hosted' AS upstream, s.cost_micro, s.is_last::INTEGER AS requests,
-           CASE WHEN s.is_last THEN r.prompt_tokens ELSE 0 END AS prompt_tokens,
-           CASE WHEN s.is_last THEN r.cached_prompt_tokens ELSE 0 END AS cached_prompt_tokens,
-           CASE WHEN s.is_last THEN r.completion_tokens ELSE 0 END AS completion_tokens,
-           s.gpu_s, s.energy_j
-    FROM alloc_share s JOIN alloc_req r USING (rid)
-    UNION ALL
-    SELECT make_timestamp((w * $window_us::BIGINT // 3600000000) * 3600000000), '', pool,
-           tenant, model, feature, api_key_id, 'managed', cost_micro, 1, prompt_tokens,
-           cached_prompt_tokens, completion_tokens, 0, 0
-    FROM alloc_managed
+WITH g AS (
+    SELECT hour, rep, pool, tenant, model, sum(cost_micro) AS cost, sum(requests) AS n,
+           sum(prompt_tokens) AS p, sum(cached_prompt_tokens) AS c,
+           sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s, sum(energy_j) AS energy_j
+    FROM alloc_rows
+    GROUP BY ALL
 )
-GROUP BY ALL;
+SELECT make_timestamp(g.hour * 3600000000) AS hour, r.name, p.name, t.name, m.name,
+       'self_hosted', g.cost, g.n, g.p, g.c, g.o, g.gpu_s, g.energy_j
+FROM g
+JOIN alloc_names r ON r.dim = 'replica' AND r.code = g.rep
+JOIN alloc_names p ON p.dim = 'pool' AND p.code = g.pool
+JOIN alloc_names t ON t.dim = 'tenant' AND t.code = g.tenant
+JOIN alloc_names m ON m.dim = 'model' AND m.code = g.model
+UNION ALL
+SELECT hour, '', pool, tenant, model, 'managed', sum(cost_micro), count(*),
+       sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), 0, 0
+FROM alloc_managed
+GROUP BY ALL
+ORDER BY hour;
+
+-- name: clear_detail
+DELETE FROM cost_detail
+WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
+
+-- name: insert_detail
+-- Hourly cost by tenant x model x feature x API key (all replicas together), for reports
+-- filtered by tenant or model and broken down by feature or key. idle_share_micro: the
+-- rows' share of their replica-hours' idle cost (idle x cost / allocated of each
+-- replica-hour, summed, floored).
+INSERT INTO cost_detail
+WITH g AS (
+    SELECT hour, tenant, model, feature, api_key_id, sum(cost_micro) AS cost,
+           floor(sum(idle_share))::BIGINT AS idle, sum(requests) AS n,
+           sum(prompt_tokens) AS p, sum(cached_prompt_tokens) AS c,
+           sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s, sum(energy_j) AS energy_j
+    FROM alloc_rows
+    GROUP BY ALL
+)
+SELECT make_timestamp(g.hour * 3600000000) AS hour, t.name, m.name, f.name, k.name,
+       'self_hosted', g.cost, g.idle, g.n, g.p, g.c, g.o, g.gpu_s, g.energy_j
+FROM g
+JOIN alloc_names t ON t.dim = 'tenant' AND t.code = g.tenant
+JOIN alloc_names m ON m.dim = 'model' AND m.code = g.model
+JOIN alloc_names f ON f.dim = 'feature' AND f.code = g.feature
+JOIN alloc_names k ON k.dim = 'api_key_id' AND k.code = g.api_key_id
+UNION ALL
+SELECT hour, tenant, model, feature, api_key_id, 'managed', sum(cost_micro), 0, count(*),
+       sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), 0, 0
+FROM alloc_managed
+GROUP BY ALL
+ORDER BY hour;
 
 -- name: clear_replica_hourly
 DELETE FROM replica_hourly
@@ -307,37 +208,79 @@ WHERE grain = 'hour'
   AND bucket < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: insert_rollup_hours
--- One pass with grouping sets: per hour and replica, by each reporting dimension.
+-- Per hour, by each reporting dimension, with each key's share of the idle cost computed per
+-- replica-hour (floor of idle x key cost / allocated) and summed. Pool rows keep their
+-- replica (the by-replica report reads them); the other dimensions are summed over
+-- replicas: replica '*' for self-hosted, '' for managed.
 INSERT INTO cost_rollup
-WITH g AS (
-    SELECT hour, replica, tenant, model, feature, api_key_id, pool,
-           GROUPING(tenant, model, feature, api_key_id, pool) AS gid,
-           sum(cost_micro) AS cost, sum(requests) AS requests,
-           sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached,
-           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
-           sum(energy_j) AS energy_j
+WITH per_replica AS (
+    SELECT hour, replica, 'tenant' AS dim, tenant AS key, cost_micro, requests, prompt_tokens,
+           cached_prompt_tokens, completion_tokens, gpu_s, energy_j
     FROM cost_hourly
     WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
       AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
-    GROUP BY GROUPING SETS ((hour, replica, tenant), (hour, replica, model),
-                            (hour, replica, feature), (hour, replica, api_key_id),
-                            (hour, replica, pool), (hour, replica, model, tenant))
-), k AS (
-    SELECT *,
-           CASE gid WHEN 15 THEN 'tenant' WHEN 23 THEN 'model' WHEN 27 THEN 'feature'
-                    WHEN 29 THEN 'api_key' WHEN 30 THEN 'pool' ELSE 'model_tenant' END AS dim,
-           CASE gid WHEN 15 THEN tenant WHEN 23 THEN model WHEN 27 THEN feature
-                    WHEN 29 THEN api_key_id WHEN 30 THEN pool
-                    ELSE model || chr(31) || tenant END AS key
-    FROM g
+    UNION ALL
+    SELECT hour, replica, 'model', model, cost_micro, requests, prompt_tokens,
+           cached_prompt_tokens, completion_tokens, gpu_s, energy_j
+    FROM cost_hourly
+    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+    UNION ALL
+    SELECT hour, replica, 'pool', pool, cost_micro, requests, prompt_tokens,
+           cached_prompt_tokens, completion_tokens, gpu_s, energy_j
+    FROM cost_hourly
+    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+    UNION ALL
+    SELECT hour, replica, 'model_tenant', model || chr(31) || tenant, cost_micro, requests,
+           prompt_tokens, cached_prompt_tokens, completion_tokens, gpu_s, energy_j
+    FROM cost_hourly
+    WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+    UNION ALL
+    SELECT make_timestamp(g.hour * 3600000000), r.name,
+           CASE WHEN g.feature IS NOT NULL THEN 'feature' ELSE 'api_key' END,
+           coalesce(f.name, k.name), g.cost, g.n, g.p, g.c, g.o, g.gpu_s, g.energy_j
+    FROM (
+        SELECT hour, rep, feature, api_key_id, sum(cost_micro) AS cost, sum(requests) AS n,
+               sum(prompt_tokens) AS p, sum(cached_prompt_tokens) AS c,
+               sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s, sum(energy_j) AS energy_j
+        FROM alloc_rows
+        GROUP BY GROUPING SETS ((hour, rep, feature), (hour, rep, api_key_id))
+    ) g
+    JOIN alloc_names r ON r.dim = 'replica' AND r.code = g.rep
+    LEFT JOIN alloc_names f ON f.dim = 'feature' AND f.code = g.feature
+    LEFT JOIN alloc_names k ON k.dim = 'api_key_id' AND k.code = g.api_key_id
+    UNION ALL
+    SELECT hour, '', 'feature', feature, cost_micro, 1, prompt_tokens, cached_prompt_tokens,
+           completion_tokens, 0, 0
+    FROM alloc_managed
+    UNION ALL
+    SELECT hour, '', 'api_key', api_key_id, cost_micro, 1, prompt_tokens,
+           cached_prompt_tokens, completion_tokens, 0, 0
+    FROM alloc_managed
+), keyed AS (
+    SELECT hour, replica, dim, key, sum(cost_micro) AS cost, sum(requests) AS requests,
+           sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached,
+           sum(completion_tokens) AS completion_tokens, sum(gpu_s) AS gpu_s,
+           sum(energy_j) AS energy_j
+    FROM per_replica
+    GROUP BY ALL
+), shared AS (
+    SELECT k.*,
+           CASE WHEN r.allocated_micro > 0
+                THEN floor(r.idle_micro * k.cost / r.allocated_micro) ELSE 0 END::BIGINT
+               AS idle_share
+    FROM keyed k
+    LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica
 )
-SELECT 'hour', k.hour, k.dim, k.key, k.replica, k.cost,
-       CASE WHEN r.allocated_micro > 0 THEN floor(r.idle_micro * k.cost / r.allocated_micro)
-            ELSE 0 END::BIGINT,
-       k.requests, k.prompt_tokens, k.cached, k.completion_tokens, k.gpu_s, k.energy_j
-FROM k
-LEFT JOIN replica_hourly r ON r.hour = k.hour AND r.replica = k.replica
-ORDER BY k.hour;
+SELECT 'hour', hour, dim, key,
+       CASE WHEN dim = 'pool' OR replica = '' THEN replica ELSE '*' END AS rep,
+       sum(cost), sum(idle_share), sum(requests), sum(prompt_tokens), sum(cached),
+       sum(completion_tokens), sum(gpu_s), sum(energy_j)
+FROM shared
+GROUP BY ALL
+ORDER BY hour;
 
 -- name: clear_rollup_days
 DELETE FROM cost_rollup

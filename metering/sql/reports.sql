@@ -45,6 +45,19 @@ FROM c LEFT JOIN replica_hourly r USING (hour, replica)
 GROUP BY ALL
 ORDER BY bucket, cost_micro DESC, c.key;
 
+-- name: cost_by_detail
+-- Cost per bucket and feature or API key (__DIM__), filtered by tenant or model, from the
+-- hourly detail (idle share precomputed per replica-hour by allocation).
+SELECT __BUCKET__ AS bucket, c.__DIM__ AS key, sum(c.cost_micro) AS cost_micro,
+       CASE WHEN $share_idle THEN sum(c.idle_share_micro) ELSE 0 END::BIGINT,
+       sum(c.requests), sum(c.prompt_tokens), sum(c.cached_prompt_tokens),
+       sum(c.completion_tokens), sum(c.gpu_s), sum(c.energy_j) / 3.6e6
+FROM cost_detail c
+WHERE c.hour >= $since AND c.hour < $until AND ($tenant = '' OR c.tenant = $tenant)
+  AND ($model = '' OR c.model = $model)
+GROUP BY ALL
+ORDER BY bucket, cost_micro DESC, key;
+
 -- name: idle_by
 -- Idle cost per bucket and replica (or pool): capacity no request used, and how much of it
 -- was shared back to tenants when share_idle is on.
@@ -64,12 +77,28 @@ ORDER BY bucket, key;
 -- name: request_record
 SELECT * FROM usage WHERE request_id = $request_id;
 
--- name: request_windows
--- Constant time bounds let DuckDB skip row groups by their window_start min/max.
-SELECT window_start, replica, cost_micro, work, prefill_tokens, decode_tokens, gpu_s, energy_j
-FROM request_window
-WHERE window_start >= $from AND window_start <= $to AND request_id = $request_id
+-- name: request_replica_windows
+-- The allocated windows of a replica that overlap a request's [x0, f) (windows are at most an
+-- hour long; the constant bound lets DuckDB skip row groups by window_start).
+SELECT replica, window_start, pool, model, gpu, pricing, gpu_equiv, provisioned_s, energy_j,
+       capacity_usd, energy_usd, cost_micro, allocated_micro
+FROM replica_window
+WHERE replica = $replica
+  AND window_start > CAST($x0 AS TIMESTAMP) - INTERVAL 1 HOUR
+  AND window_start <= CAST($f AS TIMESTAMP)
+  AND window_start + to_microseconds(round(provisioned_s * 1e6)::BIGINT) > CAST($x0 AS TIMESTAMP)
+  AND (window_start < CAST($f AS TIMESTAMP) OR CAST($x0 AS TIMESTAMP) = CAST($f AS TIMESTAMP))
 ORDER BY window_start;
+
+-- name: window_calibration
+-- The calibration of the latest allocation run that covered the window starting at $at.
+SELECT model, prefill_s_per_token, decode_s_per_token, source
+FROM calibration
+WHERE range_start <= $at AND range_end > $at
+QUALIFY row_number() OVER (PARTITION BY model ORDER BY computed_at DESC, rowid DESC) = 1;
+
+-- name: allocated_at
+SELECT count(*) > 0 FROM allocation_runs WHERE range_start <= $at AND range_end > $at;
 
 -- name: buy_vs_build
 -- Self-hosted cost (allocated, and with the idle share: what was reserved) beside the token
@@ -95,23 +124,6 @@ SELECT c.model, c.tenant, sum(c.cost) AS cost_micro,
 FROM c JOIN used u USING (hour, replica) LEFT JOIN idle i USING (hour, replica)
 GROUP BY c.model, c.tenant
 ORDER BY c.model, c.tenant;
-
--- name: tenant_spend
--- A tenant's cost (allocated + idle share when shared) in [$since, $until), per window.
-WITH c AS (
-    SELECT window_start, replica, sum(cost_micro) AS cost
-    FROM request_window
-    WHERE window_start >= $since AND window_start < $until AND tenant = $tenant
-    GROUP BY ALL
-), used AS (
-    SELECT rw.window_start, rw.replica, rw.allocated_micro AS used, rw.idle_micro AS idle
-    FROM replica_window rw
-    WHERE rw.window_start >= $since AND rw.window_start < $until
-)
-SELECT coalesce(sum(c.cost), 0)::BIGINT,
-       coalesce(sum(CASE WHEN $share_idle AND u.used > 0
-                         THEN floor(u.idle * c.cost / u.used) ELSE 0 END), 0)::BIGINT
-FROM c LEFT JOIN used u USING (window_start, replica);
 
 -- name: allocated_until
 SELECT max(window_start) FROM replica_window;
@@ -214,25 +226,15 @@ GROUP BY key
 ORDER BY key;
 
 -- name: tenant_spend_rollup
--- A tenant's cost in [$since, $until): whole hours [$h_since, $h_until) from the hourly
--- rollup, the partial hours at either end from request_window; idle share per replica-hour.
-WITH full_hours AS (
-    SELECT sum(cost_micro) AS cost, sum(idle_share_micro) AS idle
-    FROM cost_rollup
-    WHERE grain = 'hour' AND dim = 'tenant' AND key = $tenant
-      AND bucket >= $h_since AND bucket < $h_until
-), partial AS (
-    SELECT date_trunc('hour', window_start) AS hour, replica, sum(cost_micro) AS cost
-    FROM request_window
-    WHERE tenant = $tenant AND window_start >= $since AND window_start < $until
-      AND NOT (window_start >= $h_since AND window_start < $h_until)
-    GROUP BY ALL
-), partial_total AS (
-    SELECT sum(p.cost) AS cost,
-           sum(CASE WHEN r.allocated_micro > 0 AND p.replica <> ''
-                    THEN floor(r.idle_micro * p.cost / r.allocated_micro) ELSE 0 END) AS idle
-    FROM partial p LEFT JOIN replica_hourly r USING (hour, replica)
-)
-SELECT (coalesce(f.cost, 0) + coalesce(p.cost, 0))::BIGINT,
-       CASE WHEN $share_idle THEN coalesce(f.idle, 0) + coalesce(p.idle, 0) ELSE 0 END::BIGINT
-FROM full_hours f, partial_total p;
+-- A tenant's cost from the hourly rollup in the hours [$h_since, $until) with its idle share
+-- when shared; the hour $h_since counts for the fraction $first_fraction of it that lies in
+-- the range (spend assumed even within that hour).
+SELECT coalesce(sum(cost_micro * CASE WHEN bucket = $h_since THEN $first_fraction ELSE 1 END),
+                0)::BIGINT,
+       CASE WHEN $share_idle
+            THEN coalesce(sum(idle_share_micro
+                              * CASE WHEN bucket = $h_since THEN $first_fraction ELSE 1 END), 0)
+            ELSE 0 END::BIGINT
+FROM cost_rollup
+WHERE grain = 'hour' AND dim = 'tenant' AND key = $tenant
+  AND bucket >= $h_since AND bucket < $until;

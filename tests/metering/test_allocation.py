@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from metering.allocation import Allocator
 from metering.catalog import Catalog
 from metering.contracts import UsageRecord
 from metering.ingest import Ingestor
+from metering.request_cost import RequestCosts
 from metering.settings import ReplicaSettings
 from metering.store import Store, open_store
 from tests.metering.conftest import T0, ground_truth_workload, ingest
@@ -25,8 +27,38 @@ GPUS = [
 ]
 
 
-def invariant_violations(store: Store) -> list[tuple[object, ...]]:
+def request_windows(store: Store, catalog: Catalog) -> pa.Table:
+    """Every request's cost per window, as the request lookup recomputes it."""
+    cur = store.cursor()
+    try:
+        result = cur.execute("SELECT * FROM usage ORDER BY request_id")
+        names = [d[0] for d in result.description or []]
+        records = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+        costs = RequestCosts(catalog)
+        rows = [
+            (r["request_id"], r["tenant"], w["replica"], w["window_start"], w["cost_micro"],
+             w["stale"])
+            for r in records
+            for w in costs.windows(cur, r)
+        ]  # fmt: skip
+    finally:
+        cur.close()
+    columns = ["request_id", "tenant", "replica", "window_start", "cost_micro", "stale"]
+    return pa.table(
+        {c: pa.array([row[i] for row in rows]) for i, c in enumerate(columns)}
+        if rows
+        else {c: pa.array([], t) for c, t in zip(columns, COLUMN_TYPES, strict=True)}
+    )
+
+
+COLUMN_TYPES = [pa.string(), pa.string(), pa.string(), pa.timestamp("us"), pa.int64(), pa.bool_()]
+
+
+def invariant_violations(store: Store, catalog: Catalog) -> list[tuple[object, ...]]:
     con = store.connection
+    windows = request_windows(store, catalog)
+    assert not any(windows.column("stale").to_pylist())  # the lookup reproduces the run
+    con.register("request_window", windows)
     return con.execute(
         """
         SELECT rw.replica, rw.window_start, rw.cost_micro, rw.allocated_micro, rw.idle_micro,
@@ -112,7 +144,7 @@ def test_invariant_allocated_plus_idle_equals_cost(
         }
         allocator = Allocator(store, catalog, window_s=window_s, replicas=replicas)
         result = allocator.run(T0, base + timedelta(seconds=1500))
-        assert invariant_violations(store) == []
+        assert invariant_violations(store, catalog) == []
         windows = store.connection.execute("SELECT count(*) FROM replica_window").fetchone()
         assert windows is not None and windows[0] == result.replica_windows > 0
         # every priced replica-window's cost is the configured price x window length
@@ -175,7 +207,7 @@ def test_ground_truth_tenants_and_idle_within_one_percent(
     total = con.execute("SELECT sum(cost_micro) / 1e6 FROM replica_window").fetchone()
     assert total is not None
     assert total[0] == pytest.approx(sum(truth.replica_cost.values()), abs=0.01)
-    assert invariant_violations(store) == []
+    assert invariant_violations(store, catalog) == []
 
 
 def test_aborted_and_errored_requests_are_costed(
@@ -223,11 +255,14 @@ def test_aborted_and_errored_requests_are_costed(
     Allocator(store, catalog, replicas={"r": ReplicaSettings(gpu="l4")}).run(
         T0, T0 + timedelta(hours=1)
     )
-    cost = dict(
-        store.connection.execute(
-            "SELECT request_id, sum(cost_micro) FROM request_window GROUP BY ALL"
-        ).fetchall()
-    )
+    windows = request_windows(store, catalog)
+    cost: dict[str, int] = {}
+    for rid, micro in zip(
+        windows.column("request_id").to_pylist(),
+        windows.column("cost_micro").to_pylist(),
+        strict=True,
+    ):
+        cost[rid] = cost.get(rid, 0) + micro
     assert cost["abort"] > 0 and cost["err"] > 0
     assert "throttled" not in cost
     # the window's busy cost (20 s + 2 s busy of 60 s) is fully allocated to the two requests
@@ -299,7 +334,7 @@ def test_rerun_is_idempotent_and_picks_up_late_records(
     again = allocator.run(T0, T0 + timedelta(hours=1))
     assert (first.cost_micro, first.idle_micro) == (again.cost_micro, again.idle_micro)
     con = store.connection
-    assert con.execute("SELECT count(*) FROM request_window").fetchone() == (1,)
+    assert request_windows(store, catalog).num_rows == 1
     ingest(
         ingestor,
         [
@@ -319,8 +354,8 @@ def test_rerun_is_idempotent_and_picks_up_late_records(
     costs = dict(
         con.execute("SELECT tenant, sum(cost_micro) FROM cost_hourly GROUP BY ALL").fetchall()
     )
-    assert abs(costs["t1"] - costs["t2"]) <= 1  # largest remainder: one micro-dollar apart
-    assert invariant_violations(store) == []
+    assert abs(costs["t1"] - costs["t2"]) <= 1  # cumulative rounding: one micro-dollar apart
+    assert invariant_violations(store, catalog) == []
 
 
 def test_thin_data_uses_documented_defaults(
@@ -405,8 +440,6 @@ def test_managed_upstream_priced_at_catalog_tokens(
         ],
     )
     Allocator(store, catalog).run(T0, T0 + timedelta(hours=1))
-    got = store.connection.execute(
-        "SELECT cost_micro FROM request_window WHERE request_id='m1'"
-    ).fetchone()
+    got = request_windows(store, catalog).column("cost_micro").to_pylist()
     price = catalog.managed["openai/gpt-4o-mini"]
-    assert got == (round(1e6 * price.input_per_mtok + 0.5e6 * price.output_per_mtok),)
+    assert got == [round(1e6 * price.input_per_mtok + 0.5e6 * price.output_per_mtok)]

@@ -217,9 +217,8 @@ def test_background_tick_allocates_history_after_start(clock: ManualClock) -> No
         svc.ingestor.usage(orjson.dumps([usage(i) for i in range(5)]))
         svc.tick()
         cur = svc.store.connection
-        assert cur.execute("SELECT count(DISTINCT request_id) FROM request_window").fetchone() == (
-            5,
-        )
+        assert cur.execute("SELECT sum(requests) FROM cost_hourly").fetchone() == (5,)
+        assert all(svc.reports.request(usage(i)["request_id"])["allocated"] for i in range(5))
         assert svc.allocation_state.runs == 1
     finally:
         svc.stop()

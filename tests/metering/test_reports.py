@@ -48,6 +48,14 @@ def test_rollup_reports_match_detail(
         assert sum(r["idle_share_usd"] for r in detail) == pytest.approx(
             row["idle_share_usd"], abs=1e-5
         )
+        for by in ("feature", "api_key"):  # from the hourly detail, all replicas together
+            rows = reports.cost(by, since, until, "hour", tenant=tenant)["rows"]
+            assert sum(r["cost_usd"] for r in rows) == pytest.approx(row["cost_usd"], abs=1e-6)
+            assert sum(r["requests"] for r in rows) == row["requests"]
+            # floored per detail row rather than per replica-hour: micro-dollars apart
+            assert sum(r["idle_share_usd"] for r in rows) == pytest.approx(
+                row["idle_share_usd"], abs=1e-4
+            )
         spent = reports.tenant_spend(tenant, since + timedelta(minutes=7), until)
         hourly = reports.tenant_spend(tenant, since, until)
         assert spent <= hourly + 1e-9
