@@ -161,6 +161,7 @@ class Allocator:
             "usd_per_kwh": self.catalog.energy_usd_per_kwh,
             "price_energy": self.price_energy,
             "replica": "",
+            "with_id": False,
         }
         cur = self.store.cursor()
         try:
@@ -168,12 +169,15 @@ class Allocator:
             cur.register("replica_config", _replica_table(self.replicas))
             cur.register("managed_prices", _managed_table(self.catalog))
             with heap.retained_heap():
-                self._exec(cur, "capacity", params)
+                for step in ("capacity", "profiles"):
+                    self._exec(cur, step, params)
                 sql = query("allocate", "requests")
                 requests = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
+                profiles = cur.execute(query("allocate", "profile_rows")).fetch_arrow_table()
                 capacity = cur.execute(query("allocate", "capacity_rows")).fetch_arrow_table()
                 costs = window_costs.compute(
                     requests,
+                    profiles,
                     capacity,
                     window_us=self.window_us,
                     w_since=w_since,
@@ -293,7 +297,7 @@ class Allocator:
         except duckdb.Error:
             cur.execute("ROLLBACK")
             raise
-        for table in ("alloc_capacity", "alloc_managed"):
+        for table in ("alloc_capacity", "alloc_managed", "alloc_profiles"):
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         for view in ("alloc_rows", "alloc_names", "alloc_replicas"):
             cur.unregister(view)

@@ -97,6 +97,8 @@ class Reports(SeriesReports):
                 .replace("__BUCKET__", _bucket("c.hour", granularity))
             )
             params.update(tenant=tenant, model=model)
+            if detail:
+                params["dim"] = "feature" if by == "feature" else "api_key"
         else:
             grain = _grain(granularity, since, until)
             sql = (

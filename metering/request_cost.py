@@ -69,9 +69,13 @@ class RequestCosts:
             "w_since": w,
             "w_until": w + 1,
             "window_us": window_us,
+            "with_id": True,
         }
+        sql = query("allocate", "profiles")
+        cur.execute(sql, bind(sql, params))
         sql = query("allocate", "requests")
         requests = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
+        profiles = cur.execute(query("allocate", "profile_rows")).fetch_arrow_table()
         mine = pc.index(requests.column("request_id"), request_id).as_py()
         if mine < 0:
             return None
@@ -100,6 +104,7 @@ class RequestCosts:
         capacity = capacity.append_column("priced", pa.array([cost_micro > 0]))
         costs = window_costs.compute(
             requests,
+            profiles,
             capacity,
             window_us=window_us,
             w_since=w,

@@ -86,6 +86,7 @@ def _busy_per_window(
 
 def compute(
     requests: pa.Table,
+    profiles: pa.Table,
     capacity: pa.Table,
     *,
     window_us: int,
@@ -94,18 +95,19 @@ def compute(
     choose: Chooser,
 ) -> WindowCosts:
     """Allocate the capacity rows' cost over the requests (columns: see ``allocate.sql``
-    statements ``requests`` and ``capacity_rows``)."""
+    statements ``requests``, ``profile_rows`` and ``capacity_rows``)."""
     n_windows = w_until - w_since
-    req_rep, req_rep_names = _codes(requests.column("replica"))
+    profile = _ints(requests, "profile")
+    prof_rep, prof_rep_names = _codes(profiles.column("replica"))
     cap_rep, cap_rep_names = _codes(capacity.column("replica"))
-    replicas = sorted(set(req_rep_names) | set(cap_rep_names))
+    replicas = sorted(set(prof_rep_names) | set(cap_rep_names))
     index = {name: i for i, name in enumerate(replicas)}
-    req_rep = np.array([index[n] for n in req_rep_names], dtype=np.int64)[req_rep]
+    prof_rep = np.array([index[n] for n in prof_rep_names], dtype=np.int64)[prof_rep]
     cap_rep = np.array([index[n] for n in cap_rep_names], dtype=np.int64)[cap_rep]
-    model, models = _codes(requests.column("model"), sort=True)
+    prof_model, models = _codes(profiles.column("model"), sort=True)
     req = window_split.Requests(
-        rep=req_rep,
-        model=model,
+        rep=prof_rep[profile],
+        model=prof_model[profile],
         prefill=_floats(requests, "prefill"),
         decode=_floats(requests, "decode"),
         x0=_ints(requests, "x0"),
@@ -180,14 +182,15 @@ def compute(
     last = rw.is_last[keep]
     busy_k = busy_s[kept_cap]
     share_k = share[keep]
-    codes = {dim: _codes(requests.column(dim)) for dim in DIMENSIONS}
+    codes = {dim: _codes(profiles.column(dim)) for dim in DIMENSIONS}
+    row_profile = profile[rows]
     columns: dict[str, object] = {
         "row": rows,
         "w": rw.w[keep],
         "hour": rw.w[keep] * window_us // HOUR_US,
         "rep": req.rep[rows],
         "model": req.model[rows],
-        **{dim: codes[dim][0][rows] for dim in DIMENSIONS},
+        **{dim: codes[dim][0][row_profile] for dim in DIMENSIONS},
         "cost_micro": row_cost[keep],
         "idle_share": row_cost[keep] * ratio[hour_of_cap[kept_cap]],
         "work": work[keep],

@@ -2,14 +2,15 @@
 -- that the largest write of a run): a request's cost is recomputed on lookup from the usage
 -- records, replica_window and the calibration of the run (metering/request_cost.py).
 -- cost_hourly keeps the FOCUS grain (hour x replica x pool x tenant x model x upstream); the
--- feature and API-key breakdown for filtered reports lives in cost_detail (all replicas
--- together, idle share precomputed). Existing rows are carried over.
+-- feature and API-key breakdown for filtered reports lives in cost_detail: per hour, tenant
+-- and model, by feature (dim 'feature') and by API key (dim 'api_key'), all replicas
+-- together, idle share precomputed. Existing rows are carried over.
 CREATE TABLE cost_detail (
     hour TIMESTAMP NOT NULL,
     tenant VARCHAR NOT NULL,
     model VARCHAR NOT NULL,
-    feature VARCHAR NOT NULL,
-    api_key_id VARCHAR NOT NULL,
+    dim VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
     upstream VARCHAR NOT NULL,
     cost_micro BIGINT NOT NULL,
     idle_share_micro BIGINT NOT NULL,
@@ -22,15 +23,18 @@ CREATE TABLE cost_detail (
 );
 
 INSERT INTO cost_detail
-SELECT c.hour, c.tenant, c.model, c.feature, c.api_key_id, c.upstream, sum(c.cost_micro),
+SELECT c.hour, c.tenant, c.model, d.dim, CASE d.dim WHEN 'feature' THEN c.feature
+                                                ELSE c.api_key_id END,
+       c.upstream, sum(c.cost_micro),
        sum(CASE WHEN r.allocated_micro > 0
                 THEN floor(r.idle_micro * c.cost_micro / r.allocated_micro) ELSE 0 END)::BIGINT,
        sum(c.requests), sum(c.prompt_tokens), sum(c.cached_prompt_tokens),
        sum(c.completion_tokens), sum(c.gpu_s), sum(c.energy_j)
 FROM cost_hourly c
+CROSS JOIN (VALUES ('feature'), ('api_key')) d(dim)
 LEFT JOIN replica_hourly r ON r.hour = c.hour AND r.replica = c.replica
-GROUP BY c.hour, c.tenant, c.model, c.feature, c.api_key_id, c.upstream
-ORDER BY c.hour;
+GROUP BY ALL
+ORDER BY 1;
 
 CREATE TABLE cost_hourly_v4 (
     hour TIMESTAMP NOT NULL,

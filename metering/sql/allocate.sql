@@ -59,32 +59,51 @@ SELECT replica, w, pool, model, gpu, pricing, gpu_equiv, $window_us::BIGINT / 1e
        priced
 FROM unioned;
 
--- name: requests
--- Self-hosted requests overlapping the range, as integer-microsecond intervals: queued until
--- x0, prefill [x0, p1], decode [d0, f] (without a first token both phases span [x0, f]).
--- Read into numpy (metering/window_costs.py does the arithmetic); h orders tied starts.
--- $replica / $request_id: '' for a run; one replica for a request lookup.
-WITH base AS (
-    SELECT request_id, replica, tenant, model, feature, api_key_id, pool,
-           greatest(prompt_tokens - cached_prompt_tokens, 0)::DOUBLE AS prefill,
-           completion_tokens::DOUBLE AS decode,
-           prompt_tokens, cached_prompt_tokens, completion_tokens,
-           epoch_us(finished_at) AS f,
-           least(epoch_us(started_at) + coalesce(round(queue_s * 1e6), 0)::BIGINT,
-                 epoch_us(finished_at)) AS x0,
-           epoch_us(first_token_at) AS ft
+-- name: profiles
+-- The distinct (replica, tenant, model, feature, API key, pool) of the requests a run or a
+-- lookup reads (statement `requests`), numbered: requests carry the number, not the strings.
+CREATE OR REPLACE TEMP TABLE alloc_profiles AS
+SELECT (row_number() OVER (ORDER BY replica, tenant, model, feature, api_key_id, pool) - 1)
+           AS profile, *
+FROM (
+    SELECT DISTINCT replica, tenant, model, feature, api_key_id, pool
     FROM usage
     WHERE upstream = 'self_hosted' AND status NOT IN ('throttled', 'cache_hit')
       AND replica <> '' AND ($replica = '' OR replica = $replica)
       AND finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
       AND started_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+);
+
+-- name: requests
+-- Self-hosted requests overlapping the range, as integer-microsecond intervals: queued until
+-- x0, prefill [x0, p1], decode [d0, f] (without a first token both phases span [x0, f]).
+-- Read into numpy (metering/window_costs.py does the arithmetic); h orders tied starts.
+-- $replica: '' for a run, one replica for a request lookup (which also wants the ids).
+WITH base AS (
+    SELECT p.profile, CASE WHEN $with_id THEN u.request_id END AS request_id,
+           hash(u.request_id) AS h,
+           greatest(u.prompt_tokens - u.cached_prompt_tokens, 0)::DOUBLE AS prefill,
+           u.completion_tokens::DOUBLE AS decode,
+           u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens,
+           epoch_us(u.finished_at) AS f,
+           least(epoch_us(u.started_at) + coalesce(round(u.queue_s * 1e6), 0)::BIGINT,
+                 epoch_us(u.finished_at)) AS x0,
+           epoch_us(u.first_token_at) AS ft
+    FROM usage u
+    JOIN alloc_profiles p USING (replica, tenant, model, feature, api_key_id, pool)
+    WHERE u.upstream = 'self_hosted' AND u.status NOT IN ('throttled', 'cache_hit')
+      AND u.replica <> '' AND ($replica = '' OR u.replica = $replica)
+      AND u.finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+      AND u.started_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
 )
-SELECT request_id, replica, tenant, model, feature, api_key_id, pool, prefill, decode,
-       prompt_tokens, cached_prompt_tokens, completion_tokens, x0, f,
+SELECT profile, request_id, h, prefill, decode, prompt_tokens, cached_prompt_tokens,
+       completion_tokens, x0, f,
        CASE WHEN ft IS NULL THEN f ELSE least(greatest(ft, x0), f) END AS p1,
-       CASE WHEN ft IS NULL THEN x0 ELSE least(greatest(ft, x0), f) END AS d0,
-       hash(request_id) AS h
+       CASE WHEN ft IS NULL THEN x0 ELSE least(greatest(ft, x0), f) END AS d0
 FROM base;
+
+-- name: profile_rows
+SELECT * FROM alloc_profiles ORDER BY profile;
 
 -- name: capacity_rows
 SELECT replica, w, pool, model, gpu, pricing, gpu_equiv, provisioned_s, energy_j,
@@ -157,30 +176,33 @@ WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
   AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: insert_detail
--- Hourly cost by tenant x model x feature x API key (all replicas together), for reports
--- filtered by tenant or model and broken down by feature or key. idle_share_micro: the
--- rows' share of their replica-hours' idle cost (idle x cost / allocated of each
+-- Hourly cost per tenant and model by feature and by API key (all replicas together), for
+-- reports filtered by tenant or model and for the feature / key rollups. idle_share_micro:
+-- the rows' share of their replica-hours' idle cost (idle x cost / allocated of each
 -- replica-hour, summed, floored).
 INSERT INTO cost_detail
 WITH g AS (
     SELECT hour, tenant, model, feature, api_key_id, sum(cost_micro) AS cost,
-           floor(sum(idle_share))::BIGINT AS idle, sum(requests) AS n,
-           sum(prompt_tokens) AS p, sum(cached_prompt_tokens) AS c,
-           sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s, sum(energy_j) AS energy_j
+           sum(idle_share) AS idle, sum(requests) AS n, sum(prompt_tokens) AS p,
+           sum(cached_prompt_tokens) AS c, sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s,
+           sum(energy_j) AS energy_j
     FROM alloc_rows
-    GROUP BY ALL
+    GROUP BY GROUPING SETS ((hour, tenant, model, feature), (hour, tenant, model, api_key_id))
 )
-SELECT make_timestamp(g.hour * 3600000000) AS hour, t.name, m.name, f.name, k.name,
-       'self_hosted', g.cost, g.idle, g.n, g.p, g.c, g.o, g.gpu_s, g.energy_j
+SELECT make_timestamp(g.hour * 3600000000) AS hour, t.name, m.name,
+       CASE WHEN g.feature IS NOT NULL THEN 'feature' ELSE 'api_key' END,
+       coalesce(f.name, k.name), 'self_hosted', g.cost, floor(g.idle)::BIGINT, g.n, g.p, g.c,
+       g.o, g.gpu_s, g.energy_j
 FROM g
 JOIN alloc_names t ON t.dim = 'tenant' AND t.code = g.tenant
 JOIN alloc_names m ON m.dim = 'model' AND m.code = g.model
-JOIN alloc_names f ON f.dim = 'feature' AND f.code = g.feature
-JOIN alloc_names k ON k.dim = 'api_key_id' AND k.code = g.api_key_id
+LEFT JOIN alloc_names f ON f.dim = 'feature' AND f.code = g.feature
+LEFT JOIN alloc_names k ON k.dim = 'api_key_id' AND k.code = g.api_key_id
 UNION ALL
-SELECT hour, tenant, model, feature, api_key_id, 'managed', sum(cost_micro), 0, count(*),
-       sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), 0, 0
-FROM alloc_managed
+SELECT hour, tenant, model, d.dim, CASE d.dim WHEN 'feature' THEN feature ELSE api_key_id END,
+       'managed', sum(cost_micro), 0, count(*), sum(prompt_tokens), sum(cached_prompt_tokens),
+       sum(completion_tokens), 0, 0
+FROM alloc_managed CROSS JOIN (VALUES ('feature'), ('api_key')) d(dim)
 GROUP BY ALL
 ORDER BY hour;
 
@@ -208,9 +230,10 @@ WHERE grain = 'hour'
   AND bucket < make_timestamp($w_until::BIGINT * $window_us::BIGINT);
 
 -- name: insert_rollup_hours
--- Per hour, by each reporting dimension, with each key's share of the idle cost computed per
--- replica-hour (floor of idle x key cost / allocated) and summed. Pool rows keep their
--- replica (the by-replica report reads them); the other dimensions are summed over
+-- Per hour, by each reporting dimension. Tenant, model, pool and model x tenant from
+-- cost_hourly, each key's share of the idle cost computed per replica-hour (floor of idle x
+-- key cost / allocated) and summed; feature and API key from cost_detail. Pool rows keep
+-- their replica (the by-replica report reads them); the other dimensions are summed over
 -- replicas: replica '*' for self-hosted, '' for managed.
 INSERT INTO cost_rollup
 WITH per_replica AS (
@@ -237,28 +260,6 @@ WITH per_replica AS (
     FROM cost_hourly
     WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
       AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
-    UNION ALL
-    SELECT make_timestamp(g.hour * 3600000000), r.name,
-           CASE WHEN g.feature IS NOT NULL THEN 'feature' ELSE 'api_key' END,
-           coalesce(f.name, k.name), g.cost, g.n, g.p, g.c, g.o, g.gpu_s, g.energy_j
-    FROM (
-        SELECT hour, rep, feature, api_key_id, sum(cost_micro) AS cost, sum(requests) AS n,
-               sum(prompt_tokens) AS p, sum(cached_prompt_tokens) AS c,
-               sum(completion_tokens) AS o, sum(gpu_s) AS gpu_s, sum(energy_j) AS energy_j
-        FROM alloc_rows
-        GROUP BY GROUPING SETS ((hour, rep, feature), (hour, rep, api_key_id))
-    ) g
-    JOIN alloc_names r ON r.dim = 'replica' AND r.code = g.rep
-    LEFT JOIN alloc_names f ON f.dim = 'feature' AND f.code = g.feature
-    LEFT JOIN alloc_names k ON k.dim = 'api_key_id' AND k.code = g.api_key_id
-    UNION ALL
-    SELECT hour, '', 'feature', feature, cost_micro, 1, prompt_tokens, cached_prompt_tokens,
-           completion_tokens, 0, 0
-    FROM alloc_managed
-    UNION ALL
-    SELECT hour, '', 'api_key', api_key_id, cost_micro, 1, prompt_tokens,
-           cached_prompt_tokens, completion_tokens, 0, 0
-    FROM alloc_managed
 ), keyed AS (
     SELECT hour, replica, dim, key, sum(cost_micro) AS cost, sum(requests) AS requests,
            sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached,
@@ -280,7 +281,15 @@ SELECT 'hour', hour, dim, key,
        sum(completion_tokens), sum(gpu_s), sum(energy_j)
 FROM shared
 GROUP BY ALL
-ORDER BY hour;
+UNION ALL
+SELECT 'hour', hour, dim, key, CASE WHEN upstream = 'managed' THEN '' ELSE '*' END,
+       sum(cost_micro), sum(idle_share_micro), sum(requests), sum(prompt_tokens),
+       sum(cached_prompt_tokens), sum(completion_tokens), sum(gpu_s), sum(energy_j)
+FROM cost_detail
+WHERE hour >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
+  AND hour < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
+GROUP BY ALL
+ORDER BY 2;
 
 -- name: clear_rollup_days
 DELETE FROM cost_rollup

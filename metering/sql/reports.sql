@@ -46,17 +46,17 @@ GROUP BY ALL
 ORDER BY bucket, cost_micro DESC, c.key;
 
 -- name: cost_by_detail
--- Cost per bucket and feature or API key (__DIM__), filtered by tenant or model, from the
+-- Cost per bucket and feature or API key ($dim), filtered by tenant or model, from the
 -- hourly detail (idle share precomputed per replica-hour by allocation).
-SELECT __BUCKET__ AS bucket, c.__DIM__ AS key, sum(c.cost_micro) AS cost_micro,
+SELECT __BUCKET__ AS bucket, c.key, sum(c.cost_micro) AS cost_micro,
        CASE WHEN $share_idle THEN sum(c.idle_share_micro) ELSE 0 END::BIGINT,
        sum(c.requests), sum(c.prompt_tokens), sum(c.cached_prompt_tokens),
        sum(c.completion_tokens), sum(c.gpu_s), sum(c.energy_j) / 3.6e6
 FROM cost_detail c
-WHERE c.hour >= $since AND c.hour < $until AND ($tenant = '' OR c.tenant = $tenant)
-  AND ($model = '' OR c.model = $model)
+WHERE c.hour >= $since AND c.hour < $until AND c.dim = $dim
+  AND ($tenant = '' OR c.tenant = $tenant) AND ($model = '' OR c.model = $model)
 GROUP BY ALL
-ORDER BY bucket, cost_micro DESC, key;
+ORDER BY bucket, cost_micro DESC, c.key;
 
 -- name: idle_by
 -- Idle cost per bucket and replica (or pool): capacity no request used, and how much of it
