@@ -1,14 +1,19 @@
 """Batch ingest of usage records and GPU samples: idempotent, transactional, per-record errors.
 
 Three body formats: a JSON array of records, a CloudEvents JSON batch (the records in each
-event's ``data``) and an Arrow IPC stream. The JSON fast path hands the body to DuckDB's own
-JSON reader and validates every row with vectorised SQL (``sql/ingest.sql``); when any row is
-invalid or an id repeats inside the batch, the batch takes the per-record path
-(:func:`metering.contracts.parse_usage_record`), which names each bad record's index and field.
-Both paths store the good records and dead-letter the bad ones in one transaction: a crash
-leaves all of a batch or none of it. An id counts as seen only by the transaction that stores
-it (``INSERT ... ON CONFLICT DO NOTHING`` on the primary key), so a failed write never marks
-an id as done.
+event's ``data``) and an Arrow IPC stream. A JSON body goes to DuckDB's own JSON reader and an
+Arrow body is registered as it is; every row is then validated with vectorised SQL
+(``sql/ingest.sql``). When any row is invalid or an id repeats inside the batch, the batch takes
+the per-record path (:func:`metering.contracts.parse_usage_record`), which names each bad
+record's index and field. Both paths store the good records and dead-letter the bad ones in one
+transaction: a crash leaves all of a batch or none of it.
+
+Usage ids are kept unique by ingest (migration 005 dropped the ``request_id`` primary key,
+whose index cost more than the rest of the insert): a batch's ids are looked up among the
+stored rows started within the batch's ``started_at`` range (a re-sent record carries its
+original ``started_at``; zone maps skip the other row groups), and the lookup, the insert and
+the commit hold the store's usage lock, so an id counts as seen exactly when the transaction
+that stores it commits and a failed write never marks an id as done.
 """
 
 from __future__ import annotations
@@ -232,13 +237,9 @@ def _run(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> i
     return int(row[0]) if row else 0
 
 
-def _insert_usage(
-    cur: duckdb.DuckDBPyConnection, params: dict[str, Any], keyed: bool, rows: int
-) -> int:
+def _insert_usage(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], rows: int) -> int:
     if rows == 0:
         return 0
-    if keyed:
-        return _run(cur, "insert_usage_keyed", params)
     if _run(cur, "stored_duplicates", params) == 0:
         return _run(cur, "insert_usage", params)
     return _run(cur, "insert_usage_new", params)
@@ -253,7 +254,6 @@ class Ingestor:
         self.store = store
         self.now = now
         self.stats = stats or IngestStats()
-        self._keyed: bool | None = None
 
     # -- usage records ---------------------------------------------------------------------
     def usage(self, body: bytes, content_type: str = "application/json") -> IngestResult:
@@ -326,20 +326,15 @@ class Ingestor:
     def _commit_usage(
         self, cur: duckdb.DuckDBPyConnection, batch: _Summary, dead: list[tuple[int, str, str, str]]
     ) -> IngestResult:
-        """Store every row of ``usage_batch`` whose id is new, and the dead letters.
+        """Store every row of ``usage_batch`` whose id is not stored yet, and the dead letters.
 
-        Without the primary key (migration 005) the ids already stored are found by an
-        anti-join against the rows started in the batch's time range; the check, the insert
-        and the commit hold the store's usage lock, so no other batch commits in between and
-        an id counts as seen exactly when the transaction that stores it commits."""
+        The ids already stored are found among the rows started in the batch's time range;
+        the check, the insert and the commit hold the store's usage lock, so no other batch
+        commits in between and an id counts as seen exactly when its transaction commits."""
         params = {"now": _now_naive(self.now), "lo": batch.lo, "hi": batch.hi}
         with self.store.usage_lock:
-            if self._keyed is None:
-                row = cur.execute(query("ingest", "usage_keyed")).fetchone()
-                self._keyed = bool(row and row[0])
-            keyed = self._keyed
             inserted = self._transaction(
-                cur, "usage", lambda: _insert_usage(cur, params, keyed, batch.rows), dead, params
+                cur, "usage", lambda: _insert_usage(cur, params, batch.rows), dead, params
             )
         return IngestResult(
             accepted=inserted,

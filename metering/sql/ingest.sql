@@ -196,11 +196,6 @@ SELECT count(*) AS rows, count(*) FILTER (WHERE NOT ok) AS bad,
        min(started_at) FILTER (WHERE ok) AS lo, max(started_at) FILTER (WHERE ok) AS hi
 FROM usage_checks;
 
--- name: usage_keyed
--- Whether `usage` still has the `request_id` primary key (stores before migration 005).
-SELECT count(*) > 0 FROM duckdb_constraints()
-WHERE schema_name = 'main' AND table_name = 'usage' AND constraint_type = 'PRIMARY KEY';
-
 -- name: stored_duplicates
 -- Ids of the batch already stored. A re-sent record carries its original started_at, so only
 -- the stored rows started within the batch's range are read (zone maps skip the rest).
@@ -228,16 +223,6 @@ SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, s
 FROM usage_batch
 WHERE request_id NOT IN (
     SELECT request_id FROM usage WHERE started_at BETWEEN $lo AND $hi);
-
--- name: insert_usage_keyed
--- A store whose `usage` keeps the primary key: the key decides what is new.
-INSERT INTO usage
-SELECT request_id, tenant, api_key_id, model, pool, replica, endpoint, stream, status,
-       http_status, finish_reason, started_at, first_token_at, finished_at, queue_s,
-       prompt_tokens, cached_prompt_tokens, completion_tokens, ttft_s, itl_mean_s, itl_p50_s,
-       itl_max_s, e2e_s, upstream, tags, coalesce(tags['feature'], ''), $now
-FROM usage_batch
-ON CONFLICT DO NOTHING;
 
 -- name: insert_samples
 INSERT INTO gpu_samples

@@ -14,6 +14,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from metering.contracts import UsageRecord, cloudevent, parse_usage_record
 from metering.errors import BatchError, RecordError
 from metering.ingest import Ingestor
-from metering.store import Store, open_store
+from metering.store import Store, apply_migrations, migrations, open_store
 from tests.metering.conftest import T0
 
 REPO = Path(__file__).resolve().parents[2]
@@ -450,3 +451,37 @@ def test_a_resent_record_is_a_duplicate_in_a_batch_with_other_times(
     result = ingestor.usage(orjson.dumps([record(i) for i in range(100)]))
     assert (result.accepted, result.duplicates) == (90, 10)
     assert count(store) == 100
+
+
+def test_migration_005_keeps_stored_usage_and_drops_only_the_key(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    for version, name, sql in migrations():
+        if version < 5:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
+            )
+    old = Store(con, "duckdb:///old", str(tmp_path / "old.duckdb"))
+    Ingestor(old, lambda: T0.timestamp()).usage(orjson.dumps([record(i) for i in range(30)]))
+    columns = (
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_name = 'usage' ORDER BY ordinal_position"
+    )
+    before = con.execute(columns).fetchall()
+    assert apply_migrations(con) == [5]
+    assert con.execute(columns).fetchall() == before
+    keys = con.execute(
+        "SELECT count(*) FROM duckdb_constraints() "
+        "WHERE table_name = 'usage' AND constraint_type = 'PRIMARY KEY'"
+    ).fetchone()
+    assert keys == (0,)
+    assert count(old) == 30
+    result = Ingestor(old, lambda: T0.timestamp()).usage(
+        orjson.dumps([record(i) for i in range(25, 40)])
+    )
+    assert (result.accepted, result.duplicates, count(old)) == (10, 5, 40)
+    con.close()
