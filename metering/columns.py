@@ -1,15 +1,18 @@
-"""Columnar forms of the contracts: the Arrow schemas of usage records and GPU samples, and
-the conversion of validated records into Arrow tables (timestamps as naive UTC microseconds,
-the form DuckDB stores)."""
+"""Columnar forms of the contracts: the Arrow schemas of usage records and GPU samples, the
+conversion of validated records into Arrow tables (timestamps as naive UTC microseconds, the
+form DuckDB stores), and the reading of Arrow IPC bodies into those schemas."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.ipc as ipc
 
 from metering.contracts import GpuSample, UsageRecord
+from metering.errors import BatchError
 
 TS = pa.timestamp("us")
 TS_UTC = pa.timestamp("us", tz="UTC")
@@ -110,3 +113,70 @@ def records_from_arrow(table: pa.Table) -> list[dict[str, object]]:
         if isinstance(tags, list):
             row["tags"] = dict(tags)
     return rows
+
+
+def read_arrow(body: bytes, schema: pa.Schema, required: tuple[str, ...]) -> pa.Table:
+    """An Arrow IPC stream (or file) as a table with ``schema``: columns cast, timestamps as
+    naive UTC, struct tags as a map; a missing optional column is all nulls. Raises
+    :class:`BatchError` naming the body or the column that cannot be read."""
+    try:
+        reader = ipc.open_stream(pa.py_buffer(body))
+        table = reader.read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        try:
+            table = ipc.open_file(pa.py_buffer(body)).read_all()
+        except (pa.ArrowInvalid, OSError):
+            raise BatchError("body", f"not an Arrow IPC stream: {exc}") from exc
+    out = []
+    for target in schema:
+        name = target.name
+        if name not in table.column_names:
+            if name in required:
+                raise BatchError(name, "column is required")
+            out.append(pa.nulls(table.num_rows, target.type))
+            continue
+        col = table.column(name)
+        try:
+            if pa.types.is_timestamp(target.type) and pa.types.is_timestamp(col.type):
+                if col.type.tz is not None:
+                    col = col.cast(TS_UTC)
+                col = col.cast(pa.timestamp("us", tz=None)) if col.type.tz is None else col
+                col = pa.chunked_array(
+                    [c.cast(pa.int64()).cast(target.type) for c in col.chunks], target.type
+                )
+            elif pa.types.is_map(target.type) and pa.types.is_struct(col.type):
+                col = struct_to_map(col)
+            else:
+                col = col.cast(target.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+            raise BatchError(name, f"cannot be read as {target.type}: {exc}") from exc
+        out.append(col)
+    return pa.Table.from_arrays(out, schema=schema)
+
+
+def struct_to_map(col: pa.ChunkedArray) -> pa.Array:
+    """Tags written as a struct column (e.g. ``Table.from_pylist``) as map<string, string>:
+    one entry per non-null field, in field order; a null struct is a null map."""
+    struct = col.combine_chunks()
+    if isinstance(struct, pa.ChunkedArray):  # no chunks at all
+        struct = pa.array([], struct.type)
+    names = [f.name for f in struct.type]
+    for f in struct.type:
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            raise TypeError(f"tag {f.name!r} is {f.type}, not a string")
+    n, k = len(struct), len(names)
+    fields = [a.cast(pa.string()) for a in struct.flatten()]
+    if k == 0:
+        offsets = pa.array(np.zeros(n + 1, np.int32))
+        empty = pa.array([], pa.string())
+        return pa.MapArray.from_arrays(offsets, empty, empty, mask=struct.is_null())
+    # row-major interleave: row i's fields at i*k .. i*k+k-1
+    order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
+    values = pa.concat_arrays(fields).take(pa.array(order))
+    present = np.asarray(values.is_valid())
+    counts = present.reshape(n, k).sum(axis=1)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    keys = pa.array(np.tile(np.array(names, dtype=object), n)[present], pa.string())
+    items = values.filter(pa.array(present))
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items, mask=struct.is_null())
