@@ -25,6 +25,7 @@ from metering.calibration import Calibration, Sums
 Chooser = Callable[[str, Sums | None], Calibration]
 HOUR_US = 3_600_000_000
 DIMENSIONS = ("tenant", "feature", "api_key_id", "pool")
+CHUNK_REQUESTS = 500_000  # requests per part: whole replicas, arrays that stay in cache
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ def compute(
     w_since: int,
     w_until: int,
     choose: Chooser,
+    chunk_requests: int = CHUNK_REQUESTS,
 ) -> WindowCosts:
     """Allocate the capacity rows' cost over the requests (columns: see ``allocate.sql``
     statements ``requests``, ``profile_rows`` and ``capacity_rows``)."""
@@ -117,19 +119,8 @@ def compute(
     )
     tie = requests.column("h").to_numpy().view(np.int64)
     order = window_split.replica_order(req.rep, req.x0, tie)
-    rw = window_split.expand(req, order, window_us, w_since, w_until)
-    busy_key, busy_us = _busy_per_window(req, order, window_us, w_since, w_until)
 
-    # calibration per model, then each request-window's work
-    group_busy = _sum_by_key(rw.group_key, busy_key, busy_us)
-    sums = window_split.calibration_sums(rw, req.model, group_busy, len(models))
-    calibrations = [choose(name, sums[i]) for i, name in enumerate(models)]
-    a = np.array([c.prefill_s_per_token for c in calibrations] or [0.0])
-    b = np.array([c.decode_s_per_token for c in calibrations] or [0.0])
-    m = req.model[rw.row]
-    work = rw.p_tok * a[m] + rw.d_tok * b[m]
-
-    # capacity per replica-window, in key order; idle = the part of the cost not busy
+    # capacity per replica-window, in key order
     cap_key = cap_rep * n_windows + _ints(capacity, "w") - w_since
     cap_order = np.argsort(cap_key, kind="stable")
     cap_key = cap_key[cap_order]
@@ -138,38 +129,51 @@ def compute(
     gpu_equiv = _floats(capacity, "gpu_equiv")[cap_order]
     energy = _floats(capacity, "energy_j")[cap_order]
     priced = capacity.column("priced").to_numpy(zero_copy_only=False)[cap_order].astype(bool)
-    busy_s = np.minimum(_sum_by_key(cap_key, busy_key, busy_us) / 1e6, prov)
+
+    # pass 1, a few replicas at a time: request-windows, busy time, calibration sums
+    parts = []
+    cap_busy = np.zeros(len(cap_key))
+    points = []
+    for lo, hi in _chunks(req.rep[order], chunk_requests) or [(0, 0)]:
+        rw = window_split.expand(req, order[lo:hi], window_us, w_since, w_until)
+        busy_key, busy_us = _busy_per_window(req, order[lo:hi], window_us, w_since, w_until)
+        cap_busy += _sum_by_key(cap_key, busy_key, busy_us)
+        group_busy = _sum_by_key(rw.group_key, busy_key, busy_us)
+        points.append(window_split.calibration_points(rw, req.model, group_busy))
+        parts.append(rw)
+    # summed over all parts at once: the same floating-point sums as in one piece
+    m, p, d, b = (np.concatenate([pt[i] for pt in points]) for i in range(4))
+    sums = window_split.calibration_sums(m, p, d, b, len(models))
+    calibrations = [choose(name, sums[i]) for i, name in enumerate(models)]
+    a = np.array([c.prefill_s_per_token for c in calibrations] or [0.0])
+    b = np.array([c.decode_s_per_token for c in calibrations] or [0.0])
+
+    # idle = the part of a window's cost not busy; the rest is split over its requests
+    busy_s = np.minimum(cap_busy / 1e6, prov)
     safe_prov = np.where(prov > 0, prov, 1.0)
     idle = np.where(prov > 0, np.rint(cost * (prov - busy_s) / safe_prov), cost)
-    alloc_total = cost - idle.astype(np.int64)
+    priced_total = np.append(np.where(priced, cost - idle.astype(np.int64), -1), -1)
 
-    # the exact split of each priced group's busy cost over its rows
-    g_cap = window_split.lookup(cap_key, rw.group_key)
-    g_cap = np.where(g_cap >= 0, g_cap, len(cap_key))  # len(cap_key): no capacity row
-    g_priced = np.append(priced, False)[g_cap]
-    total = np.where(g_priced, np.append(alloc_total, -1)[g_cap], -1)
-    q = window_split.weights(rw, work)
-    row_cost = window_split.split(rw, q, total)
-    g = rw.group_of_row()
-    share = q / window_split.group_sums(rw, q)[g]
-    row_cap = g_cap[g]
-    keep = g_priced[g]
-    unpriced = len(np.unique(rw.row[~keep]))
-
-    kept_cap = row_cap[keep]
-    allocated = np.rint(
-        np.bincount(kept_cap, weights=row_cost[keep], minlength=len(cap_key))
-    ).astype(np.int64)
+    # pass 2: the exact split, part by part
+    splits = [_split(rw, req.model, a, b, cap_key, priced_total) for rw in parts]
+    unpriced_rows = [rw.row[~sp.keep] for rw, sp in zip(parts, splits, strict=True)]
+    unpriced = len(np.unique(np.concatenate(unpriced_rows))) if unpriced_rows else 0
+    totals = np.zeros((4, len(cap_key)))
+    for rw, sp in zip(parts, splits, strict=True):
+        for i, values in enumerate((sp.cost, rw.p_tok[sp.keep], rw.d_tok[sp.keep], None)):
+            totals[i] += np.bincount(sp.cap, weights=values, minlength=len(cap_key))
+    allocated = np.rint(totals[0]).astype(np.int64)
     replicas_out = _replica_table(
-        capacity, cap_order, cap_key, n_windows, w_since, replicas, models, rw, m
+        capacity, cap_order, cap_key, n_windows, w_since, replicas, models, parts, req.model
     )
-    replicas_out = replicas_out.append_column("busy_s", pa.array(busy_s))
-    replicas_out = replicas_out.append_column("allocated_micro", pa.array(allocated))
-    for name, values in (("prefill_tokens", rw.p_tok), ("decode_tokens", rw.d_tok)):
-        column = np.bincount(kept_cap, weights=values[keep], minlength=len(cap_key))
-        replicas_out = replicas_out.append_column(name, pa.array(column))
-    n_rows = np.bincount(kept_cap, minlength=len(cap_key)).astype(np.int32)
-    replicas_out = replicas_out.append_column("requests", pa.array(n_rows))
+    for name, values in (
+        ("busy_s", busy_s),
+        ("allocated_micro", allocated),
+        ("prefill_tokens", totals[1]),
+        ("decode_tokens", totals[2]),
+        ("requests", totals[3].astype(np.int32)),
+    ):
+        replicas_out = replicas_out.append_column(name, pa.array(values))
 
     # idle of each replica-hour per micro-dollar allocated in it, for the idle shares
     cap_hour = (cap_key % n_windows + w_since) * window_us // HOUR_US
@@ -178,30 +182,36 @@ def compute(
     alloc_h = np.bincount(hour_of_cap, weights=allocated.astype(np.float64))
     ratio = np.where(alloc_h > 0, idle_h / np.where(alloc_h > 0, alloc_h, 1), 0.0)
 
-    rows = rw.row[keep]
-    last = rw.is_last[keep]
-    busy_k = busy_s[kept_cap]
-    share_k = share[keep]
     codes = {dim: _codes(profiles.column(dim)) for dim in DIMENSIONS}
-    row_profile = profile[rows]
-    columns: dict[str, object] = {
-        "row": rows,
-        "w": rw.w[keep],
-        "hour": rw.w[keep] * window_us // HOUR_US,
-        "rep": req.rep[rows],
-        "model": req.model[rows],
-        **{dim: codes[dim][0][row_profile] for dim in DIMENSIONS},
-        "cost_micro": row_cost[keep],
-        "idle_share": row_cost[keep] * ratio[hour_of_cap[kept_cap]],
-        "work": work[keep],
-        "prefill_tokens": rw.p_tok[keep],
-        "decode_tokens": rw.d_tok[keep],
-        "gpu_s": share_k * gpu_equiv[kept_cap] * busy_k,
-        "energy_j": share_k * energy[kept_cap] * busy_k / safe_prov[kept_cap],
-        "requests": last.astype(np.int32),
+    tokens = {
+        name: _ints(requests, name)
+        for name in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")
     }
-    for name in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens"):
-        columns[name] = np.where(last, _ints(requests, name)[rows], 0)
+    tables = []
+    for rw, sp in zip(parts, splits, strict=True):
+        rows = rw.row[sp.keep]
+        last = rw.is_last[sp.keep]
+        busy_k = busy_s[sp.cap]
+        row_profile = profile[rows]
+        columns: dict[str, object] = {
+            "row": rows,
+            "w": rw.w[sp.keep],
+            "hour": rw.w[sp.keep] * window_us // HOUR_US,
+            "rep": req.rep[rows],
+            "model": req.model[rows],
+            **{dim: codes[dim][0][row_profile] for dim in DIMENSIONS},
+            "cost_micro": sp.cost,
+            "idle_share": sp.cost * ratio[hour_of_cap[sp.cap]],
+            "work": sp.work,
+            "prefill_tokens": rw.p_tok[sp.keep],
+            "decode_tokens": rw.d_tok[sp.keep],
+            "gpu_s": sp.share * gpu_equiv[sp.cap] * busy_k,
+            "energy_j": sp.share * energy[sp.cap] * busy_k / safe_prov[sp.cap],
+            "requests": last.astype(np.int32),
+        }
+        for name, values in tokens.items():
+            columns[name] = np.where(last, values[rows], 0)
+        tables.append(pa.table(columns))
     all_names = {"replica": replicas, "model": models} | {d: codes[d][1] for d in DIMENSIONS}
     names = pa.table(
         {
@@ -210,7 +220,55 @@ def compute(
             "name": [v for values in all_names.values() for v in values],
         }
     )
-    return WindowCosts(pa.table(columns), names, replicas_out, calibrations, unpriced)
+    rows_out = pa.concat_tables(tables)
+    return WindowCosts(rows_out, names, replicas_out, calibrations, unpriced)
+
+
+@dataclass(slots=True)
+class _Split:
+    """One part's priced request-windows: which rows, their capacity row, cost and work."""
+
+    keep: np.ndarray
+    cap: np.ndarray
+    cost: np.ndarray
+    work: np.ndarray
+    share: np.ndarray
+
+
+def _split(
+    rw: window_split.RequestWindows,
+    model: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    cap_key: np.ndarray,
+    priced_total: np.ndarray,
+) -> _Split:
+    """Split each priced group's busy cost (``priced_total`` per capacity row, -1 unpriced,
+    last entry for groups without a capacity row) over its rows by work."""
+    m = model[rw.row]
+    work = rw.p_tok * a[m] + rw.d_tok * b[m]
+    g_cap = window_split.lookup(cap_key, rw.group_key)
+    g_cap = np.where(g_cap >= 0, g_cap, len(cap_key))
+    total = priced_total[g_cap]
+    q = window_split.weights(rw, work)
+    cost = window_split.split(rw, q, total)
+    g = rw.group_of_row()
+    keep = (total >= 0)[g]
+    share = q / window_split.group_sums(rw, q)[g]
+    return _Split(keep, g_cap[g][keep], cost[keep], work[keep], share[keep])
+
+
+def _chunks(rep_sorted: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Slices of requests sorted by replica: whole replicas, about ``size`` requests each."""
+    if len(rep_sorted) == 0:
+        return []
+    edges = [*np.flatnonzero(rep_sorted[1:] != rep_sorted[:-1]) + 1, len(rep_sorted)]
+    out, start = [], 0
+    for edge in edges:
+        if edge - start >= size or edge == len(rep_sorted):
+            out.append((start, int(edge)))
+            start = int(edge)
+    return out
 
 
 def _replica_table(
@@ -221,15 +279,17 @@ def _replica_table(
     w_since: int,
     replicas: list[str],
     models: list[str],
-    rw: window_split.RequestWindows,
+    parts: list[window_split.RequestWindows],
     model: np.ndarray,
 ) -> pa.Table:
     """Capacity columns in key order; a replica's model is its configured one, else the
     smallest model name seen on it."""
     none = np.iinfo(np.int64).max
     smallest = np.full(len(replicas), none, dtype=np.int64)
-    if len(rw.starts):
-        np.minimum.at(smallest, rw.group_key // n_windows, np.minimum.reduceat(model, rw.starts))
+    for rw in parts:
+        if len(rw.starts):
+            lowest = np.minimum.reduceat(model[rw.row], rw.starts)
+            np.minimum.at(smallest, rw.group_key // n_windows, lowest)
     seen = np.array([models[i] if i != none else "" for i in smallest] + [""], dtype=object)
     rep = cap_key // n_windows
     taken = pa.array(cap_order)

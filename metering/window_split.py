@@ -143,26 +143,33 @@ def lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(keys[pos] == wanted, pos, -1)
 
 
-def calibration_sums(
-    rw: RequestWindows, model: np.ndarray, busy_us: np.ndarray, n_models: int
-) -> list[Sums | None]:
-    """Normal-equation sums per model over busy single-model groups (``busy_us`` per group,
-    ``model`` per request)."""
+def calibration_points(
+    rw: RequestWindows, model: np.ndarray, busy_us: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The groups a calibration rests on (busy, one model, some tokens) as ``(model, P, D,
+    busy seconds)``; ``busy_us`` per group, ``model`` per request."""
     if len(rw.starts) == 0:
-        return [None] * n_models
+        empty = np.zeros(0)
+        return np.zeros(0, dtype=I64), empty, empty, empty
     m = model[rw.row]
     m_lo = np.minimum.reduceat(m, rw.starts)
     m_hi = np.maximum.reduceat(m, rw.starts)
     p = group_sums(rw, rw.p_tok)
     d = group_sums(rw, rw.d_tok)
-    b = busy_us / 1e6
     keep = (m_lo == m_hi) & (busy_us > 0) & ((p > 0) | (d > 0))
-    m_k, p, d, b = m_lo[keep], p[keep], d[keep], b[keep]
+    return m_lo[keep], p[keep], d[keep], busy_us[keep] / 1e6
+
+
+def calibration_sums(
+    m: np.ndarray, p: np.ndarray, d: np.ndarray, b: np.ndarray, n_models: int
+) -> list[Sums | None]:
+    """Normal-equation sums per model over calibration points (see
+    :func:`calibration_points`)."""
 
     def per_model(v: np.ndarray) -> np.ndarray:
-        return np.bincount(m_k, weights=v, minlength=n_models)
+        return np.bincount(m, weights=v, minlength=n_models)
 
-    n = np.bincount(m_k, minlength=n_models)
+    n = np.bincount(m, minlength=n_models)
     columns = [per_model(v) for v in (p * p, p * d, d * d, p * b, d * b, b * b, b)]
     return [
         Sums(int(n[i]), *(float(c[i]) for c in columns)) if n[i] else None for i in range(n_models)
