@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from metering import calibration, heap, window_costs
+from metering import calibration, window_costs
 from metering.catalog import Catalog
 from metering.errors import QueryError, StorageError
 from metering.settings import ReplicaSettings
@@ -168,31 +168,30 @@ class Allocator:
             cur.register("price_catalog", _price_table(self.catalog))
             cur.register("replica_config", _replica_table(self.replicas))
             cur.register("managed_prices", _managed_table(self.catalog))
-            with heap.retained_heap():
-                for step in ("capacity", "profiles"):
-                    self._exec(cur, step, params)
-                sql = query("allocate", "requests")
-                requests = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
-                profiles = cur.execute(query("allocate", "profile_rows")).fetch_arrow_table()
-                capacity = cur.execute(query("allocate", "capacity_rows")).fetch_arrow_table()
-                costs = window_costs.compute(
-                    requests,
-                    profiles,
-                    capacity,
-                    window_us=self.window_us,
-                    w_since=w_since,
-                    w_until=w_until,
-                    choose=self._chooser(cur),
-                )
-                del requests, capacity
-                result.calibrations = costs.calibrations
-                result.unpriced_requests = costs.unpriced_requests
-                result.request_windows = costs.rows.num_rows
-                cur.register("alloc_rows", costs.rows)
-                cur.register("alloc_names", costs.names)
-                cur.register("alloc_replicas", costs.replicas)
-                self._exec(cur, "managed", params)
-                self._write(cur, params, result, started)
+            for step in ("capacity", "profiles"):
+                self._exec(cur, step, params)
+            sql = query("allocate", "requests")
+            requests = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
+            profiles = cur.execute(query("allocate", "profile_rows")).fetch_arrow_table()
+            capacity = cur.execute(query("allocate", "capacity_rows")).fetch_arrow_table()
+            costs = window_costs.compute(
+                requests,
+                profiles,
+                capacity,
+                window_us=self.window_us,
+                w_since=w_since,
+                w_until=w_until,
+                choose=self._chooser(cur),
+            )
+            del requests, capacity
+            result.calibrations = costs.calibrations
+            result.unpriced_requests = costs.unpriced_requests
+            result.request_windows = costs.rows.num_rows
+            cur.register("alloc_rows", costs.rows)
+            cur.register("alloc_names", costs.names)
+            cur.register("alloc_replicas", costs.replicas)
+            self._exec(cur, "managed", params)
+            self._write(cur, params, result, started)
         except duckdb.Error as exc:
             raise StorageError(f"allocation failed: {exc}") from exc
         finally:
