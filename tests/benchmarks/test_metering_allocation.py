@@ -92,6 +92,15 @@ def test_metering_allocation_and_queries(n: int, tmp_path: Path) -> None:
         "cost by model, hourly, 24 h": lambda: reports.cost("model", since1, until, "hour"),
         "cost by feature, total, 30 d": lambda: reports.cost("feature", since30, until, "total"),
         "cost by API key, daily, 30 d": lambda: reports.cost("api_key", since30, until, "day"),
+        "tenant's cost by feature, hourly, 24 h": lambda: reports.cost(
+            "feature", since1, until, "hour", tenant="tenant-7"
+        ),
+        "tenant's cost by API key, daily, 30 d": lambda: reports.cost(
+            "api_key", since30, until, "day", tenant="tenant-7"
+        ),
+        "model's cost by replica, hourly, 24 h": lambda: reports.cost(
+            "replica", since1, until, "hour", model="model-1"
+        ),
         "idle by replica, daily, 30 d": lambda: reports.idle("replica", since30, until, "day"),
         "idle by pool, hourly, 24 h": lambda: reports.idle("pool", since1, until, "hour"),
         "request lookup by id": lambda: reports.request(next(it)),
