@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,8 +134,19 @@ def test_metering_ingest_json_and_arrow(tmp_path: Path) -> None:
 
             timed("JSON re-sent (all duplicates)", 10 * BATCH, resend, store)
 
+    bodies = [orjson.dumps(records(i, BATCH)) for i in range(start, start + TOTAL, BATCH)]
+
+    def send_json_two_threads(bodies: list[bytes] = bodies) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            assert all(r.accepted == BATCH for r in pool.map(ingestor.usage, bodies))
+
+    timed(f"JSON array, 2 threads, batches of {BATCH:,}", TOTAL, send_json_two_threads, store)
+    start += TOTAL
+
+    # 245,760 = two DuckDB row groups: a batch of whole row groups is written compressed at
+    # commit and leaves nothing for the checkpoint to merge
     arrow = "application/vnd.apache.arrow.stream"
-    for batch in (100_000, 250_000):
+    for batch in (100_000, 245_760):
         total = 2 * TOTAL // batch * batch
         bodies = arrow_bodies(start, total, batch)
 
@@ -147,33 +159,40 @@ def test_metering_ingest_json_and_arrow(tmp_path: Path) -> None:
 
     def resend_arrow(bodies: list[bytes] = bodies) -> None:
         for body in bodies[:2]:
-            assert ingestor.usage(body, arrow).duplicates == 250_000
+            assert ingestor.usage(body, arrow).duplicates == 245_760
 
-    timed("Arrow re-sent (all duplicates)", 2 * 250_000, resend_arrow, store)
+    timed("Arrow re-sent (all duplicates)", 2 * 245_760, resend_arrow, store)
     store.close()
 
 
 def test_metering_ingest_over_http(tmp_path: Path, serve: Callable[..., ServerThread]) -> None:
+    """JSON batches over HTTP from one client, then from two at once (the service parses
+    batches concurrently; only the duplicate check, insert and commit are serialised)."""
     settings = MeteringSettings(
         storage=f"duckdb:///{tmp_path}/http.duckdb", ingest_token="t", allocate_every_s=0
     )
     service = MeteringService(settings)
     try:
         url = serve(create_app(service)).url
-        bodies = [orjson.dumps(records(i, BATCH)) for i in range(0, TOTAL // 2, BATCH)]
         headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
-        with httpx.Client(timeout=120) as client:
+        n = TOTAL // 2
+        for clients in (1, 2):
+            first = (clients - 1) * n
+            bodies = [orjson.dumps(records(i, BATCH)) for i in range(first, first + n, BATCH)]
+
+            def send(part: list[bytes]) -> None:
+                with httpx.Client(timeout=120) as client:
+                    for body in part:
+                        response = client.post(f"{url}/v1/usage", content=body, headers=headers)
+                        assert response.json()["accepted"] == BATCH
+
             t, c = time.perf_counter(), time.process_time()
-            for body in bodies:
-                assert (
-                    client.post(f"{url}/v1/usage", content=body, headers=headers).json()["accepted"]
-                    == BATCH
-                )
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(send, [bodies[i::clients] for i in range(clients)]))
             report(
-                "JSON array over HTTP (client + server in this process)",
-                TOTAL // 2,
-                time.perf_counter() - t,
-                time.process_time() - c,
+                f"JSON array over HTTP, {clients} client(s) (clients + server in this process)",
+                n,
+                *_since(t, c),
             )
     finally:
         service.stop()
