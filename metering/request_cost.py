@@ -86,21 +86,8 @@ class RequestCosts:
         cost_micro = window.column("cost_micro")[0].as_py()
         if cost_micro <= 0:
             return None  # unpriced window: the run counted the request as unpriced
-        capacity = window.select(
-            [
-                "replica",
-                "pool",
-                "model",
-                "gpu",
-                "pricing",
-                "gpu_equiv",
-                "provisioned_s",
-                "energy_j",
-                "capacity_usd",
-                "energy_usd",
-                "cost_micro",
-            ]
-        ).append_column("w", pa.array([w], pa.int64()))
+        columns = ["replica", "pool", "model", *window_costs.CAPACITY_COLUMNS]
+        capacity = window.select(columns).append_column("w", pa.array([w], pa.int64()))
         capacity = capacity.append_column("priced", pa.array([cost_micro > 0]))
         costs = window_costs.compute(
             requests,

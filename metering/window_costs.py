@@ -25,6 +25,17 @@ from metering.calibration import Calibration, Sums
 Chooser = Callable[[str, Sums | None], Calibration]
 HOUR_US = 3_600_000_000
 DIMENSIONS = ("tenant", "feature", "api_key_id", "pool")
+# the capacity columns a replica-window row carries through unchanged
+CAPACITY_COLUMNS = (
+    "gpu",
+    "pricing",
+    "gpu_equiv",
+    "provisioned_s",
+    "energy_j",
+    "capacity_usd",
+    "energy_usd",
+    "cost_micro",
+)
 CHUNK_REQUESTS = 500_000  # requests per part: whole replicas, arrays that stay in cache
 
 
@@ -300,18 +311,6 @@ def _replica_table(
             "w": cap_key % n_windows + w_since,
             "pool": capacity.column("pool").take(taken),
             "model": pa.array(np.where(configured != "", configured, seen[rep]), pa.string()),
-            **{
-                name: capacity.column(name).take(taken)
-                for name in (
-                    "gpu",
-                    "pricing",
-                    "gpu_equiv",
-                    "provisioned_s",
-                    "energy_j",
-                    "capacity_usd",
-                    "energy_usd",
-                    "cost_micro",
-                )
-            },
+            **{name: capacity.column(name).take(taken) for name in CAPACITY_COLUMNS},
         }
     )

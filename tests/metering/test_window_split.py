@@ -11,18 +11,20 @@ from metering import window_split
 W = 60_000_000
 
 
-def single_group_windows(n: int) -> window_split.RequestWindows:
-    zeros = np.zeros(n, dtype=np.int64)
+def grouped_windows(sizes: list[int]) -> window_split.RequestWindows:
+    """Request-windows in groups of the given sizes (only the grouping matters here)."""
+    n = int(sum(sizes))
+    keys = np.repeat(np.arange(len(sizes)), sizes)
     return window_split.RequestWindows(
         row=np.arange(n),
-        key=zeros,
-        w=zeros,
+        key=keys,
+        w=keys,
         ov_us=np.ones(n, dtype=np.int64),
         p_tok=np.zeros(n),
         d_tok=np.zeros(n),
         is_last=np.ones(n, dtype=bool),
-        starts=np.zeros(1 if n else 0, dtype=np.int64),
-        group_key=np.zeros(1 if n else 0, dtype=np.int64),
+        starts=np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64),
+        group_key=np.arange(len(sizes)),
     )
 
 
@@ -40,21 +42,8 @@ def single_group_windows(n: int) -> window_split.RequestWindows:
 def test_split_is_exact_non_negative_and_within_one_micro_dollar(
     groups: list[tuple[int, list[float]]],
 ) -> None:
-    sizes = [len(work) for _, work in groups]
-    keys = np.repeat(np.arange(len(groups)), sizes)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    n = int(sum(sizes))
-    rw = window_split.RequestWindows(
-        row=np.arange(n),
-        key=keys,
-        w=keys,
-        ov_us=np.ones(n, dtype=np.int64),
-        p_tok=np.zeros(n),
-        d_tok=np.zeros(n),
-        is_last=np.ones(n, dtype=bool),
-        starts=starts,
-        group_key=np.arange(len(groups)),
-    )
+    rw = grouped_windows([len(work) for _, work in groups])
+    keys = rw.key
     work = np.concatenate([np.array(w) for _, w in groups])
     total = np.array([t for t, _ in groups], dtype=np.int64)
     q = window_split.weights(rw, work)
@@ -71,7 +60,7 @@ def test_split_is_exact_non_negative_and_within_one_micro_dollar(
 
 
 def test_group_without_work_splits_by_overlap_then_evenly() -> None:
-    rw = single_group_windows(3)
+    rw = grouped_windows([3])
     rw.ov_us[:] = [1, 3, 0]
     q = window_split.weights(rw, np.zeros(3))
     assert window_split.split(rw, q, np.array([400])).tolist() == [100, 300, 0]
