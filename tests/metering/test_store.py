@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from metering.errors import StorageError
@@ -33,3 +34,57 @@ def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
 def test_unsupported_uri(uri: str) -> None:
     with pytest.raises(StorageError):
         open_store(uri)
+
+
+def test_migration_004_carries_allocation_results_over(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "v3.duckdb"))
+    con.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    for version, name, sql in migrations():
+        if version < 4:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
+            )
+    hour = "TIMESTAMP '2026-11-01 10:00:00'"
+    sh = "'self_hosted'"
+    # old cost_hourly: keyed by feature and API key too; two replicas, one managed row
+    con.execute(
+        f"""INSERT INTO cost_hourly VALUES
+        ({hour}, 'r1', 'p', 'acme', 'llama', 'chat', 'k1', {sh}, 600, 2, 10, 0, 5, 1.5, 3.0),
+        ({hour}, 'r1', 'p', 'acme', 'llama', 'search', 'k1', {sh}, 400, 1, 20, 0, 7, 0.5, 1.0),
+        ({hour}, 'r2', 'p', 'acme', 'llama', 'chat', 'k2', {sh}, 1000, 3, 30, 5, 9, 2.0, 0.0),
+        ({hour}, '', '', 'acme', 'gpt-4o-mini', 'chat', 'k1', 'managed', 70, 1, 40, 0, 11, 0, 0)"""
+    )  # fmt: skip
+    con.execute(
+        f"INSERT INTO replica_hourly VALUES ({hour}, 'r1', 'p', 3000, 1000, 2000, 1, 3600, 3600,"
+        f" 0), ({hour}, 'r2', 'p', 2000, 1000, 1000, 1, 3600, 3600, 0)"
+    )
+    con.execute(
+        f"INSERT INTO request_window VALUES ('q1', {hour}, 'r1', 'acme', 600, 1, 1, 1, 1, 1)"
+    )
+    assert apply_migrations(con) == [4, 5]
+    tables = {
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
+    assert "request_window" not in tables
+    hourly = con.execute(
+        "SELECT replica, sum(cost_micro), sum(requests) FROM cost_hourly GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    assert hourly == [("", 70, 1), ("r1", 1000, 3), ("r2", 1000, 3)]
+    detail = con.execute(
+        "SELECT dim, key, upstream, cost_micro, idle_share_micro, requests FROM cost_detail "
+        "ORDER BY dim, key, upstream"
+    ).fetchall()
+    # idle shares per replica-hour: r1 idles 2000 of 1000 allocated, r2 1000 of 1000
+    assert detail == [
+        ("api_key", "k1", "managed", 70, 0, 1),
+        ("api_key", "k1", "self_hosted", 1000, 2000, 3),
+        ("api_key", "k2", "self_hosted", 1000, 1000, 3),
+        ("feature", "chat", "managed", 70, 0, 1),
+        ("feature", "chat", "self_hosted", 1600, 2200, 5),
+        ("feature", "search", "self_hosted", 400, 800, 1),
+    ]
+    con.close()
