@@ -342,29 +342,44 @@ def test_fast_path_reads_escaped_and_unicode_strings(store: Store, ingestor: Ing
 CRASH_WRITER = textwrap.dedent(
     """
     import sys, time, orjson
+    import pyarrow as pa, pyarrow.ipc as ipc
     from datetime import datetime, timedelta, UTC
     from metering.store import open_store
     from metering.ingest import Ingestor
     store = open_store("duckdb:///" + sys.argv[1])
     ing = Ingestor(store, time.time)
     t0 = datetime(2026, 11, 2, tzinfo=UTC)
-    batch = int(sys.argv[2])
+    batch, form = int(sys.argv[2]), sys.argv[3]
+    base = pa.table({
+        "tenant": ["t"] * batch, "model": ["m"] * batch,
+        "started_at": pa.array([t0 + timedelta(seconds=i) for i in range(batch)],
+                               pa.timestamp("us", "UTC")),
+        "finished_at": pa.array([t0 + timedelta(seconds=i + 1) for i in range(batch)],
+                                pa.timestamp("us", "UTC"))})
     for b in range(10_000):
-        recs = [{"request_id": f"b{b}-{i}", "tenant": "t", "model": "m",
-                 "started_at": (t0 + timedelta(seconds=i)).isoformat(),
-                 "finished_at": (t0 + timedelta(seconds=i + 1)).isoformat()} for i in range(batch)]
-        ing.usage(orjson.dumps(recs))
+        if form == "json":
+            recs = [{"request_id": f"b{b}-{i}", "tenant": "t", "model": "m",
+                     "started_at": (t0 + timedelta(seconds=i)).isoformat(),
+                     "finished_at": (t0 + timedelta(seconds=i + 1)).isoformat()}
+                    for i in range(batch)]
+            ing.usage(orjson.dumps(recs))
+        else:  # whole row groups, written compressed at commit instead of through the WAL
+            table = base.append_column("request_id", pa.array([f"b{b}-{i}" for i in range(batch)]))
+            sink = pa.BufferOutputStream()
+            with ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            ing.usage(sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream")
         print(b, flush=True)
     """
 )
 
 
 @pytest.mark.slow
-def test_crash_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("form", "batch"), [("json", 20_000), ("arrow", 245_760)])
+def test_crash_mid_batch_leaves_whole_batches_only(tmp_path: Path, form: str, batch: int) -> None:
     db = tmp_path / "crash.duckdb"
-    batch = 20_000
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASH_WRITER, str(db), str(batch)],
+        [sys.executable, "-c", CRASH_WRITER, str(db), str(batch), form],
         stdout=subprocess.PIPE,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
