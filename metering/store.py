@@ -84,8 +84,9 @@ def open_store(uri: str, *, migrate: bool = True) -> Store:
     store = OPENERS[scheme](rest, uri)
     store.connection.execute("SET TimeZone = 'UTC'")
     if store.path:
-        # Commits are durable in the WAL; checkpoint (which rewrites the primary-key index)
-        # only once the WAL holds this much, not after every large batch.
+        # Commits are durable in the WAL (large ingest batches write their row groups to the
+        # file at commit); checkpoint (compressing what the WAL holds) only once it holds this
+        # much, not after every batch.
         store.connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
     if migrate:
         apply_migrations(store.connection)
