@@ -11,7 +11,6 @@ usage-only frame the collector requested on its behalf (``force_usage``).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ import orjson
 from collector.errors import RequestError
 from collector.record import RequestRecord
 from collector.sse import SseScanner, parse_body_usage
+from serving.request_ids import new_request_id
 from serving.tenancy import (
     KEY_ID_HEADER,
     SECRET_HEADER,
@@ -59,7 +59,6 @@ _HOP_BY_HOP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
 )
 _DURABLE_WAIT_S = 5.0
-_ids = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
 _ATTRIBUTION_CACHE = 4096
 _DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -128,7 +127,7 @@ class Proxy:
         max_tags_bytes: int = 512,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.perf_counter,
-        new_id: Callable[[], str] = lambda: f"{_ids.getrandbits(128):032x}",
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.session = session
         self.upstream = upstream.rstrip("/")
@@ -141,7 +140,7 @@ class Proxy:
         self.max_tags_bytes = max_tags_bytes
         self.wall = wall
         self.mono = mono
-        self.new_id = new_id
+        self.new_id = new_id or (lambda: new_request_id(wall))
         self._attributions: dict[tuple[str | None, ...], Attribution] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

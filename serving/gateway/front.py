@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from serving.gateway.errors import (
 from serving.gateway.pipeline import REQUEST_ID_HEADER, CacheReply, Caller, Flight, Pipeline
 from serving.gateway.replay import json_body, sse_events
 from serving.gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_inference
+from serving.request_ids import new_request_id
 from serving.tenancy import TenantResolver
 
 Scope = MutableMapping[str, Any]
@@ -96,7 +96,7 @@ def request_id_of(scope: Scope) -> str:
     """The request id of this HTTP exchange (minted once, kept in the ASGI scope)."""
     rid = scope.get(REQUEST_ID_SCOPE)
     if not isinstance(rid, str) or not rid:
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         scope[REQUEST_ID_SCOPE] = rid
     return rid
 

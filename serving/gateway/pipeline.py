@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from serving.gateway.requests import EMBEDDINGS, InferenceRequest
 from serving.gateway.throttle_client import Admission, AdmitRequest, ThrottleClient
 from serving.gateway.upstreams import Upstream, UpstreamResponse
 from serving.gateway.usage import StreamTap, Usage, body_usage
+from serving.request_ids import new_request_id
 from serving.tenancy import KEY_ID_HEADER, SECRET_HEADER, TAGS_HEADER, TENANT_HEADER
 
 REQUEST_ID_HEADER = "x-infermeter-request-id"
@@ -133,7 +133,7 @@ class Pipeline:
         """Serve from the cache, or admit and open the upstream response."""
         t0 = time.perf_counter()
         upstream = self.upstream_for(req.model)
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or new_request_id()
         started = self._now()
         lookup: Lookup | None = None
         if self.cache is not None:
