@@ -50,24 +50,32 @@ class RequestCosts:
         sql = query("reports", "request_replica_windows")
         params = {"replica": record["replica"], "x0": x0, "f": finished}
         windows = cur.execute(sql, bind(sql, params)).fetch_arrow_table()
-        out = []
-        for i in range(windows.num_rows):
-            window = windows.slice(i, 1)
-            found = self._window(cur, record["request_id"], window)
-            if found is not None:
-                out.append(found)
+        if windows.num_rows == 0:
+            return []
+        starts = windows.column("window_start").to_pylist()
+        sql = query("reports", "span_calibrations")
+        runs = cur.execute(sql, {"first": starts[0], "last": starts[-1]}).fetchall()
+        out: list[dict[str, Any]] = []
+        for lo, hi in _spans(windows, [_weights_at(runs, at) for at in starts]):
+            out.extend(self._span(cur, record["request_id"], windows.slice(lo, hi - lo), runs))
         return out
 
-    def _window(
-        self, cur: duckdb.DuckDBPyConnection, request_id: str, window: pa.Table
-    ) -> dict[str, Any] | None:
-        start: datetime = window.column("window_start")[0].as_py()
-        window_us = round(window.column("provisioned_s")[0].as_py() * 1e6)
-        w = epoch_us(start) // window_us
+    def _span(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        request_id: str,
+        windows: pa.Table,
+        runs: list[tuple[Any, ...]],
+    ) -> list[dict[str, Any]]:
+        """Recompute consecutive windows of one size and one calibration in one go."""
+        starts: list[datetime] = windows.column("window_start").to_pylist()
+        window_us = round(windows.column("provisioned_s")[0].as_py() * 1e6)
+        w = np.array([epoch_us(t) // window_us for t in starts], dtype=np.int64)
+        replica = windows.column("replica")[0].as_py()
         params = {
-            "replica": window.column("replica")[0].as_py(),
-            "w_since": w,
-            "w_until": w + 1,
+            "replica": replica,
+            "w_since": int(w[0]),
+            "w_until": int(w[-1]) + 1,
             "window_us": window_us,
             "with_id": True,
         }
@@ -78,44 +86,41 @@ class RequestCosts:
         profiles = cur.execute(query("allocate", "profile_rows")).fetch_arrow_table()
         mine = pc.index(requests.column("request_id"), request_id).as_py()
         if mine < 0:
-            return None
-        weights = {
-            row[0]: calibration.Calibration(row[0], row[1], row[2], 0, row[3])
-            for row in cur.execute(query("reports", "window_calibration"), {"at": start}).fetchall()
-        }
-        cost_micro = window.column("cost_micro")[0].as_py()
-        if cost_micro <= 0:
-            return None  # unpriced window: the run counted the request as unpriced
+            return []
+        weights = _weights_at(runs, starts[0])
+        cost = windows.column("cost_micro").to_numpy()
         columns = ["replica", "pool", "model", *window_costs.CAPACITY_COLUMNS]
-        capacity = window.select(columns).append_column("w", pa.array([w], pa.int64()))
-        capacity = capacity.append_column("priced", pa.array([cost_micro > 0]))
-        costs = window_costs.compute(
+        capacity = windows.select(columns).append_column("w", pa.array(w))
+        capacity = capacity.append_column("priced", pa.array(cost > 0))  # 0: unpriced
+        rows = window_costs.compute(
             requests,
             profiles,
             capacity,
             window_us=window_us,
-            w_since=w,
-            w_until=w + 1,
+            w_since=params["w_since"],
+            w_until=params["w_until"],
             choose=lambda model, _sums: weights.get(model) or calibration.default(model),
-        )
-        rows = costs.rows
-        at = np.flatnonzero(rows.column("row").to_numpy() == mine)
-        allocated = int(pc.sum(rows.column("cost_micro")).as_py() or 0)
-        stale = allocated != window.column("allocated_micro")[0].as_py()
-        if len(at) == 0:
-            return None
-        k = int(at[0])
-        return {
-            "window_start": start,
-            "replica": params["replica"],
-            "cost_micro": int(rows.column("cost_micro")[k].as_py()),
-            "work": rows.column("work")[k].as_py(),
-            "prefill_tokens": rows.column("prefill_tokens")[k].as_py(),
-            "decode_tokens": rows.column("decode_tokens")[k].as_py(),
-            "gpu_s": rows.column("gpu_s")[k].as_py(),
-            "energy_j": rows.column("energy_j")[k].as_py(),
-            "stale": stale,
-        }
+        ).rows
+        row_w = rows.column("w").to_numpy()
+        row_cost = rows.column("cost_micro").to_numpy()
+        out = []
+        for k in np.flatnonzero(rows.column("row").to_numpy() == mine):
+            i = int(np.searchsorted(w, row_w[k]))
+            allocated = int(row_cost[row_w == row_w[k]].sum())
+            out.append(
+                {
+                    "window_start": starts[i],
+                    "replica": replica,
+                    "cost_micro": int(row_cost[k]),
+                    "work": rows.column("work")[k].as_py(),
+                    "prefill_tokens": rows.column("prefill_tokens")[k].as_py(),
+                    "decode_tokens": rows.column("decode_tokens")[k].as_py(),
+                    "gpu_s": rows.column("gpu_s")[k].as_py(),
+                    "energy_j": rows.column("energy_j")[k].as_py(),
+                    "stale": allocated != windows.column("allocated_micro")[i].as_py(),
+                }
+            )
+        return out
 
     def _managed(
         self, cur: duckdb.DuckDBPyConnection, record: dict[str, Any]
@@ -139,3 +144,26 @@ class RequestCosts:
                 "stale": False,
             }
         ]
+
+
+def _weights_at(runs: list[tuple[Any, ...]], at: datetime) -> dict[str, calibration.Calibration]:
+    """Per model, the calibration of the latest run that covered the window starting at
+    ``at`` (``runs``: statement ``span_calibrations``, oldest first)."""
+    out = {}
+    for model, start, end, a, b, source in runs:
+        if start <= at < end:
+            out[model] = calibration.Calibration(model, a, b, 0, source)
+    return out
+
+
+def _spans(
+    windows: pa.Table, weights: list[dict[str, calibration.Calibration]]
+) -> list[tuple[int, int]]:
+    """Runs of consecutive rows with the same window size and calibration."""
+    size = windows.column("provisioned_s").to_pylist()
+    out, lo = [], 0
+    for i in range(1, len(size) + 1):
+        if i == len(size) or size[i] != size[lo] or weights[i] != weights[lo]:
+            out.append((lo, i))
+            lo = i
+    return out

@@ -90,12 +90,13 @@ WHERE replica = $replica
   AND (window_start < CAST($f AS TIMESTAMP) OR CAST($x0 AS TIMESTAMP) = CAST($f AS TIMESTAMP))
 ORDER BY window_start;
 
--- name: window_calibration
--- The calibration of the latest allocation run that covered the window starting at $at.
-SELECT model, prefill_s_per_token, decode_s_per_token, source
+-- name: span_calibrations
+-- The calibrations of the allocation runs that covered any window starting in [$first, $last],
+-- oldest run first (metering/request_cost.py keeps, per window and model, the last one).
+SELECT model, range_start, range_end, prefill_s_per_token, decode_s_per_token, source
 FROM calibration
-WHERE range_start <= $at AND range_end > $at
-QUALIFY row_number() OVER (PARTITION BY model ORDER BY computed_at DESC, rowid DESC) = 1;
+WHERE range_start <= $last AND range_end > $first
+ORDER BY computed_at, rowid;
 
 -- name: allocated_at
 SELECT count(*) > 0 FROM allocation_runs WHERE range_start <= $at AND range_end > $at;
