@@ -443,3 +443,47 @@ def test_managed_upstream_priced_at_catalog_tokens(
     got = request_windows(store, catalog).column("cost_micro").to_pylist()
     price = catalog.managed["openai/gpt-4o-mini"]
     assert got == [round(1e6 * price.input_per_mtok + 0.5e6 * price.output_per_mtok)]
+
+
+def test_lookup_uses_each_windows_own_run_calibration(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
+    per_s = {
+        name: catalog.usd_per_hour(gpu, mig) * count / 3600
+        for name, (gpu, mig, count) in PRICES.items()
+    }
+    truth = ground_truth_workload(per_s, hours=3, seed=11)
+    edge = T0 + timedelta(hours=1)
+    across = UsageRecord(
+        "across",
+        "t",
+        truth.records[0].model,
+        edge - timedelta(seconds=90),
+        edge + timedelta(seconds=90),
+        first_token_at=edge - timedelta(seconds=80),
+        replica="r-h100",
+        prompt_tokens=4000,
+        completion_tokens=3000,
+    )
+    ingest(ingestor, [*truth.records, across])
+    replicas = {
+        n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()
+    }
+    allocator = Allocator(store, catalog, window_s=60, replicas=replicas)
+    first = allocator.run(T0, T0 + timedelta(hours=1))
+    second = allocator.run(T0 + timedelta(hours=1), T0 + timedelta(hours=3))
+    fits = [r.calibrations[0] for r in (first, second)]
+    assert [c.source for c in fits] == ["fit", "fit"], fits
+    assert fits[0].prefill_s_per_token != fits[1].prefill_s_per_token  # two calibrations
+    # every request's recomputed windows, across both runs, sum to what each run allocated
+    assert invariant_violations(store, catalog) == []
+    windows = request_windows(store, catalog)
+    seen: dict[str, set[int]] = {}
+    for rid, start in zip(
+        windows.column("request_id").to_pylist(),
+        windows.column("window_start").to_pylist(),
+        strict=True,
+    ):
+        seen.setdefault(rid, set()).add(start.hour)
+    assert set().union(*seen.values()) == {T0.hour, T0.hour + 1, T0.hour + 2}
+    assert seen["across"] == {T0.hour, T0.hour + 1}  # its windows come from both runs
