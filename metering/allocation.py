@@ -88,6 +88,10 @@ def _replica_table(replicas: Mapping[str, ReplicaSettings]) -> pa.Table:
             "pool": pa.array([r.pool for _, r in items], pa.string()),
             "pricing": pa.array([r.pricing for _, r in items], pa.string()),
             "model": pa.array([r.model for _, r in items], pa.string()),
+            "since": pa.array(
+                [from_us(epoch_us(r.since)) if r.since else None for _, r in items],
+                pa.timestamp("us"),
+            ),
         }
     )
 
@@ -210,6 +214,20 @@ class Allocator:
             return calibration.choose(model, sums, previous.get(model))
 
         return choose
+
+    def register_replicas(self) -> None:
+        """Record now as when this service first ran with each configured replica (kept
+        across restarts): configured replicas hold capacity from then on, or from their
+        first usage record if earlier (docs/metering.md, Allocation 1)."""
+        now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
+        cur = self.store.cursor()
+        try:
+            cur.register("replica_config", _replica_table(self.replicas))
+            cur.execute(query("allocate", "register_replicas"), {"now": now})
+        except duckdb.Error as exc:
+            raise StorageError(f"registering replicas failed: {exc}") from exc
+        finally:
+            cur.close()
 
     def _allocated_beyond(self, w_until: int) -> bool:
         cur = self.store.cursor()

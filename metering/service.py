@@ -58,6 +58,7 @@ class MeteringService:
             price_energy=settings.price_energy,
             now=now,
         )
+        self.allocator.register_replicas()
         self.reports = Reports(self.store, self.catalog, share_idle=settings.share_idle, now=now)
         self.budgets = Budgets(
             self.store,

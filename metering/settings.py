@@ -17,12 +17,15 @@ Keys (all optional; see ``infermeter.example.toml``):
   (run every N s over windows older than the lag, recomputing the last ``reallocate_s``).
 - ``alert_webhook``: URL that receives a JSON POST when a budget is projected to be exceeded.
 - ``[metering.replicas.<name>]``: ``gpu``, ``mig_profile``, ``count``, ``pool``, ``pricing``,
-  ``model`` — the capacity a replica holds when GPU samples do not say.
+  ``model`` — the capacity a replica holds when GPU samples do not say; ``since`` — when it
+  started holding it (default: when the service first ran with it, or its first usage record
+  if earlier).
 - ``[metering.budgets.<tenant>]``: ``daily_usd``, ``monthly_usd``.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +44,9 @@ class ReplicaSettings(BaseModel):
     pool: str = ""
     pricing: Pricing = "on_demand"
     model: str = ""
+    # when the replica started holding this capacity (UTC); before it nothing is charged.
+    # Unset: when the metering service first ran with it, or its first usage record if earlier
+    since: datetime | None = None
 
 
 class BudgetSettings(BaseModel):

@@ -4,7 +4,8 @@
 
 -- name: capacity
 -- Each replica's priced capacity per window: GPUs / MIG slices seen in its GPU samples, or,
--- for configured replicas without samples in the range, the configured count for every window.
+-- for configured replicas without samples in the range, the configured count for every window
+-- from the replica's start (replica_start).
 CREATE OR REPLACE TEMP TABLE alloc_capacity AS
 WITH s AS (
     SELECT replica, node, gpu_uuid, mig_uuid, lower(gpu_model) AS gpu_lookup, mig_profile, ts,
@@ -36,6 +37,22 @@ WITH s AS (
         ON pc.lookup = d.gpu_lookup AND pc.mig_profile = d.mig_profile
        AND pc.pricing = coalesce(rc.pricing, 'on_demand')
     GROUP BY d.replica, d.w
+), replica_start AS (
+    -- a configured replica holds capacity from its configured `since`; else from the earlier
+    -- of when the service first ran with it and its first usage record; else (never seen by
+    -- a service: a backfill) from the start of the range
+    SELECT rc.replica,
+           coalesce(epoch_us(rc.since),
+                    CASE WHEN s.first_seen IS NOT NULL
+                         THEN least(epoch_us(s.first_seen),
+                                    coalesce(epoch_us(u.first_start), epoch_us(s.first_seen)))
+                    END) AS start_us
+    FROM replica_config rc
+    LEFT JOIN (SELECT replica, min(first_seen) AS first_seen FROM replica_config_seen
+               GROUP BY replica) s ON s.replica = rc.replica
+    LEFT JOIN (SELECT replica, min(started_at) AS first_start FROM usage
+               WHERE replica IN (SELECT replica FROM replica_config) GROUP BY replica) u
+        ON u.replica = rc.replica
 ), configured AS (
     SELECT rc.replica, t.w, rc.pool, rc.model, coalesce(pc.gpu, rc.gpu) AS gpu, rc.pricing,
            rc.count * coalesce(pc.fraction, 0) AS gpu_equiv, 0.0 AS energy_j,
@@ -46,7 +63,9 @@ WITH s AS (
     LEFT JOIN price_catalog pc
         ON pc.lookup = lower(rc.gpu) AND pc.mig_profile = rc.mig_profile
        AND pc.pricing = rc.pricing
+    LEFT JOIN replica_start st ON st.replica = rc.replica
     WHERE rc.replica NOT IN (SELECT DISTINCT replica FROM dev)
+      AND (st.start_us IS NULL OR (t.w + 1) * $window_us::BIGINT > st.start_us)
 ), unioned AS (
     SELECT * FROM sampled UNION ALL SELECT * FROM configured
 )
@@ -73,6 +92,12 @@ FROM (
       AND finished_at >= make_timestamp($w_since::BIGINT * $window_us::BIGINT)
       AND started_at < make_timestamp($w_until::BIGINT * $window_us::BIGINT)
 );
+
+-- name: register_replicas
+-- Record when the service first ran with each configured replica (replica_config).
+INSERT INTO replica_config_seen
+SELECT replica, CAST($now AS TIMESTAMP) FROM replica_config
+WHERE replica NOT IN (SELECT replica FROM replica_config_seen);
 
 -- name: requests
 -- Self-hosted requests overlapping the range, as integer-microsecond intervals: queued until

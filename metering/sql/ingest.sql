@@ -105,7 +105,7 @@ WITH raw AS (
         AND coalesce(regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND started_at_t IS NOT NULL, false)
         AND coalesce(regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND finished_at_t IS NOT NULL, false)
         AND (first_token_at_r IS NULL OR coalesce(regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND first_token_at_t IS NOT NULL, false))
-        AND (tags_r IS NULL OR coalesce(cardinality(tags_j) <= 16 AND coalesce(list_bool_and(list_transform(map_entries(tags_j), e -> strlen(e.key) <= 128 AND starts_with(e.value, '"') AND strlen(e.value) <= 130)), true), false))
+        AND (tags_r IS NULL OR coalesce(cardinality(tags_j) <= 16 AND coalesce(list_bool_and(list_transform(map_entries(tags_j), e -> coalesce(strlen(e.key) <= 128 AND starts_with(e.value, '"') AND strlen(e.value) <= 130, false))), true), false))
         AND coalesce(finished_at_t >= started_at_t, false) AS ok,
         request_id_s AS request_id,
         tenant_s AS tenant,

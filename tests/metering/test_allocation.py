@@ -487,3 +487,60 @@ def test_lookup_uses_each_windows_own_run_calibration(
         seen.setdefault(rid, set()).add(start.hour)
     assert set().union(*seen.values()) == {T0.hour, T0.hour + 1, T0.hour + 2}
     assert seen["across"] == {T0.hour, T0.hour + 1}  # its windows come from both runs
+
+
+def test_configured_replica_holds_capacity_from_its_start(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
+    def first_window(name: str) -> object:
+        row = store.connection.execute(
+            "SELECT min(window_start) FROM replica_window WHERE replica = ?", [name]
+        ).fetchone()
+        return row[0] if row else None
+
+    start = T0 + timedelta(minutes=20)
+    ingest(
+        ingestor,
+        [
+            UsageRecord(
+                "early",
+                "t",
+                "m",
+                start,
+                start + timedelta(seconds=30),
+                replica="served",
+                prompt_tokens=100,
+                completion_tokens=10,
+            )
+        ],
+    )
+    replicas = {
+        "backfill": ReplicaSettings(gpu="l4"),  # never seen by a service: the whole range
+        "pinned": ReplicaSettings(gpu="l4", since=T0 + timedelta(minutes=45, seconds=30)),
+        "served": ReplicaSettings(gpu="l4"),  # seen at +40 min, first record at +20 min
+        "new": ReplicaSettings(gpu="l4"),  # seen at +40 min, no record
+    }
+    seen_at = (T0 + timedelta(minutes=40)).timestamp()
+    registrar = Allocator(
+        store,
+        catalog,
+        replicas={k: v for k, v in replicas.items() if k in ("served", "new")},
+        now=lambda: seen_at,
+    )
+    registrar.register_replicas()
+    registrar.register_replicas()  # idempotent: the first time is kept
+    later = (T0 + timedelta(hours=5)).timestamp()
+    Allocator(
+        store, catalog, replicas={"new": replicas["new"]}, now=lambda: later
+    ).register_replicas()
+    result = Allocator(store, catalog, replicas=replicas).run(T0, T0 + timedelta(hours=1))
+    naive = T0.replace(tzinfo=None)
+    assert first_window("backfill") == naive
+    assert first_window("pinned") == naive + timedelta(minutes=45)  # the window holding since
+    assert first_window("served") == naive + timedelta(minutes=20)
+    assert first_window("new") == naive + timedelta(minutes=40)
+    assert result.unpriced_requests == 0
+    seen = store.connection.execute(
+        "SELECT replica, count(*) FROM replica_config_seen GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    assert seen == [("new", 1), ("served", 1)]

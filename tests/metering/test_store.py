@@ -65,7 +65,7 @@ def test_migration_004_carries_allocation_results_over(tmp_path: Path) -> None:
     con.execute(
         f"INSERT INTO request_window VALUES ('q1', {hour}, 'r1', 'acme', 600, 1, 1, 1, 1, 1)"
     )
-    assert apply_migrations(con) == [4, 5]
+    assert apply_migrations(con) == [v for v, _, _ in migrations() if v >= 4]
     tables = {
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     }
