@@ -153,8 +153,8 @@ def compute(
         points.append(window_split.calibration_points(rw, req.model, group_busy))
         parts.append(rw)
     # summed over all parts at once: the same floating-point sums as in one piece
-    m, p, d, b = (np.concatenate([pt[i] for pt in points]) for i in range(4))
-    sums = window_split.calibration_sums(m, p, d, b, len(models))
+    pm, pp, pd, pb = (np.concatenate([pt[i] for pt in points]) for i in range(4))
+    sums = window_split.calibration_sums(pm, pp, pd, pb, len(models))
     calibrations = [choose(name, sums[i]) for i, name in enumerate(models)]
     a = np.array([c.prefill_s_per_token for c in calibrations] or [0.0])
     b = np.array([c.decode_s_per_token for c in calibrations] or [0.0])
