@@ -55,9 +55,11 @@ class RequestCosts:
         starts = windows.column("window_start").to_pylist()
         sql = query("reports", "span_calibrations")
         runs = cur.execute(sql, {"first": starts[0], "last": starts[-1]}).fetchall()
+        weights = [_weights_at(runs, at) for at in starts]
         out: list[dict[str, Any]] = []
-        for lo, hi in _spans(windows, [_weights_at(runs, at) for at in starts]):
-            out.extend(self._span(cur, record["request_id"], windows.slice(lo, hi - lo), runs))
+        for lo, hi in _spans(windows, weights):
+            span = windows.slice(lo, hi - lo)
+            out.extend(self._span(cur, record["request_id"], span, weights[lo]))
         return out
 
     def _span(
@@ -65,7 +67,7 @@ class RequestCosts:
         cur: duckdb.DuckDBPyConnection,
         request_id: str,
         windows: pa.Table,
-        runs: list[tuple[Any, ...]],
+        weights: dict[str, calibration.Calibration],
     ) -> list[dict[str, Any]]:
         """Recompute consecutive windows of one size and one calibration in one go."""
         starts: list[datetime] = windows.column("window_start").to_pylist()
@@ -87,7 +89,6 @@ class RequestCosts:
         mine = pc.index(requests.column("request_id"), request_id).as_py()
         if mine < 0:
             return []
-        weights = _weights_at(runs, starts[0])
         cost = windows.column("cost_micro").to_numpy()
         columns = ["replica", "pool", "model", *window_costs.CAPACITY_COLUMNS]
         capacity = windows.select(columns).append_column("w", pa.array(w))

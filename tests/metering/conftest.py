@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import orjson
 import pytest
 
 from metering.catalog import Catalog, load_catalog
 from metering.contracts import UsageRecord
 from metering.ingest import Ingestor
-from metering.store import Store, open_store
+from metering.store import Store, migrations, open_store
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 
@@ -28,6 +29,23 @@ def store() -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return load_catalog()
+
+
+def database_before(path: str, version: int) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file with the migrations older than ``version`` applied, as an earlier
+    release left it, for testing migration ``version`` on it."""
+    con = duckdb.connect(path)
+    con.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    for number, name, sql in migrations():
+        if number < version:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [number, name]
+            )
+    return con
 
 
 @pytest.fixture

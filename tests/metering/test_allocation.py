@@ -169,19 +169,27 @@ PRICES = {
 }
 
 
-def test_ground_truth_tenants_and_idle_within_one_percent(
-    store: Store, ingestor: Ingestor, catalog: Catalog
-) -> None:
-    per_s = {
+def price_per_s(catalog: Catalog) -> dict[str, float]:
+    """$ per second of each replica in :data:`PRICES` (the ground-truth workload's input)."""
+    return {
         name: catalog.usd_per_hour(gpu, mig) * count / 3600
         for name, (gpu, mig, count) in PRICES.items()
     }
+
+
+def priced_replicas() -> dict[str, ReplicaSettings]:
+    """The replicas of :data:`PRICES` as metering configuration."""
+    return {n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()}
+
+
+def test_ground_truth_tenants_and_idle_within_one_percent(
+    store: Store, ingestor: Ingestor, catalog: Catalog
+) -> None:
+    per_s = price_per_s(catalog)
     truth = ground_truth_workload(per_s, hours=3)
     assert len(truth.records) > 300
     ingest(ingestor, truth.records)
-    replicas = {
-        n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()
-    }
+    replicas = priced_replicas()
     allocator = Allocator(store, catalog, window_s=60, replicas=replicas)
     result = allocator.run(T0, T0 + timedelta(hours=truth.hours))
     assert result.unpriced_requests == 0
@@ -448,10 +456,7 @@ def test_managed_upstream_priced_at_catalog_tokens(
 def test_lookup_uses_each_windows_own_run_calibration(
     store: Store, ingestor: Ingestor, catalog: Catalog
 ) -> None:
-    per_s = {
-        name: catalog.usd_per_hour(gpu, mig) * count / 3600
-        for name, (gpu, mig, count) in PRICES.items()
-    }
+    per_s = price_per_s(catalog)
     truth = ground_truth_workload(per_s, hours=3, seed=11)
     edge = T0 + timedelta(hours=1)
     across = UsageRecord(
@@ -466,9 +471,7 @@ def test_lookup_uses_each_windows_own_run_calibration(
         completion_tokens=3000,
     )
     ingest(ingestor, [*truth.records, across])
-    replicas = {
-        n: ReplicaSettings(gpu=g, mig_profile=m, count=c) for n, (g, m, c) in PRICES.items()
-    }
+    replicas = priced_replicas()
     allocator = Allocator(store, catalog, window_s=60, replicas=replicas)
     first = allocator.run(T0, T0 + timedelta(hours=1))
     second = allocator.run(T0 + timedelta(hours=1), T0 + timedelta(hours=3))

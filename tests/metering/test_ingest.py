@@ -14,7 +14,6 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -26,7 +25,7 @@ from metering.contracts import UsageRecord, cloudevent, parse_usage_record
 from metering.errors import BatchError, RecordError
 from metering.ingest import Ingestor
 from metering.store import Store, apply_migrations, migrations, open_store
-from tests.metering.conftest import T0
+from tests.metering.conftest import T0, database_before
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -469,17 +468,7 @@ def test_a_resent_record_is_a_duplicate_in_a_batch_with_other_times(
 
 
 def test_migration_005_keeps_stored_usage_and_drops_only_the_key(tmp_path: Path) -> None:
-    con = duckdb.connect(str(tmp_path / "old.duckdb"))
-    con.execute(
-        "CREATE TABLE schema_migrations "
-        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    for version, name, sql in migrations():
-        if version < 5:
-            con.execute(sql)
-            con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
-            )
+    con = database_before(str(tmp_path / "old.duckdb"), 5)
     old = Store(con, "duckdb:///old", str(tmp_path / "old.duckdb"))
     Ingestor(old, lambda: T0.timestamp()).usage(orjson.dumps([record(i) for i in range(30)]))
     columns = (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from metering.errors import StorageError
 from metering.store import apply_migrations, migrations, open_store
+from tests.metering.conftest import database_before
 
 
 def test_migrations_are_numbered_and_applied_once(tmp_path: Path) -> None:
@@ -37,17 +37,7 @@ def test_unsupported_uri(uri: str) -> None:
 
 
 def test_migration_004_carries_allocation_results_over(tmp_path: Path) -> None:
-    con = duckdb.connect(str(tmp_path / "v3.duckdb"))
-    con.execute(
-        "CREATE TABLE schema_migrations "
-        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    for version, name, sql in migrations():
-        if version < 4:
-            con.execute(sql)
-            con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
-            )
+    con = database_before(str(tmp_path / "v3.duckdb"), 4)
     hour = "TIMESTAMP '2026-11-01 10:00:00'"
     sh = "'self_hosted'"
     # old cost_hourly: keyed by feature and API key too; two replicas, one managed row
