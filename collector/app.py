@@ -3,7 +3,7 @@
 Own endpoints: ``GET /metrics`` (the collector's Prometheus exposition; the engine's own is
 scraped, not proxied), ``GET /healthz``, ``GET /readyz`` (engine reachable) and
 ``GET /v1/signals`` (the latest engine signals, the body throttle receives). Every other
-route goes to :class:`~collector.proxy.Proxy`. Background tasks: the record pipeline, the
+route goes to :class:`~infermeter.collector.proxy.Proxy`. Background tasks: the record pipeline, the
 usage and GPU shippers, the engine scraper and the NVML sampler, all started by the ASGI
 lifespan and stopped (records drained to the spool) at shutdown.
 """
@@ -25,17 +25,18 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from collector.engine_scraper import EngineScraper
-from collector.engine_signals import SignalDeriver
-from collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
-from collector.otel import GenAiTelemetry
-from collector.pipeline import RecordExporter, RecordPipeline
-from collector.proxy import Message, Proxy, Receive, Scope, Send, read_body, send_json
-from collector.request_metrics import RequestMetrics
-from collector.settings import CollectorSettings
-from collector.shipper import Shipper, ShipperMetrics
-from collector.spool import Spool
-from serving.tenancy import TenantResolver
+from infermeter.collector.engine_scraper import EngineScraper
+from infermeter.collector.engine_signals import SignalDeriver
+from infermeter.collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
+from infermeter.collector.otel import GenAiTelemetry
+from infermeter.collector.pipeline import RecordExporter, RecordPipeline
+from infermeter.collector.proxy import Proxy, read_body, send_json
+from infermeter.collector.request_metrics import RequestMetrics
+from infermeter.collector.settings import CollectorSettings
+from infermeter.collector.shipper import Shipper, ShipperMetrics
+from infermeter.collector.spool import Spool
+from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.tenancy import TenantResolver
 
 log = logging.getLogger(__name__)
 _NO_NVML = object()

@@ -6,9 +6,9 @@ import argparse
 import logging
 from typing import Any
 
-from collector.settings import CollectorSettings
-from serving.settings import Config, section
-from serving.tenancy import TenantResolver, tenancy_from_config
+from infermeter.collector.settings import CollectorSettings
+from infermeter.kernel.settings import Config, section
+from infermeter.kernel.tenancy import TenantResolver, tenancy_from_config
 
 # flag -> (settings key, help); booleans are handled separately below
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Serve until interrupted."""
     import uvicorn
 
-    from collector.app import CollectorApp
+    from infermeter.collector.app import CollectorApp
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -20,7 +20,12 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.engine_signals import GENERATION_TOKENS, PROMPT_TOKENS, EngineSignals, SignalDeriver
+from infermeter.collector.engine_signals import (
+    GENERATION_TOKENS,
+    PROMPT_TOKENS,
+    EngineSignals,
+    SignalDeriver,
+)
 
 log = logging.getLogger(__name__)
 

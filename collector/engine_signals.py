@@ -11,44 +11,25 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-KV_USAGE = "vllm:kv_cache_usage_perc"
-PROMPT_TOKENS = "vllm:prompt_tokens_total"
-GENERATION_TOKENS = "vllm:generation_tokens_total"
-PREEMPTIONS = "vllm:num_preemptions_total"
-TTFT = "vllm:time_to_first_token_seconds"
-ITL = "vllm:inter_token_latency_seconds"
+from infermeter.kernel import vllm_wire
+from infermeter.kernel.engine_signals import EngineSignals
+
+__all__ = ["EngineSignals", "SignalDeriver", "counter_delta", "histogram_quantile"]
+
+RUNNING = vllm_wire.NUM_REQUESTS_RUNNING
+WAITING = vllm_wire.NUM_REQUESTS_WAITING
+KV_USAGE = vllm_wire.KV_CACHE_USAGE_PERC
+PROMPT_TOKENS = vllm_wire.PROMPT_TOKENS_TOTAL
+GENERATION_TOKENS = vllm_wire.GENERATION_TOKENS_TOTAL
+PREEMPTIONS = vllm_wire.NUM_PREEMPTIONS_TOTAL
+TTFT = vllm_wire.TIME_TO_FIRST_TOKEN
+ITL = vllm_wire.INTER_TOKEN_LATENCY
 _COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, PREEMPTIONS)
 _HISTOGRAMS = (TTFT, ITL)
-
-
-@dataclass(slots=True)
-class EngineSignals:
-    """One replica's signals (the ``POST /v1/signals`` body of docs/api-contracts.md)."""
-
-    pool: str
-    replica: str
-    model: str
-    ts: float
-    num_requests_running: float = 0.0
-    num_requests_waiting: float = 0.0
-    kv_cache_usage_perc: float = 0.0
-    prompt_tokens_per_s: float = 0.0
-    generation_tokens_per_s: float = 0.0
-    ttft_p50_s: float | None = None
-    ttft_p95_s: float | None = None
-    itl_p50_s: float | None = None
-    itl_p95_s: float | None = None
-    preemptions_per_s: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(slots=True)

@@ -14,8 +14,10 @@ stay counters and log lines: telemetry and shipping failures never reach proxied
 
 from __future__ import annotations
 
+from infermeter.kernel.errors import InfermeterError
 
-class CollectorError(Exception):
+
+class CollectorError(InfermeterError):
     """Base class of every collector error."""
 
 

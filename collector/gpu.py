@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from metering.contracts import GpuSample
+from infermeter.kernel.records import GpuSample
 
 log = logging.getLogger(__name__)
 LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "GPU_I_ID", "GPU_I_PROFILE"]

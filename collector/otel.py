@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from metering.contracts import UsageRecord
+from infermeter.kernel.records import UsageRecord
 
 log = logging.getLogger(__name__)
 OPERATIONS = {
@@ -77,7 +77,7 @@ def _exporters(environ: Mapping[str, str]) -> tuple[MetricExporter, SpanExporter
 
 
 class GenAiTelemetry:
-    """A record exporter (see ``collector.pipeline``) writing GenAI metrics and spans."""
+    """A record exporter (see ``infermeter.collector.pipeline``) writing GenAI metrics and spans."""
 
     def __init__(
         self,

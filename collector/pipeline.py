@@ -1,7 +1,7 @@
 """Finished records off the request path: a bounded in-memory queue and its consumer.
 
 The proxy calls :meth:`RecordPipeline.submit` (an append and an event set). A background task
-turns each record into the metering contract's :class:`~metering.contracts.UsageRecord`,
+turns each record into the metering contract's :class:`~infermeter.kernel.records.UsageRecord`,
 updates Prometheus and any telemetry exporters (OpenTelemetry), and appends the batch to the
 spool (one ``fsync``) for the shipper. With ``durable_ack`` the proxy waits, before it ends a
 response, until its record is on disk: a ``kill -9`` then loses nothing that a client saw
@@ -18,11 +18,11 @@ from typing import Protocol
 
 import orjson
 
-from collector.errors import SpoolError
-from collector.record import RequestRecord, inter_token_gaps, to_usage_record
-from collector.request_metrics import RequestMetrics
-from collector.spool import Spool
-from metering.contracts import UsageRecord
+from infermeter.collector.errors import SpoolError
+from infermeter.collector.record import RequestRecord, inter_token_gaps, to_usage_record
+from infermeter.collector.request_metrics import RequestMetrics
+from infermeter.collector.spool import Spool
+from infermeter.kernel.records import UsageRecord
 
 log = logging.getLogger(__name__)
 BATCH = 256

@@ -1,7 +1,7 @@
 """The pure-ASGI proxy: forwards every route to the engine and meters inference requests.
 
 Nothing on the request path but forwarding bytes, finding SSE frames and filling a
-:class:`~collector.record.RequestRecord`; the record is handed to a sink (a bounded queue
+:class:`~infermeter.collector.record.RequestRecord`; the record is handed to a sink (a bounded queue
 drained by a background task) when the response ends. Status codes, headers and bodies pass
 through unchanged, with three documented exceptions: hop-by-hop headers, the gateway secret
 (never forwarded upstream) and, for streams whose client did not ask for usage, the
@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from collector.errors import RequestError
-from collector.record import RequestRecord
-from collector.sse import SseScanner, parse_body_usage
-from serving.request_ids import new_request_id
-from serving.tenancy import (
+from infermeter.collector.errors import RequestError
+from infermeter.collector.record import RequestRecord
+from infermeter.collector.sse import SseScanner, parse_body_usage
+from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.request_ids import new_request_id
+from infermeter.kernel.tenancy import (
     KEY_ID_HEADER,
     SECRET_HEADER,
     TAGS_HEADER,
@@ -30,11 +32,6 @@ from serving.tenancy import (
     Attribution,
     TenantResolver,
 )
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-infermeter-request-id"
 OVERHEAD_HEADER = b"x-infermeter-overhead-ms"
@@ -75,13 +72,6 @@ class ProxyHooks(Protocol):
     def untrusted_tenant(self) -> None: ...
 
     def upstream_error(self, kind: str) -> None: ...
-
-
-def error_body(status: int, message: str, type_: str, param: str | None = None) -> bytes:
-    """The OpenAI/vLLM error shape used by every infermeter service."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": status}}
-    )
 
 
 async def send_json(

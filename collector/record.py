@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from metering.contracts import UsageRecord
+from infermeter.kernel.records import UsageRecord
 
 
 @dataclass(slots=True, eq=False)

@@ -18,14 +18,14 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from metering.contracts import UsageRecord
-from serving.simulator import metrics as vllm_buckets
+from infermeter.kernel import vllm_wire
+from infermeter.kernel.records import UsageRecord
 
 # vLLM 0.32's own histogram buckets (one definition, with the simulator's families), so
 # the collector's panels compare with the engine's.
-TTFT_BUCKETS = vllm_buckets.TTFT_BUCKETS
-ITL_BUCKETS = vllm_buckets.ITL_BUCKETS
-E2E_BUCKETS = vllm_buckets.REQUEST_SECONDS_BUCKETS
+TTFT_BUCKETS = vllm_wire.TTFT_BUCKETS
+ITL_BUCKETS = vllm_wire.ITL_BUCKETS
+E2E_BUCKETS = vllm_wire.REQUEST_SECONDS_BUCKETS
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip

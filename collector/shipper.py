@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from collector.errors import ShippingError
-from collector.spool import Spool
+from infermeter.collector.errors import ShippingError
+from infermeter.collector.spool import Spool
 
 log = logging.getLogger(__name__)
 _RETRYABLE_4XX = frozenset({401, 403, 404, 408, 409, 425, 429})

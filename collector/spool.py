@@ -11,7 +11,7 @@ Layout of the spool directory::
 without consuming; :meth:`Spool.ack` moves the position (written atomically, ``fsync``\\ ed)
 and deletes delivered segments. A torn frame at the end of the last segment (a crash inside
 ``append``, never acknowledged) is truncated on open. The spool refuses a batch that would
-take it past ``max_bytes`` (:class:`~collector.errors.SpoolError`); callers count that.
+take it past ``max_bytes`` (:class:`~infermeter.collector.errors.SpoolError`); callers count that.
 Thread-safe: the collector calls it from worker threads so disk waits stay off the loop.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.errors import SpoolError
+from infermeter.collector.errors import SpoolError
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">II")

@@ -1,5 +1,5 @@
 """The Streamlit entry point (``streamlit run dashboards/app.py``; ``infermeter dashboard``
-runs it): one page per view, sharing the sidebar drawn by :mod:`dashboards.ui`.
+runs it): one page per view, sharing the sidebar drawn by :mod:`infermeter.dashboards.ui`.
 
 Every page has its own URL (``/fleet``, ``/costs``, ...); ``/`` moves to ``/fleet``. There
 must be no ``pages/`` folder beside this file: Streamlit would then run its first session as

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from dashboards.settings import DashboardSettings, load_settings
-from serving.settings import CONFIG_ENV, Config
+from infermeter.dashboards.settings import DashboardSettings, load_settings
+from infermeter.kernel.settings import CONFIG_ENV, Config
 
 APP = Path(__file__).resolve().parent / "app.py"
 ENV = "INFERMETER__DASHBOARD__"

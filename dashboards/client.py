@@ -1,8 +1,8 @@
 """Typed HTTP clients of the metering and throttle APIs, the only way pages get data.
 
 Every call has a short timeout; a refused connection or timeout raises
-:class:`~dashboards.errors.ServiceUnavailable`, an error status raises
-:class:`~dashboards.errors.ServiceError` carrying the service's own message.
+:class:`~infermeter.dashboards.errors.ServiceUnavailable`, an error status raises
+:class:`~infermeter.dashboards.errors.ServiceError` carrying the service's own message.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.errors import ServiceError, ServiceUnavailable
+from infermeter.dashboards.errors import ServiceError, ServiceUnavailable
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ traceback.
 
 from __future__ import annotations
 
+from infermeter.kernel.errors import InfermeterError
 
-class DashboardError(Exception):
+
+class DashboardError(InfermeterError):
     """Base of every dashboards error; ``str()`` is a message fit for the page."""
 
 

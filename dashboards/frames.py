@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from dashboards.client import Sample
+from infermeter.dashboards.client import Sample
 
 GIB = float(1 << 30)
 

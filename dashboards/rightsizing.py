@@ -3,8 +3,8 @@
 For each replica, the measured peak load (prompt and completion tokens per second in its
 busiest hour) is set against the capacity of every MIG profile of its GPU (and the whole
 GPU), with its current weights and quantized, as computed by
-:class:`serving.simulator.perf_model.PerformanceModel` from the published GPU and model data
-sheets in :mod:`serving.simulator.profiles`. A profile *fits* when the peak needs at most
+:class:`infermeter.capacity.perf_model.PerformanceModel` from the published GPU and model data
+sheets in :mod:`infermeter.capacity.profiles`. A profile *fits* when the peak needs at most
 ``headroom`` of its engine time; the advice is the cheapest profile that fits, priced as the
 share of the GPU it holds (``max(compute slices / 7, memory slices / 8)``, the catalog's
 rule). Savings are in USD per day at the replica's measured cost.
@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.simulator.errors import ProfileError
-from serving.simulator.perf_model import PerformanceModel
-from serving.simulator.profiles import (
+from infermeter.capacity.errors import ProfileError
+from infermeter.capacity.perf_model import PerformanceModel
+from infermeter.capacity.profiles import (
     GPUS,
     GpuProfile,
     ModelProfile,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.settings import Config
+from infermeter.kernel.settings import Config
 
 
 class DashboardSettings(BaseModel):
@@ -38,7 +38,7 @@ class DashboardSettings(BaseModel):
 
 def load_settings(config: Config) -> DashboardSettings:
     """``[dashboard]`` with tokens falling back to the metering and throttle tables."""
-    from serving.settings import section
+    from infermeter.kernel.settings import section
 
     settings = section(config, "dashboard", DashboardSettings)
     updates: dict[str, str] = {}

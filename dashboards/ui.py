@@ -17,11 +17,11 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from dashboards.client import MeteringClient, ThrottleClient, TimeRange
-from dashboards.errors import DashboardError, ServiceUnavailable
-from dashboards.settings import DashboardSettings, load_settings
-from serving.errors import ServingError
-from serving.settings import load_config
+from infermeter.dashboards.client import MeteringClient, ThrottleClient, TimeRange
+from infermeter.dashboards.errors import DashboardError, ServiceUnavailable
+from infermeter.dashboards.settings import DashboardSettings, load_settings
+from infermeter.kernel.errors import InfermeterError
+from infermeter.kernel.settings import load_config
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def context() -> Context | None:
     when the configuration is invalid)."""
     try:
         settings = load_settings(load_config())
-    except ServingError as exc:
+    except InfermeterError as exc:
         st.error(f"Invalid configuration: {exc}")
         return None
     metering, throttle = _clients(settings.model_dump_json())

@@ -1,10 +1,10 @@
 """Cost allocation: the replica's cost per window, split over the requests active in it.
 
-The arithmetic is vectorised numpy (:mod:`metering.window_costs`, :mod:`metering.window_split`)
-between two SQL steps (``sql/allocate.sql``): this module
+The arithmetic is vectorised numpy (:mod:`infermeter.metering.window_costs`,
+:mod:`infermeter.metering.window_split`) between two SQL steps (``sql/allocate.sql``): this module
 registers the inputs (price catalog, configured replicas, managed prices), runs the steps in
-order, chooses the calibration (:mod:`metering.calibration`) and writes the results for one
-range of windows in one transaction, replacing whatever an earlier run wrote for that range.
+order, chooses the calibration (:mod:`infermeter.metering.calibration`) and writes the results for
+one range of windows in one transaction, replacing whatever an earlier run wrote for that range.
 Re-running a range is therefore idempotent, and late records are picked up by re-running it.
 
 Invariant (tested with hypothesis): in every replica-window, the requests' costs plus the idle
@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from metering import calibration, window_costs
-from metering.catalog import Catalog
-from metering.errors import QueryError, StorageError
-from metering.settings import ReplicaSettings
-from metering.sql_files import bind, query
-from metering.store import Store
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.metering import calibration, window_costs
+from infermeter.metering.errors import QueryError, StorageError
+from infermeter.metering.settings import ReplicaSettings
+from infermeter.metering.sql_files import bind, query
+from infermeter.metering.store import Store
 
 HOUR_US = 3_600_000_000
 SAMPLE_LOOKBACK_US = 600_000_000

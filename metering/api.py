@@ -20,11 +20,18 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.background import BackgroundTask
 
-from metering.errors import BatchError, MeteringError, QueryError, RecordError, StorageError
-from metering.focus.export import export_focus, format_for
-from metering.metrics import MeteringCollector
-from metering.service import MeteringService
-from metering.timeparse import parse_time
+from infermeter.kernel.openai_errors import error_object
+from infermeter.metering.errors import (
+    BatchError,
+    MeteringError,
+    QueryError,
+    RecordError,
+    StorageError,
+)
+from infermeter.metering.focus.export import export_focus, format_for
+from infermeter.metering.metrics import MeteringCollector
+from infermeter.metering.service import MeteringService
+from infermeter.metering.timeparse import parse_time
 
 
 class TooLarge(Exception):
@@ -39,7 +46,7 @@ class AuthError(Exception):
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": status}},
+        error_object(status, message, kind, param),
         status_code=status,
         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
     )

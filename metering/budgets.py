@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from metering.reports import Reports
-from metering.settings import BudgetSettings
-from metering.store import Store
-from metering.timeparse import end_of_month, iso, start_of_day, start_of_month
+from infermeter.metering.reports import Reports
+from infermeter.metering.settings import BudgetSettings
+from infermeter.metering.store import Store
+from infermeter.metering.timeparse import end_of_month, iso, start_of_day, start_of_month
 
 log = logging.getLogger(__name__)
 PERIODS = ("daily", "monthly")

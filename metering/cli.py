@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from metering.errors import MeteringError
-from metering.settings import MeteringSettings
-from serving.settings import Config, section
+from infermeter.kernel.settings import Config, section
+from infermeter.metering.errors import MeteringError
+from infermeter.metering.settings import MeteringSettings
 
 DIMENSIONS = ("tenant", "model", "feature", "api_key", "replica", "pool")
 
@@ -35,8 +35,8 @@ def _settings(args: argparse.Namespace, config: Config) -> MeteringSettings:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
-    from metering.api import create_app
-    from metering.service import MeteringService
+    from infermeter.metering.api import create_app
+    from infermeter.metering.service import MeteringService
 
     settings = _settings(args, config)
     try:
@@ -69,7 +69,7 @@ def _fetch(
 
 
 def _report(args: argparse.Namespace, config: Config) -> int:
-    from metering.table_format import render
+    from infermeter.metering.table_format import render
 
     settings = _settings(args, config)
     try:
@@ -146,10 +146,10 @@ def _report(args: argparse.Namespace, config: Config) -> int:
 
 
 def _local_report(args: argparse.Namespace, settings: MeteringSettings) -> dict[str, Any]:
-    from metering.catalog import load_catalog
-    from metering.reports import Reports
-    from metering.store import open_store
-    from metering.timeparse import parse_time
+    from infermeter.kernel.price_catalog import load_catalog
+    from infermeter.metering.reports import Reports
+    from infermeter.metering.store import open_store
+    from infermeter.metering.timeparse import parse_time
 
     store = open_store(args.storage)
     try:
@@ -168,14 +168,14 @@ def _local_report(args: argparse.Namespace, settings: MeteringSettings) -> dict[
 
 
 def _export(args: argparse.Namespace, config: Config) -> int:
-    from metering.focus.export import export_focus, format_for
-    from metering.timeparse import parse_time
+    from infermeter.metering.focus.export import export_focus, format_for
+    from infermeter.metering.timeparse import parse_time
 
     settings = _settings(args, config)
     try:
         fmt = format_for(args.out, args.format or "")
         if args.storage:
-            from metering.store import open_store
+            from infermeter.metering.store import open_store
 
             now = time.time()
             store = open_store(args.storage)
@@ -203,8 +203,8 @@ def _export(args: argparse.Namespace, config: Config) -> int:
 
 
 def _allocate(args: argparse.Namespace, config: Config) -> int:
-    from metering.service import MeteringService
-    from metering.timeparse import parse_time
+    from infermeter.metering.service import MeteringService
+    from infermeter.metering.timeparse import parse_time
 
     settings = _settings(args, config)
     try:

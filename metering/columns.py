@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from metering.contracts import GpuSample, UsageRecord
-from metering.errors import BatchError
+from infermeter.kernel.records import GpuSample, UsageRecord
+from infermeter.metering.errors import BatchError
 
 TS = pa.timestamp("us")
 TS_UTC = pa.timestamp("us", tz="UTC")

@@ -4,7 +4,7 @@ Three body formats: a JSON array of records, a CloudEvents JSON batch (the recor
 event's ``data``) and an Arrow IPC stream. A JSON body goes to DuckDB's own JSON reader and an
 Arrow body is registered as it is; every row is then validated with vectorised SQL
 (``sql/ingest.sql``). When any row is invalid or an id repeats inside the batch, the batch takes
-the per-record path (:func:`metering.contracts.parse_usage_record`), which names each bad
+the per-record path (:func:`infermeter.kernel.records.parse_usage_record`), which names each bad
 record's index and field. Both paths store the good records and dead-letter the bad ones in one
 transaction: a crash leaves all of a batch or none of it.
 
@@ -31,17 +31,17 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from metering import columns
-from metering.contracts import (
+from infermeter.kernel.records import (
     GpuSample,
     UsageRecord,
     parse_gpu_sample,
     parse_usage_record,
     unwrap_event,
 )
-from metering.errors import BatchError, RecordError, StorageError
-from metering.sql_files import bind, query
-from metering.store import Store
+from infermeter.metering import columns
+from infermeter.metering.errors import BatchError, RecordError, StorageError
+from infermeter.metering.sql_files import bind, query
+from infermeter.metering.store import Store
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
 MAX_PAYLOAD_CHARS = 65_536

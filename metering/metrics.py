@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from metering.service import MeteringService
+    from infermeter.metering.service import MeteringService
 
 P = "infermeter_metering_"
 

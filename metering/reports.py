@@ -9,13 +9,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from metering.catalog import Catalog
-from metering.errors import QueryError
-from metering.request_cost import RequestCosts
-from metering.series import SeriesReports, _bucket
-from metering.sql_files import query
-from metering.store import Store
-from metering.timeparse import iso
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.metering.errors import QueryError
+from infermeter.metering.request_cost import RequestCosts
+from infermeter.metering.series import SeriesReports, _bucket
+from infermeter.metering.sql_files import query
+from infermeter.metering.store import Store
+from infermeter.metering.timeparse import iso
 
 DIMENSIONS = {
     "tenant": "tenant",
@@ -306,7 +306,7 @@ class Reports(SeriesReports):
     def _rate(
         self, calib: tuple[Any, ...] | None, usd_s: float, usd_gpu_s: float, idle_frac: float
     ) -> dict[str, Any]:
-        from metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
+        from infermeter.metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
 
         a = calib[1] if calib else DEFAULT_PREFILL_S
         b = calib[2] if calib else DEFAULT_DECODE_S

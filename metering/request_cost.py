@@ -2,8 +2,8 @@
 
 Allocation stores totals (per replica-window, per hour and dimension), not one row per
 request: that row was the largest write of a run. A lookup recomputes the request's windows
-with the same arithmetic (:func:`metering.window_costs.compute`) from what the run read: the
-usage records of every request active on the replica in the window, the window's cost from
+with the same arithmetic (:func:`infermeter.metering.window_costs.compute`) from what the run read:
+the usage records of every request active on the replica in the window, the window's cost from
 ``replica_window`` and the calibration the run recorded for that window. The recomputation
 equals what the run allocated as long as no usage record of that window arrived after the
 run; when one did, the window is flagged ``stale`` (the next allocation run catches up).
@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering import calibration, window_costs
-from metering.allocation import epoch_us, managed_prices
-from metering.catalog import Catalog
-from metering.sql_files import bind, query
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.metering import calibration, window_costs
+from infermeter.metering.allocation import epoch_us, managed_prices
+from infermeter.metering.sql_files import bind, query
 
 NOT_COSTED = ("throttled", "cache_hit")
 

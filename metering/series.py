@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from metering.errors import QueryError
-from metering.sql_files import bind, query
-from metering.store import Store
-from metering.timeparse import iso
+from infermeter.metering.errors import QueryError
+from infermeter.metering.sql_files import bind, query
+from infermeter.metering.store import Store
+from infermeter.metering.timeparse import iso
 
 GRANULARITIES = ("minute", "hour", "day", "total")
 LATENCY_GROUPS = {"": "''", "pool": "pool", "replica": "replica"}

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from metering.allocation import AllocationResult, Allocator, epoch_us
-from metering.budgets import Budgets
-from metering.catalog import Catalog, load_catalog
-from metering.errors import MeteringError
-from metering.ingest import Ingestor
-from metering.reports import Reports
-from metering.settings import MeteringSettings
-from metering.store import Store, open_store
+from infermeter.kernel.price_catalog import Catalog, load_catalog
+from infermeter.metering.allocation import AllocationResult, Allocator, epoch_us
+from infermeter.metering.budgets import Budgets
+from infermeter.metering.errors import MeteringError
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.reports import Reports
+from infermeter.metering.settings import MeteringSettings
+from infermeter.metering.store import Store, open_store
 
 log = logging.getLogger(__name__)
 

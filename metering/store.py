@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from metering.errors import StorageError
+from infermeter.metering.errors import StorageError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CHECKPOINT_THRESHOLD = "512MB"

@@ -1,13 +1,13 @@
 """One allocation run's arithmetic, Arrow in and Arrow out: the requests and the replicas'
-capacity per window (read by :mod:`metering.allocation`) become the priced request-windows
-and the replica-window totals that it aggregates and writes back.
+capacity per window (read by :mod:`infermeter.metering.allocation`) become the priced
+request-windows and the replica-window totals that it aggregates and writes back.
 
 Steps (docs/metering.md "Allocation"): requests are cut into request-windows
-(:func:`metering.window_split.expand`), each replica's busy time per window is the union of
-its request intervals (:mod:`metering.busy`), the calibration is fitted per model from those
-(:mod:`metering.calibration`), and each priced replica-window's busy cost is split exactly
-over its requests by work (:func:`metering.window_split.split`). Request dimensions travel
-as integer codes (``names`` maps them back), so aggregation groups integers.
+(:func:`infermeter.metering.window_split.expand`), each replica's busy time per window is the union
+of its request intervals (:mod:`infermeter.metering.busy`), the calibration is fitted per model
+from those (:mod:`infermeter.metering.calibration`), and each priced replica-window's busy cost is
+split exactly over its requests by work (:func:`infermeter.metering.window_split.split`). Request
+dimensions travel as integer codes (``names`` maps them back), so aggregation groups integers.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering import busy, window_split
-from metering.calibration import Calibration, Sums
+from infermeter.metering import busy, window_split
+from infermeter.metering.calibration import Calibration, Sums
 
 Chooser = Callable[[str, Sums | None], Calibration]
 HOUR_US = 3_600_000_000

@@ -1,8 +1,8 @@
 """The allocation arithmetic, vectorised with numpy: requests to request-windows, per-window
 totals, calibration sums and the integer split of each replica-window's cost.
 
-Pure functions over arrays (no storage, no SQL): :mod:`metering.allocation` reads the inputs
-from DuckDB and writes the outputs back. A *request* is an interval ``[x0, f)`` in integer
+Pure functions over arrays (no storage, no SQL): :mod:`infermeter.metering.allocation` reads the
+inputs from DuckDB and writes the outputs back. A *request* is an interval ``[x0, f)`` in integer
 microseconds on a replica, with a prefill phase ``[x0, p1]`` and a decode phase ``[d0, f]``;
 a *group* is one replica-window, keyed ``rep * n_windows + (w - w_since)``.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metering.calibration import Sums
+from infermeter.metering.calibration import Sums
 
 I64 = np.int64
 

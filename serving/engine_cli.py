@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from serving.cli import optional_module
+from infermeter.kernel.cli import optional_module
 
 # Each module exposes register(engine_subparsers, common) adding one engine subcommand.
-ENGINE_MODULES = ("serving.simulator.cli", "serving.vllm_cli")
+ENGINE_MODULES = ("infermeter.serving.simulator.cli", "infermeter.serving.vllm.cli")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

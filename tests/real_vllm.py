@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from serving import vllm_cpu
-from serving.errors import EngineNotInstalled
-from serving.vllm_process import ensure_installed
+from infermeter.serving.errors import EngineNotInstalled
+from infermeter.serving.vllm import cpu as vllm_cpu
+from infermeter.serving.vllm.process import ensure_installed
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_MODEL = "tiny-llama"
@@ -107,7 +107,7 @@ def require_vllm_cpu() -> None:
     if problem:
         pytest.fail(
             f"real vLLM (CPU build) is needed: {problem}\n"
-            "(./dev.sh test runs serving/vllm_cpu/setup.sh unless INFERMETER_SKIP_VLLM=1)",
+            "(./dev.sh test runs serving/vllm/cpu/setup.sh unless INFERMETER_SKIP_VLLM=1)",
             pytrace=False,
         )
 
@@ -145,7 +145,7 @@ def serving_command(
 
 
 VLLM_COMMAND = [
-    sys.executable, "-m", "serving", "engine", "vllm", "--cpu-dev",
+    sys.executable, "-m", "infermeter", "engine", "vllm", "--cpu-dev",
     "--max-model-len", str(MAX_MODEL_LEN), "--stop-grace", "20",
 ]  # fmt: skip
 

@@ -1,3 +1,3 @@
-from serving.cli import run_as_module
+from infermeter.kernel.cli import run_as_module
 
 run_as_module(["throttle"])

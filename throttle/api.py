@@ -18,11 +18,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.tenancy import bearer_token
-from throttle.algorithms import budgets
-from throttle.decision_log import counts_by_reason
-from throttle.errors import ThrottleError
-from throttle.gateway_http import (
+from infermeter.kernel.tenancy import bearer_token
+from infermeter.throttle.algorithms import budgets
+from infermeter.throttle.decision_log import counts_by_reason
+from infermeter.throttle.errors import ThrottleError
+from infermeter.throttle.gateway_http import (
     JSON,
     AdmitBody,
     GatewayHandlers,
@@ -32,11 +32,11 @@ from throttle.gateway_http import (
     finite,
     reply_for,
 )
-from throttle.service import KnownTenant
-from throttle.signals import keda_body
+from infermeter.throttle.service import KnownTenant
+from infermeter.throttle.signals import keda_body
 
 if TYPE_CHECKING:
-    from throttle.app import Runtime
+    from infermeter.throttle.app import Runtime
 
 
 MAX_TENANTS_LISTED = 10_000
@@ -53,7 +53,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def error(status: int, message: str, param: str | None, kind: str) -> Response:
     """The error body every infermeter service uses."""
-    return _response(error_reply(status, message, param, kind))
+    return _response(error_reply(status, message, kind, param))
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -334,7 +334,8 @@ def _tenant_summary(known: KnownTenant) -> dict[str, Any]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map domain errors to HTTP codes (through :func:`throttle.gateway_http.reply_for`)."""
+    """Map domain errors to HTTP codes (through
+    :func:`infermeter.throttle.gateway_http.reply_for`)."""
 
     @app.exception_handler(ThrottleError)
     async def _domain(_: Request, exc: ThrottleError) -> Response:

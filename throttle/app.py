@@ -17,21 +17,21 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from serving.tenancy import TenantResolver
-from throttle.api import build_router, install_error_handlers
-from throttle.decision_log import DecisionLog
-from throttle.errors import StorageError
-from throttle.gateway_http import FastPath, GatewayHandlers
-from throttle.metering_rates import MeteringRates
-from throttle.metrics import ThrottleCollector
-from throttle.policy import Policy
-from throttle.policy_source import PolicyManager
-from throttle.service import Throttle
-from throttle.settings import ThrottleSettings
-from throttle.signals import PoolMonitor
-from throttle.storage import from_uri, with_failover
-from throttle.storage.base import Storage
-from throttle.storage.failover import FailoverStorage
+from infermeter.kernel.tenancy import TenantResolver
+from infermeter.throttle.api import build_router, install_error_handlers
+from infermeter.throttle.decision_log import DecisionLog
+from infermeter.throttle.errors import StorageError
+from infermeter.throttle.gateway_http import FastPath, GatewayHandlers
+from infermeter.throttle.metering_rates import MeteringRates
+from infermeter.throttle.metrics import ThrottleCollector
+from infermeter.throttle.policy import Policy
+from infermeter.throttle.policy_source import PolicyManager
+from infermeter.throttle.service import Throttle
+from infermeter.throttle.settings import ThrottleSettings
+from infermeter.throttle.signals import PoolMonitor
+from infermeter.throttle.storage import from_uri, with_failover
+from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.failover import FailoverStorage
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from serving.settings import Config
-from throttle import settings as throttle_settings
-from throttle.errors import ThrottleError
+from infermeter.kernel.settings import Config
+from infermeter.throttle import settings as throttle_settings
+from infermeter.throttle.errors import ThrottleError
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
-    from throttle.app import Runtime, create_app
+    from infermeter.throttle.app import Runtime, create_app
 
     settings, resolver = throttle_settings.load(config)
     settings = throttle_settings.override(
@@ -142,7 +142,7 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_check_policy(args: argparse.Namespace, config: Config) -> int:
-    from throttle.policy_source import parse_document
+    from infermeter.throttle.policy_source import parse_document
 
     try:
         with open(args.file, encoding="utf-8") as handle:
@@ -161,9 +161,9 @@ def run_check_policy(args: argparse.Namespace, config: Config) -> int:
 def run_openapi(args: argparse.Namespace, config: Config) -> int:
     import json
 
-    from throttle.app import Runtime, build_api
-    from throttle.policy import default_policy
-    from throttle.settings import ThrottleSettings
+    from infermeter.throttle.app import Runtime, build_api
+    from infermeter.throttle.policy import default_policy
+    from infermeter.throttle.settings import ThrottleSettings
 
     api = build_api(Runtime(ThrottleSettings(), policy=default_policy()), background=False)
     print(json.dumps(api.openapi(), indent=2, sort_keys=True))
@@ -171,7 +171,7 @@ def run_openapi(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_nginx_config(args: argparse.Namespace, config: Config) -> int:
-    from throttle.nginx import render
+    from infermeter.throttle.nginx import render
 
     print(render(listen=args.listen, throttle=args.throttle, upstream=args.upstream))
     return 0

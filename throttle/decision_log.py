@@ -1,6 +1,6 @@
 """Recent admission decisions per tenant, in bounded in-memory rings (per throttle replica).
 
-Every decision of :class:`throttle.service.Throttle` is appended as one tuple
+Every decision of :class:`infermeter.throttle.service.Throttle` is appended as one tuple
 ``(ts, allowed, reason, cost)`` to its tenant's ring (``collections.deque`` with
 ``maxlen=max_entries``); at most ``max_tenants`` tenants are kept, the least recently
 decided one is forgotten first. Appending is O(1) and allocates one tuple, so it stays on

@@ -10,13 +10,15 @@ Hierarchy::
     └── StorageError           the state backend failed
         └── StorageUnavailable the backend cannot be reached (connection refused, timeout)
 
-They become HTTP status codes only in :mod:`throttle.api`.
+They become HTTP status codes only in :mod:`infermeter.throttle.api`.
 """
 
 from __future__ import annotations
 
+from infermeter.kernel.errors import InfermeterError
 
-class ThrottleError(Exception):
+
+class ThrottleError(InfermeterError):
     """Base class of every throttle error."""
 
 

@@ -3,8 +3,8 @@ fast path.
 
 Every admission is on a gateway's critical path, so ``POST /v1/admit``, ``POST /v1/settle``
 and ``/v1/check`` are served by :class:`FastPath`, a plain ASGI wrapper that skips the web
-framework's routing and dependency machinery; the FastAPI routes in :mod:`throttle.api` call
-the same :class:`GatewayHandlers` (and document them in OpenAPI). Only HTTP ↔ domain mapping
+framework's routing and dependency machinery; the FastAPI routes in :mod:`infermeter.throttle.api`
+call the same :class:`GatewayHandlers` (and document them in OpenAPI). Only HTTP ↔ domain mapping
 happens here.
 """
 
@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from serving.tenancy import bearer_token
-from throttle.algorithms.budgets import WindowCache
-from throttle.errors import (
+from infermeter.kernel.asgi import ASGIApp
+from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.tenancy import bearer_token
+from infermeter.throttle.algorithms.budgets import WindowCache
+from infermeter.throttle.errors import (
     PolicyError,
     RequestError,
     StorageError,
@@ -29,11 +31,11 @@ from throttle.errors import (
     UnknownPool,
     UnknownReservation,
 )
-from throttle.headers import rate_limit_headers
-from throttle.service import AdmitRequest, AdmitResult
+from infermeter.throttle.headers import rate_limit_headers
+from infermeter.throttle.service import AdmitRequest, AdmitResult
 
 if TYPE_CHECKING:
-    from throttle.app import Runtime
+    from infermeter.throttle.app import Runtime
 
 JSON = "application/json"
 DENY_STATUS_HEADER = "x-infermeter-deny-status"
@@ -82,32 +84,31 @@ def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = No
     return Reply(status, orjson.dumps(body), headers or {})
 
 
-def error_reply(status: int, message: str, param: str | None, kind: str) -> Reply:
-    """The error body every infermeter service uses."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return json_reply(body, status)
+def error_reply(status: int, message: str, kind: str, param: str | None = None) -> Reply:
+    """The OpenAI-style error body (:mod:`infermeter.kernel.openai_errors`) as a reply."""
+    return Reply(status, error_body(status, message, kind, param), {})
 
 
 def validation_reply(exc: ValidationError) -> Reply:
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first["loc"]) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    return error_reply(422, message, param, "invalid_request_error")
+    return error_reply(422, message, "invalid_request_error", param)
 
 
 def reply_for(exc: ThrottleError) -> Reply:
     """Map a domain error to its HTTP status (the only place that does)."""
     if isinstance(exc, RequestError):
-        return error_reply(422, str(exc), exc.field, "invalid_request_error")
+        return error_reply(422, str(exc), "invalid_request_error", exc.field)
     if isinstance(exc, PolicyError):
-        return error_reply(422, str(exc), exc.field or None, "invalid_policy")
+        return error_reply(422, str(exc), "invalid_policy", exc.field or None)
     if isinstance(exc, UnknownReservation):
-        return error_reply(404, str(exc), "reservation_id", "not_found")
+        return error_reply(404, str(exc), "not_found", "reservation_id")
     if isinstance(exc, UnknownPool):
-        return error_reply(404, str(exc), "pool", "not_found")
+        return error_reply(404, str(exc), "not_found", "pool")
     if isinstance(exc, StorageError):
-        return error_reply(503, str(exc), None, "storage_unavailable")
-    return error_reply(500, str(exc), None, "internal_error")
+        return error_reply(503, str(exc), "storage_unavailable", None)
+    return error_reply(500, str(exc), "internal_error", None)
 
 
 def finite(value: float) -> float | None:
@@ -155,7 +156,7 @@ class GatewayHandlers:
         return hmac.compare_digest(given.encode(), self._token)
 
     def unauthorized(self) -> Reply:
-        return error_reply(401, "missing or invalid bearer token", "authorization", "auth_error")
+        return error_reply(401, "missing or invalid bearer token", "auth_error", "authorization")
 
     def _headers(self, result: AdmitResult) -> dict[str, str]:
         now = self._rt.now()
@@ -230,7 +231,7 @@ class GatewayHandlers:
             chars = int(length) if length else None
         except ValueError:
             return error_reply(
-                400, "numeric header expected", MAX_TOKENS_HEADER, "invalid_request_error"
+                400, "numeric header expected", "invalid_request_error", MAX_TOKENS_HEADER
             )
         deny_status = 403 if headers.get(DENY_STATUS_HEADER, "") == "403" else 429
         result = await rt.throttle.admit(
@@ -266,7 +267,6 @@ _HEADER_NAMES = {
 }
 _CONTENT_TYPE = (b"content-type", JSON.encode())
 
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
 
 

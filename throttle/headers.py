@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from throttle.policy import Limits
-from throttle.storage.base import Decision
+from infermeter.throttle.policy import Limits
+from infermeter.throttle.storage.base import Decision
 
 SCALE = 1_000_000
 MONTH_S = 30 * 86400

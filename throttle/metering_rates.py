@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from throttle.pricing import Pricer, rates_from_metering
+from infermeter.throttle.pricing import Pricer, rates_from_metering
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from throttle.metering_rates import MeteringRates
-from throttle.policy_source import PolicyManager
-from throttle.service import Throttle
-from throttle.signals import PoolMonitor
-from throttle.storage.failover import FailoverStorage
+from infermeter.throttle.metering_rates import MeteringRates
+from infermeter.throttle.policy_source import PolicyManager
+from infermeter.throttle.service import Throttle
+from infermeter.throttle.signals import PoolMonitor
+from infermeter.throttle.storage.failover import FailoverStorage
 
 P = "infermeter_throttle_"
 

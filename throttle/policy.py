@@ -36,20 +36,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from throttle.errors import PolicyError
+from infermeter.kernel.engine_signals import SIGNAL_NAMES
+from infermeter.kernel.errors import CatalogError
+from infermeter.kernel.price_catalog import load_catalog
+from infermeter.throttle.errors import PolicyError
 
-SIGNAL_NAMES = (
-    "num_requests_running",
-    "num_requests_waiting",
-    "kv_cache_usage_perc",
-    "prompt_tokens_per_s",
-    "generation_tokens_per_s",
-    "ttft_p50_s",
-    "ttft_p95_s",
-    "itl_p50_s",
-    "itl_p95_s",
-    "preemptions_per_s",
-)
 DEFAULT_MODEL = "*"
 
 
@@ -266,12 +257,9 @@ def _catalog_rates(doc: PolicyDocument) -> dict[str, tuple[float, float]]:
     wanted = {name: rate for name, rate in doc.models.items() if rate.gpu}
     if not wanted:
         return {}
-    from metering.catalog import load_catalog
-    from metering.errors import MeteringError
-
     try:
         catalog = load_catalog(doc.catalog or None)
-    except (MeteringError, OSError) as exc:
+    except (CatalogError, OSError) as exc:
         raise PolicyError("catalog", f"price catalog unusable: {exc}") from exc
     rates: dict[str, tuple[float, float]] = {}
     for name, rate in wanted.items():
@@ -281,7 +269,7 @@ def _catalog_rates(doc: PolicyDocument) -> dict[str, tuple[float, float]]:
                 * catalog.overhead_multiplier
                 / 3600.0
             )
-        except (MeteringError, KeyError) as exc:
+        except (CatalogError, KeyError) as exc:
             raise PolicyError(f"models.{name}.gpu", str(exc)) from exc
         per_s = usd_per_s if doc.unit == "usd" else 1.0
         rates[name] = (

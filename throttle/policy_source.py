@@ -16,9 +16,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from throttle.errors import PolicyError, StorageError
-from throttle.policy import Policy, default_policy, load_policy_text, parse_policy
-from throttle.storage.base import Storage
+from infermeter.throttle.errors import PolicyError, StorageError
+from infermeter.throttle.policy import Policy, default_policy, load_policy_text, parse_policy
+from infermeter.throttle.storage.base import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Price a request in the policy's cost unit from its token counts.
 
 Per-model prices come from metering's current figures (``GET /v1/rates``, refreshed in the
-background by :mod:`throttle.metering_rates`) when they are known, else from the policy's
+background by :mod:`infermeter.throttle.metering_rates`) when they are known, else from the policy's
 ``[models]`` table (``*`` as the catch-all): explicit per-token prices, or the price
 catalog's GPU-second for the model's GPU divided by its tokens per GPU-second. A model
 priced nowhere costs 0: it is limited by concurrency only, and counted in
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from throttle.algorithms.costs import estimate_cost, usage_cost
-from throttle.policy import DEFAULT_MODEL, Policy
+from infermeter.throttle.algorithms.costs import estimate_cost, usage_cost
+from infermeter.throttle.policy import DEFAULT_MODEL, Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """Admission decisions: price, reserve, settle, read usage. No HTTP here.
 
 :class:`Throttle` turns an admission request into one atomic storage reservation (rate,
-concurrency lease, budgets and fair share, see :mod:`throttle.storage.base`) and a settle
-into one atomic correction. The pool's pressure state (from :mod:`throttle.signals`) decides
-whether fair share is enforced.
+concurrency lease, budgets and fair share, see :mod:`infermeter.throttle.storage.base`) and a settle
+into one atomic correction. The pool's pressure state (from :mod:`infermeter.throttle.signals`)
+decides whether fair share is enforced.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from throttle.algorithms import budgets
-from throttle.algorithms.fairshare import FairParams
-from throttle.decision_log import DecisionLog, Entry, TenantActivity
-from throttle.errors import RequestError, UnknownReservation
-from throttle.policy import Limits, Policy, Pool
-from throttle.pricing import Price, Pricer
-from throttle.storage.base import (
+from infermeter.throttle.algorithms import budgets
+from infermeter.throttle.algorithms.fairshare import FairParams
+from infermeter.throttle.decision_log import DecisionLog, Entry, TenantActivity
+from infermeter.throttle.errors import RequestError, UnknownReservation
+from infermeter.throttle.policy import Limits, Policy, Pool
+from infermeter.throttle.pricing import Price, Pricer
+from infermeter.throttle.storage.base import (
     Decision,
     ReserveRequest,
     SettleUsage,
@@ -32,7 +32,7 @@ from throttle.storage.base import (
     UsageRequest,
     make_terms,
 )
-from throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.memory import MemoryStorage
 
 STATUSES = ("ok", "error", "client_abort", "throttled", "cache_hit")
 _STATUS_SET = frozenset(STATUSES)

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serving.settings import Config, section
-from serving.tenancy import TenantResolver, tenancy_from_config
+from infermeter.kernel.settings import Config, section
+from infermeter.kernel.tenancy import TenantResolver, tenancy_from_config
 
 
 class ThrottleSettings(BaseModel):

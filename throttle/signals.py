@@ -9,7 +9,7 @@ by every throttle replica on Redis), and on each refresh computes per pool:
   ``queue_growth_window_s``, or the mean KV-cache usage reaches ``kv_cache_usage``, or the
   worst replica's TTFT p95 exceeds ``ttft_p95_slo_s``. Pressure holds ``pressure_hold_s``
   after the last saturated refresh so that fair share does not flap;
-- the autoscale *recommendation* (:mod:`throttle.algorithms.autoscale`).
+- the autoscale *recommendation* (:mod:`infermeter.throttle.algorithms.autoscale`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from throttle.algorithms import autoscale
-from throttle.errors import RequestError, UnknownPool
-from throttle.policy import SIGNAL_NAMES, Policy
-from throttle.storage.base import Storage
+from infermeter.kernel.engine_signals import SIGNAL_NAMES
+from infermeter.throttle.algorithms import autoscale
+from infermeter.throttle.errors import RequestError, UnknownPool
+from infermeter.throttle.policy import Policy
+from infermeter.throttle.storage.base import Storage
 
 MAX_NAME = 200
 

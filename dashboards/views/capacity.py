@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboards import frames, rightsizing, ui
+from infermeter.dashboards import frames, rightsizing, ui
 
 QUANTS = ("bf16", "fp16", "fp8", "awq-int4", "gptq-int4")
 

@@ -7,7 +7,7 @@ from functools import partial
 
 import streamlit as st
 
-from dashboards import frames, ui
+from infermeter.dashboards import frames, ui
 
 DIMENSIONS = (("tenant", "Tenant"), ("model", "Model"), ("feature", "Feature"))
 

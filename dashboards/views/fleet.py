@@ -6,7 +6,7 @@ from functools import partial
 
 import streamlit as st
 
-from dashboards import frames, ui
+from infermeter.dashboards import frames, ui
 
 
 def _seconds(value: float | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import frames, ui
+from infermeter.dashboards import frames, ui
 
 
 def _seconds(value: float | None) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboards import frames, ui
-from dashboards.errors import DashboardError, ServiceUnavailable
+from infermeter.dashboards import frames, ui
+from infermeter.dashboards.errors import DashboardError, ServiceUnavailable
 
 ALL = "All tenants"
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from metering.errors import QueryError
-from metering.sql_files import bind, query
-from metering.store import Store
+from infermeter.metering.errors import QueryError
+from infermeter.metering.sql_files import bind, query
+from infermeter.metering.store import Store
 
 FORMATS = ("csv", "parquet")
 TIMESTAMP_COLUMNS = (

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.gateway.errors import (
+from infermeter.kernel.tenancy import TenantResolver
+from infermeter.serving.gateway.errors import (
     AuthError,
     BodyTooLarge,
     GatewayError,
@@ -33,11 +34,10 @@ from serving.gateway.errors import (
     QueueError,
     RequestError,
 )
-from serving.gateway.front import MAX_BODY_BYTES, authenticate, error_parts
-from serving.gateway.jobs.model import Job, JobBackend, JobEvent
-from serving.gateway.pipeline import Caller, Pipeline
-from serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
-from serving.tenancy import TenantResolver
+from infermeter.serving.gateway.front import MAX_BODY_BYTES, authenticate, error_parts
+from infermeter.serving.gateway.jobs.model import Job, JobBackend, JobEvent
+from infermeter.serving.gateway.pipeline import Caller, Pipeline
+from infermeter.serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 KEEPALIVE_S = 15.0

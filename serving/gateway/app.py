@@ -23,23 +23,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.gateway.api import ROUTES, GatewayApi
-from serving.gateway.cache import SemanticCache
-from serving.gateway.embeddings import Embedder
-from serving.gateway.errors import GatewayError
-from serving.gateway.front import PATHS, InferenceFront, with_request_id
-from serving.gateway.jobs.memory import MemoryJobs
-from serving.gateway.jobs.model import JobBackend
-from serving.gateway.jobs.redis_streams import RedisJobs
-from serving.gateway.jobs.worker import JobRunner
-from serving.gateway.metering_client import MeteringClient
-from serving.gateway.pipeline import Pipeline
-from serving.gateway.routing import Replica, Router
-from serving.gateway.settings import GatewaySettings
-from serving.gateway.signals import SignalPoller
-from serving.gateway.throttle_client import ThrottleClient
-from serving.gateway.upstreams import Managed, SelfHosted, Upstream
-from serving.tenancy import TenantResolver
+from infermeter.kernel.tenancy import TenantResolver
+from infermeter.serving.gateway.api import ROUTES, GatewayApi
+from infermeter.serving.gateway.cache import SemanticCache
+from infermeter.serving.gateway.embeddings import Embedder
+from infermeter.serving.gateway.errors import GatewayError
+from infermeter.serving.gateway.front import PATHS, InferenceFront, with_request_id
+from infermeter.serving.gateway.jobs.memory import MemoryJobs
+from infermeter.serving.gateway.jobs.model import JobBackend
+from infermeter.serving.gateway.jobs.redis_streams import RedisJobs
+from infermeter.serving.gateway.jobs.worker import JobRunner
+from infermeter.serving.gateway.metering_client import MeteringClient
+from infermeter.serving.gateway.pipeline import Pipeline
+from infermeter.serving.gateway.routing import Replica, Router
+from infermeter.serving.gateway.settings import GatewaySettings
+from infermeter.serving.gateway.signals import SignalPoller
+from infermeter.serving.gateway.throttle_client import ThrottleClient
+from infermeter.serving.gateway.upstreams import Managed, SelfHosted, Upstream
 
 
 def job_backend(settings: GatewaySettings) -> JobBackend:
@@ -60,7 +60,7 @@ def job_backend(settings: GatewaySettings) -> JobBackend:
 def default_embedder(settings: GatewaySettings, session: aiohttp.ClientSession) -> Embedder:
     """The embedder chosen by ``[gateway.cache] backend``."""
     if settings.cache.backend == "http":
-        from serving.gateway.embeddings.remote import HttpEmbedder
+        from infermeter.serving.gateway.embeddings.remote import HttpEmbedder
 
         return HttpEmbedder(
             session,
@@ -68,7 +68,7 @@ def default_embedder(settings: GatewaySettings, session: aiohttp.ClientSession) 
             settings.cache.embeddings_model,
             truncate_prompt_tokens=settings.cache.embeddings_truncate_tokens,
         )
-    from serving.gateway.embeddings.local import LocalEmbedder
+    from infermeter.serving.gateway.embeddings.local import LocalEmbedder
 
     return LocalEmbedder()
 

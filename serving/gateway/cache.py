@@ -22,11 +22,11 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.gateway.cache_guard import compatible
-from serving.gateway.embeddings import Embedder
-from serving.gateway.errors import EmbeddingError
-from serving.gateway.requests import InferenceRequest
-from serving.gateway.settings import CacheSettings, TenantCacheSettings
+from infermeter.serving.gateway.cache_guard import compatible
+from infermeter.serving.gateway.embeddings import Embedder
+from infermeter.serving.gateway.errors import EmbeddingError
+from infermeter.serving.gateway.requests import InferenceRequest
+from infermeter.serving.gateway.settings import CacheSettings, TenantCacheSettings
 
 Vector = npt.NDArray[np.float32]
 

@@ -15,13 +15,15 @@ Hierarchy::
     ├── QueueError            the job queue backend failed → 503
     └── EmbeddingError        the embedding model cannot be loaded or called
 
-They become HTTP statuses only in :mod:`serving.gateway.api`.
+They become HTTP statuses only in :mod:`infermeter.serving.gateway.api`.
 """
 
 from __future__ import annotations
 
+from infermeter.kernel.errors import InfermeterError
 
-class GatewayError(Exception):
+
+class GatewayError(InfermeterError):
     """Base class of every gateway error."""
 
 

@@ -15,10 +15,13 @@ import contextlib
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.gateway.errors import (
+from infermeter.kernel.asgi import Scope
+from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.request_ids import new_request_id
+from infermeter.kernel.tenancy import TenantResolver
+from infermeter.serving.gateway.errors import (
     AuthError,
     BodyTooLarge,
     GatewayError,
@@ -31,13 +34,16 @@ from serving.gateway.errors import (
     UpstreamConnectError,
     UpstreamError,
 )
-from serving.gateway.pipeline import REQUEST_ID_HEADER, CacheReply, Caller, Flight, Pipeline
-from serving.gateway.replay import json_body, sse_events
-from serving.gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_inference
-from serving.request_ids import new_request_id
-from serving.tenancy import TenantResolver
+from infermeter.serving.gateway.pipeline import (
+    REQUEST_ID_HEADER,
+    CacheReply,
+    Caller,
+    Flight,
+    Pipeline,
+)
+from infermeter.serving.gateway.replay import json_body, sse_events
+from infermeter.serving.gateway.requests import CHAT, COMPLETIONS, EMBEDDINGS, parse_inference
 
-Scope = MutableMapping[str, Any]
 PATHS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
 OVERHEAD_HEADER = "x-infermeter-overhead-ms"
 REQUEST_ID_SCOPE = "infermeter.request_id"
@@ -51,34 +57,28 @@ _SSE = [
 ]
 
 
-def _error_body(status: int, message: str, type_: str, param: str | None = None) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": status}}
-    )
-
-
 def error_parts(exc: GatewayError) -> tuple[int, bytes, dict[str, str]]:
     """HTTP status, OpenAI-style JSON body and extra headers for a gateway error."""
     retry = {"retry-after": "1"}
     if isinstance(exc, BodyTooLarge):
-        return 413, _error_body(413, str(exc), "invalid_request_error"), {}
+        return 413, error_body(413, str(exc), "invalid_request_error"), {}
     if isinstance(exc, RequestError):
-        return 400, _error_body(400, str(exc), "invalid_request_error", exc.param), {}
+        return 400, error_body(400, str(exc), "invalid_request_error", exc.param), {}
     if isinstance(exc, AuthError):
-        return 401, _error_body(401, str(exc), "authentication_error"), {}
+        return 401, error_body(401, str(exc), "authentication_error"), {}
     if isinstance(exc, ModelNotFound):
-        return 404, _error_body(404, str(exc), "model_not_found", "model"), {}
+        return 404, error_body(404, str(exc), "model_not_found", "model"), {}
     if isinstance(exc, JobNotFound):
-        return 404, _error_body(404, str(exc), "not_found_error", "id"), {}
+        return 404, error_body(404, str(exc), "not_found_error", "id"), {}
     if isinstance(exc, Throttled):
-        return 429, _error_body(429, str(exc), "rate_limit_error"), dict(exc.headers)
+        return 429, error_body(429, str(exc), "rate_limit_error"), dict(exc.headers)
     if isinstance(exc, ThrottleUnavailable | QueueError):
-        return 503, _error_body(503, str(exc), "service_unavailable"), retry
+        return 503, error_body(503, str(exc), "service_unavailable"), retry
     if isinstance(exc, UpstreamConnectError):
-        return 503, _error_body(503, str(exc), "upstream_unavailable"), retry
+        return 503, error_body(503, str(exc), "upstream_unavailable"), retry
     if isinstance(exc, UpstreamError):
-        return 502, _error_body(502, str(exc), "upstream_error"), {}
-    return 500, _error_body(500, str(exc), "internal_error"), {}
+        return 502, error_body(502, str(exc), "upstream_error"), {}
+    return 500, error_body(500, str(exc), "internal_error"), {}
 
 
 def authenticate(resolver: TenantResolver, raw_headers: Iterable[tuple[bytes, bytes]]) -> Caller:

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from metering.contracts import UsageRecord
+from infermeter.kernel.records import UsageRecord
 
 MAX_QUEUED = 50_000
 BATCH = 500

@@ -21,16 +21,16 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Histogram
 
-from metering.contracts import UsageRecord
-from serving.gateway.cache import CachedAnswer, Hit, Lookup, SemanticCache
-from serving.gateway.errors import ModelNotFound, Throttled, UpstreamError
-from serving.gateway.metering_client import MeteringClient
-from serving.gateway.requests import EMBEDDINGS, InferenceRequest
-from serving.gateway.throttle_client import Admission, AdmitRequest, ThrottleClient
-from serving.gateway.upstreams import Upstream, UpstreamResponse
-from serving.gateway.usage import StreamTap, Usage, body_usage
-from serving.request_ids import new_request_id
-from serving.tenancy import KEY_ID_HEADER, SECRET_HEADER, TAGS_HEADER, TENANT_HEADER
+from infermeter.kernel.records import UsageRecord
+from infermeter.kernel.request_ids import new_request_id
+from infermeter.kernel.tenancy import KEY_ID_HEADER, SECRET_HEADER, TAGS_HEADER, TENANT_HEADER
+from infermeter.serving.gateway.cache import CachedAnswer, Hit, Lookup, SemanticCache
+from infermeter.serving.gateway.errors import ModelNotFound, Throttled, UpstreamError
+from infermeter.serving.gateway.metering_client import MeteringClient
+from infermeter.serving.gateway.requests import EMBEDDINGS, InferenceRequest
+from infermeter.serving.gateway.throttle_client import Admission, AdmitRequest, ThrottleClient
+from infermeter.serving.gateway.upstreams import Upstream, UpstreamResponse
+from infermeter.serving.gateway.usage import StreamTap, Usage, body_usage
 
 REQUEST_ID_HEADER = "x-infermeter-request-id"
 CHARS_PER_TOKEN = 4

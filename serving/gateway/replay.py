@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from serving.gateway.cache import CachedAnswer
-from serving.gateway.requests import CHAT, InferenceRequest
+from infermeter.serving.gateway.cache import CachedAnswer
+from infermeter.serving.gateway.requests import CHAT, InferenceRequest
 
 
 def _usage(answer: CachedAnswer) -> dict[str, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from serving.gateway.errors import RequestError
+from infermeter.serving.gateway.errors import RequestError
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from infermeter.kernel import vllm_wire
+
 KV_SATURATED = 0.9
 
 
 @dataclass(slots=True)
-class EngineSignals:
+class ReplicaLoad:
     """One reading of a replica's engine gauges."""
 
     ts: float
@@ -36,7 +38,7 @@ class Replica:
     url: str
     signals_url: str
     outstanding: int = 0
-    signals: EngineSignals | None = None
+    signals: ReplicaLoad | None = None
     connect_failures: int = 0
 
 
@@ -55,7 +57,7 @@ class Router:
         self._now = now
         self._tie = itertools.count()
 
-    def fresh(self, replica: Replica) -> EngineSignals | None:
+    def fresh(self, replica: Replica) -> ReplicaLoad | None:
         """The replica's signals if fresh enough to use."""
         sig = replica.signals
         if sig is None or self._now() - sig.ts > self._max_age:
@@ -82,9 +84,9 @@ class Router:
         return min(keyed, key=lambda item: item[0])[1]
 
 
-def parse_engine_gauges(text: str, ts: float) -> EngineSignals:
+def parse_engine_gauges(text: str, ts: float) -> ReplicaLoad:
     """Read vLLM's gauges from a Prometheus exposition (summed over engines; KV: max)."""
-    sig = EngineSignals(ts=ts)
+    sig = ReplicaLoad(ts=ts)
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
@@ -93,10 +95,10 @@ def parse_engine_gauges(text: str, ts: float) -> EngineSignals:
             value = float(rest.rsplit(" ", 1)[-1] if "{" in line else rest.split()[0])
         except (ValueError, IndexError):
             continue
-        if name == "vllm:num_requests_waiting":
+        if name == vllm_wire.NUM_REQUESTS_WAITING:
             sig.waiting += value
-        elif name == "vllm:num_requests_running":
+        elif name == vllm_wire.NUM_REQUESTS_RUNNING:
             sig.running += value
-        elif name == "vllm:kv_cache_usage_perc":
+        elif name == vllm_wire.KV_CACHE_USAGE_PERC:
             sig.kv_cache_usage = max(sig.kv_cache_usage, value)
     return sig

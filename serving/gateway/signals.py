@@ -18,20 +18,20 @@ from typing import Any
 import aiohttp
 import orjson
 
-from serving.gateway.routing import EngineSignals, Replica, parse_engine_gauges
+from infermeter.serving.gateway.routing import Replica, ReplicaLoad, parse_engine_gauges
 
 
-def signals_from_json(payload: Any, received_mono: float, wall_now: float) -> EngineSignals | None:
+def signals_from_json(payload: Any, received_mono: float, wall_now: float) -> ReplicaLoad | None:
     """Sum the collector's per-model signals into one reading (KV usage: the maximum)."""
     items = payload if isinstance(payload, list) else [payload]
-    sig: EngineSignals | None = None
+    sig: ReplicaLoad | None = None
     for item in items:
         if not isinstance(item, dict):
             continue
         ts = item.get("ts")
         age = max(0.0, wall_now - float(ts)) if isinstance(ts, int | float) else 0.0
         if sig is None:
-            sig = EngineSignals(ts=received_mono - age)
+            sig = ReplicaLoad(ts=received_mono - age)
         sig.ts = min(sig.ts, received_mono - age)
         sig.waiting += _num(item.get("num_requests_waiting"))
         sig.running += _num(item.get("num_requests_running"))

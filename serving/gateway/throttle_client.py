@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.gateway.errors import Throttled, ThrottleUnavailable
+from infermeter.serving.gateway.errors import Throttled, ThrottleUnavailable
 
 PASS_HEADERS = ("retry-after", "ratelimit-policy", "ratelimit")
 

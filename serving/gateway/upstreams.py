@@ -1,7 +1,7 @@
 """Where a pool's requests go, behind one interface: self-hosted replicas or a managed API.
 
 :class:`SelfHosted` sends to a replica's collector (which proxies to vLLM or the
-simulator) chosen by :class:`~serving.gateway.routing.Router`, with the trusted tenant
+simulator) chosen by :class:`~infermeter.serving.gateway.routing.Router`, with the trusted tenant
 headers. If connecting fails it tries another replica, up to ``connect_retries`` times; a
 request that reached a replica is never re-sent, because it may have generated tokens.
 :class:`Managed` sends to an OpenAI-compatible API with a key from the environment and no
@@ -17,8 +17,8 @@ from typing import Protocol
 
 import aiohttp
 
-from serving.gateway.errors import UpstreamConnectError, UpstreamError
-from serving.gateway.routing import Replica, Router
+from infermeter.serving.gateway.errors import UpstreamConnectError, UpstreamError
+from infermeter.serving.gateway.routing import Replica, Router
 
 # aiohttp's connect failures (refused, DNS, connect timeout): nothing reached the upstream.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serving.errors import ConfigError, PortInUse
-from serving.settings import Config, section
-from serving.simulator.profiles import GPUS, MODELS, QUANTIZATIONS
-from serving.simulator.settings import SimulatorSettings
+from infermeter.capacity.profiles import GPUS, MODELS, QUANTIZATIONS
+from infermeter.kernel.errors import ConfigError, PortInUse
+from infermeter.kernel.settings import Config, section
+from infermeter.serving.simulator.settings import SimulatorSettings
 
 # flag -> (settings field, type, help). Defaults shown are SimulatorSettings'.
 _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``infermeter engine simulate``."""
     import uvicorn
 
-    from serving.simulator.server import create_app
+    from infermeter.serving.simulator.server import create_app
 
     settings = settings_from(args, config)
     app = create_app(settings)

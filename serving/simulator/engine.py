@@ -19,7 +19,7 @@ past its readers and a client abort still cuts a stream short.
 Time: with ``clock=None`` the engine runs in pure virtual time (arrivals happen at the end
 of the last step; steps follow each other without gaps). With a clock, a step starts at
 ``max(clock(), end of last step)``, so idle periods come from the clock. Nothing here
-sleeps: :mod:`serving.simulator.loop` paces the steps in real time.
+sleeps: :mod:`infermeter.serving.simulator.loop` paces the steps in real time.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from serving.simulator.kv_cache import KvCache
-from serving.simulator.metrics import VllmMetrics, observe_many
-from serving.simulator.perf_model import PerformanceModel, StepCost
-from serving.simulator.text import CompletionPlan
+from infermeter.capacity.perf_model import PerformanceModel, StepCost
+from infermeter.serving.simulator.kv_cache import KvCache
+from infermeter.serving.simulator.metrics import VllmMetrics, observe_many
+from infermeter.serving.simulator.text import CompletionPlan
 
 WAITING, RUNNING, FINISHED, ABORTED = "waiting", "running", "finished", "aborted"
 

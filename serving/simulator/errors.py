@@ -2,26 +2,22 @@
 
 Hierarchy::
 
-    serving.errors.ServingError
+    infermeter.serving.errors.ServingError
     └── SimulatorError
-        ├── ProfileError          unknown GPU/model profile, bad MIG slice, model does not fit
         └── RequestError          a client request is invalid (carries OpenAI error fields)
             └── ModelNotFound     the request names a model this server does not serve
 
+A bad GPU/model profile raises :class:`infermeter.capacity.errors.ProfileError`.
 Only ``server`` turns a :class:`RequestError` into an HTTP status and JSON body.
 """
 
 from __future__ import annotations
 
-from serving.errors import ServingError
+from infermeter.serving.errors import ServingError
 
 
 class SimulatorError(ServingError):
     """Base class of every simulator error."""
-
-
-class ProfileError(SimulatorError):
-    """A GPU or model profile is unknown, or the chosen configuration cannot run."""
 
 
 class RequestError(SimulatorError):

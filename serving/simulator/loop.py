@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from serving.simulator.engine import Engine
+from infermeter.serving.simulator.engine import Engine
 
 Sleep = Callable[[float], Awaitable[None]]
 

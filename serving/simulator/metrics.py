@@ -22,28 +22,21 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-CONTENT_TYPE = "text/plain; version=1.0.0; charset=utf-8"
+from infermeter.kernel.vllm_wire import (
+    CONTENT_TYPE,
+    FINISHED_REASONS,
+    HTTP_HIGHR_BUCKETS,
+    ITERATION_BUCKETS,
+    ITL_BUCKETS,
+    REQUEST_PHASES,
+    REQUEST_SECONDS_BUCKETS,
+    TOKEN_BUCKETS,
+    TTFT_BUCKETS,
+)
+
+__all__ = ["CONTENT_TYPE", "ITL_BUCKETS", "VllmMetrics", "observe_many"]
 
 MFU_HELP = "(for Model Flops Utilization calculations)."
-TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
-REQUEST_SECONDS_BUCKETS = (
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-ITL_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0,
-)  # fmt: skip
-ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-HTTP_HIGHR_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5,
-    5.0, 7.5, 10.0, 30.0, 60.0,
-)  # fmt: skip
-FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 _HTTP_SIZE_HELP = (
     "Content length of {} by handler. Only value of header is respected. Otherwise ignored. "
     "No percentile calculated. "
@@ -228,17 +221,16 @@ class VllmMetrics:
             "Histogram of time_per_output_token_seconds per request.",
             ITL_BUCKETS,
         )
-        phase = "time spent in {} phase for request."
-        phases = {
-            "e2e": ("e2e_request_latency_seconds", "e2e request latency in seconds."),
-            "queue": ("request_queue_time_seconds", phase.format("WAITING")),
-            "inference": ("request_inference_time_seconds", phase.format("RUNNING")),
-            "prefill": ("request_prefill_time_seconds", phase.format("PREFILL")),
-            "decode": ("request_decode_time_seconds", phase.format("DECODE")),
+        phase_help = {
+            key: f"time spent in {when} phase for request."
+            for key, (_, when) in REQUEST_PHASES.items()
         }
+        phase_help["e2e"] = "e2e request latency in seconds."
         made = {
-            key: histogram(f"vllm:{name}", f"Histogram of {doc}", REQUEST_SECONDS_BUCKETS)
-            for key, (name, doc) in phases.items()
+            key: histogram(
+                f"vllm:{name}", f"Histogram of {phase_help[key]}", REQUEST_SECONDS_BUCKETS
+            )
+            for key, (name, _) in REQUEST_PHASES.items()
         }
         self.e2e, self.queue = made["e2e"], made["queue"]
         self.inference, self.prefill, self.decode = (

@@ -17,13 +17,6 @@ SYSTEM_FINGERPRINT = "vllm-0.32.0-0cfcbd29"
 DONE = b"data: [DONE]\n\n"
 
 
-def error_body(status: int, error_type: str, message: str, param: str | None) -> bytes:
-    """vLLM's error envelope."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": status}}
-    )
-
-
 def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(8)
 

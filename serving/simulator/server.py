@@ -14,32 +14,37 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
 
-from serving.simulator.engine import FINISHED, Engine, SimRequest
-from serving.simulator.errors import RequestError
-from serving.simulator.loop import EngineLoop, Sleep, model_clock
-from serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
-from serving.simulator.responses import (
+from infermeter.kernel.asgi import Receive, Scope, Send
+from infermeter.kernel.openai_errors import error_body
+from infermeter.serving.simulator.engine import FINISHED, Engine, SimRequest
+from infermeter.serving.simulator.errors import RequestError
+from infermeter.serving.simulator.loop import EngineLoop, Sleep, model_clock
+from infermeter.serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
+from infermeter.serving.simulator.responses import (
     DONE,
     VLLM_VERSION,
     ChunkWriter,
     completion_body,
-    error_body,
     models_body,
     new_id,
 )
-from serving.simulator.settings import SimulatorSettings, build_profile, cache_config_labels
-from serving.simulator.text import CompletionPlan, OutputLength, block_hashes, plan_completion
-from serving.simulator.validation import ParsedRequest, parse_request
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from infermeter.serving.simulator.settings import (
+    SimulatorSettings,
+    build_profile,
+    cache_config_labels,
+)
+from infermeter.serving.simulator.text import (
+    CompletionPlan,
+    OutputLength,
+    block_hashes,
+    plan_completion,
+)
+from infermeter.serving.simulator.validation import ParsedRequest, parse_request
 
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"vary", b"Origin")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"vary", b"Origin")]
@@ -205,7 +210,7 @@ class SimulatorApp:
                 raw, chat=chat, served_model=self.served, max_model_len=self.max_model_len
             )
         except RequestError as exc:
-            body = error_body(exc.status, exc.error_type, exc.message, exc.param)
+            body = error_body(exc.status, exc.message, exc.error_type, exc.param)
             await _respond(send, exc.status, JSON_HEADERS, body)
             return exc.status, len(body)
         plan = self._plan(parsed)

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.simulator.errors import ProfileError
-from serving.simulator.perf_model import Efficiency, PerformanceModel
-from serving.simulator.profiles import resolve_gpu, resolve_model, resolve_quantization
+from infermeter.capacity.errors import ProfileError
+from infermeter.capacity.perf_model import Efficiency, PerformanceModel
+from infermeter.capacity.profiles import resolve_gpu, resolve_model, resolve_quantization
 
 
 class SimulatorSettings(BaseModel):

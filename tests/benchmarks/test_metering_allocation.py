@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from metering.allocation import Allocator
-from metering.budgets import Budgets
-from metering.catalog import load_catalog
-from metering.reports import Reports
-from metering.settings import BudgetSettings
-from metering.store import open_store
+from infermeter.kernel.price_catalog import load_catalog
+from infermeter.metering.allocation import Allocator
+from infermeter.metering.budgets import Budgets
+from infermeter.metering.reports import Reports
+from infermeter.metering.settings import BudgetSettings
+from infermeter.metering.store import open_store
 from tests.benchmarks.metering_data import START, generate, replicas
 
 SIZES = [int(s) for s in os.environ.get("INFERMETER_BENCH_SIZES", "1000000,10000000").split(",")]

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from metering.api import create_app
-from metering.ingest import Ingestor
-from metering.service import MeteringService
-from metering.settings import MeteringSettings
-from metering.store import CHECKPOINT_THRESHOLD, Store, open_store
+from infermeter.metering.api import create_app
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
+from infermeter.metering.store import CHECKPOINT_THRESHOLD, Store, open_store
 from tests.conftest import ServerThread
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

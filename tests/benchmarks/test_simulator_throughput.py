@@ -113,7 +113,7 @@ def simulator(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     port = root.free_port()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "serving", "engine", "simulate", "--port", str(port),
+            sys.executable, "-m", "infermeter", "engine", "simulate", "--port", str(port),
             "--served-model-name", "sim", "--max-num-seqs", "1024", "--max-model-len", "4096",
             "--time-scale", time_scale,
         ],

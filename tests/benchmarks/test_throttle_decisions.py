@@ -25,12 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from throttle.algorithms import budgets, fairshare, gcra
-from throttle.algorithms.fairshare import FairParams
-from throttle.policy import load_policy_text
-from throttle.service import AdmitRequest, Throttle
-from throttle.storage.memory import MemoryStorage
-from throttle.storage.redis import RedisStorage
+from infermeter.throttle.algorithms import budgets, fairshare, gcra
+from infermeter.throttle.algorithms.fairshare import FairParams
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.service import AdmitRequest, Throttle
+from infermeter.throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.redis import RedisStorage
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = """
@@ -203,7 +203,7 @@ def _serve(policy: Path, storage: str) -> Iterator[tuple[str, int]]:
         [
             sys.executable,
             "-m",
-            "throttle",
+            "infermeter.throttle",
             "serve",
             "--policy",
             str(policy),

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 from scripted_engine import ScriptedEngine
 from tests_helpers_collector import API_KEY, SECRET, RunningCollector
 
-from collector.app import CollectorApp
-from collector.settings import CollectorSettings
-from metering.contracts import UsageRecord
-from serving.tenancy import KeyEntry, TenantResolver, hash_key
+from infermeter.collector.app import CollectorApp
+from infermeter.collector.settings import CollectorSettings
+from infermeter.kernel.records import UsageRecord
+from infermeter.kernel.tenancy import KeyEntry, TenantResolver, hash_key
 
 
 class RecordingExporter:

@@ -6,11 +6,11 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from collector.cli import _BOOLS, _OPTIONS, register, resolver_from, settings_from
-from collector.settings import CollectorSettings
-from serving.cli import common_options
-from serving.settings import Config
-from serving.tenancy import hash_key
+from infermeter.collector.cli import _BOOLS, _OPTIONS, register, resolver_from, settings_from
+from infermeter.collector.settings import CollectorSettings
+from infermeter.kernel.cli import common_options
+from infermeter.kernel.settings import Config
+from infermeter.kernel.tenancy import hash_key
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ from conftest_paths import ARTIFACTS
 from prometheus_client import CollectorRegistry, generate_latest
 from tests_helpers_collector import promtool_check
 
-from collector.engine_scraper import EngineScraper
-from collector.engine_signals import (
+from infermeter.collector.engine_scraper import EngineScraper
+from infermeter.collector.engine_signals import (
     EngineSignals,
     SignalDeriver,
     counter_delta,

@@ -12,8 +12,8 @@ from conftest_paths import ARTIFACTS
 from tests_helpers_collector import promtool_check
 from usage_receiver import UsageReceiver
 
-from collector.app import CollectorApp
-from collector.settings import CollectorSettings
+from infermeter.collector.app import CollectorApp
+from infermeter.collector.settings import CollectorSettings
 
 # What DCGM-exporter's names and labels carry by design (FACTS.md): camelCase label
 # `modelName`, and counters named without `_total`.

@@ -11,7 +11,7 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collector.gpu import NvmlSampler, dcgm_exposition
+from infermeter.collector.gpu import NvmlSampler, dcgm_exposition
 
 GIB = 1024**3
 
@@ -114,8 +114,8 @@ def test_gpu_samples_are_shipped(engine: Any, serve: Any, tmp_path: Any) -> None
     from tests_helpers_collector import RunningCollector
     from usage_receiver import UsageReceiver
 
-    from collector.app import CollectorApp
-    from collector.settings import CollectorSettings
+    from infermeter.collector.app import CollectorApp
+    from infermeter.collector.settings import CollectorSettings
 
     fake_nvml.reset()
     _, upstream = engine

@@ -12,8 +12,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from tests_helpers_collector import free_port
 
-from collector.app import CollectorApp
-from collector.settings import CollectorSettings
+from infermeter.collector.app import CollectorApp
+from infermeter.collector.settings import CollectorSettings
 
 
 def attrs(kvs: Any) -> dict[str, Any]:

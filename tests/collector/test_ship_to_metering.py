@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from metering.api import create_app
-from metering.service import MeteringService
-from metering.settings import MeteringSettings
+from infermeter.metering.api import create_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
 
 
 def stored(service: MeteringService) -> dict[str, tuple[str, int, int, str]]:

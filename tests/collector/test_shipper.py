@@ -106,7 +106,7 @@ def _start_collector(
     cmd = [
         sys.executable,
         "-m",
-        "collector",
+        "infermeter.collector",
         "--config",
         str(config),
         "--upstream",

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from conftest_paths import ARTIFACTS
 
-from throttle.app import Runtime, create_app
-from throttle.settings import ThrottleSettings
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.settings import ThrottleSettings
 
 
 def test_throttle_accepts_the_collectors_signals(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.errors import SpoolError
-from collector.spool import Spool
+from infermeter.collector.errors import SpoolError
+from infermeter.collector.spool import Spool
 
 
 def payloads(start: int, n: int) -> list[bytes]:
@@ -79,9 +79,9 @@ def test_corrupt_ack_file_is_reported(tmp_path: Path) -> None:
 async def test_pipeline_counts_records_a_full_spool_refuses(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from collector.pipeline import RecordPipeline
-    from collector.record import RequestRecord
-    from collector.request_metrics import RequestMetrics
+    from infermeter.collector.pipeline import RecordPipeline
+    from infermeter.collector.record import RequestRecord
+    from infermeter.collector.request_metrics import RequestMetrics
 
     registry = CollectorRegistry()
     spool = Spool(tmp_path, max_bytes=4096)

@@ -9,7 +9,7 @@ from conftest_paths import ARTIFACTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.sse import SseScanner, parse_body_usage
+from infermeter.collector.sse import SseScanner, parse_body_usage
 
 CHAT = (ARTIFACTS / "chat_stream.sse").read_bytes()
 COMPLETION = (ARTIFACTS / "completions_stream.sse").read_bytes()

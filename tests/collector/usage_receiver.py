@@ -12,8 +12,8 @@ import json
 import threading
 from typing import Any
 
-from metering.contracts import parse_gpu_sample, parse_usage_record
-from metering.errors import RecordError
+from infermeter.kernel.records import parse_gpu_sample, parse_usage_record
+from infermeter.metering.errors import RecordError
 
 
 class UsageReceiver:

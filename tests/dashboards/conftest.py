@@ -31,13 +31,13 @@ REPO = str(Path(__file__).resolve().parents[2])
 if REPO not in sys.path:
     sys.path.append(REPO)
 
-from metering.api import create_app as metering_app  # noqa: E402
-from metering.service import MeteringService  # noqa: E402
-from metering.settings import MeteringSettings  # noqa: E402
-from throttle.app import Runtime  # noqa: E402
-from throttle.app import create_app as throttle_app  # noqa: E402
-from throttle.policy import load_policy_text  # noqa: E402
-from throttle.settings import ThrottleSettings  # noqa: E402
+from infermeter.metering.api import create_app as metering_app  # noqa: E402
+from infermeter.metering.service import MeteringService  # noqa: E402
+from infermeter.metering.settings import MeteringSettings  # noqa: E402
+from infermeter.throttle.app import Runtime  # noqa: E402
+from infermeter.throttle.app import create_app as throttle_app  # noqa: E402
+from infermeter.throttle.policy import load_policy_text  # noqa: E402
+from infermeter.throttle.settings import ThrottleSettings  # noqa: E402
 
 
 @pytest.fixture(scope="session")

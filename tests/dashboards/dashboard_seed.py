@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from metering.contracts import GpuSample, UsageRecord
+from infermeter.kernel.records import GpuSample, UsageRecord
 
 INGEST = "ingest-secret"
 READ = "read-secret"

@@ -31,7 +31,7 @@ def dashboard(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     cmd = [
         sys.executable,
         "-m",
-        "dashboards",
+        "infermeter.dashboards",
         "--port",
         str(port),
         "--metering-url",

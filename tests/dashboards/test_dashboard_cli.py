@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.cli import (
+from infermeter.dashboards.cli import (
     APP,
     OPTIONS,
     legacy_pages_folder,
@@ -18,9 +18,9 @@ from dashboards.cli import (
     resolve,
     streamlit_command,
 )
-from dashboards.settings import DashboardSettings
-from serving.cli import common_options
-from serving.settings import load_config
+from infermeter.dashboards.settings import DashboardSettings
+from infermeter.kernel.cli import common_options
+from infermeter.kernel.settings import load_config
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_help_documents_every_option() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "dashboards", "--help"],
+        [sys.executable, "-m", "infermeter.dashboards", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dashboard_seed import READ, THROTTLE_API, Stack, root_conftest
 
-from dashboards.client import MeteringClient, ThrottleClient, TimeRange
-from dashboards.errors import ServiceError, ServiceUnavailable
+from infermeter.dashboards.client import MeteringClient, ThrottleClient, TimeRange
+from infermeter.dashboards.errors import ServiceError, ServiceUnavailable
 
 
 def day() -> TimeRange:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from dashboards import frames
-from dashboards.client import Sample
+from infermeter.dashboards import frames
+from infermeter.dashboards.client import Sample
 
 COST = {
     "by": "tenant",

@@ -19,11 +19,11 @@ import pytest
 from dashboard_seed import Stack
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.app import CollectorApp
-from collector.settings import CollectorSettings
-from dashboards.grafana.build import dashboard
-from serving.simulator.server import create_app as simulator_app
-from serving.simulator.settings import SimulatorSettings
+from infermeter.collector.app import CollectorApp
+from infermeter.collector.settings import CollectorSettings
+from infermeter.dashboards.grafana.build import dashboard
+from infermeter.serving.simulator.server import create_app as simulator_app
+from infermeter.serving.simulator.settings import SimulatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "dashboards" / "grafana" / "infermeter.json"

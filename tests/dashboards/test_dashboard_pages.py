@@ -14,10 +14,10 @@ import pytest
 from dashboard_seed import INGEST, READ, THROTTLE_API, Stack, root_conftest
 from streamlit.testing.v1 import AppTest
 
-from dashboards import ui
-from metering.api import create_app as metering_app
-from metering.service import MeteringService
-from metering.settings import MeteringSettings
+from infermeter.dashboards import ui
+from infermeter.metering.api import create_app as metering_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 PAGES = (
@@ -281,7 +281,7 @@ def test_invalid_configuration_is_named_not_raised(monkeypatch: pytest.MonkeyPat
 
 def test_unexpected_error_is_one_line_not_a_traceback() -> None:
     def script() -> None:
-        from dashboards import ui
+        from infermeter.dashboards import ui
 
         def broken(ctx: object) -> None:
             raise KeyError("rows")

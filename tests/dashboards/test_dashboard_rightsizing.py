@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dashboards.rightsizing import (
+from infermeter.capacity.perf_model import PerformanceModel
+from infermeter.capacity.profiles import resolve_gpu, resolve_model, resolve_quantization
+from infermeter.dashboards.rightsizing import (
     ReplicaLoad,
     advise,
     advise_all,
@@ -14,8 +16,6 @@ from dashboards.rightsizing import (
     price_fraction,
     quantization_savings,
 )
-from serving.simulator.perf_model import PerformanceModel
-from serving.simulator.profiles import resolve_gpu, resolve_model, resolve_quantization
 
 
 def load(**overrides: object) -> ReplicaLoad:

@@ -11,10 +11,10 @@ import duckdb
 import orjson
 import pytest
 
-from metering.catalog import Catalog, load_catalog
-from metering.contracts import UsageRecord
-from metering.ingest import Ingestor
-from metering.store import Store, migrations, open_store
+from infermeter.kernel.price_catalog import Catalog, load_catalog
+from infermeter.kernel.records import UsageRecord
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.store import Store, migrations, open_store
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 

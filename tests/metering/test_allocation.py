@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.allocation import Allocator
-from metering.catalog import Catalog
-from metering.contracts import UsageRecord
-from metering.ingest import Ingestor
-from metering.request_cost import RequestCosts
-from metering.settings import ReplicaSettings
-from metering.store import Store, open_store
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.kernel.records import UsageRecord
+from infermeter.metering.allocation import Allocator
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.request_cost import RequestCosts
+from infermeter.metering.settings import ReplicaSettings
+from infermeter.metering.store import Store, open_store
 from tests.metering.conftest import T0, ground_truth_workload, ingest
 
 GPUS = [
@@ -369,7 +369,7 @@ def test_rerun_is_idempotent_and_picks_up_late_records(
 def test_thin_data_uses_documented_defaults(
     store: Store, ingestor: Ingestor, catalog: Catalog
 ) -> None:
-    from metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
+    from infermeter.metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
 
     start = T0 + timedelta(minutes=5)
     ingest(
@@ -422,7 +422,7 @@ def test_unknown_replica_is_reported_unpriced(
 
 
 def test_window_must_divide_an_hour(store: Store, catalog: Catalog) -> None:
-    from metering.errors import QueryError
+    from infermeter.metering.errors import QueryError
 
     with pytest.raises(QueryError):
         Allocator(store, catalog, window_s=7)

@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 
-from metering.api import create_app
-from metering.contracts import UsageRecord
-from metering.service import MeteringService
-from metering.settings import BudgetSettings, MeteringSettings, ReplicaSettings
+from infermeter.kernel.records import UsageRecord
+from infermeter.metering.api import create_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import BudgetSettings, MeteringSettings, ReplicaSettings
 from tests.conftest import ManualClock, ServerThread, promtool_check
 from tests.metering.conftest import T0
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.busy import busy_per_window, islands
+from infermeter.metering.busy import busy_per_window, islands
 
 intervals = st.lists(
     st.tuples(st.integers(0, 2), st.integers(0, 500), st.integers(1, 200)), max_size=40

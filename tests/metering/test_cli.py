@@ -11,11 +11,11 @@ from pathlib import Path
 
 import orjson
 
-from metering.api import create_app
-from metering.contracts import UsageRecord
-from metering.service import MeteringService
-from metering.settings import MeteringSettings, ReplicaSettings
-from serving.cli import build_parser
+from infermeter.kernel.cli import build_parser
+from infermeter.kernel.records import UsageRecord
+from infermeter.metering.api import create_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings, ReplicaSettings
 from tests.conftest import ManualClock, ServerThread
 from tests.metering.conftest import T0
 
@@ -26,7 +26,7 @@ SINCE, UNTIL = "2026-11-02T00:00:00Z", "2026-11-02T02:00:00Z"
 def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     extra = ["--config", str(config)] if config else []
     return subprocess.run(
-        [sys.executable, "-m", "metering", *args, *extra],
+        [sys.executable, "-m", "infermeter.metering", *args, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,

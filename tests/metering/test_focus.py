@@ -12,13 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from metering.allocation import Allocator
-from metering.catalog import Catalog
-from metering.contracts import UsageRecord
-from metering.focus.export import export_focus
-from metering.ingest import Ingestor
-from metering.settings import ReplicaSettings
-from metering.store import Store
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.kernel.records import UsageRecord
+from infermeter.metering.allocation import Allocator
+from infermeter.metering.focus.export import export_focus
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.settings import ReplicaSettings
+from infermeter.metering.store import Store
 from tests.metering.conftest import T0, ingest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.contracts import UsageRecord, cloudevent, parse_usage_record
-from metering.errors import BatchError, RecordError
-from metering.ingest import Ingestor
-from metering.store import Store, apply_migrations, migrations, open_store
+from infermeter.kernel.records import UsageRecord, cloudevent, parse_usage_record
+from infermeter.metering.errors import BatchError, RecordError
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.store import Store, apply_migrations, migrations, open_store
 from tests.metering.conftest import T0, database_before
 
 REPO = Path(__file__).resolve().parents[2]
@@ -343,8 +343,8 @@ CRASH_WRITER = textwrap.dedent(
     import sys, time, orjson
     import pyarrow as pa, pyarrow.ipc as ipc
     from datetime import datetime, timedelta, UTC
-    from metering.store import open_store
-    from metering.ingest import Ingestor
+    from infermeter.metering.store import open_store
+    from infermeter.metering.ingest import Ingestor
     store = open_store("duckdb:///" + sys.argv[1])
     ing = Ingestor(store, time.time)
     t0 = datetime(2026, 11, 2, tzinfo=UTC)

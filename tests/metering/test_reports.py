@@ -6,12 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from metering.allocation import Allocator
-from metering.catalog import Catalog
-from metering.ingest import Ingestor
-from metering.reports import Reports
-from metering.settings import ReplicaSettings
-from metering.store import Store
+from infermeter.kernel.price_catalog import Catalog
+from infermeter.metering.allocation import Allocator
+from infermeter.metering.ingest import Ingestor
+from infermeter.metering.reports import Reports
+from infermeter.metering.settings import ReplicaSettings
+from infermeter.metering.store import Store
 from tests.metering.conftest import T0, ground_truth_workload, ingest
 
 
@@ -71,8 +71,8 @@ def test_rollup_reports_match_detail(
 
 
 def test_latency_by_replica_and_pool(store: Store, catalog: Catalog, ingestor: Ingestor) -> None:
-    from metering.contracts import UsageRecord
-    from metering.errors import QueryError
+    from infermeter.kernel.records import UsageRecord
+    from infermeter.metering.errors import QueryError
 
     def rec(i: int, replica: str, pool: str, ttft: float) -> UsageRecord:
         start = T0 + timedelta(seconds=i)

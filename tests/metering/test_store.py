@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.errors import StorageError
-from metering.store import apply_migrations, migrations, open_store
+from infermeter.metering.errors import StorageError
+from infermeter.metering.store import apply_migrations, migrations, open_store
 from tests.metering.conftest import database_before
 
 

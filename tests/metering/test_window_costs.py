@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering import calibration, window_costs
+from infermeter.metering import calibration, window_costs
 
 W = 60_000_000
 W_SINCE, W_UNTIL = 1000, 1060

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering import window_split
+from infermeter.metering import window_split
 
 W = 60_000_000
 

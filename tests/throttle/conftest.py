@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from throttle_helpers import MACHINE_REDIS, free_port
+from infermeter.throttle_helpers import MACHINE_REDIS, free_port
 
-from throttle.storage.base import Storage
-from throttle.storage.memory import MemoryStorage
-from throttle.storage.redis import RedisStorage
+from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.redis import RedisStorage
 
 
 def redis_uri(prefix: str | None = None) -> str:

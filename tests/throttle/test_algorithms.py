@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from throttle.algorithms import autoscale, budgets, costs, fairshare, gcra, leases
+from infermeter.throttle.algorithms import autoscale, budgets, costs, fairshare, gcra, leases
 
 T0 = 1_800_000_000.0
 

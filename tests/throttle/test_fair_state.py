@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from throttle.storage.fair_state import PoolFairState
+from infermeter.throttle.storage.fair_state import PoolFairState
 
 
 def brute_floor(state: PoolFairState, tenant: str) -> float | None:

@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from throttle.experiments.fairness import HEAVY, LIGHTS, RunResult, fair_latency_s, run
-from throttle.experiments.figure import fairness_svg
+from infermeter.throttle.experiments.fairness import HEAVY, LIGHTS, RunResult, fair_latency_s, run
+from infermeter.throttle.experiments.figure import fairness_svg
 
 
 @pytest.fixture(scope="module")

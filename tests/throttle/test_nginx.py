@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from throttle_helpers import ServerThread, free_port
+from infermeter.throttle_helpers import ServerThread, free_port
 
-from serving.tenancy import TenantResolver, hash_key
-from throttle.app import Runtime, create_app
-from throttle.nginx import render
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.kernel.tenancy import TenantResolver, hash_key
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.nginx import render
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 POLICY = """
 default_tier = "small"

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from conftest import redis_uri
 from fastapi import FastAPI
-from throttle_helpers import POLICY, ServerThread
+from infermeter.throttle_helpers import POLICY, ServerThread
 
-from throttle.errors import PolicyError
-from throttle.metering_rates import MeteringRates
-from throttle.policy import load_policy_text
-from throttle.policy_source import PolicyManager, parse_document
-from throttle.pricing import Pricer, rates_from_metering
-from throttle.storage.memory import MemoryStorage
-from throttle.storage.redis import RedisStorage
+from infermeter.throttle.errors import PolicyError
+from infermeter.throttle.metering_rates import MeteringRates
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.policy_source import PolicyManager, parse_document
+from infermeter.throttle.pricing import Pricer, rates_from_metering
+from infermeter.throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.redis import RedisStorage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def test_cli_check_policy_and_help(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
     good.write_text(POLICY)
     bad.write_text(POLICY.replace("rate = 0.6", "rate = -1"))
-    run = [sys.executable, "-m", "throttle"]
+    run = [sys.executable, "-m", "infermeter.throttle"]
     ok = subprocess.run([*run, "check-policy", str(good)], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "valid (2 tiers" in ok.stdout
     ko = subprocess.run([*run, "check-policy", str(bad)], capture_output=True, text=True, cwd=REPO)
@@ -166,7 +166,7 @@ def test_prices_from_the_catalog_when_metering_is_absent() -> None:
         'completion_tokens_per_gpu_s = 2000\npool = "p1"',
     )
     policy = load_policy_text(text)
-    from metering.catalog import load_catalog
+    from infermeter.kernel.price_catalog import load_catalog
 
     catalog = load_catalog()
     usd_per_s = catalog.usd_per_hour("h100-sxm") * catalog.overhead_multiplier / 3600
@@ -192,8 +192,8 @@ def test_shipped_example_policy_is_valid() -> None:
 
 
 def test_example_configuration_throttle_table_is_valid() -> None:
-    from serving.settings import load_config
-    from throttle.settings import load
+    from infermeter.kernel.settings import load_config
+    from infermeter.throttle.settings import load
 
     settings, resolver = load(load_config(str(REPO / "infermeter.example.toml"), environ={}))
     assert settings.port == 8300 and settings.storage == "memory://"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from throttle_helpers import POLICY, ManualClock
+from infermeter.throttle_helpers import POLICY, ManualClock
 
-from throttle.errors import RequestError, UnknownPool
-from throttle.policy import load_policy_text
-from throttle.signals import PoolMonitor, keda_body
-from throttle.storage.memory import MemoryStorage
+from infermeter.throttle.errors import RequestError, UnknownPool
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.signals import PoolMonitor, keda_body
+from infermeter.throttle.storage.memory import MemoryStorage
 
 
 def monitor(clock: ManualClock) -> PoolMonitor:

@@ -9,16 +9,16 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from throttle_helpers import MACHINE_REDIS, POLICY, ManualClock, ServerThread
+from infermeter.throttle_helpers import MACHINE_REDIS, POLICY, ManualClock, ServerThread
 
-from throttle.api import parse_since
-from throttle.app import Runtime, create_app
-from throttle.decision_log import DecisionLog, counts_by_reason
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
-from throttle.storage.base import Storage
-from throttle.storage.memory import MemoryStorage
-from throttle.storage.redis import RedisStorage
+from infermeter.throttle.api import parse_since
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.decision_log import DecisionLog, counts_by_reason
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
+from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.redis import RedisStorage
 
 
 async def _clear(uri: str) -> None:

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from throttle_helpers import POLICY, ManualClock, ServerThread, promtool_check
+from infermeter.throttle_helpers import POLICY, ManualClock, ServerThread, promtool_check
 
-from serving.tenancy import TenantResolver, hash_key
-from throttle.app import Runtime, create_app
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.kernel.tenancy import TenantResolver, hash_key
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 SECRET = "gw-secret"
 ADMIN = "admin-token"

@@ -2,9 +2,9 @@
 
 A scripted pool (continuous batching approximated as processor sharing: up to ``max_batch``
 requests share ``capacity`` cost units per second, the rest wait) is put in front of the real
-:class:`throttle.service.Throttle` with an injected clock. The pool's queue is pushed as
-engine signals to a real :class:`throttle.signals.PoolMonitor` every ``signal_every_s``, which
-is what switches fair share on and off. Two runs on the same seeded arrivals:
+:class:`infermeter.throttle.service.Throttle` with an injected clock. The pool's queue is pushed as
+engine signals to a real :class:`infermeter.throttle.signals.PoolMonitor` every ``signal_every_s``,
+which is what switches fair share on and off. Two runs on the same seeded arrivals:
 
 - ``fair``: tier limits generous, fair share (VTC) under pressure;
 - ``rpm``: a plain requests-per-minute limiter (every request costs 1 unit, same limit for
@@ -23,10 +23,10 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from throttle.policy import Policy, load_policy_text
-from throttle.service import AdmitRequest, Throttle
-from throttle.signals import PoolMonitor
-from throttle.storage.memory import MemoryStorage
+from infermeter.throttle.policy import Policy, load_policy_text
+from infermeter.throttle.service import AdmitRequest, Throttle
+from infermeter.throttle.signals import PoolMonitor
+from infermeter.throttle.storage.memory import MemoryStorage
 
 T0 = 1_800_000_000.0
 HEAVY = "heavy"
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(rpm))
     print("lights alone: " + summary(alone))
     if args.svg:
-        from throttle.experiments.figure import fairness_svg
+        from infermeter.throttle.experiments.figure import fairness_svg
 
         with open(args.svg, "w", encoding="utf-8") as handle:
             handle.write(fairness_svg(fair, rpm, alone, fair_latency_s()))

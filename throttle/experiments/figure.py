@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from throttle.experiments.fairness import HEAVY, LIGHTS, RunResult
+from infermeter.throttle.experiments.fairness import HEAVY, LIGHTS, RunResult
 
 HEAVY_COLOUR = "#d62728"
 LIGHT_COLOUR = "#1f77b4"

@@ -1,4 +1,5 @@
-"""The nginx ``auth_request`` configuration shipped for the throttle (``throttle.conf``)."""
+"""The nginx ``auth_request`` configuration shipped for the throttle
+(``infermeter.throttle.conf``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from importlib import resources
 
 def template() -> str:
     """The shipped config with ``@LISTEN@``, ``@THROTTLE@`` and ``@UPSTREAM@`` placeholders."""
-    return resources.files("throttle.nginx").joinpath("throttle.conf").read_text("utf-8")
+    return (
+        resources.files("infermeter.throttle.nginx")
+        .joinpath("infermeter.throttle.conf")
+        .read_text("utf-8")
+    )
 
 
 def render(listen: str, throttle: str, upstream: str) -> str:

@@ -1,7 +1,7 @@
 """State backends chosen by URI: ``memory://`` (default) or ``redis://host:port/db``.
 
-See :mod:`throttle.storage.base` for the protocol, :mod:`.memory` and :mod:`.redis` for the
-backends and :mod:`.failover` for deciding locally while Redis is unreachable.
+See :mod:`infermeter.throttle.storage.base` for the protocol, :mod:`.memory` and :mod:`.redis` for
+the backends and :mod:`.failover` for deciding locally while Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from throttle.errors import StorageError
-from throttle.storage.base import Storage
-from throttle.storage.memory import MemoryStorage
+from infermeter.throttle.errors import StorageError
+from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.memory import MemoryStorage
 
 SCHEMES = ("memory", "redis", "rediss", "unix")
 
@@ -22,7 +22,7 @@ def from_uri(uri: str) -> Storage:
     if scheme == "memory":
         return MemoryStorage()
     if scheme in ("redis", "rediss", "unix"):
-        from throttle.storage.redis import RedisStorage
+        from infermeter.throttle.storage.redis import RedisStorage
 
         return RedisStorage(uri)
     raise StorageError(f"unknown storage scheme {scheme!r} in {uri!r} (known: {SCHEMES})")
@@ -32,7 +32,7 @@ def with_failover(storage: Storage, now: Callable[[], float], fail_closed: bool 
     """Wrap a shared backend so decisions go on locally when it is unreachable."""
     if isinstance(storage, MemoryStorage):
         return storage
-    from throttle.storage.failover import FailoverStorage
+    from infermeter.throttle.storage.failover import FailoverStorage
 
     return FailoverStorage(storage, now, fail_closed=fail_closed)
 

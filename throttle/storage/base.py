@@ -3,7 +3,7 @@
 A backend holds state and performs each decision as one atomic operation: ``reserve``
 (rate, concurrency lease, budgets and fair share checked and charged together), ``settle``
 (estimate replaced by the actual cost everywhere it was charged), ``usage`` (a read).
-The arithmetic is that of :mod:`throttle.algorithms`; the backend only makes it atomic.
+The arithmetic is that of :mod:`infermeter.throttle.algorithms`; the backend only makes it atomic.
 The values built on every decision (``Decision``, ``SettleUsage``, ``Settlement``) are named
 tuples: in CPython a tuple is built in a third of the time of a slots dataclass.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from throttle.algorithms.fairshare import FairParams
+from infermeter.throttle.algorithms.fairshare import FairParams
 
 
 @dataclass(slots=True)
@@ -144,7 +144,8 @@ class Usage:
 
 
 class Storage(Protocol):
-    """State backend: in-process memory or Redis (see :func:`throttle.storage.from_uri`)."""
+    """State backend: in-process memory or Redis (see
+    :func:`infermeter.throttle.storage.from_uri`)."""
 
     name: str
 
@@ -186,7 +187,7 @@ class Storage(Protocol):
     async def get_policy(self) -> tuple[int, str] | None: ...
 
     async def ping(self) -> None:
-        """Raise :class:`throttle.errors.StorageUnavailable` when unreachable."""
+        """Raise :class:`infermeter.throttle.errors.StorageUnavailable` when unreachable."""
         ...
 
     async def close(self) -> None: ...

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from throttle.errors import StorageUnavailable
-from throttle.storage.base import (
+from infermeter.throttle.errors import StorageUnavailable
+from infermeter.throttle.storage.base import (
     Decision,
     ReserveRequest,
     Settlement,
@@ -24,7 +24,7 @@ from throttle.storage.base import (
     Usage,
     UsageRequest,
 )
-from throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.memory import MemoryStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

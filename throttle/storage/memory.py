@@ -14,9 +14,9 @@ import math
 from heapq import heappop, heappush
 from typing import Any
 
-from throttle.algorithms import gcra, leases
-from throttle.algorithms.fairshare import FairParams
-from throttle.storage.base import (
+from infermeter.throttle.algorithms import gcra, leases
+from infermeter.throttle.algorithms.fairshare import FairParams
+from infermeter.throttle.storage.base import (
     Decision,
     ReserveRequest,
     Settlement,
@@ -25,7 +25,7 @@ from throttle.storage.base import (
     Usage,
     UsageRequest,
 )
-from throttle.storage.fair_state import BACKLOG_SLACK, PoolFairState
+from infermeter.throttle.storage.fair_state import BACKLOG_SLACK, PoolFairState
 
 _new = tuple.__new__
 
@@ -185,8 +185,8 @@ class MemoryStorage:
         """:meth:`reserve` without the coroutine and the request object: the fields of
         :class:`ReserveRequest` as arguments, the constant ones as one :data:`Terms` tuple
         (built once per tenant, model and pool by the caller). The algorithms of
-        :mod:`throttle.algorithms` (GCRA, budgets, leases, fair share) are inlined here, the
-        one hot path of the in-process throttle; the contract suite holds both to the same
+        :mod:`infermeter.throttle.algorithms` (GCRA, budgets, leases, fair share) are inlined here,
+        the one hot path of the in-process throttle; the contract suite holds both to the same
         results."""
         (
             pool,

@@ -22,8 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from throttle.errors import StorageError, StorageUnavailable
-from throttle.storage.base import (
+from infermeter.throttle.errors import StorageError, StorageUnavailable
+from infermeter.throttle.storage.base import (
     Decision,
     ReserveRequest,
     Settlement,
@@ -31,14 +31,18 @@ from throttle.storage.base import (
     Usage,
     UsageRequest,
 )
-from throttle.storage.memory import FORGET_FACTOR
+from infermeter.throttle.storage.memory import FORGET_FACTOR
 
 DEFAULT_PREFIX = "infermeter:throttle"
 SIGNALS_TTL_S = 3600
 
 
 def _script(name: str) -> str:
-    return resources.files("throttle.storage").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return (
+        resources.files("infermeter.throttle.storage")
+        .joinpath("lua", f"{name}.lua")
+        .read_text("utf-8")
+    )
 
 
 def _f(x: float) -> str:

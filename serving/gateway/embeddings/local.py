@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from serving.gateway.embeddings.minilm import MiniLMEncoder
+from infermeter.serving.gateway.embeddings.minilm import MiniLMEncoder
 
 
 class LocalEmbedder:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.gateway.errors import EmbeddingError
+from infermeter.serving.gateway.errors import EmbeddingError
 
 Array = npt.NDArray[np.float32]
 

@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from serving.gateway.errors import EmbeddingError
+from infermeter.serving.gateway.errors import EmbeddingError
 
 
 class HttpEmbedder:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobEvent
+from infermeter.serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobEvent
 
 
 class MemoryJobs:

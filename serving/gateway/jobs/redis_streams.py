@@ -26,8 +26,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from serving.gateway.errors import QueueError
-from serving.gateway.jobs.model import Delivery, Job, JobEvent
+from infermeter.serving.gateway.errors import QueueError
+from infermeter.serving.gateway.jobs.model import Delivery, Job, JobEvent
 
 GROUP = "workers"
 _EVENT_ID = re.compile(r"^\d+-\d+$")

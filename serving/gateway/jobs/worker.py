@@ -21,12 +21,12 @@ from typing import Any
 
 import orjson
 
-from serving.gateway.cache import CachedAnswer
-from serving.gateway.errors import GatewayError, QueueError, Throttled
-from serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobBackend
-from serving.gateway.pipeline import CacheReply, Caller, Pipeline
-from serving.gateway.replay import json_body
-from serving.gateway.requests import parse_inference
+from infermeter.serving.gateway.cache import CachedAnswer
+from infermeter.serving.gateway.errors import GatewayError, QueueError, Throttled
+from infermeter.serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobBackend
+from infermeter.serving.gateway.pipeline import CacheReply, Caller, Pipeline
+from infermeter.serving.gateway.replay import json_body
+from infermeter.serving.gateway.requests import parse_inference
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Every conformance test takes the ``engine`` fixture and so runs against both. Re
 session's shared ``real_vllm`` (tests/conftest.py, started once for every package's tests;
 its teardown checks the launcher's clean SIGTERM stop); the simulator is started here once.
 The real-vLLM runs carry the ``vllm`` marker; when the CPU install is missing they FAIL with
-instructions (``bash serving/vllm_cpu/setup.sh``), they are never skipped.
+instructions (``bash serving/vllm/cpu/setup.sh``), they are never skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SIMULATOR_START_TIMEOUT_S = 30.0
 # Real time (--time-scale 1), like vLLM: in fast mode a 400-token stream the client reads
 # slowly can still finish into the socket buffers before the test scrapes its gauges.
 SIMULATOR_COMMAND = [
-    sys.executable, "-m", "serving", "engine", "simulate",
+    sys.executable, "-m", "infermeter", "engine", "simulate",
     "--served-model-name", SERVED_MODEL, "--max-model-len", str(MAX_MODEL_LEN),
     "--time-scale", "1",
 ]  # fmt: skip

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from gateway_fixtures import MODEL, MeteringContract, root_conftest
 
-from serving.gateway.embeddings.local import LocalEmbedder
+from infermeter.serving.gateway.embeddings.local import LocalEmbedder
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 ``MeteringContract`` is a small loopback server implementing metering's documented
 ``POST /v1/usage`` / ``GET /v1/rates`` contract with the real record validation of
-``metering.contracts``.
+``infermeter.kernel.records``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from metering.contracts import UsageRecord, parse_usage_record
-from serving.gateway.app import GatewayApp
-from serving.gateway.settings import GatewaySettings
-from serving.simulator.server import create_app as create_simulator
-from serving.simulator.settings import SimulatorSettings
-from serving.tenancy import KeyEntry, TenantResolver, hash_key
+from infermeter.kernel.records import UsageRecord, parse_usage_record
+from infermeter.kernel.tenancy import KeyEntry, TenantResolver, hash_key
+from infermeter.serving.gateway.app import GatewayApp
+from infermeter.serving.gateway.settings import GatewaySettings
+from infermeter.serving.simulator.server import create_app as create_simulator
+from infermeter.serving.simulator.settings import SimulatorSettings
 
 SECRET = "gateway-test-secret"
 KEYS = {

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.gateway.cache import CachedAnswer, SemanticCache
-from serving.gateway.cache_guard import compatible
-from serving.gateway.embeddings.local import LocalEmbedder
-from serving.gateway.requests import CHAT, InferenceRequest, parse_inference
-from serving.gateway.settings import CacheSettings
+from infermeter.serving.gateway.cache import CachedAnswer, SemanticCache
+from infermeter.serving.gateway.cache_guard import compatible
+from infermeter.serving.gateway.embeddings.local import LocalEmbedder
+from infermeter.serving.gateway.requests import CHAT, InferenceRequest, parse_inference
+from infermeter.serving.gateway.settings import CacheSettings
 
 PARAPHRASES = [
     ("How do I enable dark mode?", "How can I turn on dark mode?"),

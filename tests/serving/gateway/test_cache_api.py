@@ -18,7 +18,7 @@ from gateway_fixtures import (
     simulator_app,
 )
 
-from serving.gateway.embeddings.local import LocalEmbedder
+from infermeter.serving.gateway.embeddings.local import LocalEmbedder
 
 
 def ask(url: str, key: str, question: str, **extra: Any) -> httpx.Response:

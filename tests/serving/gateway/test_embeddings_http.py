@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.gateway.cache import SemanticCache
-from serving.gateway.embeddings.local import LocalEmbedder
-from serving.gateway.embeddings.remote import HttpEmbedder
-from serving.gateway.errors import EmbeddingError
-from serving.gateway.requests import CHAT, parse_inference
-from serving.gateway.settings import CacheSettings
+from infermeter.serving.gateway.cache import SemanticCache
+from infermeter.serving.gateway.embeddings.local import LocalEmbedder
+from infermeter.serving.gateway.embeddings.remote import HttpEmbedder
+from infermeter.serving.gateway.errors import EmbeddingError
+from infermeter.serving.gateway.requests import CHAT, parse_inference
+from infermeter.serving.gateway.settings import CacheSettings
 
 
 def embeddings_server(embedder: LocalEmbedder) -> Starlette:

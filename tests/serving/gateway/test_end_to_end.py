@@ -30,15 +30,15 @@ from gateway_fixtures import (
 )
 from test_jobs import read_sse
 
-from collector.app import CollectorApp
-from collector.settings import CollectorSettings
-from metering.api import create_app as create_metering
-from metering.service import MeteringService
-from metering.settings import MeteringSettings
-from throttle.app import Runtime
-from throttle.app import create_app as create_throttle
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.collector.app import CollectorApp
+from infermeter.collector.settings import CollectorSettings
+from infermeter.metering.api import create_app as create_metering
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
+from infermeter.throttle.app import Runtime
+from infermeter.throttle.app import create_app as create_throttle
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 VLLM_MODEL = "tiny-llama"
 READ = {"authorization": f"Bearer {METERING_TOKEN}"}

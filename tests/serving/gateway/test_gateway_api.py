@@ -22,9 +22,9 @@ from gateway_fixtures import (
 )
 from prometheus_client import CollectorRegistry
 
-from throttle.app import Runtime, create_app
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
 

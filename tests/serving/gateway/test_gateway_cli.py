@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import build_parser
-from serving.gateway.settings import GatewaySettings
-from serving.gateway_cli import resolver_from, settings_from
-from serving.settings import ConfigError, load_config
-from serving.tenancy import hash_key
+from infermeter.kernel.cli import build_parser
+from infermeter.kernel.settings import ConfigError, load_config
+from infermeter.kernel.tenancy import hash_key
+from infermeter.serving.gateway.cli import resolver_from, settings_from
+from infermeter.serving.gateway.settings import GatewaySettings
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -62,7 +62,7 @@ def test_help_documents_every_option_and_hash_key_prints_the_digest() -> None:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
     out = subprocess.run(
-        [sys.executable, "-m", "serving", "gateway", "hash-key", "sk-abc"],
+        [sys.executable, "-m", "infermeter", "gateway", "hash-key", "sk-abc"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == hash_key("sk-abc")

@@ -22,10 +22,10 @@ from gateway_fixtures import (
     throttle_policy,
 )
 
-from serving.tenancy import hash_key
-from throttle.app import Runtime, create_app
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.kernel.tenancy import hash_key
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 REPO = Path(__file__).resolve().parents[3]
 STOP_BOUND_S = 1.5  # measured ~0.2 s; the old gateway took ~1.5-5 s and dropped open streams
@@ -59,7 +59,7 @@ def test_sigterm_stops_fast_and_flushes_queued_usage_records(
     _config(cfg, port, throttle.url, metering.url, serve(simulator_app()).url)
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "gateway", "--config", str(cfg), "--no-workers"],
+        [sys.executable, "-m", "infermeter", "gateway", "--config", str(cfg), "--no-workers"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

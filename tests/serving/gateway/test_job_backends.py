@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from serving.gateway.jobs.memory import MemoryJobs
-from serving.gateway.jobs.model import Job, JobBackend
-from serving.gateway.jobs.redis_streams import RedisJobs, split_uri
+from infermeter.serving.gateway.jobs.memory import MemoryJobs
+from infermeter.serving.gateway.jobs.model import Job, JobBackend
+from infermeter.serving.gateway.jobs.redis_streams import RedisJobs, split_uri
 
 REDIS = "redis://127.0.0.1:6379/0"
 

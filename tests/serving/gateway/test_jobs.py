@@ -10,9 +10,9 @@ import httpx
 import orjson
 from gateway_fixtures import MODEL, auth, gateway_app, gateway_settings, simulator_app
 
-from throttle.app import Runtime, create_app
-from throttle.policy import load_policy_text
-from throttle.settings import ThrottleSettings
+from infermeter.throttle.app import Runtime, create_app
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
 
 JOB = {
     "model": MODEL,

@@ -25,7 +25,7 @@ from gateway_fixtures import (
 )
 from test_jobs import read_sse
 
-from serving.tenancy import hash_key
+from infermeter.kernel.tenancy import hash_key
 
 REDIS = "redis://127.0.0.1:6379/0"
 REPO = Path(__file__).resolve().parents[3]
@@ -75,7 +75,7 @@ def test_worker_killed_mid_job_is_redelivered(
     port = free_port()
     config = _config(tmp_path, sim.url, queue, port)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "serving", "gateway", "--config", str(config)],
+        [sys.executable, "-m", "infermeter", "gateway", "--config", str(config)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.gateway.embeddings.minilm import DIMENSIONS, MiniLMEncoder
+from infermeter.serving.gateway.embeddings.minilm import DIMENSIONS, MiniLMEncoder
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from serving.gateway.routing import (
+from infermeter.serving.gateway.routing import (
     KV_SATURATED,
-    EngineSignals,
     Replica,
+    ReplicaLoad,
     Router,
     parse_engine_gauges,
 )
-from serving.gateway.signals import signals_from_json
-from serving.gateway.usage import StreamTap, body_usage
+from infermeter.serving.gateway.signals import signals_from_json
+from infermeter.serving.gateway.usage import StreamTap, body_usage
 from tests.conftest import VLLM_ARTIFACTS
 
 ARTIFACTS = VLLM_ARTIFACTS
@@ -110,9 +110,9 @@ def test_fresh_signals_refine_and_stale_ones_are_ignored() -> None:
     now = [100.0]
     router = _router(now)
     a, b, c = router.replicas
-    a.signals = EngineSignals(ts=99.0, waiting=10)
-    b.signals = EngineSignals(ts=99.0, waiting=0, kv_cache_usage=KV_SATURATED)
-    c.signals = EngineSignals(ts=99.0, waiting=2)
+    a.signals = ReplicaLoad(ts=99.0, waiting=10)
+    b.signals = ReplicaLoad(ts=99.0, waiting=0, kv_cache_usage=KV_SATURATED)
+    c.signals = ReplicaLoad(ts=99.0, waiting=2)
     c.outstanding = 1
     assert router.pick() is c  # a is queued, b's KV cache is full
     now[0] = 200.0  # every reading is stale now: plain least-outstanding

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from serving.simulator.engine import Engine
-from serving.simulator.metrics import VllmMetrics
-from serving.simulator.perf_model import PerformanceModel
-from serving.simulator.profiles import resolve_gpu, resolve_model, resolve_quantization
+from infermeter.capacity.perf_model import PerformanceModel
+from infermeter.capacity.profiles import resolve_gpu, resolve_model, resolve_quantization
+from infermeter.serving.simulator.engine import Engine
+from infermeter.serving.simulator.metrics import VllmMetrics
 
 
 def h100_llama8b(**kwargs: object) -> PerformanceModel:

@@ -7,10 +7,17 @@ import random
 import pytest
 from sim_helpers import h100_llama8b, make_engine
 
-from serving.simulator.engine import ABORTED, FINISHED, RUNNING, WAITING, Engine, SimRequest
-from serving.simulator.perf_model import PerformanceModel
-from serving.simulator.profiles import GIB, resolve_gpu, resolve_model, resolve_quantization
-from serving.simulator.text import block_hashes, plan_completion, text_units
+from infermeter.capacity.perf_model import PerformanceModel
+from infermeter.capacity.profiles import GIB, resolve_gpu, resolve_model, resolve_quantization
+from infermeter.serving.simulator.engine import (
+    ABORTED,
+    FINISHED,
+    RUNNING,
+    WAITING,
+    Engine,
+    SimRequest,
+)
+from infermeter.serving.simulator.text import block_hashes, plan_completion, text_units
 
 
 def request(prompt: int, tokens: int, seed: int = 0, rid: str = "r") -> SimRequest:
@@ -282,7 +289,7 @@ def test_preemption_with_prefix_caching_keeps_the_block_accounting_exact() -> No
 def test_observe_many_equals_repeated_observe() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from serving.simulator.metrics import ITL_BUCKETS, observe_many
+    from infermeter.serving.simulator.metrics import ITL_BUCKETS, observe_many
 
     one, many = CollectorRegistry(), CollectorRegistry()
     h1 = Histogram("h", "h", buckets=ITL_BUCKETS, registry=one)

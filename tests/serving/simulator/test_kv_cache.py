@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.simulator.kv_cache import KvCache
+from infermeter.serving.simulator.kv_cache import KvCache
 
 
 def test_registered_blocks_are_found_shared_and_released_as_evictable() -> None:

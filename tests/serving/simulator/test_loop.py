@@ -8,9 +8,9 @@ import random
 import pytest
 from sim_helpers import make_engine
 
-from serving.simulator.engine import FINISHED, SimRequest
-from serving.simulator.loop import EngineLoop, ScaledClock
-from serving.simulator.text import plan_completion
+from infermeter.serving.simulator.engine import FINISHED, SimRequest
+from infermeter.serving.simulator.loop import EngineLoop, ScaledClock
+from infermeter.serving.simulator.text import plan_completion
 
 
 class FakeTime:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.simulator.server import create_app
-from serving.simulator.settings import SimulatorSettings
+from infermeter.serving.simulator.server import create_app
+from infermeter.serving.simulator.settings import SimulatorSettings
 
 MODEL = "tiny-llama"
 

@@ -11,10 +11,10 @@ from types import ModuleType
 import httpx
 import pytest
 
-from serving.cli import build_parser, main
-from serving.errors import ConfigError, PortInUse
-from serving.settings import load_config
-from serving.simulator.cli import _OPTIONS, bind, settings_from
+from infermeter.kernel.cli import build_parser, main
+from infermeter.kernel.errors import ConfigError, PortInUse
+from infermeter.kernel.settings import load_config
+from infermeter.serving.simulator.cli import _OPTIONS, bind, settings_from
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -85,7 +85,7 @@ def test_taken_port_names_the_port() -> None:
 
 def test_runs_as_a_process(helpers: ModuleType) -> None:
     port = helpers.free_port()
-    argv = [sys.executable, "-m", "serving", "engine", "simulate", "--port", str(port),
+    argv = [sys.executable, "-m", "infermeter", "engine", "simulate", "--port", str(port),
             "--served-model-name", "tiny-llama", "--max-model-len", "512",
             "--time-scale", "0"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,3 @@
+from infermeter.kernel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""ASGI type aliases shared by the pure-ASGI servers (collector, gateway front, simulator,
+throttle fast path): one definition, as starlette's ``types.py`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

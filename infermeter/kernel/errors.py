@@ -1,0 +1,68 @@
+"""The one base error of infermeter, and the errors of the shared kernel.
+
+Every package's errors derive from :class:`InfermeterError`; each package draws its own
+subtree in its ``errors.py``. Hierarchy::
+
+    InfermeterError
+    ├── ConfigError            configuration file, flag or environment override is invalid
+    ├── PortInUse              a port this process must bind is already taken
+    ├── RecordError            one usage record / GPU sample is invalid (names index and field)
+    ├── CatalogError           the price catalog is malformed (names file, line and field)
+    ├── CollectorError         infermeter.collector.errors
+    ├── MeteringError          infermeter.metering.errors
+    ├── ThrottleError          infermeter.throttle.errors
+    ├── ServingError           infermeter.serving.errors (engines, simulator)
+    ├── GatewayError           infermeter.serving.gateway.errors
+    ├── ProfileError           infermeter.capacity.errors
+    └── DashboardError         infermeter.dashboards.errors
+
+They become HTTP codes or exit codes only at the API / CLI boundary.
+"""
+
+from __future__ import annotations
+
+
+class InfermeterError(Exception):
+    """Base class of every infermeter error."""
+
+
+class ConfigError(InfermeterError):
+    """A configuration value is missing or invalid; the message names the file and field."""
+
+    def __init__(self, message: str, *, source: str = "", field: str = "") -> None:
+        self.source = source
+        self.field = field
+        where = ", ".join(p for p in (source, f"field {field!r}" if field else "") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class PortInUse(InfermeterError):
+    """A port that must be bound is already taken by another process."""
+
+    def __init__(self, host: str, port: int, what: str = "") -> None:
+        self.host = host
+        self.port = port
+        label = f" for {what}" if what else ""
+        super().__init__(f"port {host}:{port}{label} is already in use; free it or pick another")
+
+
+class RecordError(InfermeterError):
+    """A usage record or GPU sample failed validation; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        self.message = message
+        at = f"record {index}: " if index is not None else ""
+        super().__init__(f"{at}{field}: {message}")
+
+
+class CatalogError(InfermeterError):
+    """The price catalog is malformed."""
+
+    def __init__(self, message: str, *, source: str = "", field: str = "", line: int = 0) -> None:
+        self.source = source
+        self.field = field
+        self.line = line
+        parts = [p for p in (source, f"line {line}" if line else "", field) if p]
+        super().__init__(f"{': '.join(parts)}: {message}" if parts else message)

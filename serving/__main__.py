@@ -1,3 +1,0 @@
-from serving.cli import main
-
-raise SystemExit(main())
