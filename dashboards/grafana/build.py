@@ -2,7 +2,7 @@
 tokens, latency histograms, engine signals), the DCGM-named GPU series and the throttle's
 series (decisions, autoscale, pool pressure)::
 
-    python -m dashboards.grafana.build > dashboards/grafana/infermeter.json
+    python -m infermeter.dashboards.grafana.build > dashboards/grafana/infermeter.json
 
 Collector series carry no pool/replica labels: group by the scrape target's ``instance`` (or
 the pod labels a ServiceMonitor adds).
