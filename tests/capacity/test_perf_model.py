@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sim_helpers import h100_llama8b
+from tests.serving.simulator.sim_helpers import h100_llama8b
 
 from infermeter.capacity.errors import ProfileError
 from infermeter.capacity.perf_model import PerformanceModel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from infermeter.throttle_helpers import MACHINE_REDIS, free_port
+from tests.throttle.throttle_helpers import MACHINE_REDIS, free_port
 
 from infermeter.throttle.storage.base import Storage
 from infermeter.throttle.storage.memory import MemoryStorage

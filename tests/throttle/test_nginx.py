@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from infermeter.throttle_helpers import ServerThread, free_port
+from tests.throttle.throttle_helpers import ServerThread, free_port
 
 from infermeter.kernel.tenancy import TenantResolver, hash_key
 from infermeter.throttle.app import Runtime, create_app

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import redis_uri
 from fastapi import FastAPI
-from infermeter.throttle_helpers import POLICY, ServerThread
+from tests.throttle.throttle_helpers import POLICY, ServerThread
 
 from infermeter.throttle.errors import PolicyError
 from infermeter.throttle.metering_rates import MeteringRates

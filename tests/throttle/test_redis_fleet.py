@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 from conftest import RedisServer, redis_uri
-from infermeter.throttle_helpers import POLICY, ManualClock, ServerThread
+from tests.throttle.throttle_helpers import POLICY, ManualClock, ServerThread
 
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.errors import StorageUnavailable
@@ -149,7 +149,7 @@ def test_readyz_and_metrics_expose_the_outage(redis_server: RedisServer) -> None
 
 
 async def test_unreachable_redis_raises_storage_unavailable() -> None:
-    from infermeter.throttle_helpers import free_port
+    from tests.throttle.throttle_helpers import free_port
 
     store = RedisStorage(f"redis://127.0.0.1:{free_port()}/0?timeout_ms=100")
     with pytest.raises(StorageUnavailable):

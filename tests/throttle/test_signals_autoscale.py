@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from infermeter.throttle_helpers import POLICY, ManualClock
+from tests.throttle.throttle_helpers import POLICY, ManualClock
 
 from infermeter.throttle.errors import RequestError, UnknownPool
 from infermeter.throttle.policy import load_policy_text

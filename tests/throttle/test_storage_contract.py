@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from infermeter.throttle_helpers import MACHINE_REDIS
+from tests.throttle.throttle_helpers import MACHINE_REDIS
 
 from infermeter.throttle.algorithms import budgets
 from infermeter.throttle.algorithms.fairshare import FairParams

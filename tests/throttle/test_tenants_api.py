@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from infermeter.throttle_helpers import MACHINE_REDIS, POLICY, ManualClock, ServerThread
+from tests.throttle.throttle_helpers import MACHINE_REDIS, POLICY, ManualClock, ServerThread
 
 from infermeter.throttle.api import parse_since
 from infermeter.throttle.app import Runtime, create_app

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from infermeter.throttle_helpers import POLICY, ManualClock, ServerThread, promtool_check
+from tests.throttle.throttle_helpers import POLICY, ManualClock, ServerThread, promtool_check
 
 from infermeter.kernel.tenancy import TenantResolver, hash_key
 from infermeter.throttle.app import Runtime, create_app
