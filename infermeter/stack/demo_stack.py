@@ -149,7 +149,7 @@ class StackLayout:
 
     @property
     def storage_path(self) -> Path:
-        return self.data_dir / "infermeter.metering.duckdb"
+        return self.data_dir / "metering.duckdb"
 
     @property
     def log_dir(self) -> Path:

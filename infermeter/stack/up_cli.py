@@ -243,18 +243,18 @@ class Plan:
 
     def unpriced(self) -> list[str]:
         """Replicas metering's price catalog cannot price (their costs would be missing)."""
+        from infermeter.kernel.errors import CatalogError
         from infermeter.kernel.price_catalog import load_catalog
-        from infermeter.metering.errors import MeteringError
 
         try:
             catalog = load_catalog(self.catalog or None)
-        except MeteringError as exc:
+        except CatalogError as exc:
             return [f"price catalog: {exc}"]
         missing = []
         for replica in self.layout.replicas:
             try:
                 catalog.usd_per_hour(*replica.catalog_gpu)
-            except MeteringError as exc:
+            except CatalogError as exc:
                 missing.append(f"{replica.name} on {replica.gpu}: {exc}")
         return missing
 

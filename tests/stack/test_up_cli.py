@@ -319,7 +319,7 @@ def test_services_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     script = (
         "import sys\nfrom pathlib import Path\n"
-        "from serving.supervisor import ServiceSpec, Supervisor\n"
+        "from infermeter.stack.supervisor import ServiceSpec, Supervisor\n"
         f"spec = ServiceSpec('web', [sys.executable, '-m', 'http.server', '{port}', '--bind', "
         f"'127.0.0.1'], 'http://127.0.0.1:{port}/', '127.0.0.1', {port})\n"
         f"Supervisor([spec], log_dir=Path({str(tmp_path)!r}), out=sys.stdout).run()\n"

@@ -207,7 +207,7 @@ def test_up_runs_the_demo_until_every_tenant_has_costs_and_stops_without_loss_th
 
     stats = traffic_stats(up)  # final: written by the generator as it stopped
     sent = {rid for s in stats.values() for rid in s["metered_ids"]}
-    db = duckdb.connect(str(up.data / "infermeter.metering.duckdb"), read_only=True)
+    db = duckdb.connect(str(up.data / "metering.duckdb"), read_only=True)
     try:
         stored = {row[0] for row in db.execute("SELECT request_id FROM usage").fetchall()}
         throttled = db.execute(

@@ -1,5 +1,5 @@
 """The nginx ``auth_request`` configuration shipped for the throttle
-(``infermeter.throttle.conf``)."""
+(``throttle.conf``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def template() -> str:
     """The shipped config with ``@LISTEN@``, ``@THROTTLE@`` and ``@UPSTREAM@`` placeholders."""
     return (
         resources.files("infermeter.throttle.nginx")
-        .joinpath("infermeter.throttle.conf")
+        .joinpath("throttle.conf")
         .read_text("utf-8")
     )
 

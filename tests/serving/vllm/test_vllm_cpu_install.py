@@ -87,6 +87,6 @@ def test_setup_script_is_valid_bash():
 
 def test_builder_imports_without_torch():
     """The project's own venv has no torch: the module must import (torch only at build)."""
-    code = "import serving.vllm.cpu.tiny_model as m; print(m.TinySpec().vocab)"
+    code = "import infermeter.serving.vllm.cpu.tiny_model as m; print(m.TinySpec().vocab)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "4096", result.stderr

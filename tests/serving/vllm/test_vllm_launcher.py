@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from infermeter.kernel.cli import common_options
-from infermeter.kernel.errors import ConfigError, PortInUse
+from infermeter.kernel.errors import ConfigError, InfermeterError, PortInUse
 from infermeter.kernel.settings import load_config
-from infermeter.serving.errors import EngineError, EngineNotInstalled, ServingError
+from infermeter.serving.errors import EngineError, EngineNotInstalled
 from infermeter.serving.vllm import cli as vllm_cli
 from infermeter.serving.vllm import cpu as vllm_cpu
 from infermeter.serving.vllm.launcher import (
@@ -38,7 +38,7 @@ from infermeter.serving.vllm.launcher import (
 )
 from infermeter.serving.vllm.process import VllmProcess, ensure_installed, ensure_port_free
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SERVE = "vllm.entrypoints.cli.main"
 API_SERVER = "vllm.entrypoints.openai.api_server"
 
@@ -239,7 +239,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     parsed = _vllm_parser().parse_args(["vllm", *args])
     try:
         code = parsed.func(parsed, load_config(parsed.config))
-    except ServingError as exc:
+    except InfermeterError as exc:
         print(f"infermeter: error: {exc}", file=sys.stderr)
         code = 2
     out, err = capsys.readouterr()
