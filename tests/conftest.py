@@ -24,9 +24,38 @@ VLLM_ARTIFACTS = REPO / "tests" / "vllm_0_32_captures"
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port_range(span: int = 30) -> int:
+    """A base port such that base .. base+span-1 are all free on 127.0.0.1 right now
+    (for ``infermeter up``, which takes a range)."""
+    for _ in range(200):
+        base = free_port()
+        if base + span <= 65000 and all(_port_is_free(p) for p in range(base, base + span)):
+            return base
+    raise RuntimeError(f"no {span} consecutive free ports")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

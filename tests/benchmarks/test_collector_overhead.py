@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.conftest import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -53,12 +54,6 @@ THROUGHPUT = (64, int(os.environ.get("BENCH_NTHROUGHPUT", "4000")), 15.0)
 PACED = (16, int(os.environ.get("BENCH_NPACED", "160")), 30.0)  # real-time simulator: ITL check
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def group_cpu_s(pgid: int) -> float:

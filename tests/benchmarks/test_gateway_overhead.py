@@ -30,8 +30,8 @@ import httpx
 import pytest
 
 from infermeter.kernel.tenancy import hash_key
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "bench-model"
 KEY = "sk-bench"
 ROUNDS = 6

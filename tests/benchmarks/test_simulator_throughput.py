@@ -20,6 +20,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import REPO, free_port, wait_http
+
 
 @dataclass
 class LoadResult:
@@ -83,9 +85,6 @@ async def run_load(url: str, streams: int, requests_per_stream: int, max_tokens:
     return LoadResult(streams, streams * requests_per_stream, chunks, tokens, wall, peak, errors)
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -108,9 +107,8 @@ def measure(url: str, pid: int, streams: int, requests: int, tokens: int, label:
 
 @pytest.fixture
 def simulator(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    root = request.config.pluginmanager.get_plugin(str(REPO / "tests" / "conftest.py"))
     time_scale = getattr(request, "param", "0")
-    port = root.free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "infermeter", "engine", "simulate", "--port", str(port),
@@ -121,7 +119,7 @@ def simulator(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     try:
-        root.wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()

@@ -31,8 +31,8 @@ from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.service import AdmitRequest, Throttle
 from infermeter.throttle.storage.memory import MemoryStorage
 from infermeter.throttle.storage.redis import RedisStorage
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 POLICY = """
 default_tier = "t"
 lease_s = 5

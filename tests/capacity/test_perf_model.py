@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.serving.simulator.sim_helpers import h100_llama8b
 
 from infermeter.capacity.errors import ProfileError
 from infermeter.capacity.perf_model import PerformanceModel
@@ -13,6 +12,7 @@ from infermeter.capacity.profiles import (
     resolve_model,
     resolve_quantization,
 )
+from tests.serving.simulator.simulator_helpers import h100_llama8b
 
 LLAMA8B = resolve_model("llama-3.1-8b")
 BF16 = resolve_quantization("bf16")

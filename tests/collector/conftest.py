@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from scripted_engine import ScriptedEngine
-from tests_helpers_collector import API_KEY, SECRET, RunningCollector
 
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
 from infermeter.kernel.records import UsageRecord
 from infermeter.kernel.tenancy import KeyEntry, TenantResolver, hash_key
+from tests.collector.collector_helpers import API_KEY, SECRET, RunningCollector
+from tests.collector.scripted_engine import ScriptedEngine
 
 
 class RecordingExporter:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from pathlib import Path
 
 from infermeter.collector.cli import _BOOLS, _OPTIONS, register, resolver_from, settings_from
 from infermeter.collector.settings import CollectorSettings
 from infermeter.kernel.cli import common_options
 from infermeter.kernel.settings import Config
 from infermeter.kernel.tenancy import hash_key
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def parser() -> argparse.ArgumentParser:

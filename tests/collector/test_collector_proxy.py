@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests_helpers_collector import API_KEY, SECRET, RunningCollector, sse_frames
+
+from tests.collector.collector_helpers import API_KEY, SECRET, RunningCollector, sse_frames
 
 
 def chat(stream: bool, include_usage: bool | None = None, **extra: Any) -> dict[str, Any]:

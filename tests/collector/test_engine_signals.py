@@ -9,9 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest_paths import ARTIFACTS
 from prometheus_client import CollectorRegistry, generate_latest
-from tests_helpers_collector import promtool_check
 
 from infermeter.collector.engine_scraper import EngineScraper
 from infermeter.collector.engine_signals import (
@@ -21,6 +19,8 @@ from infermeter.collector.engine_signals import (
     histogram_quantile,
     parse_exposition,
 )
+from tests.conftest import VLLM_ARTIFACTS as ARTIFACTS
+from tests.conftest import promtool_check
 
 BEFORE = (ARTIFACTS / "metrics_before_load.txt").read_text()
 AFTER = (ARTIFACTS / "metrics_after_load.txt").read_text()

@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fake_nvml
 import httpx
-from conftest_paths import ARTIFACTS
-from tests_helpers_collector import promtool_check
-from usage_receiver import UsageReceiver
 
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
+from tests.collector import fake_nvml
+from tests.collector.usage_receiver import UsageReceiver
+from tests.conftest import VLLM_ARTIFACTS as ARTIFACTS
+from tests.conftest import promtool_check
 
 # What DCGM-exporter's names and labels carry by design (FACTS.md): camelCase label
 # `modelName`, and counters named without `_total`.

@@ -6,12 +6,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import fake_nvml
 import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from infermeter.collector.gpu import NvmlSampler, dcgm_exposition
+from tests.collector import fake_nvml
 
 GIB = 1024**3
 
@@ -111,11 +111,10 @@ def test_without_nvml_logs_once_and_exports_nvml_up_0(caplog: pytest.LogCaptureF
 def test_gpu_samples_are_shipped(engine: Any, serve: Any, tmp_path: Any) -> None:
     import time
 
-    from tests_helpers_collector import RunningCollector
-    from usage_receiver import UsageReceiver
-
     from infermeter.collector.app import CollectorApp
     from infermeter.collector.settings import CollectorSettings
+    from tests.collector.collector_helpers import RunningCollector
+    from tests.collector.usage_receiver import UsageReceiver
 
     fake_nvml.reset()
     _, upstream = engine

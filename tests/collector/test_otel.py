@@ -10,10 +10,10 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from tests_helpers_collector import free_port
 
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
+from tests.conftest import free_port
 
 
 def attrs(kvs: Any) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from cutting_relay import CuttingRelay
-from tests_helpers_collector import RunningCollector, sse_frames
+
+from tests.collector.collector_helpers import RunningCollector, sse_frames
+from tests.collector.cutting_relay import CuttingRelay
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 MODEL = "tiny-llama"

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from usage_receiver import UsageReceiver
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.collector.usage_receiver import UsageReceiver
+from tests.conftest import REPO
 
 
 def wait_until(cond: Any, timeout: float = 15.0) -> None:
@@ -139,7 +139,7 @@ def _start_collector(
 
 @pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_record(engine: Any, serve: Any, tmp_path: Path) -> None:
-    from tests_helpers_collector import free_port
+    from tests.conftest import free_port
 
     _, upstream = engine
     receiver = UsageReceiver()

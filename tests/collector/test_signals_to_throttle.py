@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import httpx
-from conftest_paths import ARTIFACTS
 
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import VLLM_ARTIFACTS as ARTIFACTS
 
 
 def test_throttle_accepts_the_collectors_signals(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 
-from conftest_paths import ARTIFACTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infermeter.collector.sse import SseScanner, parse_body_usage
+from tests.conftest import VLLM_ARTIFACTS as ARTIFACTS
 
 CHAT = (ARTIFACTS / "chat_stream.sse").read_bytes()
 COMPLETION = (ARTIFACTS / "completions_stream.sse").read_bytes()

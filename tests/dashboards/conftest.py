@@ -3,13 +3,20 @@ ingest API and allocated) and a real throttle, both on loopback ports, once per 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from dashboard_seed import (
+
+from infermeter.metering.api import create_app as metering_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
+from infermeter.throttle.app import Runtime
+from infermeter.throttle.app import create_app as throttle_app
+from infermeter.throttle.policy import load_policy_text
+from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import ServerThread
+from tests.dashboards.dashboard_helpers import (
     INGEST,
     METERING_TOML,
     POLICY,
@@ -18,31 +25,14 @@ from dashboard_seed import (
     SeedClock,
     Stack,
     push_signals,
-    root_conftest,
     seed_metering,
     seed_throttle,
     workload,
 )
 
-# tests/serving (no __init__.py) would otherwise be found first as a namespace package named
-# `serving` when it is imported late (the pages import the simulator's profiles lazily); a
-# regular package later on sys.path wins over a namespace portion.
-REPO = str(Path(__file__).resolve().parents[2])
-if REPO not in sys.path:
-    sys.path.append(REPO)
-
-from infermeter.metering.api import create_app as metering_app  # noqa: E402
-from infermeter.metering.service import MeteringService  # noqa: E402
-from infermeter.metering.settings import MeteringSettings  # noqa: E402
-from infermeter.throttle.app import Runtime  # noqa: E402
-from infermeter.throttle.app import create_app as throttle_app  # noqa: E402
-from infermeter.throttle.policy import load_policy_text  # noqa: E402
-from infermeter.throttle.settings import ThrottleSettings  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = root_conftest()
     settings = MeteringSettings.model_validate(
         {
             "storage": "duckdb:///:memory:",
@@ -57,8 +47,8 @@ def stack() -> Iterator[Stack]:
     runtime = Runtime(
         ThrottleSettings(api_token=THROTTLE_API), now=clock, policy=load_policy_text(POLICY)
     )
-    metering = root.ServerThread(metering_app(service, start_loop=False)).start()
-    throttle = root.ServerThread(throttle_app(runtime, background=False)).start()
+    metering = ServerThread(metering_app(service, start_loop=False)).start()
+    throttle = ServerThread(throttle_app(runtime, background=False)).start()
     try:
         load = workload(time.time())
         allocation = seed_metering(metering.url, load)

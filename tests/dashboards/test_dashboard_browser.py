@@ -11,22 +11,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from cdp_browser import Browser
-from dashboard_seed import READ, THROTTLE_API, Stack, push_signals, root_conftest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, free_port
+from tests.dashboards.cdp_browser import Browser
+from tests.dashboards.dashboard_helpers import READ, THROTTLE_API, Stack, push_signals
+
 ARTIFACTS = REPO / "test-artifacts" / "dashboards"
 DOCS = REPO / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def dashboard(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = root_conftest()
-    port = root.free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER")}
     cmd = [
         sys.executable,
@@ -99,7 +98,7 @@ def test_every_page_renders_in_chromium(dashboard: str, stack: Stack) -> None:
     ]  # fmt: skip
     update_docs = os.environ.get("INFERMETER_UPDATE_SCREENSHOTS") == "1"
     push_signals(stack.throttle_url)
-    browser = Browser(root_conftest().free_port())
+    browser = Browser(free_port())
     try:
         for name, path, expect in pages:
             # Page.navigate is a fresh load of the page's own URL (as typed or bookmarked),

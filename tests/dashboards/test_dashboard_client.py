@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dashboard_seed import READ, THROTTLE_API, Stack, root_conftest
 
 from infermeter.dashboards.client import MeteringClient, ThrottleClient, TimeRange
 from infermeter.dashboards.errors import ServiceError, ServiceUnavailable
+from tests.conftest import free_port
+from tests.dashboards.dashboard_helpers import READ, THROTTLE_API, Stack
 
 
 def day() -> TimeRange:
@@ -56,7 +57,7 @@ def test_throttle_reads(stack: Stack) -> None:
 
 
 def test_nothing_listening_is_unavailable() -> None:
-    url = f"http://127.0.0.1:{root_conftest().free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServiceUnavailable) as down:
         MeteringClient(url).budgets()
     assert down.value.service == "metering" and url in str(down.value)

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_seed import Stack
 from prometheus_client.parser import text_string_to_metric_families
 
 from infermeter.collector.app import CollectorApp
@@ -24,8 +23,9 @@ from infermeter.collector.settings import CollectorSettings
 from infermeter.dashboards.grafana.build import dashboard
 from infermeter.serving.simulator.server import create_app as simulator_app
 from infermeter.serving.simulator.settings import SimulatorSettings
+from tests.conftest import REPO
+from tests.dashboards.dashboard_helpers import Stack
 
-REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "dashboards" / "grafana" / "infermeter.json"
 FUNCTIONS_AND_KEYWORDS = {
     "sum",

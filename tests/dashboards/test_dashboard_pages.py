@@ -11,13 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_seed import INGEST, READ, THROTTLE_API, Stack, root_conftest
 from streamlit.testing.v1 import AppTest
 
 from infermeter.dashboards import ui
 from infermeter.metering.api import create_app as metering_app
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings
+from tests.conftest import free_port
+from tests.dashboards.dashboard_helpers import INGEST, READ, THROTTLE_API, Stack
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 PAGES = (
@@ -223,14 +224,9 @@ def test_time_range_picker_changes_the_query(dashboard_env: Stack) -> None:
 
 @pytest.mark.parametrize("name", PAGES)
 def test_services_down_show_a_message(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = root_conftest()
     monkeypatch.delenv("INFERMETER_CONFIG", raising=False)
-    monkeypatch.setenv(
-        "INFERMETER__DASHBOARD__METERING_URL", f"http://127.0.0.1:{root.free_port()}"
-    )
-    monkeypatch.setenv(
-        "INFERMETER__DASHBOARD__THROTTLE_URL", f"http://127.0.0.1:{root.free_port()}"
-    )
+    monkeypatch.setenv("INFERMETER__DASHBOARD__METERING_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("INFERMETER__DASHBOARD__THROTTLE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("INFERMETER__DASHBOARD__REFRESH_S", "0")
     at = page(name)
     if name.endswith("lookup.py"):

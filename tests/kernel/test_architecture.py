@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 COMPONENT_FOLDERS = ("collector", "metering", "throttle", "serving", "dashboards")
 
 

@@ -16,10 +16,9 @@ from infermeter.kernel.records import UsageRecord
 from infermeter.metering.api import create_app
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings, ReplicaSettings
-from tests.conftest import ManualClock, ServerThread
+from tests.conftest import REPO, ManualClock, ServerThread
 from tests.metering.conftest import T0
 
-REPO = Path(__file__).resolve().parents[2]
 SINCE, UNTIL = "2026-11-02T00:00:00Z", "2026-11-02T02:00:00Z"
 
 

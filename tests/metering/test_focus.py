@@ -19,9 +19,9 @@ from infermeter.metering.focus.export import export_focus
 from infermeter.metering.ingest import Ingestor
 from infermeter.metering.settings import ReplicaSettings
 from infermeter.metering.store import Store
+from tests.conftest import REPO
 from tests.metering.conftest import T0, ingest
 
-REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("INFERMETER_FOCUS_VENV", REPO / ".venv-focus"))
 
 

@@ -25,9 +25,8 @@ from infermeter.kernel.records import UsageRecord, cloudevent, parse_usage_recor
 from infermeter.metering.errors import BatchError, RecordError
 from infermeter.metering.ingest import Ingestor
 from infermeter.metering.store import Store, apply_migrations, migrations, open_store
+from tests.conftest import REPO
 from tests.metering.conftest import T0, database_before
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def record(i: int, **overrides: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from infermeter.stack.supervisor import ServiceSpec, Supervisor
 from infermeter.stack.up_cli import Plan, settings_from
 from infermeter.throttle import settings as throttle_settings
 from infermeter.throttle.policy_source import parse_document
-from tests.serving.free_ports import free_port_range
+from tests.conftest import free_port_range, free_ports
 
 PY = sys.executable
 
@@ -206,16 +206,6 @@ def http_server(name: str, port: int, stage: int, **kw: Any) -> ServiceSpec:
     argv = [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     return ServiceSpec(name, argv, f"http://127.0.0.1:{port}/", "127.0.0.1", port,
                        stage=stage, **kw)  # fmt: skip
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for sock in socks:
-        sock.close()
-    return ports
 
 
 def test_supervisor_starts_stage_by_stage_and_stops_in_reverse(tmp_path: Path) -> None:

@@ -29,11 +29,8 @@ import httpx
 import pytest
 
 from infermeter.stack.demo_stack import TENANTS
-from tests.conftest import promtool_check, vllm_promtool_findings
+from tests.conftest import REPO, free_port_range, promtool_check, vllm_promtool_findings
 from tests.dashboards.cdp_browser import Browser
-from tests.serving.free_ports import free_port_range
-
-REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

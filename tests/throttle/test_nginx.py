@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from tests.throttle.throttle_helpers import ServerThread, free_port
 
 from infermeter.kernel.tenancy import TenantResolver, hash_key
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.nginx import render
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import ServerThread, free_port
 
 POLICY = """
 default_tier = "small"

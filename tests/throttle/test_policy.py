@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import redis_uri
 from fastapi import FastAPI
-from tests.throttle.throttle_helpers import POLICY, ServerThread
 
 from infermeter.throttle.errors import PolicyError
 from infermeter.throttle.metering_rates import MeteringRates
@@ -20,8 +18,8 @@ from infermeter.throttle.policy_source import PolicyManager, parse_document
 from infermeter.throttle.pricing import Pricer, rates_from_metering
 from infermeter.throttle.storage.memory import MemoryStorage
 from infermeter.throttle.storage.redis import RedisStorage
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, ServerThread
+from tests.throttle.throttle_helpers import POLICY, redis_uri
 
 
 @pytest.mark.parametrize(

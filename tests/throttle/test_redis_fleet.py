@@ -7,8 +7,6 @@ import time
 
 import httpx
 import pytest
-from conftest import RedisServer, redis_uri
-from tests.throttle.throttle_helpers import POLICY, ManualClock, ServerThread
 
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.errors import StorageUnavailable
@@ -18,6 +16,8 @@ from infermeter.throttle.settings import ThrottleSettings
 from infermeter.throttle.storage import with_failover
 from infermeter.throttle.storage.failover import FailoverStorage
 from infermeter.throttle.storage.redis import RedisStorage
+from tests.conftest import ManualClock, ServerThread
+from tests.throttle.throttle_helpers import POLICY, RedisServer, redis_uri
 
 FLEET_POLICY = """
 default_tier = "t"
@@ -149,7 +149,7 @@ def test_readyz_and_metrics_expose_the_outage(redis_server: RedisServer) -> None
 
 
 async def test_unreachable_redis_raises_storage_unavailable() -> None:
-    from tests.throttle.throttle_helpers import free_port
+    from tests.conftest import free_port
 
     store = RedisStorage(f"redis://127.0.0.1:{free_port()}/0?timeout_ms=100")
     with pytest.raises(StorageUnavailable):

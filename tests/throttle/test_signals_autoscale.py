@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.throttle.throttle_helpers import POLICY, ManualClock
 
 from infermeter.throttle.errors import RequestError, UnknownPool
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.signals import PoolMonitor, keda_body
 from infermeter.throttle.storage.memory import MemoryStorage
+from tests.conftest import ManualClock
+from tests.throttle.throttle_helpers import POLICY
 
 
 def monitor(clock: ManualClock) -> PoolMonitor:

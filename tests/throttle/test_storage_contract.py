@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.throttle.throttle_helpers import MACHINE_REDIS
 
 from infermeter.throttle.algorithms import budgets
 from infermeter.throttle.algorithms.fairshare import FairParams
 from infermeter.throttle.storage.base import ReserveRequest, SettleUsage, Storage, UsageRequest
 from infermeter.throttle.storage.memory import MemoryStorage
 from infermeter.throttle.storage.redis import RedisStorage
+from tests.throttle.throttle_helpers import MACHINE_REDIS
 
 T0 = 1_800_000_000.0
 NO_FAIR = FairParams(False, 0.0, 0.0, 30.0, 1.0)

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from tests.throttle.throttle_helpers import MACHINE_REDIS, POLICY, ManualClock, ServerThread
 
 from infermeter.throttle.api import parse_since
 from infermeter.throttle.app import Runtime, create_app
@@ -19,6 +18,8 @@ from infermeter.throttle.settings import ThrottleSettings
 from infermeter.throttle.storage.base import Storage
 from infermeter.throttle.storage.memory import MemoryStorage
 from infermeter.throttle.storage.redis import RedisStorage
+from tests.conftest import ManualClock, ServerThread
+from tests.throttle.throttle_helpers import MACHINE_REDIS, POLICY
 
 
 async def _clear(uri: str) -> None:

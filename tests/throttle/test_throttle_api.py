@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.throttle.throttle_helpers import POLICY, ManualClock, ServerThread, promtool_check
 
 from infermeter.kernel.tenancy import TenantResolver, hash_key
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import ManualClock, ServerThread, promtool_check
+from tests.throttle.throttle_helpers import POLICY
 
 SECRET = "gw-secret"
 ADMIN = "admin-token"

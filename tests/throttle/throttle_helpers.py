@@ -1,32 +1,16 @@
-"""Shared helpers of the throttle tests (the repo-wide ones re-exported from tests/conftest.py)."""
+"""Shared helpers of the throttle tests (the repo-wide ones are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import shutil
+import subprocess
+import time
+import uuid
 from pathlib import Path
-from types import ModuleType
 
+import redis
 
-def _root_conftest() -> ModuleType:
-    name = "infermeter_tests_root_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-free_port = _root.free_port
-wait_http = _root.wait_http
-ServerThread = _root.ServerThread
-ManualClock = _root.ManualClock
-promtool_check = _root.promtool_check
+from tests.conftest import free_port
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -84,3 +68,61 @@ scale_up_window_s = 0
 scale_down_window_s = 300
 targets = { num_requests_waiting = 5, kv_cache_usage_perc = 0.8 }
 """
+
+
+def redis_uri(prefix: str | None = None) -> str:
+    """The machine's Redis with a key prefix unique to the caller."""
+    return f"{MACHINE_REDIS}?prefix=test:{prefix or uuid.uuid4().hex[:12]}&timeout_ms=3000"
+
+
+class RedisServer:
+    """A private redis-server child process that tests may stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0?prefix=t&timeout_ms=1500"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not installed: run ./dev.sh test")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None

@@ -8,11 +8,7 @@ from importlib import resources
 
 def template() -> str:
     """The shipped config with ``@LISTEN@``, ``@THROTTLE@`` and ``@UPSTREAM@`` placeholders."""
-    return (
-        resources.files("infermeter.throttle.nginx")
-        .joinpath("throttle.conf")
-        .read_text("utf-8")
-    )
+    return resources.files("infermeter.throttle.nginx").joinpath("throttle.conf").read_text("utf-8")
 
 
 def render(listen: str, throttle: str, upstream: str) -> str:

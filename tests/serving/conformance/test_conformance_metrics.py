@@ -152,11 +152,14 @@ def test_gauges_return_to_idle(client):
 
 def test_gauges_show_an_active_stream(engine, client):
     """While a stream is open (the client reading slowly), the request is running and
-    holds KV-cache blocks; afterwards both gauges return to idle."""
+    holds KV-cache blocks; afterwards both gauges return to idle. The engine publishes its
+    gauges a moment after a step, so the scrape waits for them (the stream is long enough to
+    stay open meanwhile)."""
+    prompt_tokens = _completion(client, engine.served_model, 1)["prompt_tokens"]
     body = {
         "model": engine.served_model,
         "prompt": PROMPT,
-        "max_tokens": 400,
+        "max_tokens": engine.max_model_len - prompt_tokens - 1,
         "ignore_eos": True,
         "stream": True,
     }
@@ -164,7 +167,13 @@ def test_gauges_show_an_active_stream(engine, client):
         assert resp.status_code == 200
         lines = resp.iter_lines()
         next(line for line in lines if line.startswith("data: {"))
-        during = _scrape(client)
+        during = _wait_for(
+            client,
+            lambda s: (
+                total(s, "vllm:num_requests_running") == 1
+                and total(s, "vllm:kv_cache_usage_perc") > 0.0
+            ),
+        )
     assert total(during, "vllm:num_requests_running") == 1
     assert total(during, "vllm:num_requests_waiting") == 0
     assert 0.0 < total(during, "vllm:kv_cache_usage_perc") <= 1.0

@@ -1,19 +1,13 @@
-"""Gateway fixtures: the real embedding model (loaded once), free ports, a metering contract."""
+"""Gateway fixtures: the real embedding model (loaded once), a metering contract."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from gateway_fixtures import MODEL, MeteringContract, root_conftest
 
 from infermeter.serving.gateway.embeddings.local import LocalEmbedder
-
-
-@pytest.fixture
-def free_port(pytestconfig: pytest.Config) -> Callable[[], int]:
-    port: Callable[[], int] = root_conftest(pytestconfig).free_port
-    return port
+from tests.serving.gateway.gateway_helpers import MODEL, MeteringContract
 
 
 @pytest.fixture(scope="session")

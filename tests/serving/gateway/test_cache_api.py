@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 import orjson
-from gateway_fixtures import (
+
+from infermeter.serving.gateway.embeddings.local import LocalEmbedder
+from tests.serving.gateway.gateway_helpers import (
     METERING_TOKEN,
     MODEL,
     MeteringContract,
@@ -17,8 +19,6 @@ from gateway_fixtures import (
     gateway_settings,
     simulator_app,
 )
-
-from infermeter.serving.gateway.embeddings.local import LocalEmbedder
 
 
 def ask(url: str, key: str, question: str, **extra: Any) -> httpx.Response:

@@ -21,6 +21,7 @@ from infermeter.serving.gateway.embeddings.remote import HttpEmbedder
 from infermeter.serving.gateway.errors import EmbeddingError
 from infermeter.serving.gateway.requests import CHAT, parse_inference
 from infermeter.serving.gateway.settings import CacheSettings
+from tests.conftest import free_port
 
 
 def embeddings_server(embedder: LocalEmbedder) -> Starlette:
@@ -53,9 +54,7 @@ async def test_http_backend_equals_local(
     assert np.abs(remote - local).max() < 1e-5
 
 
-async def test_unreachable_backend_makes_the_cache_step_aside(
-    free_port: Callable[[], int],
-) -> None:
+async def test_unreachable_backend_makes_the_cache_step_aside() -> None:
     async with aiohttp.ClientSession() as session:
         dead = HttpEmbedder(session, f"http://127.0.0.1:{free_port()}", "all-MiniLM-L6-v2")
         with pytest.raises(EmbeddingError, match="unreachable"):

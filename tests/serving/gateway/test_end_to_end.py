@@ -17,18 +17,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from gateway_fixtures import (
-    METERING_TOKEN,
-    MODEL,
-    auth,
-    gateway_app,
-    gateway_settings,
-    resolver,
-    root_conftest,
-    simulator_app,
-    throttle_policy,
-)
-from test_jobs import read_sse
 
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
@@ -39,6 +27,18 @@ from infermeter.throttle.app import Runtime
 from infermeter.throttle.app import create_app as create_throttle
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import ServerThread
+from tests.serving.gateway.gateway_helpers import (
+    METERING_TOKEN,
+    MODEL,
+    auth,
+    gateway_app,
+    gateway_settings,
+    read_sse,
+    resolver,
+    simulator_app,
+    throttle_policy,
+)
 
 VLLM_MODEL = "tiny-llama"
 READ = {"authorization": f"Bearer {METERING_TOKEN}"}
@@ -62,8 +62,7 @@ def stack(
     embedder: Any,
     real_vllm: str,
 ) -> Iterator[Stack]:
-    root = root_conftest(pytestconfig)
-    server_thread = root.ServerThread
+    server_thread = ServerThread
     workdir = tmp_path_factory.mktemp("e2e")
     started: list[Any] = []
 

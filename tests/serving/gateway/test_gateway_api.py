@@ -11,20 +11,20 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from gateway_fixtures import (
-    MODEL,
-    auth,
-    gateway_app,
-    gateway_settings,
-    root_conftest,
-    simulator_app,
-    throttle_policy,
-)
 from prometheus_client import CollectorRegistry
 
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import free_port, promtool_check
+from tests.serving.gateway.gateway_helpers import (
+    MODEL,
+    auth,
+    gateway_app,
+    gateway_settings,
+    simulator_app,
+    throttle_policy,
+)
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
 
@@ -146,7 +146,7 @@ def test_over_limit_tenant_gets_429_with_ratelimit_headers(serve: Callable[..., 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_throttle_unreachable_fails_by_setting_and_is_counted(
-    serve: Callable[..., Any], free_port: Callable[[], int], mode: str
+    serve: Callable[..., Any], mode: str
 ) -> None:
     sim = serve(simulator_app())
     dead = f"http://127.0.0.1:{free_port()}"
@@ -165,9 +165,7 @@ def test_throttle_unreachable_fails_by_setting_and_is_counted(
     assert value == 1.0
 
 
-def test_connect_failure_moves_to_another_replica(
-    serve: Callable[..., Any], free_port: Callable[[], int]
-) -> None:
+def test_connect_failure_moves_to_another_replica(serve: Callable[..., Any]) -> None:
     sim = serve(simulator_app())
     dead = f"http://127.0.0.1:{free_port()}"
     app = gateway_app(gateway_settings([dead, sim.url], connect_retries=1))
@@ -228,9 +226,7 @@ def test_embeddings_route_is_forwarded(serve: Callable[..., Any]) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
 
 
-def test_health_ready_metrics(
-    serve: Callable[..., Any], free_port: Callable[[], int], pytestconfig: pytest.Config
-) -> None:
+def test_health_ready_metrics(serve: Callable[..., Any], pytestconfig: pytest.Config) -> None:
     sim = serve(simulator_app())
     gw = serve(
         gateway_app(gateway_settings([sim.url], throttle_url=f"http://127.0.0.1:{free_port()}"))
@@ -242,7 +238,7 @@ def test_health_ready_metrics(
     metrics = httpx.get(gw.url + "/metrics").text
     assert "infermeter_gateway_outstanding_requests" in metrics
     assert "infermeter_gateway_overhead_seconds_bucket" in metrics
-    code, findings = root_conftest(pytestconfig).promtool_check(metrics)
+    code, findings = promtool_check(metrics)
     assert code == 0, findings
 
 
@@ -280,9 +276,9 @@ def test_oversized_body_is_413(serve: Callable[..., Any]) -> None:
 
 
 def test_every_response_carries_a_request_id_and_the_throttled_record_uses_it(
-    serve: Callable[..., Any], free_port: Callable[[], int]
+    serve: Callable[..., Any],
 ) -> None:
-    from gateway_fixtures import METERING_TOKEN, MeteringContract
+    from tests.serving.gateway.gateway_helpers import METERING_TOKEN, MeteringContract
 
     contract = MeteringContract()
     metering = serve(contract.app())

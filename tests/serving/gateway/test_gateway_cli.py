@@ -14,8 +14,7 @@ from infermeter.kernel.settings import ConfigError, load_config
 from infermeter.kernel.tenancy import hash_key
 from infermeter.serving.gateway.cli import resolver_from, settings_from
 from infermeter.serving.gateway.settings import GatewaySettings
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import REPO
 
 
 def test_example_config_table_validates() -> None:

@@ -12,22 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from gateway_fixtures import (
-    METERING_TOKEN,
-    MODEL,
-    SECRET,
-    MeteringContract,
-    root_conftest,
-    simulator_app,
-    throttle_policy,
-)
 
 from infermeter.kernel.tenancy import hash_key
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.conftest import REPO, free_port, wait_http
+from tests.serving.gateway.gateway_helpers import (
+    METERING_TOKEN,
+    MODEL,
+    SECRET,
+    MeteringContract,
+    simulator_app,
+    throttle_policy,
+)
 
-REPO = Path(__file__).resolve().parents[3]
 STOP_BOUND_S = 1.5  # measured ~0.2 s; the old gateway took ~1.5-5 s and dropped open streams
 POLICY = throttle_policy(["*"])
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 8}
@@ -47,7 +46,7 @@ def _config(path: Path, port: int, throttle: str, metering: str, replica: str) -
 
 
 def test_sigterm_stops_fast_and_flushes_queued_usage_records(
-    serve: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, pytestconfig: Any
+    serve: Callable[..., Any], tmp_path: Path, pytestconfig: Any
 ) -> None:
     contract = MeteringContract()
     metering = serve(contract.app())
@@ -65,7 +64,7 @@ def test_sigterm_stops_fast_and_flushes_queued_usage_records(
         stderr=subprocess.STDOUT,
     )
     try:
-        root_conftest(pytestconfig).wait_http(url + "/healthz")
+        wait_http(url + "/healthz")
         throttled = []
         for _ in range(8):  # the tiny tier's first request may fit its bucket
             resp = httpx.post(

@@ -7,41 +7,24 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
-from gateway_fixtures import MODEL, auth, gateway_app, gateway_settings, simulator_app
 
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.policy import load_policy_text
 from infermeter.throttle.settings import ThrottleSettings
+from tests.serving.gateway.gateway_helpers import (
+    MODEL,
+    auth,
+    gateway_app,
+    gateway_settings,
+    read_sse,
+    simulator_app,
+)
 
 JOB = {
     "model": MODEL,
     "messages": [{"role": "user", "content": "Write a haiku."}],
     "max_tokens": 12,
 }
-
-
-def read_sse(url: str, key: str, last_event_id: str | None = None) -> list[dict[str, Any]]:
-    """Every event of a job's stream until done/failed: [{id, event, data}]."""
-    headers = auth(key)
-    if last_event_id is not None:
-        headers["last-event-id"] = last_event_id
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    with httpx.stream("GET", url, headers=headers, timeout=30.0) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        for line in resp.iter_lines():
-            if line.startswith("id: "):
-                current["id"] = line[4:]
-            elif line.startswith("event: "):
-                current["event"] = line[7:]
-            elif line.startswith("data: "):
-                current["data"] = orjson.loads(line[6:])
-            elif line == "" and "event" in current:
-                events.append(current)
-                current = {}
-    return events
 
 
 def test_job_acknowledged_at_once_and_delivered_by_sse(serve: Callable[..., Any]) -> None:

@@ -14,21 +14,21 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from gateway_fixtures import (
+
+from infermeter.kernel.tenancy import hash_key
+from tests.conftest import REPO, free_port
+from tests.serving.gateway.gateway_helpers import (
     KEYS,
     MODEL,
     SECRET,
     auth,
     gateway_app,
     gateway_settings,
+    read_sse,
     simulator_app,
 )
-from test_jobs import read_sse
-
-from infermeter.kernel.tenancy import hash_key
 
 REDIS = "redis://127.0.0.1:6379/0"
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def _config(tmp_path: Path, sim_url: str, queue: str, port: int) -> Path:
 
 
 def test_worker_killed_mid_job_is_redelivered(
-    serve: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, prefix: str
+    serve: Callable[..., Any], tmp_path: Path, prefix: str
 ) -> None:
     # A slow engine so that the job is still generating when its worker is killed.
     sim = serve(simulator_app(time_scale=40.0, output_tokens_median=1000.0))

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_fixtures import (
+
+from tests.serving.gateway.gateway_helpers import (
     METERING_TOKEN,
     MODEL,
     MeteringContract,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from sim_helpers import h100_llama8b, make_engine
 
 from infermeter.capacity.perf_model import PerformanceModel
 from infermeter.capacity.profiles import GIB, resolve_gpu, resolve_model, resolve_quantization
@@ -18,6 +17,7 @@ from infermeter.serving.simulator.engine import (
     SimRequest,
 )
 from infermeter.serving.simulator.text import block_hashes, plan_completion, text_units
+from tests.serving.simulator.simulator_helpers import h100_llama8b, make_engine
 
 
 def request(prompt: int, tokens: int, seed: int = 0, rid: str = "r") -> SimRequest:

@@ -6,11 +6,11 @@ import asyncio
 import random
 
 import pytest
-from sim_helpers import make_engine
 
 from infermeter.serving.simulator.engine import FINISHED, SimRequest
 from infermeter.serving.simulator.loop import EngineLoop, ScaledClock
 from infermeter.serving.simulator.text import plan_completion
+from tests.serving.simulator.simulator_helpers import make_engine
 
 
 class FakeTime:

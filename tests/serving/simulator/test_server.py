@@ -7,7 +7,6 @@ import json
 import re
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infermeter.serving.simulator.server import create_app
 from infermeter.serving.simulator.settings import SimulatorSettings
+from tests.conftest import VLLM_ARTIFACTS, promtool_check
 
 MODEL = "tiny-llama"
 
@@ -42,8 +42,8 @@ def client(start: Callable[..., httpx.Client]) -> httpx.Client:
     return start()
 
 
-def artifact(helpers: ModuleType, name: str) -> str:
-    return (helpers.VLLM_ARTIFACTS / name).read_text(encoding="utf-8")
+def artifact(name: str) -> str:
+    return (VLLM_ARTIFACTS / name).read_text(encoding="utf-8")
 
 
 def key_order(value: Any) -> Any:
@@ -71,14 +71,14 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float:
     raise AssertionError(f"{name} {labels} not exposed")
 
 
-def test_health_version_and_models(client: httpx.Client, helpers: ModuleType) -> None:
+def test_health_version_and_models(client: httpx.Client) -> None:
     health = client.get("/health")
     assert health.status_code == 200 and health.content == b""
     assert client.get("/version").json() == {"version": "0.32.0"}
     models = client.get("/v1/models")
     assert models.headers["content-type"] == "application/json"
     body = models.json()
-    assert key_order(body) == key_order(json.loads(artifact(helpers, "models.json")))
+    assert key_order(body) == key_order(json.loads(artifact("models.json")))
     card = body["data"][0]
     assert card["id"] == MODEL and card["max_model_len"] == 512
     assert card["owned_by"] == "infermeter-simulator"
@@ -98,7 +98,6 @@ def test_health_version_and_models(client: httpx.Client, helpers: ModuleType) ->
 )
 def test_non_streaming_bodies_have_vllm_fields_in_vllm_order(
     client: httpx.Client,
-    helpers: ModuleType,
     path: str,
     payload: dict[str, Any],
     capture: str,
@@ -108,7 +107,7 @@ def test_non_streaming_bodies_have_vllm_fields_in_vllm_order(
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "application/json"
     body = resp.json()
-    reference = json.loads(artifact(helpers, capture))
+    reference = json.loads(artifact(capture))
     assert key_order(body) == key_order(reference)
     assert re.fullmatch(id_re + r"[0-9a-f]{16}", body["id"])
     assert body["system_fingerprint"] == reference["system_fingerprint"]
@@ -130,7 +129,7 @@ def test_non_streaming_bodies_have_vllm_fields_in_vllm_order(
     ],
 )
 def test_streams_have_vllm_chunks_usage_and_done(
-    client: httpx.Client, helpers: ModuleType, path: str, payload: dict[str, Any], capture: str
+    client: httpx.Client, path: str, payload: dict[str, Any], capture: str
 ) -> None:
     body = {
         "model": MODEL,
@@ -143,7 +142,7 @@ def test_streams_have_vllm_chunks_usage_and_done(
     with client.stream("POST", path, json=body) as resp:
         assert resp.headers["content-type"] == "text/event-stream; charset=utf-8"
         raw = resp.read().decode()
-    ours, real = sse_events(raw), sse_events(artifact(helpers, capture))
+    ours, real = sse_events(raw), sse_events(artifact(capture))
     assert ours[-1] == real[-1] == "[DONE]"
     assert len(ours) == len(real)  # same number of chunks for 8 tokens
     for mine, theirs in zip(ours[:-1], real[:-1], strict=True):
@@ -203,15 +202,15 @@ def error(resp: httpx.Response) -> dict[str, Any]:
     return body["error"]
 
 
-def test_errors_match_vllm_for_the_same_mistakes(client: httpx.Client, helpers: ModuleType) -> None:
+def test_errors_match_vllm_for_the_same_mistakes(client: httpx.Client) -> None:
     nope = client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
     assert nope.status_code == 404
-    assert nope.content == artifact(helpers, "error_404_model.json").encode()
+    assert nope.content == artifact("error_404_model.json").encode()
     too_long = client.post(
         "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5000}
     )
     assert too_long.status_code == 400
-    assert too_long.content == artifact(helpers, "error_400_max_tokens.json").encode()
+    assert too_long.content == artifact("error_400_max_tokens.json").encode()
     malformed = client.post("/v1/chat/completions", content=b'{"model": ')
     assert malformed.status_code == 400
     assert error(malformed)["param"] == "body.10" and error(malformed)["type"] == "Bad Request"
@@ -248,11 +247,11 @@ def families(text: str) -> dict[str, Any]:
     return out
 
 
-def test_metrics_before_any_request_match_vllm(client: httpx.Client, helpers: ModuleType) -> None:
+def test_metrics_before_any_request_match_vllm(client: httpx.Client) -> None:
     resp = client.get("/metrics")
     assert resp.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
     ours = families(resp.text)
-    real = families(artifact(helpers, "metrics_before_any_request.txt"))
+    real = families(artifact("metrics_before_any_request.txt"))
     assert ours.keys() == real.keys()
     for name, (kind, labels, buckets) in real.items():
         assert ours[name][0] == kind, name
@@ -292,11 +291,11 @@ def test_metrics_counters_move_with_requests(client: httpx.Client) -> None:
     )
 
 
-def test_promtool_accepts_the_exposition(client: httpx.Client, helpers: ModuleType) -> None:
+def test_promtool_accepts_the_exposition(client: httpx.Client) -> None:
     client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3})
-    code, findings = helpers.promtool_check(client.get("/metrics").text)
+    code, findings = promtool_check(client.get("/metrics").text)
     assert code != 1, findings
-    _, real = helpers.promtool_check(artifact(helpers, "metrics_after_load.txt"))
+    _, real = promtool_check(artifact("metrics_after_load.txt"))
     assert set(findings) <= set(real)
     assert not [f for f in findings if "infermeter_" in f]
 

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -15,8 +14,7 @@ from infermeter.kernel.cli import build_parser, main
 from infermeter.kernel.errors import ConfigError, PortInUse
 from infermeter.kernel.settings import load_config
 from infermeter.serving.simulator.cli import _OPTIONS, bind, settings_from
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import REPO, free_port, wait_http
 
 
 def parse(*argv: str):
@@ -83,14 +81,14 @@ def test_taken_port_names_the_port() -> None:
             bind("127.0.0.1", port)
 
 
-def test_runs_as_a_process(helpers: ModuleType) -> None:
-    port = helpers.free_port()
+def test_runs_as_a_process() -> None:
+    port = free_port()
     argv = [sys.executable, "-m", "infermeter", "engine", "simulate", "--port", str(port),
             "--served-model-name", "tiny-llama", "--max-model-len", "512",
             "--time-scale", "0"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        helpers.wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
         body = {"model": "tiny-llama", "prompt": "hi", "max_tokens": 3}
         resp = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=10)
         assert resp.json()["usage"]["completion_tokens"] <= 3

@@ -37,8 +37,8 @@ from infermeter.serving.vllm.launcher import (
     resolve_entrypoint,
 )
 from infermeter.serving.vllm.process import VllmProcess, ensure_installed, ensure_port_free
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[3]
 SERVE = "vllm.entrypoints.cli.main"
 API_SERVER = "vllm.entrypoints.openai.api_server"
 

@@ -9,7 +9,6 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -79,13 +78,6 @@ min_replicas = 1
 max_replicas = 8
 targets = { num_requests_waiting = 4.0, kv_cache_usage_perc = 0.8 }
 """
-
-
-def root_conftest() -> ModuleType:
-    """tests/conftest.py as a module (ServerThread, free_port, wait_http)."""
-    import tests.conftest
-
-    return tests.conftest
 
 
 @dataclass

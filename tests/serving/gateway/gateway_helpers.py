@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,13 +36,6 @@ METERING_TOKEN = "metering-test-token"
 
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def root_conftest(config: Any = None) -> ModuleType:
-    """tests/conftest.py as a module (free_port, ServerThread, ...)."""
-    import tests.conftest
-
-    return tests.conftest
 
 
 def throttle_policy(models: list[str], tiny_per_s: int = 60) -> str:
@@ -135,3 +128,26 @@ class MeteringContract:
                 Route("/healthz", healthz, methods=["GET"]),
             ]
         )
+
+
+def read_sse(url: str, key: str, last_event_id: str | None = None) -> list[dict[str, Any]]:
+    """Every event of a job's stream until done/failed: [{id, event, data}]."""
+    headers = auth(key)
+    if last_event_id is not None:
+        headers["last-event-id"] = last_event_id
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    with httpx.stream("GET", url, headers=headers, timeout=30.0) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("id: "):
+                current["id"] = line[4:]
+            elif line.startswith("event: "):
+                current["event"] = line[7:]
+            elif line.startswith("data: "):
+                current["data"] = orjson.loads(line[6:])
+            elif line == "" and "event" in current:
+                events.append(current)
+                current = {}
+    return events

@@ -7,9 +7,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port as free_port  # re-exported for the collector tests
-from tests.conftest import promtool_check as promtool_check
-
 SECRET = "gateway-secret"
 API_KEY = "sk-tenant-b"
 
