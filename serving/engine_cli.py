@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from infermeter.kernel.cli import optional_module
+from infermeter.kernel.cli import register_installed
 
-# Each module exposes register(engine_subparsers, common) adding one engine subcommand.
-ENGINE_MODULES = ("infermeter.serving.simulator.cli", "infermeter.serving.vllm.cli")
+# (engine, module exposing register(engine_subparsers, common), extra it needs)
+ENGINE_MODULES = (
+    ("simulate", "infermeter.serving.simulator.cli", "simulator"),
+    ("vllm", "infermeter.serving.vllm.cli", "vllm"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,7 +22,4 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "or `vllm` (real vLLM, on a GPU or the CPU build).",
     )
     engine_sub = engine.add_subparsers(dest="engine", metavar="ENGINE")
-    for name in ENGINE_MODULES:
-        module = optional_module(name)
-        if module is not None:
-            module.register(engine_sub, common)
+    register_installed(engine_sub, common, ENGINE_MODULES)

@@ -101,16 +101,14 @@ def _unavailable(
     stub.set_defaults(func=refuse)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every installed subcommand."""
-    common = common_options()
-    parser = argparse.ArgumentParser(
-        prog="infermeter",
-        description="Observability and FinOps for self-hosted LLM inference.",
-        parents=[common],
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command, name, extra in COMMAND_MODULES:
+def register_installed(
+    subparsers: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    commands: Sequence[tuple[str, str, str]],
+) -> None:
+    """Register each ``(command, module, extra)`` whose module is installed; a module whose
+    dependencies are missing becomes a stub that names the extra to install."""
+    for command, name, extra in commands:
         try:
             module = optional_module(name)
         except MissingExtra as exc:
@@ -120,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         register: _Registrar = module.register
         register(subparsers, common)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every installed subcommand."""
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="infermeter",
+        description="Observability and FinOps for self-hosted LLM inference.",
+        parents=[common],
+    )
+    register_installed(parser.add_subparsers(dest="command", metavar="COMMAND"), common,
+                       COMMAND_MODULES)  # fmt: skip
     return parser
 
 

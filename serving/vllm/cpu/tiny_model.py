@@ -104,10 +104,12 @@ def build_tokenizer(out: Path, spec: TinySpec) -> Any:
 def build_model(out: Path, spec: TinySpec, tokenizer: Any) -> int:
     """Save a seeded random Llama in safetensors; returns its parameter count."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
+    # Runs in the vLLM CPU venv, whose transformers differs from the project's: untyped here.
+    hf: Any = transformers
     torch.manual_seed(spec.seed)
-    config = LlamaConfig(
+    config = hf.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden,
         intermediate_size=spec.hidden * 4,
@@ -121,7 +123,7 @@ def build_model(out: Path, spec: TinySpec, tokenizer: Any) -> int:
         tie_word_embeddings=False,
         torch_dtype="float32",
     )
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = hf.LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(str(out), safe_serialization=True)
     return sum(p.numel() for p in model.parameters())
 
