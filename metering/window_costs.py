@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infermeter.metering import busy, window_split
+from infermeter.metering import busy, occupancy, window_split
 from infermeter.metering.calibration import Calibration, Sums
 
 Chooser = Callable[[str, Sums | None], Calibration]
@@ -155,9 +155,8 @@ def compute(
     # summed over all parts at once: the same floating-point sums as in one piece
     pm, pp, pd, pb = (np.concatenate([pt[i] for pt in points]) for i in range(4))
     sums = window_split.calibration_sums(pm, pp, pd, pb, len(models))
+    # the fit prices tokens for the rates report; the split below does not use it
     calibrations = [choose(name, sums[i]) for i, name in enumerate(models)]
-    a = np.array([c.prefill_s_per_token for c in calibrations] or [0.0])
-    b = np.array([c.decode_s_per_token for c in calibrations] or [0.0])
 
     # idle = the part of a window's cost not busy; the rest is split over its requests
     busy_s = np.minimum(cap_busy / 1e6, prov)
@@ -166,7 +165,7 @@ def compute(
     priced_total = np.append(np.where(priced, cost - idle.astype(np.int64), -1), -1)
 
     # pass 2: the exact split, part by part
-    splits = [_split(rw, req.model, a, b, cap_key, priced_total) for rw in parts]
+    splits = [_split(rw, req, window_us, cap_key, priced_total) for rw in parts]
     unpriced_rows = [rw.row[~sp.keep] for rw, sp in zip(parts, splits, strict=True)]
     unpriced = len(np.unique(np.concatenate(unpriced_rows))) if unpriced_rows else 0
     totals = np.zeros((4, len(cap_key)))
@@ -248,16 +247,15 @@ class _Split:
 
 def _split(
     rw: window_split.RequestWindows,
-    model: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
+    req: window_split.Requests,
+    window_us: int,
     cap_key: np.ndarray,
     priced_total: np.ndarray,
 ) -> _Split:
     """Split each priced group's busy cost (``priced_total`` per capacity row, -1 unpriced,
-    last entry for groups without a capacity row) over its rows by work."""
-    m = model[rw.row]
-    work = rw.p_tok * a[m] + rw.d_tok * b[m]
+    last entry for groups without a capacity row) over its rows by the engine time each
+    occupied (:mod:`infermeter.metering.occupancy`)."""
+    work = occupancy.occupancy_us(rw, req, window_us) / 1e6
     g_cap = window_split.lookup(cap_key, rw.group_key)
     g_cap = np.where(g_cap >= 0, g_cap, len(cap_key))
     total = priced_total[g_cap]

@@ -1,0 +1,102 @@
+"""Engine time per request, measured from the requests' own timings under continuous batching.
+
+A continuous-batching engine runs every scheduled sequence through the model in each step,
+so at any instant the engine's time is shared by the requests it is serving. Each request
+tells when it was served: its prefill phase ``[x0, p1]`` (from the end of its queueing to its
+first token) and its decode phase ``[d0, f]``, and how many tokens it put through the engine in
+each (uncached prompt tokens, completion tokens). Its token *rate* in a phase is those tokens
+over the phase's length. At every instant the busy engine's time is split among the requests
+present in proportion to their token rates (a step computes every scheduled token once, so a
+token's share of a step is the same whichever request it belongs to); where the present
+requests report no token work at all the instant is split equally among them. Summed over a
+window, the shares equal the window's busy time (the union of the requests' intervals)
+exactly up to floating-point rounding, with no fitted coefficient and no default: a window is
+priced from what happened in it, from the first one on. A serial engine (one request at a
+time) gives each request its own duration, which is its engine time.
+
+Vectorised over every request-window of a part at once: each row contributes four events
+(``x0``: +prefill rate, +1 present; ``p1``: -prefill rate; ``d0``: +decode rate; ``f``: -decode
+rate, -1 present), clipped to its window; one sort by (window, time), integer running sums of
+rates and presence (exact, so they are exactly zero between requests and at each window's
+end), and a running sum of ``dt / rate`` per segment give every row's share as a difference of
+two running sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from infermeter.metering.window_split import I64, Requests, RequestWindows
+
+RATE_UNITS = 1e12  # rates are integers of 1e-12 tokens per microsecond (1e-6 tokens/s)
+
+
+def occupancy_us(rw: RequestWindows, req: Requests, window_us: int) -> np.ndarray:
+    """Engine microseconds each request-window row occupied (``rw`` sorted by group)."""
+    n = len(rw.row)
+    if n == 0:
+        return np.zeros(0)
+    r = rw.row
+    w_lo = rw.w * window_us
+    w_hi = w_lo + window_us
+    x0, p1, d0, f = req.x0[r], req.p1[r], req.d0[r], req.f[r]
+    p_rate = _rate(req.prefill[r], p1 - x0)
+    d_rate = _rate(req.decode[r], f - d0)
+    # event times within the row's window, as offsets from the window's start
+    times = np.stack([x0, p1, d0, f], axis=1)
+    times = np.clip(times, w_lo[:, None], w_hi[:, None]) - w_lo[:, None]
+    d_rate_ev = np.stack([p_rate, -p_rate, d_rate, -d_rate], axis=1)
+    d_present = np.zeros((n, 4), dtype=I64)
+    d_present[:, 0], d_present[:, 3] = 1, -1
+    group = np.repeat(rw.group_of_row().astype(I64), 4)
+    key = group * (window_us + 1) + times.ravel()
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    rate = np.cumsum(d_rate_ev.ravel()[order])
+    present = np.cumsum(d_present.ravel()[order])
+    dt = np.diff(key, append=key[-1]).astype(np.float64)  # 0 across groups: nothing present
+    busy = present > 0
+    by_rate = busy & (rate > 0)
+    by_presence = busy & (rate <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_rate = np.where(by_rate, dt / np.where(by_rate, rate, 1), 0.0)
+        per_head = np.where(by_presence, dt / np.where(by_presence, present, 1), 0.0)
+    sorted_group = key // (window_us + 1)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_group[1:] != sorted_group[:-1])))
+    cum_rate = _prefix_sums(per_rate, starts)
+    cum_head = _prefix_sums(per_head, starts)
+    position = np.empty(4 * n, dtype=I64)
+    position[order] = np.arange(4 * n, dtype=I64)
+    pos = position.reshape(n, 4)
+    # an event's prefix sum covers the segments before it in its window
+    prefill = p_rate * (cum_rate[pos[:, 1]] - cum_rate[pos[:, 0]])
+    decode = d_rate * (cum_rate[pos[:, 3]] - cum_rate[pos[:, 2]])
+    heads = cum_head[pos[:, 3]] - cum_head[pos[:, 0]]
+    return np.maximum((prefill + decode + heads).astype(np.float64), 0.0)
+
+
+def _prefix_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Exclusive running sums of ``values`` restarted at each of ``starts``, each group summed
+    on its own (the same additions in the same order whatever other groups are present, so a
+    recomputation of some windows gives bit-identical results): groups of similar length are
+    laid out as the rows of one zero-padded matrix and summed along the rows. Extended
+    precision: a share is a high rate times a small difference of two sums."""
+    n = len(values)
+    out = np.zeros(n, dtype=np.longdouble)
+    sizes = np.diff(np.append(starts, n))
+    width_class = np.ceil(np.log2(np.maximum(sizes, 1))).astype(I64)
+    for cls in np.unique(width_class):
+        groups = np.flatnonzero(width_class == cls)
+        cols = np.arange(1 << int(cls), dtype=I64)
+        inside = cols[None, :] < sizes[groups][:, None] - 1  # the last event starts no segment
+        index = np.where(inside, starts[groups][:, None] + cols[None, :], 0)
+        running = np.cumsum(np.where(inside, values[index], 0.0), axis=1, dtype=np.longdouble)
+        out[index[inside] + 1] = running[inside]
+    return out
+
+
+def _rate(tokens: np.ndarray, span_us: np.ndarray) -> np.ndarray:
+    """Integer token rate of a phase (0 for a phase without tokens or without duration)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(span_us > 0, tokens / np.where(span_us > 0, span_us, 1), 0.0)
+    return np.rint(rate * RATE_UNITS).astype(I64)
