@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from infermeter.dashboards import frames, rightsizing, ui
+from infermeter.dashboards import rightsizing, ui
+from infermeter.dashboards.frames.capacity import autoscale_frames
 
 QUANTS = ("bf16", "fp16", "fp8", "awq-int4", "gptq-int4")
 
@@ -19,7 +20,7 @@ def _autoscale(ctx: ui.Context) -> None:
     pools = ui.fetch(ctx.throttle.autoscale, "autoscale signals")
     if pools is None:
         return
-    summary, signals = frames.autoscale_frames(pools)
+    summary, signals = autoscale_frames(pools)
     if summary.empty:
         st.info("No pool has reported engine signals to throttle yet.")
         return

@@ -6,7 +6,16 @@ from functools import partial
 
 import streamlit as st
 
-from infermeter.dashboards import frames, ui
+from infermeter.dashboards import ui
+from infermeter.dashboards.frames.base import pivot
+from infermeter.dashboards.frames.capacity import engine_frame
+from infermeter.dashboards.frames.fleet import (
+    gpu_frame,
+    gpu_summary,
+    latency_frame,
+    latency_totals,
+    replica_load_frame,
+)
 
 
 def _seconds(value: float | None) -> str:
@@ -21,8 +30,8 @@ def render(ctx: ui.Context) -> None:
     st.subheader("Throughput and latency")
     report = ui.fetch(lambda: ctx.metering.latency(window, grain), "latency")
     if report is not None:
-        lat = frames.latency_frame(report, (window.since, window.until))
-        totals = frames.latency_totals(lat, window.seconds)
+        lat = latency_frame(report, (window.since, window.until))
+        totals = latency_totals(lat, window.seconds)
         cols = st.columns(5)
         cols[0].metric("Requests", f"{totals['requests']:,}")
         rps = totals["requests_per_s"]
@@ -57,44 +66,44 @@ def render(ctx: ui.Context) -> None:
             continue
         # metering's cost reports start at the hour that contains since
         start = window.since.replace(minute=0, second=0, microsecond=0)
-        load = frames.replica_load_frame(by, key, (start, window.until))
+        load = replica_load_frame(by, key, (start, window.until))
         if not load.empty:
             st.caption(f"Tokens/s per {key} (per {cost_grain})")
-            st.line_chart(frames.pivot(load, "bucket", key, "tokens_per_s"))
+            st.line_chart(pivot(load, "bucket", key, "tokens_per_s"))
         ui.table(load, f"{key}-load", f"No allocated usage per {key} in this range yet.")
     per = ui.fetch(lambda: ctx.metering.latency(window, grain, by="replica"), "replica latency")
     if per is not None:
-        lat_by = frames.latency_frame(per, (window.since, window.until))
+        lat_by = latency_frame(per, (window.since, window.until))
         if not lat_by.empty:
             left, right = st.columns(2)
             left.caption("Time to first token p95 per replica (s)")
-            left.line_chart(frames.pivot(lat_by, "bucket", "replica", "ttft_p95_s"))
+            left.line_chart(pivot(lat_by, "bucket", "replica", "ttft_p95_s"))
             right.caption("End-to-end latency p95 per replica (s)")
-            right.line_chart(frames.pivot(lat_by, "bucket", "replica", "e2e_p95_s"))
+            right.line_chart(pivot(lat_by, "bucket", "replica", "e2e_p95_s"))
             ui.table(lat_by, "replica-latency", "")
 
     st.subheader("GPUs and MIG slices")
     gpu = ui.fetch(lambda: ctx.metering.gpu(window, grain), "GPU telemetry")
     if gpu is not None:
-        g = frames.gpu_frame(gpu)
+        g = gpu_frame(gpu)
         if g.empty:
             st.info("No GPU samples in this range (is the collector's NVML sampler running?).")
         else:
             left, mid, right = st.columns(3)
             left.caption("Utilisation (%)")
-            left.line_chart(frames.pivot(g, "bucket", "device", "util_pct"))
+            left.line_chart(pivot(g, "bucket", "device", "util_pct"))
             mid.caption("Memory used (GiB)")
-            mid.line_chart(frames.pivot(g, "bucket", "device", "mem_used_gib"))
+            mid.line_chart(pivot(g, "bucket", "device", "mem_used_gib"))
             right.caption("Power (W)")
-            right.line_chart(frames.pivot(g, "bucket", "device", "power_w"))
-            ui.table(frames.gpu_summary(g), "gpu-summary", "")
+            right.line_chart(pivot(g, "bucket", "device", "power_w"))
+            ui.table(gpu_summary(g), "gpu-summary", "")
             with st.expander("Every GPU sample bucket"):
                 ui.table(g, "gpu-series", "")
 
     st.subheader("Engine queue and KV cache (now)")
     samples = ui.fetch(lambda: ctx.throttle.metrics("infermeter_throttle_pool_signal"), "engine")
     if samples is not None:
-        eng = frames.engine_frame(samples)
+        eng = engine_frame(samples)
         if eng.empty:
             ui.table(eng, "engine", "No engine signals reported to throttle yet.")
         else:

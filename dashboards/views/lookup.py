@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from infermeter.dashboards import frames, ui
+from infermeter.dashboards import ui
+from infermeter.dashboards.frames.lookup import request_summary, request_windows
 
 
 def _seconds(value: float | None) -> str:
@@ -24,7 +25,7 @@ def render(ctx: ui.Context) -> None:
     if found is None:
         st.info(f"Metering has no request {request_id!r} (yet).")
         return
-    s = frames.request_summary(found)
+    s = request_summary(found)
     st.markdown(
         f"**{s['request_id']}** — tenant `{s['tenant']}`, model `{s['model']}`, "
         f"replica `{s['replica']}`, status `{s['status']}`"
@@ -38,7 +39,7 @@ def render(ctx: ui.Context) -> None:
     if not s["allocated"]:
         st.info("Not allocated yet: metering prices requests once their windows close.")
     st.caption("Cost per allocation window")
-    ui.table(frames.request_windows(found), "request-windows", "No allocation windows yet.")
+    ui.table(request_windows(found), "request-windows", "No allocation windows yet.")
     with st.expander("Usage record"):
         st.json(found.get("record", {}))
 

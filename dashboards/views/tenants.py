@@ -9,8 +9,17 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from infermeter.dashboards import frames, ui
+from infermeter.dashboards import ui
 from infermeter.dashboards.errors import DashboardError, ServiceUnavailable
+from infermeter.dashboards.frames.costs import cost_frame, cost_totals
+from infermeter.dashboards.frames.tenants import (
+    decision_counts,
+    decision_log_frame,
+    decisions_frame,
+    decisions_over_time,
+    tenant_frame,
+    usage_from_listing,
+)
 
 ALL = "All tenants"
 
@@ -49,7 +58,7 @@ def _decisions_section(ctx: ui.Context, listing: dict[str, Any] | None) -> None:
         active = [t["tenant"] for t in listing.get("tenants", []) if t.get("recent")]
         bodies = _decisions(ctx, active)
         if bodies is not None:
-            log = frames.decision_log_frame(bodies)
+            log = decision_log_frame(bodies)
             log = log[log["ts"] < pd.Timestamp(window.until)]
             _decision_charts(ctx, log)
     with st.expander("Totals since throttle started (its /metrics, every tenant)"):
@@ -57,7 +66,7 @@ def _decisions_section(ctx: ui.Context, listing: dict[str, Any] | None) -> None:
             lambda: ctx.throttle.metrics("infermeter_throttle_decisions"), "decisions"
         )
         if samples is not None:
-            decisions = frames.decisions_frame(samples)
+            decisions = decisions_frame(samples)
             if not decisions.empty:
                 refused = decisions[decisions["decision"] != "allow"]["count"].sum()
                 st.metric("Refused since throttle start", f"{int(refused):,}")
@@ -70,7 +79,7 @@ def _decision_charts(ctx: ui.Context, log: pd.DataFrame) -> None:
     if log.empty:
         st.info("Throttle took no admission decision in this range (or has restarted since).")
         return
-    counts = frames.decision_counts(log)
+    counts = decision_counts(log)
     cols = st.columns(3)
     cols[0].metric("Decisions in range", f"{len(log):,}")
     cols[1].metric("Refused in range", f"{int(counts['denied'].sum()):,}")
@@ -82,7 +91,7 @@ def _decision_charts(ctx: ui.Context, log: pd.DataFrame) -> None:
     st.caption(
         f"Decisions per {grain} by outcome and reason ({pick.lower() if pick == ALL else pick})"
     )
-    wide = frames.decisions_over_time(shown, grain, (ctx.window().since, ctx.window().until))
+    wide = decisions_over_time(shown, grain, (ctx.window().since, ctx.window().until))
     wide.index = wide.index.strftime("%m-%d %H:%M" if grain != "day" else "%Y-%m-%d")
     st.bar_chart(wide)  # one bar per bucket of the range (categorical), stacked by outcome
     ui.table(counts, "decision-counts", "")
@@ -102,17 +111,17 @@ def render(ctx: ui.Context) -> None:
     listing = ui.fetch(lambda: ctx.throttle.tenants(ctx.settings.max_tenants), "throttle's tenants")
     if report is None:
         return
-    spend = frames.cost_totals(frames.cost_frame(report), "tenant")
+    spend = cost_totals(cost_frame(report), "tenant")
     states = (budgets or {}).get("tenants", [])
     usage: dict[str, dict[str, Any]] = {}
     known: list[str] = []
     if listing is not None:
-        listed = [frames.usage_from_listing(t) for t in listing.get("tenants", [])]
+        listed = [usage_from_listing(t) for t in listing.get("tenants", [])]
         usage = {u["tenant"]: u for u in listed}
         known = list(usage)
         metering_names = dict.fromkeys([*spend["tenant"], *(s["tenant"] for s in states)])
         usage.update(_usage(ctx, [n for n in metering_names if n not in usage]))
-    table = frames.tenant_frame(spend, states, usage, known)
+    table = tenant_frame(spend, states, usage, known)
 
     over = table[table["projected_overrun_usd"].fillna(0) > 0]
     cols = st.columns(3)

@@ -16,7 +16,7 @@ Files under the data directory::
     spool/<replica>/       each collector's on-disk spool (kept: unsent records survive)
     demo-traffic.json      what the demo traffic generator sent and got back
     logs/<service>.log     one log per service
-    up.lock                held by the running ``up`` (serving/up_cli.py)
+    up.lock                held by the running ``up`` (stack/up_cli.py)
 """
 
 from __future__ import annotations

@@ -8,8 +8,34 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from infermeter.dashboards import frames
 from infermeter.dashboards.client import Sample
+from infermeter.dashboards.frames.base import pivot
+from infermeter.dashboards.frames.capacity import autoscale_frames, engine_frame
+from infermeter.dashboards.frames.costs import (
+    buy_vs_build_frame,
+    cache_frame,
+    cost_frame,
+    cost_totals,
+    effective_usd_per_mtok,
+    idle_frame,
+)
+from infermeter.dashboards.frames.fleet import (
+    gpu_frame,
+    gpu_summary,
+    latency_frame,
+    latency_totals,
+    replica_load_frame,
+)
+from infermeter.dashboards.frames.lookup import request_summary, request_windows
+from infermeter.dashboards.frames.tenants import (
+    DECISION_COLUMNS,
+    decision_counts,
+    decision_log_frame,
+    decisions_frame,
+    decisions_over_time,
+    tenant_frame,
+    usage_from_listing,
+)
 
 COST = {
     "by": "tenant",
@@ -62,32 +88,32 @@ COST = {
 
 
 def test_cost_frame_and_totals_rank_by_spend_with_dollars_per_mtok() -> None:
-    frame = frames.cost_frame(COST)
+    frame = cost_frame(COST)
     assert list(frame.columns)[:2] == ["bucket", "tenant"]
     assert str(frame["bucket"].dtype).startswith("datetime64")
-    totals = frames.cost_totals(frame, "tenant")
+    totals = cost_totals(frame, "tenant")
     assert totals["tenant"].tolist() == ["acme", "globex"]
     acme = totals.iloc[0]
     assert acme["total_usd"] == 4.0 and acme["tokens"] == 1_000_000
     assert acme["usd_per_mtok"] == 4.0
     assert pd.isna(totals.iloc[1]["usd_per_mtok"])
-    assert frames.effective_usd_per_mtok(COST) == 4.5
+    assert effective_usd_per_mtok(COST) == 4.5
 
 
 def test_empty_reports_give_empty_frames_with_columns() -> None:
     for fn in (
-        frames.cost_frame,
-        frames.latency_frame,
-        frames.gpu_frame,
-        frames.cache_frame,
-        frames.idle_frame,
-        frames.buy_vs_build_frame,
+        cost_frame,
+        latency_frame,
+        gpu_frame,
+        cache_frame,
+        idle_frame,
+        buy_vs_build_frame,
     ):
         frame = fn({"rows": []})
         assert frame.empty and len(frame.columns) > 0, fn.__name__
-    assert frames.cost_totals(frames.cost_frame({"by": "tenant", "rows": []}), "tenant").empty
-    assert frames.effective_usd_per_mtok({"rows": []}) is None
-    assert frames.latency_totals(frames.latency_frame({"rows": []}), 3600)["requests"] == 0
+    assert cost_totals(cost_frame({"by": "tenant", "rows": []}), "tenant").empty
+    assert effective_usd_per_mtok({"rows": []}) is None
+    assert latency_totals(latency_frame({"rows": []}), 3600)["requests"] == 0
 
 
 def test_latency_frame_flattens_percentiles_and_rates() -> None:
@@ -120,10 +146,10 @@ def test_latency_frame_flattens_percentiles_and_rates() -> None:
             },
         ],
     }
-    frame = frames.latency_frame(report)
+    frame = latency_frame(report)
     assert frame["requests_per_s"].tolist() == [2.0, 1.0]
     assert frame["ttft_p99_s"].tolist() == [0.9, 0.3]
-    totals = frames.latency_totals(frame, seconds=120)
+    totals = latency_totals(frame, seconds=120)
     assert totals == {
         "requests": 180,
         "requests_per_s": 1.5,
@@ -168,13 +194,13 @@ def test_gpu_frame_names_mig_slices_and_converts_units() -> None:
             },
         ]
     }
-    frame = frames.gpu_frame(report)
+    frame = gpu_frame(report)
     assert frame["device"].tolist() == ["GPU-1/MIG-a"] * 2
     assert frame["mem_used_gib"].tolist() == [10.0, 20.0]
-    summary = frames.gpu_summary(frame).iloc[0]
+    summary = gpu_summary(frame).iloc[0]
     assert summary["util_pct_mean"] == 60.0 and summary["mem_used_gib_max"] == 20.0
     assert summary["energy_kwh"] == 1.5
-    wide = frames.pivot(frame, "bucket", "device", "util_pct")
+    wide = pivot(frame, "bucket", "device", "util_pct")
     assert list(wide.columns) == ["GPU-1/MIG-a"]
 
 
@@ -204,7 +230,7 @@ def test_idle_frame_sums_buckets_per_replica() -> None:
             },
         ],
     }
-    row = frames.idle_frame(report).iloc[0]
+    row = idle_frame(report).iloc[0]
     assert row["cost_usd"] == 4.0 and row["idle_usd"] == 3.0
     assert row["utilization"] == 0.25 and row["idle_fraction"] == 0.75
 
@@ -235,13 +261,13 @@ def test_buy_vs_build_finds_the_cheapest_managed_api() -> None:
             },
         ],
     }
-    row = frames.buy_vs_build_frame(report).iloc[0]
+    row = buy_vs_build_frame(report).iloc[0]
     assert row["requests"] == 2 and row["managed:b"] == 6.0
     assert row["cheapest_managed"] == "b" and row["saving_vs_cheapest_usd"] == 2.0
 
 
 def test_tenant_frame_joins_spend_budgets_and_live_limits() -> None:
-    spend = frames.cost_totals(frames.cost_frame(COST), "tenant")
+    spend = cost_totals(cost_frame(COST), "tenant")
     budgets = [
         {
             "tenant": "acme",
@@ -278,7 +304,7 @@ def test_tenant_frame_joins_spend_budgets_and_live_limits() -> None:
             "fair_share": {"chat": 0.123456},
         }
     }
-    table = frames.tenant_frame(spend, budgets, usage).set_index("tenant")
+    table = tenant_frame(spend, budgets, usage).set_index("tenant")
     assert list(table.index) == ["acme", "globex", "quiet"]
     assert table.loc["acme", "projected_overrun_usd"] == 2.5
     assert bool(table.loc["acme", "daily_will_exceed"]) is True
@@ -293,11 +319,9 @@ def test_decisions_and_engine_frames_from_samples() -> None:
         Sample("infermeter_throttle_decisions_created", {"decision": "deny"}, 1e9),
         Sample("infermeter_throttle_pool_signal", {"pool": "p", "signal": "kv"}, 0.5),
     ]
-    decisions = frames.decisions_frame(samples)
+    decisions = decisions_frame(samples)
     assert decisions["count"].tolist() == [6, 2] and decisions["share"].tolist() == [0.75, 0.25]
-    assert frames.engine_frame(samples).to_dict("records") == [
-        {"pool": "p", "signal": "kv", "value": 0.5}
-    ]
+    assert engine_frame(samples).to_dict("records") == [{"pool": "p", "signal": "kv", "value": 0.5}]
 
 
 def test_autoscale_frames_flag_the_driving_signal() -> None:
@@ -316,7 +340,7 @@ def test_autoscale_frames_flag_the_driving_signal() -> None:
             },
         }
     ]
-    summary, signals = frames.autoscale_frames(pools)
+    summary, signals = autoscale_frames(pools)
     assert summary.iloc[0]["change"] == 2 and summary.iloc[0]["saturated"] == "queue"
     assert signals[signals["drives"]]["signal"].tolist() == ["num_requests_waiting"]
 
@@ -348,9 +372,9 @@ def test_request_summary_and_windows() -> None:
             }
         ],
     }
-    summary = frames.request_summary(found)
+    summary = request_summary(found)
     assert summary["usd_per_mtok"] == 1.0 and summary["ttft_s"] == 0.2
-    windows = frames.request_windows(found)
+    windows = request_windows(found)
     csv = windows.to_csv(index=False)
     assert pd.read_csv(io.StringIO(csv))["cost_usd"].tolist() == [0.002]
 
@@ -370,7 +394,7 @@ def test_replica_load_frame_rates_per_bucket(granularity: str) -> None:
             }
         ],
     }
-    row = frames.replica_load_frame(report).iloc[0]
+    row = replica_load_frame(report).iloc[0]
     assert row["requests_per_s"] == 1.0 and row["tokens_per_s"] == 4.0
 
 
@@ -383,12 +407,12 @@ def test_rates_of_the_ranges_partial_buckets_count_only_the_covered_seconds() ->
         {"bucket": f"2026-11-24T{h}:00:00Z", "requests": 900, "output_tokens_per_s": 1.0}
         for h in ("09", "10", "11")
     ]
-    frame = frames.latency_frame({"granularity": "hour", "rows": rows}, clip)
+    frame = latency_frame({"granularity": "hour", "rows": rows}, clip)
     assert frame["bucket_s"].tolist() == [1800.0, 3600.0, 900.0]
     assert frame["requests_per_s"].tolist() == [0.5, 0.25, 1.0]
     assert frame["output_tokens_per_s"].tolist() == [2.0, 1.0, 4.0]
     # the headline rate is still every request over the whole range
-    assert frames.latency_totals(frame, 6300)["requests_per_s"] == round(2700 / 6300, 6)
+    assert latency_totals(frame, 6300)["requests_per_s"] == round(2700 / 6300, 6)
     load = {
         "granularity": "hour",
         "rows": [
@@ -396,9 +420,9 @@ def test_rates_of_the_ranges_partial_buckets_count_only_the_covered_seconds() ->
              "prompt_tokens": 900, "completion_tokens": 0},
         ],
     }  # fmt: skip
-    row = frames.replica_load_frame(load, "pool", clip).iloc[0]
+    row = replica_load_frame(load, "pool", clip).iloc[0]
     assert row["requests_per_s"] == 0.1 and row["tokens_per_s"] == 1.0 and row["pool"] == "chat"
-    assert frames.replica_load_frame(load, "pool").iloc[0]["tokens_per_s"] == 0.25
+    assert replica_load_frame(load, "pool").iloc[0]["tokens_per_s"] == 0.25
 
 
 def decisions_answer(tenant: str, entries: list[tuple[float, str, str]]) -> dict[str, object]:
@@ -418,27 +442,27 @@ def test_decision_log_over_time_and_counts_by_reason() -> None:
         decisions_answer("acme", [(t0 + 1, "allow", "none"), (t0 + 65, "allow", "none")]),
         decisions_answer("initech", []),
     ]  # fmt: skip
-    log = frames.decision_log_frame(bodies)
+    log = decision_log_frame(bodies)
     assert log["tenant"].tolist() == ["acme", "globex", "globex", "acme", "globex", "globex"]
     assert log["outcome"].tolist()[:3] == ["allow", "allow", "deny: rate"]
     assert str(log["ts"].dt.tz) == "UTC"
-    wide = frames.decisions_over_time(log, "minute")
+    wide = decisions_over_time(log, "minute")
     assert wide.columns.tolist() == ["allow", "deny: concurrency", "deny: rate"]
     assert wide.to_dict("list") == {
         "allow": [2, 1],
         "deny: concurrency": [0, 1],
         "deny: rate": [1, 1],
     }
-    assert frames.decisions_over_time(log, "hour")["deny: rate"].tolist() == [2]
+    assert decisions_over_time(log, "hour")["deny: rate"].tolist() == [2]
     clip = (
         datetime(2026, 11, 24, 9, 58, 30, tzinfo=UTC),
         datetime(2026, 11, 24, 10, 3, tzinfo=UTC),
     )
-    filled = frames.decisions_over_time(log, "minute", clip)
+    filled = decisions_over_time(log, "minute", clip)
     assert [t.minute for t in filled.index] == [58, 59, 0, 1, 2]  # every bucket of the range
     assert filled["allow"].tolist() == [0, 0, 2, 1, 0]
-    assert frames.decisions_over_time(log.iloc[:0], "minute", clip).shape == (5, 0)
-    counts = frames.decision_counts(log).set_index("tenant")
+    assert decisions_over_time(log.iloc[:0], "minute", clip).shape == (5, 0)
+    counts = decision_counts(log).set_index("tenant")
     assert counts.index.tolist() == ["globex", "acme"]  # the busiest denier first
     assert counts.loc["globex"].to_dict() == {
         "decisions": 4,
@@ -452,14 +476,14 @@ def test_decision_log_over_time_and_counts_by_reason() -> None:
 
 
 def test_decision_frames_are_empty_without_decisions() -> None:
-    log = frames.decision_log_frame([decisions_answer("acme", [])])
-    assert log.empty and list(log.columns) == list(frames.DECISION_COLUMNS)
-    assert frames.decisions_over_time(log, "minute").empty
-    counts = frames.decision_counts(log)
+    log = decision_log_frame([decisions_answer("acme", [])])
+    assert log.empty and list(log.columns) == list(DECISION_COLUMNS)
+    assert decisions_over_time(log, "minute").empty
+    counts = decision_counts(log)
     assert counts.empty and "denied_share" in counts.columns
-    only_denied = frames.decision_log_frame([decisions_answer("x", [(1.0, "deny", "")])])
+    only_denied = decision_log_frame([decisions_answer("x", [(1.0, "deny", "")])])
     assert only_denied["outcome"].tolist() == ["deny: unspecified"]
-    assert frames.decision_counts(only_denied).iloc[0]["allowed"] == 0
+    assert decision_counts(only_denied).iloc[0]["allowed"] == 0
 
 
 def test_tenant_list_merges_metering_and_throttle() -> None:
@@ -478,8 +502,8 @@ def test_tenant_list_merges_metering_and_throttle() -> None:
                    "fair_share": {}}, "recent": {"decisions": 3, "allowed": 1, "denied": 2,
                                                  "last_ts": 1.0}},
     ]  # fmt: skip
-    usage = {u["tenant"]: u for u in map(frames.usage_from_listing, listing)}
-    table = frames.tenant_frame(spend, budgets, usage, list(usage)).set_index("tenant")
+    usage = {u["tenant"]: u for u in map(usage_from_listing, listing)}
+    table = tenant_frame(spend, budgets, usage, list(usage)).set_index("tenant")
     assert table["known_to"].to_dict() == {
         "acme": "metering + throttle",
         "metered-only": "metering",

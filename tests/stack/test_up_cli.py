@@ -27,8 +27,9 @@ from infermeter.serving.errors import EngineError
 from infermeter.serving.gateway.settings import GatewaySettings
 from infermeter.serving.simulator.settings import SimulatorSettings
 from infermeter.stack.demo_stack import TENANTS, Secrets, write_stack
+from infermeter.stack.plan import Plan
 from infermeter.stack.supervisor import ServiceSpec, Supervisor
-from infermeter.stack.up_cli import Plan, settings_from
+from infermeter.stack.up_cli import settings_from
 from infermeter.throttle import settings as throttle_settings
 from infermeter.throttle.policy_source import parse_document
 from tests.conftest import free_port_range, free_ports
@@ -243,7 +244,7 @@ def test_supervisor_refuses_one_port_for_two_services(tmp_path: Path) -> None:
 def test_example_config_documents_every_up_key() -> None:
     import tomllib
 
-    from infermeter.stack.up_cli import UpSettings
+    from infermeter.stack.plan import UpSettings
 
     repo = Path(__file__).resolve().parents[2]
     table = tomllib.loads((repo / "infermeter.example.toml").read_text())["up"]
