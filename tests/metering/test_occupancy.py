@@ -110,7 +110,9 @@ def test_shares_add_up_to_the_busy_time_of_each_window(req: window_split.Request
         10,
     )
     expected: dict[tuple[int, int], float] = {}
-    for r, w, b in zip(*(table.column(c).to_pylist() for c in ("rep", "w", "busy_us"))):
+    for r, w, b in zip(
+        *(table.column(c).to_pylist() for c in ("rep", "w", "busy_us")), strict=True
+    ):
         expected[int(r), int(w)] = expected.get((int(r), int(w)), 0.0) + float(b)
     for key, value in expected.items():
         assert per_window.get(key, 0.0) == pytest.approx(value, rel=1e-9, abs=1e-2)
