@@ -20,10 +20,10 @@ import orjson
 
 from infermeter.collector.errors import RequestError
 from infermeter.collector.record import RequestRecord
-from infermeter.collector.sse import SseScanner, parse_body_usage
 from infermeter.kernel.asgi import Message, Receive, Scope, Send
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.request_ids import new_request_id
+from infermeter.kernel.sse_usage import SseUsageScanner, StreamUsage, parse_body
 from infermeter.kernel.tenancy import (
     KEY_ID_HEADER,
     SECRET_HEADER,
@@ -357,7 +357,7 @@ class Proxy:
         if not streaming:
             await self._respond_whole(resp, rec, send, ident, t_headers, watch)
             return
-        scanner = SseScanner(rec.token_times, strip_usage=strip)
+        scanner = SseUsageScanner(rec.token_times, strip_usage=strip)
         out = self._response_headers(resp, drop_length=True)
         rec.overhead_s += mono() - t_headers
         out.extend(self._overhead_headers(rec, ident))
@@ -373,7 +373,7 @@ class Proxy:
                 if scanner.done and not ended:
                     # [DONE] seen: the stream is over for the client; account, then end it
                     ended = True
-                    self._collect(rec, scanner)
+                    self._collect(rec, scanner.usage)
                     rec.finished_mono = t
                     self.sink.submit(rec)
                     if rec.durable is not None and data.endswith(_DONE_FRAME):
@@ -392,7 +392,7 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError) as exc:
             if ended:
                 return
-            self._collect(rec, scanner)
+            self._collect(rec, scanner.usage)
             if watch.aborted:
                 self._finish_abort(rec)
                 return
@@ -400,7 +400,7 @@ class Proxy:
             return
         if ended:
             return
-        self._collect(rec, scanner)
+        self._collect(rec, scanner.usage)
         if watch.aborted:
             self._finish_abort(rec)
             return
@@ -412,11 +412,11 @@ class Proxy:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     @staticmethod
-    def _collect(rec: RequestRecord, scanner: SseScanner) -> None:
-        rec.prompt_tokens = scanner.prompt_tokens
-        rec.cached_prompt_tokens = scanner.cached_prompt_tokens
-        rec.completion_tokens = scanner.completion_tokens
-        rec.finish_reason = scanner.finish_reason
+    def _collect(rec: RequestRecord, usage: StreamUsage) -> None:
+        rec.prompt_tokens = usage.prompt_tokens
+        rec.cached_prompt_tokens = usage.cached_prompt_tokens
+        rec.completion_tokens = usage.completion_tokens
+        rec.finish_reason = usage.finish_reason
 
     async def _midstream_failure(self, rec: RequestRecord, send: Send, exc: BaseException) -> None:
         self.hooks.upstream_error("midstream")
@@ -450,7 +450,7 @@ class Proxy:
         if rec.stream and resp.status < 400:
             # asked to stream but the engine answered with a body: count it as one step
             rec.token_times.append(t)
-        rec.finish_reason = parse_body_usage(body, rec)
+        self._collect(rec, parse_body(body).usage)
         rec.finished_mono = t
         out = self._response_headers(resp, drop_length=False)
         rec.overhead_s += self.mono() - t_headers

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from infermeter.kernel.records import UsageRecord
 from infermeter.kernel.request_ids import new_request_id
+from infermeter.kernel.sse_usage import SseUsageScanner, StreamUsage, parse_body
 from infermeter.kernel.tenancy import KEY_ID_HEADER, SECRET_HEADER, TAGS_HEADER, TENANT_HEADER
 from infermeter.serving.gateway.cache import CachedAnswer, Hit, Lookup, SemanticCache
 from infermeter.serving.gateway.errors import ModelNotFound, Throttled, UpstreamError
@@ -30,7 +31,6 @@ from infermeter.serving.gateway.metering_client import MeteringClient
 from infermeter.serving.gateway.requests import EMBEDDINGS, InferenceRequest
 from infermeter.serving.gateway.throttle_client import Admission, AdmitRequest, ThrottleClient
 from infermeter.serving.gateway.upstreams import Upstream, UpstreamResponse
-from infermeter.serving.gateway.usage import StreamTap, Usage, body_usage
 
 REQUEST_ID_HEADER = "x-infermeter-request-id"
 CHARS_PER_TOKEN = 4
@@ -53,6 +53,26 @@ class CacheReply:
     req: InferenceRequest
     hit: Hit
     request_id: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """The token counts the gateway settles with the throttle, caches and meters."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    @classmethod
+    def of(cls, seen: StreamUsage) -> Usage:
+        """Counts from what the upstream reported (0 where it reported nothing)."""
+        return cls(
+            seen.prompt_tokens or 0,
+            seen.cached_prompt_tokens,
+            seen.completion_tokens or 0,
+            seen.finish_reason,
+        )
 
 
 def _ts(epoch: float) -> datetime:
@@ -274,10 +294,12 @@ class Flight:
         self.status = resp.status
         self.headers = resp.headers
         capture = lookup is not None and lookup.eligible
-        self.tap = StreamTap(
-            drop_usage_event=req.stream and not req.include_usage_requested,
-            capture=capture or on_text is not None,
-            on_text=on_text,
+        self._parts: list[str] = []
+        self._on_text = on_text
+        self.tap = SseUsageScanner(
+            strip_usage=req.stream and not req.include_usage_requested,
+            whole_frames=True,
+            on_text=self._text if capture or on_text is not None else None,
         )
         self.usage = Usage()
         self.answer_text: str | None = None
@@ -289,10 +311,10 @@ class Flight:
         outcome = "client_abort"
         try:
             async for chunk in self.resp.chunks():
-                out = self.tap.feed(chunk)
+                out = self.tap.feed(chunk, self._p._now())
                 if out:
                     yield out
-            rest = self.tap.flush()
+            rest = self.tap.flush(self._p._now())
             if rest:
                 yield rest
             outcome = "ok" if self.status < 400 else "error"
@@ -303,10 +325,10 @@ class Flight:
                 self.resp.release()
             else:
                 self.resp.close()
-            self.usage = self._stream_usage(outcome)
-            answer = self.tap.final_answer()
-            self.answer_text = answer.text
-            self._p.spawn(self.finish(outcome, self.usage, answer.text, answer.finish_reason))
+            self.usage = self._stream_usage()
+            self.answer_text = "".join(self._parts)
+            reason = self.tap.usage.finish_reason
+            self._p.spawn(self.finish(outcome, self.usage, self.answer_text, reason))
 
     async def read(self) -> bytes:
         """The whole upstream body; finishing is scheduled before returning."""
@@ -317,20 +339,24 @@ class Flight:
             self._p.spawn(self.finish("error", Usage(), None, None))
             raise UpstreamError(f"upstream failed while reading the response: {exc}") from exc
         self.resp.release()
-        usage, answer = body_usage(body)
-        self.usage = usage
+        parsed = parse_body(body)
+        usage = self.usage = Usage.of(parsed.usage)
         outcome = "ok" if self.status < 400 else "error"
-        text = answer.text if answer is not None else None
-        self.answer_text = text
-        self._p.spawn(self.finish(outcome, usage, text, usage.finish_reason))
+        self.answer_text = parsed.text
+        self._p.spawn(self.finish(outcome, usage, parsed.text, usage.finish_reason))
         return body
 
-    def _stream_usage(self, outcome: str) -> Usage:
-        usage = self.tap.usage
-        if not usage.reported:
+    def _text(self, text: str) -> None:
+        self._parts.append(text)
+        if self._on_text is not None:
+            self._on_text(text)
+
+    def _stream_usage(self) -> Usage:
+        usage = Usage.of(self.tap.usage)
+        if not self.tap.usage.reported:
             # Aborted or cut before the final usage: count what was seen.
             usage.prompt_tokens = self.req.prompt_chars // CHARS_PER_TOKEN
-            usage.completion_tokens = self.tap.content_events
+            usage.completion_tokens = self.tap.token_frames
         return usage
 
     async def finish(

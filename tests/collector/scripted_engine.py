@@ -3,8 +3,9 @@
 It speaks the OpenAI routes with vLLM 0.32's exact frame and error shapes (see
 tests/vllm_0_32_captures) and can be told, per request, to misbehave: ``x-test-die-after: N``
 drops the connection after N content frames, ``x-test-hang`` never answers, and
-``x-test-delay-ms`` spaces the frames. It records what it received and which streams the
-client (the collector) abandoned.
+``x-test-delay-ms`` spaces the frames, ``x-test-spaced-json`` writes them as many
+OpenAI-compatible servers other than vLLM do (``"usage": {`` with spaces). It records
+what it received and which streams the client (the collector) abandoned.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class ScriptedEngine:
     ) -> None:
         delay = float(headers.get("x-test-delay-ms", "0")) / 1000
         die_after = int(headers.get("x-test-die-after", "-1"))
+        separators = (", ", ": ") if "x-test-spaced-json" in headers else (",", ":")
         gone = asyncio.Event()
 
         async def watch() -> None:
@@ -161,7 +163,7 @@ class ScriptedEngine:
                 "choices": [choice] if choice else [],
             }
             data.update(extra or {})
-            return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+            return b"data: " + json.dumps(data, separators=separators).encode() + b"\n\n"
 
         def content(text: str, finish: str | None) -> dict[str, Any]:
             if chat:

@@ -349,3 +349,27 @@ def test_many_concurrent_streams_each_metered_once(
     recs = col.records.wait(40)
     assert sorted(r.request_id for r in recs) == sorted(f"r{i}" for i in range(40))
     assert all(r.completion_tokens == 8 for r in recs)
+
+
+@pytest.mark.parametrize("include_usage", [True, None])
+def test_spaced_json_stream_is_metered_like_the_compact_one(
+    engine: Any, make_collector: Any, include_usage: bool | None
+) -> None:
+    """Valid JSON written with spaces (``"usage": {``) gives the same record as vLLM's
+    compact form: prompt tokens, completion tokens and finish reason all read."""
+    _, upstream = engine
+    col: RunningCollector = make_collector(upstream.url)
+    body = chat(True, include_usage=include_usage)
+    spaced = {"x-test-spaced-json": "1"}
+    direct = httpx.post(f"{upstream.url}/v1/chat/completions", json=body, headers=spaced)
+    assert b'"usage": {' in direct.content or include_usage is None
+    resp = httpx.post(f"{col.url}/v1/chat/completions", json=body, headers=spaced)
+    compact = httpx.post(f"{col.url}/v1/chat/completions", json=body)
+    assert resp.status_code == compact.status_code == 200
+    spaced_rec, compact_rec = sorted(col.records.wait(2), key=lambda r: r.started_at)
+    assert spaced_rec.prompt_tokens == compact_rec.prompt_tokens > 0
+    assert spaced_rec.completion_tokens == compact_rec.completion_tokens == 8
+    assert spaced_rec.finish_reason == compact_rec.finish_reason == "length"
+    assert len(col.records.gaps[0]) == len(col.records.gaps[1]) == 7
+    if include_usage is None:  # the collector asked for usage itself: the client never sees it
+        assert b'"usage"' not in resp.content

@@ -1,9 +1,6 @@
-"""Stream accounting on real vLLM output, and replica choice."""
+"""Replica choice on real vLLM output (stream accounting: tests/kernel/test_sse_usage.py)."""
 
 from __future__ import annotations
-
-import orjson
-import pytest
 
 from infermeter.serving.gateway.routing import (
     KV_SATURATED,
@@ -13,7 +10,6 @@ from infermeter.serving.gateway.routing import (
     parse_engine_gauges,
 )
 from infermeter.serving.gateway.signals import signals_from_json
-from infermeter.serving.gateway.usage import StreamTap, body_usage
 from tests.conftest import VLLM_ARTIFACTS
 
 ARTIFACTS = VLLM_ARTIFACTS
@@ -25,53 +21,6 @@ def _artifact(name: str) -> bytes:
         if (folder / name).exists():
             return (folder / name).read_bytes()
     raise FileNotFoundError(name)
-
-
-@pytest.mark.parametrize("size", [1, 7, 64, 100_000])
-def test_tap_on_real_vllm_chat_stream(size: int) -> None:
-    raw = _artifact("chat_stream.sse")
-    tap = StreamTap(drop_usage_event=True, capture=True, now=lambda: 5.0)
-    out = b"".join(tap.feed(raw[i : i + size]) for i in range(0, len(raw), size)) + tap.flush()
-    assert tap.usage.reported
-    assert (tap.usage.prompt_tokens, tap.usage.completion_tokens) == (12, 8)
-    assert tap.usage.finish_reason == "length" and tap.done
-    assert tap.first_token_at == 5.0 and tap.content_events == 8
-    assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
-    assert out.count(b"data: ") == raw.count(b"data: ") - 1
-    texts = [
-        orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
-        for line in raw.split(b"\n")
-        if line.startswith(b"data: {") and b'"choices":[]' not in line
-    ]
-    assert tap.final_answer().text == "".join(texts)
-
-
-def test_tap_keeps_usage_the_client_asked_for() -> None:
-    raw = _artifact("chat_stream.sse")
-    tap = StreamTap(drop_usage_event=False, capture=False)
-    assert tap.feed(raw) + tap.flush() == raw
-    assert tap.usage.completion_tokens == 8
-
-
-def test_tap_on_an_aborted_stream_counts_what_was_seen() -> None:
-    raw = _artifact("completions_stream.sse")
-    cut = raw[: len(raw) // 2]
-    tap = StreamTap(drop_usage_event=True, capture=False)
-    tap.feed(cut)
-    complete = cut[: cut.rfind(b"\n\n")].split(b"\n\n")
-    with_text = [e for e in complete if orjson.loads(e[6:])["choices"][0]["text"]]
-    assert not tap.usage.reported and tap.content_events == len(with_text) > 0
-    # The per-event path (used when the answer is captured) counts the same.
-    slow = StreamTap(drop_usage_event=True, capture=True)
-    slow.feed(cut)
-    assert slow.content_events == tap.content_events
-
-
-def test_body_usage_on_real_vllm_response() -> None:
-    usage, answer = body_usage(_artifact("chat_nonstream.json"))
-    assert (usage.prompt_tokens, usage.completion_tokens) == (22, 16)
-    assert answer is not None and answer.text.startswith("classdirect")
-    assert usage.finish_reason == "length"
 
 
 def test_engine_gauges_from_real_vllm_metrics() -> None:

@@ -1,0 +1,278 @@
+"""Token accounting of an OpenAI-compatible server-sent-event stream, chunk by chunk.
+
+One scanner for every service on the request path (the collector sidecar, the gateway). Per
+chunk it does a few C-level byte searches and no per-frame Python work: it counts ``data:``
+frames (each frame is one generation step: vLLM and OpenAI send one event per step, and a
+step whose text the detokenizer holds back arrives with empty text) and subtracts the frames
+that carry no token. Those are found by *key markers*: a JSON key is a quoted name followed
+by optional whitespace and a colon, and a raw double quote never occurs inside a JSON string
+value, so text the model writes cannot fake one, and a value such as a logprobs token
+``"usage"`` (followed by a comma, not a colon) is not taken for a key. Only a frame holding a
+marker is JSON-parsed and read structurally: the usage object (normally the last frame), the
+usage-only frame (``choices`` empty), the finish reason, the chat role frame before the first
+token, error frames, and ``[DONE]``. So the scan is exact on any valid serialisation (spaces
+and newlines inside JSON, any key order, escapes, CRLF framing, ``data:`` with or without a
+space, chunk boundaries anywhere) and stays cheap on vLLM's compact form.
+
+Forwarding: by default every chunk goes to the client unchanged, as received. With
+``whole_frames`` (or ``strip_usage``, which implies it) complete frames are forwarded when
+their blank line arrives, and ``strip_usage`` cuts the usage-only frame (the caller injected
+``stream_options.include_usage`` on the client's behalf). ``on_text`` receives the text of
+every token frame (for a semantic cache); it parses every frame, so it costs more.
+:func:`parse_body` reads the same facts from a non-streamed JSON body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_MAX_TAIL = 4 * 1024 * 1024  # a "frame" this long without a blank line is not SSE: stop holding
+# Key markers; each pattern starts with a literal, which the regex engine scans for in C.
+_MARKERS = (
+    re.compile(rb'"usage"\s*:\s*\{'),
+    re.compile(rb'"finish_reason"\s*:\s*"'),
+    re.compile(rb'"error"\s*:'),
+    re.compile(rb"\[DONE\]"),
+)
+_ROLE = re.compile(rb'"role"\s*:')
+_DONE = re.compile(rb"data:[ \t]*\[DONE\][ \t]*$")
+
+
+@dataclass(slots=True)
+class StreamUsage:
+    """What a response said about its tokens (``None``: not reported)."""
+
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int = 0
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+    @property
+    def reported(self) -> bool:
+        """Whether the server sent a usage object."""
+        return self.prompt_tokens is not None or self.completion_tokens is not None
+
+    def apply(self, usage: dict[str, Any]) -> None:
+        """Copy prompt / cached / completion tokens from an OpenAI ``usage`` object."""
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if _count(prompt):
+            self.prompt_tokens = prompt
+        if _count(completion):
+            self.completion_tokens = completion
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and _count(details.get("cached_tokens")):
+            self.cached_prompt_tokens = details["cached_tokens"]
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class SseUsageScanner:
+    """Scan one event stream; :meth:`feed` returns the bytes to forward to the client."""
+
+    __slots__ = (
+        "_on_text",
+        "_tail",
+        "done",
+        "error",
+        "first_token_at",
+        "strip_usage",
+        "token_frames",
+        "token_times",
+        "usage",
+        "whole_frames",
+    )
+
+    def __init__(
+        self,
+        token_times: list[float] | None = None,
+        *,
+        strip_usage: bool = False,
+        whole_frames: bool = False,
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
+        self.token_times = token_times  # appended at `now` once per token frame, if given
+        self.strip_usage = strip_usage
+        self.whole_frames = whole_frames or strip_usage
+        self._on_text = on_text
+        self.usage = StreamUsage()
+        self.token_frames = 0
+        self.first_token_at: float | None = None
+        self.done = False
+        self.error = False
+        self._tail = b""
+
+    def feed(self, chunk: bytes, now: float) -> bytes:
+        """Account for ``chunk`` (received at ``now``) and return what the client gets."""
+        data = self._tail + chunk if self._tail else chunk
+        normalised = b"\r" in data
+        if normalised:
+            data = data.replace(b"\r\n", b"\n")  # CRLF framing: account on a normalised copy
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            if len(data) >= _MAX_TAIL:  # no SSE framing after megabytes: stop holding
+                self._tail = b""
+                return data if self.whole_frames else chunk
+            self._tail = data
+            return b"" if self.whole_frames else chunk
+        cut = end + 2
+        complete = data[:cut] if cut < len(data) else data
+        self._tail = data[cut:] if cut < len(data) else b""
+        out = self._account(complete, now)
+        return out if self.whole_frames else chunk
+
+    def flush(self, now: float = 0.0) -> bytes:
+        """Bytes still held at the end of the stream (an unterminated last frame)."""
+        tail, self._tail = self._tail, b""
+        if not tail:
+            return b""
+        out = self._account(tail + b"\n\n", now)
+        return out[:-2] if self.whole_frames else b""
+
+    def _account(self, frames: bytes, now: float) -> bytes:
+        """Account for whole frames; returns them, less the usage-only frame in strip mode."""
+        n = frames.count(b"\n\ndata:") + frames.startswith(b"data:")
+        if not n:
+            return frames
+        if self._on_text is not None:
+            return self._account_each(frames, now)
+        skip = 0
+        marked = self._marked_frames(frames)
+        for start, stop in reversed(marked):  # backwards: cutting keeps earlier offsets
+            kind = self._inspect(frames[start:stop])
+            if kind == "usage_only" and self.strip_usage:
+                frames = frames[:start] + frames[stop:]
+            skip += kind != "token"
+        self._tokens(n - skip, now)
+        return frames
+
+    def _account_each(self, frames: bytes, now: float) -> bytes:
+        """The slow path: parse every frame (the caller wants each token's text)."""
+        out = []
+        for frame in frames.split(b"\n\n"):
+            if not frame:
+                continue
+            kind = self._inspect(frame + b"\n\n", text=True)
+            if kind == "token":
+                self._tokens(1, now)
+            if not (kind == "usage_only" and self.strip_usage):
+                out.append(frame + b"\n\n")
+        return b"".join(out)
+
+    def _tokens(self, count: int, now: float) -> None:
+        if count <= 0:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.token_frames += count
+        if self.token_times is not None:
+            self.token_times.extend([now] * count)
+
+    def _marked_frames(self, frames: bytes) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each frame holding a key marker or ``[DONE]``, in order."""
+        hits = [m.start() for pattern in _MARKERS for m in pattern.finditer(frames)]
+        if not self.token_frames:  # the chat role frame precedes the first token
+            role = _ROLE.search(frames, 0, 4096)
+            if role is not None:
+                hits.append(role.start())
+        spans: dict[int, int] = {}
+        for at in sorted(hits):
+            start = frames.rfind(b"\n\n", 0, at)
+            start = 0 if start < 0 else start + 2
+            if start not in spans:
+                stop = frames.find(b"\n\n", at)
+                spans[start] = len(frames) if stop < 0 else stop + 2
+        return sorted(spans.items())
+
+    def _inspect(self, frame: bytes, text: bool = False) -> str:
+        """Classify one frame: ``token``, ``usage_only``, ``role``, ``error``, ``done`` or
+        ``other`` (not a data frame); reads usage, finish reason and text on the way."""
+        payload = _payload(frame)
+        if payload is None:
+            return "other"
+        if _DONE.match(payload):
+            self.done = True
+            return "done"
+        try:
+            obj = orjson.loads(payload[5:])
+        except orjson.JSONDecodeError:
+            return "token"
+        if not isinstance(obj, dict):
+            return "token"
+        if "error" in obj and "choices" not in obj:
+            self.error = True
+            return "error"
+        if isinstance(obj.get("usage"), dict):
+            self.usage.apply(obj["usage"])
+        choices = obj.get("choices")
+        if isinstance(choices, list) and not choices:
+            return "usage_only" if "usage" in obj else "other"
+        first = choices[0] if isinstance(choices, list) and isinstance(choices[0], dict) else {}
+        reason = first.get("finish_reason")
+        if isinstance(reason, str):
+            self.usage.finish_reason = reason
+        delta = first.get("delta")
+        if not self.token_frames and isinstance(delta, dict) and _role_only(delta, reason):
+            return "role"
+        if text and self._on_text is not None:
+            value = delta.get("content") if isinstance(delta, dict) else first.get("text")
+            if isinstance(value, str) and value:
+                self._on_text(value)
+        return "token"
+
+
+def _payload(frame: bytes) -> bytes | None:
+    """The frame's ``data:`` line(s) joined (SSE allows several), or None."""
+    lines = [line for line in frame.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    if len(lines) == 1:
+        return lines[0].rstrip()
+    return b"data:" + b"\n".join(line[5:].removeprefix(b" ") for line in lines)
+
+
+def _role_only(delta: dict[str, Any], reason: Any) -> bool:
+    """A chat delta announcing the role with no text and no tool call (no token)."""
+    return (
+        "role" in delta
+        and not delta.get("content")
+        and not delta.get("tool_calls")
+        and not delta.get("reasoning_content")
+        and reason is None
+    )
+
+
+@dataclass(slots=True)
+class BodyUsage:
+    """Usage and the first choice of a non-streamed chat or completion response."""
+
+    usage: StreamUsage
+    text: str | None = None
+
+
+def parse_body(body: bytes) -> BodyUsage:
+    """Read usage, finish reason and the first choice's text from a JSON response body."""
+    usage = StreamUsage()
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return BodyUsage(usage)
+    if not isinstance(obj, dict):
+        return BodyUsage(usage)
+    if isinstance(obj.get("usage"), dict):
+        usage.apply(obj["usage"])
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return BodyUsage(usage)
+    first = choices[0]
+    reason = first.get("finish_reason")
+    usage.finish_reason = reason if isinstance(reason, str) else None
+    message = first.get("message")
+    text = message.get("content") if isinstance(message, dict) else first.get("text")
+    return BodyUsage(usage, text if isinstance(text, str) else None)
