@@ -32,13 +32,15 @@ from typing import Any
 import orjson
 
 _MAX_TAIL = 4 * 1024 * 1024  # a "frame" this long without a blank line is not SSE: stop holding
-# Key markers; each pattern starts with a literal, which the regex engine scans for in C.
+# Key markers: (literal, pattern). The literal is looked for first (C memmem); the pattern,
+# which starts with it, is run only over chunks that hold it.
 _MARKERS = (
-    re.compile(rb'"usage"\s*:\s*\{'),
-    re.compile(rb'"finish_reason"\s*:\s*"'),
-    re.compile(rb'"error"\s*:'),
-    re.compile(rb"\[DONE\]"),
+    (b'"usage"', re.compile(rb'"usage"\s*:\s*\{')),
+    (b'"finish_reason"', re.compile(rb'"finish_reason"\s*:\s*"')),
+    (b'"error"', re.compile(rb'"error"\s*:')),
+    (b"[DONE]", re.compile(rb"\[DONE\]")),
 )
+_NO_FINISH = b'"finish_reason":null'  # vLLM's compact form on every frame but the last
 _ROLE = re.compile(rb'"role"\s*:')
 _DONE = re.compile(rb"data:[ \t]*\[DONE\][ \t]*$")
 
@@ -111,8 +113,7 @@ class SseUsageScanner:
     def feed(self, chunk: bytes, now: float) -> bytes:
         """Account for ``chunk`` (received at ``now``) and return what the client gets."""
         data = self._tail + chunk if self._tail else chunk
-        normalised = b"\r" in data
-        if normalised:
+        if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")  # CRLF framing: account on a normalised copy
         end = data.rfind(b"\n\n")
         if end < 0:
@@ -142,6 +143,15 @@ class SseUsageScanner:
             return frames
         if self._on_text is not None:
             return self._account_each(frames, now)
+        if (
+            self.token_frames
+            and b'"usage"' not in frames
+            and b"[DONE]" not in frames
+            and b'"error"' not in frames
+            and frames.count(b'"finish_reason"') == frames.count(_NO_FINISH)
+        ):  # token frames only (vLLM mid-stream): nothing to parse
+            self._tokens(n, now)
+            return frames
         skip = 0
         marked = self._marked_frames(frames)
         for start, stop in reversed(marked):  # backwards: cutting keeps earlier offsets
@@ -172,11 +182,20 @@ class SseUsageScanner:
             self.first_token_at = now
         self.token_frames += count
         if self.token_times is not None:
-            self.token_times.extend([now] * count)
+            if count == 1:
+                self.token_times.append(now)
+            else:
+                self.token_times.extend([now] * count)
 
     def _marked_frames(self, frames: bytes) -> list[tuple[int, int]]:
         """``(start, stop)`` of each frame holding a key marker or ``[DONE]``, in order."""
-        hits = [m.start() for pattern in _MARKERS for m in pattern.finditer(frames)]
+        hits = []
+        for literal, pattern in _MARKERS:
+            if literal not in frames:
+                continue
+            if literal == b'"finish_reason"' and frames.count(literal) == frames.count(_NO_FINISH):
+                continue  # every finish reason is a compact null
+            hits.extend(m.start() for m in pattern.finditer(frames))
         if not self.token_frames:  # the chat role frame precedes the first token
             role = _ROLE.search(frames, 0, 4096)
             if role is not None:
