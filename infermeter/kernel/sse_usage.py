@@ -189,7 +189,7 @@ class SseUsageScanner:
 
     def _marked_frames(self, frames: bytes) -> list[tuple[int, int]]:
         """``(start, stop)`` of each frame holding a key marker or ``[DONE]``, in order."""
-        hits = []
+        hits: list[int] = []
         for literal, pattern in _MARKERS:
             if literal not in frames:
                 continue
