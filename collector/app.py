@@ -30,7 +30,8 @@ from infermeter.collector.engine_signals import SignalDeriver
 from infermeter.collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
 from infermeter.collector.otel import GenAiTelemetry
 from infermeter.collector.pipeline import RecordExporter, RecordPipeline
-from infermeter.collector.proxy import Proxy, read_body, send_json
+from infermeter.collector.proxy import Proxy
+from infermeter.collector.proxy_wire import read_body, send_json
 from infermeter.collector.request_metrics import RequestMetrics
 from infermeter.collector.settings import CollectorSettings
 from infermeter.collector.shipper import Shipper, ShipperMetrics

@@ -13,23 +13,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import orjson
 
 from infermeter.collector.errors import RequestError
+from infermeter.collector.proxy_wire import (
+    DisconnectWatch,
+    forward_headers,
+    read_body,
+    response_headers,
+    send_json,
+)
 from infermeter.collector.record import RequestRecord
-from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.asgi import Receive, Scope, Send
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.request_ids import new_request_id
 from infermeter.kernel.sse_usage import SseUsageScanner, StreamUsage, parse_body
 from infermeter.kernel.tenancy import (
-    KEY_ID_HEADER,
-    SECRET_HEADER,
     TAGS_HEADER,
-    TENANT_HEADER,
-    Attribution,
+    MemoisedResolver,
     TenantResolver,
 )
 
@@ -37,26 +41,7 @@ REQUEST_ID_HEADER = "x-infermeter-request-id"
 OVERHEAD_HEADER = b"x-infermeter-overhead-ms"
 USAGE_STREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 MAX_REQUEST_ID = 128
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-infermeter-gateway-secret",
-    }
-)
-_HOP_BY_HOP_RESPONSE = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
-)
 _DURABLE_WAIT_S = 5.0
-_ATTRIBUTION_CACHE = 4096
 _DONE_FRAME = b"data: [DONE]\n\n"
 
 
@@ -72,32 +57,6 @@ class ProxyHooks(Protocol):
     def untrusted_tenant(self) -> None: ...
 
     def upstream_error(self, kind: str) -> None: ...
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    """Send a complete JSON response."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body."""
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected while sending the request")
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Proxy:
@@ -131,7 +90,7 @@ class Proxy:
         self.wall = wall
         self.mono = mono
         self.new_id = new_id or (lambda: new_request_id(wall))
-        self._attributions: dict[tuple[str | None, ...], Attribution] = {}
+        self._attribute = MemoisedResolver(resolver).resolve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,30 +116,6 @@ class Proxy:
         url = self.upstream + raw.decode("latin-1")
         return f"{url}?{query.decode('latin-1')}" if query else url
 
-    @staticmethod
-    def _forward_headers(scope: Scope) -> tuple[list[tuple[str, str]], dict[str, str]]:
-        out: list[tuple[str, str]] = []
-        lower: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            lower[name] = value
-            if name not in _HOP_BY_HOP:
-                out.append((name, value))
-        return out, lower
-
-    @staticmethod
-    def _response_headers(
-        resp: aiohttp.ClientResponse, *, drop_length: bool
-    ) -> list[tuple[bytes, bytes]]:
-        out = []
-        for name, value in resp.raw_headers:
-            low = name.lower()
-            if low in _HOP_BY_HOP_RESPONSE or (drop_length and low == b"content-length"):
-                continue
-            out.append((low, value))
-        return out
-
     async def _upstream_failure(
         self,
         send: Send,
@@ -205,7 +140,7 @@ class Proxy:
     # -- untouched routes --------------------------------------------------------------------
 
     async def _passthrough(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
-        headers, _ = self._forward_headers(scope)
+        headers, _ = forward_headers(scope)
         try:
             resp = await self.session.request(
                 scope["method"], self._url(scope), headers=headers, data=body or None,
@@ -215,7 +150,7 @@ class Proxy:
             await self._upstream_failure(send, exc, None, [])
             return
         try:
-            out = self._response_headers(resp, drop_length=False)
+            out = response_headers(resp, drop_length=False)
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -227,26 +162,10 @@ class Proxy:
 
     # -- inference routes --------------------------------------------------------------------
 
-    def _attribute(self, lower: dict[str, str]) -> Attribution:
-        """Tenant resolution, memoised on the headers it reads (it hashes API keys)."""
-        key = (
-            lower.get("authorization"),
-            lower.get(TENANT_HEADER),
-            lower.get(SECRET_HEADER),
-            lower.get(KEY_ID_HEADER),
-            lower.get(TAGS_HEADER),
-        )
-        who = self._attributions.get(key)
-        if who is None:
-            if len(self._attributions) >= _ATTRIBUTION_CACHE:
-                self._attributions.clear()
-            who = self._attributions[key] = self.resolver.resolve(lower)
-        return who
-
     def _prepare(
         self, scope: Scope, body: bytes, t0: float
     ) -> tuple[RequestRecord, list[tuple[str, str]], bytes, bool]:
-        headers, lower = self._forward_headers(scope)
+        headers, lower = forward_headers(scope)
         request_id = lower.get(REQUEST_ID_HEADER)
         if request_id is not None and (not request_id or len(request_id) > MAX_REQUEST_ID):
             raise RequestError(REQUEST_ID_HEADER, f"must be 1..{MAX_REQUEST_ID} characters")
@@ -300,7 +219,7 @@ class Proxy:
             )
             return
         ident = [(REQUEST_ID_HEADER.encode(), rec.request_id.encode())]
-        watch = _DisconnectWatch(receive, asyncio.current_task())
+        watch = DisconnectWatch(receive, asyncio.current_task())
         if not rec.stream:
             watch.start()  # a stream starts watching once it outlives its first chunk
         rec.overhead_s = self.mono() - t_body
@@ -345,7 +264,7 @@ class Proxy:
         send: Send,
         strip: bool,
         ident: list[tuple[bytes, bytes]],
-        watch: _DisconnectWatch,
+        watch: DisconnectWatch,
     ) -> None:
         mono = self.mono
         t_headers = mono()
@@ -358,7 +277,7 @@ class Proxy:
             await self._respond_whole(resp, rec, send, ident, t_headers, watch)
             return
         scanner = SseUsageScanner(rec.token_times, strip_usage=strip)
-        out = self._response_headers(resp, drop_length=True)
+        out = response_headers(resp, drop_length=True)
         rec.overhead_s += mono() - t_headers
         out.extend(self._overhead_headers(rec, ident))
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
@@ -436,7 +355,7 @@ class Proxy:
         send: Send,
         ident: list[tuple[bytes, bytes]],
         t_headers: float,
-        watch: _DisconnectWatch,
+        watch: DisconnectWatch,
     ) -> None:
         try:
             body = await resp.read()
@@ -452,7 +371,7 @@ class Proxy:
             rec.token_times.append(t)
         self._collect(rec, parse_body(body).usage)
         rec.finished_mono = t
-        out = self._response_headers(resp, drop_length=False)
+        out = response_headers(resp, drop_length=False)
         rec.overhead_s += self.mono() - t_headers
         out.extend(self._overhead_headers(rec, ident))
         self.sink.submit(rec)
@@ -468,42 +387,3 @@ class Proxy:
             await asyncio.wait_for(asyncio.shield(rec.durable), _DURABLE_WAIT_S)
         except TimeoutError:
             return
-
-
-class _DisconnectWatch:
-    """Notices the client going away and cancels the upstream request.
-
-    Started lazily: a waiter on ``receive()`` costs a task, so a stream starts one only once
-    it outlives its first chunk (a client that leaves while the engine is still queueing or
-    prefilling is noticed at the first token); non-streamed requests watch from the start.
-    """
-
-    __slots__ = ("aborted", "receive", "resp", "task", "watcher")
-
-    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
-        self.receive = receive
-        self.task = task
-        self.resp: aiohttp.ClientResponse | None = None
-        self.watcher: asyncio.Future[Message] | None = None
-        self.aborted = False
-
-    def start(self) -> None:
-        if self.watcher is None:
-            self.watcher = asyncio.ensure_future(self.receive())
-            self.watcher.add_done_callback(self._fired)
-
-    def _fired(self, fut: asyncio.Future[Message]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        if fut.result().get("type") != "http.disconnect":
-            return
-        self.aborted = True
-        if self.resp is not None:
-            self.resp.close()
-        elif self.task is not None:
-            self.task.cancel()
-
-    def stop(self) -> None:
-        if self.watcher is not None and not self.watcher.done():
-            self.watcher.remove_done_callback(self._fired)
-            self.watcher.cancel()

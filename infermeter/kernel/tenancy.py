@@ -170,3 +170,29 @@ def tenancy_from_config(config: Config) -> tuple[TenantResolver, TenancySettings
     keys = {digest: {k: str(v) for k, v in entry.items()} for digest, entry in tenancy.keys.items()}
     resolver = TenantResolver.from_config(tenancy.shared_secret, keys, tenancy.default_tenant)
     return resolver, tenancy
+
+
+class MemoisedResolver:
+    """A resolver remembering its answers, keyed on the headers resolution reads (resolving
+    hashes API keys; a proxy sees the same few keys again and again)."""
+
+    def __init__(self, resolver: TenantResolver, size: int = 4096) -> None:
+        self._resolver = resolver
+        self._size = size
+        self._seen: dict[tuple[str | None, ...], Attribution] = {}
+
+    def resolve(self, headers: Mapping[str, str]) -> Attribution:
+        """The attribution of ``headers`` (lower-case names), from memory when seen before."""
+        key = (
+            headers.get("authorization"),
+            headers.get(TENANT_HEADER),
+            headers.get(SECRET_HEADER),
+            headers.get(KEY_ID_HEADER),
+            headers.get(TAGS_HEADER),
+        )
+        who = self._seen.get(key)
+        if who is None:
+            if len(self._seen) >= self._size:
+                self._seen.clear()
+            who = self._seen[key] = self._resolver.resolve(headers)
+        return who
