@@ -19,6 +19,7 @@ nearly flat in batch size until KV reads or compute catch up). See docs/simulato
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from infermeter.capacity.errors import ProfileError
@@ -135,6 +136,37 @@ class PerformanceModel:
             per_op = self._allreduce_bytes_per_token * tokens / self.gpu.interconnect_bytes_s
             seconds += self._allreduces * (per_op + self.efficiency.allreduce_latency_s)
         return StepCost(seconds + self.efficiency.step_overhead_s, flops, read, write)
+
+    def step_shares(
+        self, tokens: Sequence[int], pairs: Sequence[float], context: Sequence[float]
+    ) -> list[float]:
+        """Each request's seconds of the step :meth:`step` prices for these requests together
+        (``tokens``, ``pairs``, ``context`` per request; they sum to the step's arguments).
+
+        The roofline's binding resource is split by what each request asks of it: FLOPs when
+        the step is compute-bound, memory reads when memory-bound (weights by tokens, KV cache
+        by context read); the per-step overhead and all-reduces by tokens. The shares sum to
+        ``step(sum(tokens), sum(pairs), sum(context)).seconds`` up to rounding."""
+        total_tokens = sum(tokens)
+        cost = self.step(total_tokens, sum(pairs), sum(context))
+        tp = self.tp
+        flops = [
+            (2.0 * self.model.params * t + self._attn_flops_per_pair * a) / tp
+            for t, a in zip(tokens, pairs, strict=True)
+        ]
+        weights_per_token = self.weight_bytes / max(total_tokens, 1)
+        reads = [
+            (weights_per_token * t + self.kv_bytes_per_token * c) / tp
+            for t, c in zip(tokens, context, strict=True)
+        ]
+        compute_s, memory_s = sum(flops) / self._compute_rate, sum(reads) / self._memory_rate
+        core_s, basis = (compute_s, flops) if compute_s >= memory_s else (memory_s, reads)
+        basis_total = sum(basis) or 1.0
+        rest_s = cost.seconds - core_s  # overhead and all-reduces, by tokens
+        per_token = rest_s / max(total_tokens, 1)
+        return [
+            core_s * b / basis_total + per_token * t for b, t in zip(basis, tokens, strict=True)
+        ]
 
     def decode_step_s(self, batch: int, context: int) -> float:
         """Duration of a decode-only step: ``batch`` sequences, each ``context`` tokens long."""

@@ -55,6 +55,9 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--bandwidth-efficiency", "bandwidth_efficiency", float,
      "achieved fraction of peak memory bandwidth in memory-bound steps"),
     ("--step-overhead-ms", "step_overhead_ms", float, "fixed time per engine step"),
+    ("--ledger", "ledger", str,
+     "write the ground-truth ledger (each step's GPU time split over its requests) to this "
+     "JSON-lines file; off by default, for accuracy tests (docs/metering.md)"),
 )  # fmt: skip
 
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from infermeter.capacity.perf_model import PerformanceModel, StepCost
 from infermeter.serving.simulator.kv_cache import KvCache
+from infermeter.serving.simulator.ledger import StepLedger
 from infermeter.serving.simulator.metrics import VllmMetrics, observe_many
 from infermeter.serving.simulator.text import CompletionPlan
 
@@ -49,6 +50,7 @@ class SimRequest:
         "first_scheduled",
         "first_token",
         "last_token",
+        "ledger_key",
         "max_tokens",
         "num_computed",
         "num_output",
@@ -74,6 +76,7 @@ class SimRequest:
         streaming: bool = True,
     ) -> None:
         self.request_id = request_id
+        self.ledger_key = request_id  # how the ledger names it (the client's id, if it sent one)
         self.prompt_tokens = prompt_tokens
         self.plan = plan
         self.max_tokens = max_tokens
@@ -108,6 +111,9 @@ class Step:
     end: float
     scheduled: list[tuple[SimRequest, int]]
     cost: StepCost
+    # per scheduled request: attention pairs and KV context read (the ledger's split)
+    pairs: list[float] = field(default_factory=list)
+    context: list[int] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -127,8 +133,10 @@ class Engine:
         clock: Callable[[], float] | None = None,
         lookahead: int | None = None,
         prefix_caching: bool = True,
+        ledger: StepLedger | None = None,
     ) -> None:
         self.perf = perf
+        self.ledger = ledger
         self.lookahead = lookahead
         self.metrics = metrics
         self.max_num_seqs = max_num_seqs
@@ -189,8 +197,8 @@ class Engine:
         budget = self.max_num_batched_tokens
         block = self.block_size
         scheduled: list[tuple[SimRequest, int]] = []
-        pairs = 0.0
-        context = 0
+        req_pairs: list[float] = []
+        req_context: list[int] = []
         preempted = False
         running = self.running
         kv = self.kv
@@ -216,8 +224,8 @@ class Engine:
                 kv.allocate(extra)
                 req.blocks += extra
             scheduled.append((req, n))
-            pairs += n * req.num_computed + n * (n + 1) / 2
-            context += req.num_computed
+            req_pairs.append(n * req.num_computed + n * (n + 1) / 2)
+            req_context.append(req.num_computed)
             budget -= n
             i += 1
         if not preempted:
@@ -242,19 +250,30 @@ class Engine:
                     req.first_scheduled = start
                     req.cached_tokens = cached
                 scheduled.append((req, n))
-                pairs += n * cached + n * (n + 1) / 2
-                context += cached
+                req_pairs.append(n * cached + n * (n + 1) / 2)
+                req_context.append(cached)
                 budget -= n
         if not scheduled:
             return None
-        cost = self.perf.step(self.max_num_batched_tokens - budget, pairs, context)
-        return Step(start, start + cost.seconds, scheduled, cost)
+        cost = self.perf.step(
+            self.max_num_batched_tokens - budget, sum(req_pairs), sum(req_context)
+        )
+        return Step(start, start + cost.seconds, scheduled, cost, req_pairs, req_context)
 
     def complete(self, step: Step) -> list[SimRequest]:
         """End ``step``: advance time, emit tokens, finish requests; returns the finished."""
         end = step.end
         self.time = end
         self.steps += 1
+        if self.ledger is not None:
+            self.ledger.record(
+                step.start,
+                end,
+                [req.ledger_key for req, _ in step.scheduled],
+                [n for _, n in step.scheduled],
+                step.pairs,
+                step.context,
+            )
         m = self.metrics
         prompt_done = 0
         cached_done = 0

@@ -23,6 +23,7 @@ from infermeter.kernel.asgi import Receive, Scope, Send
 from infermeter.kernel.openai_errors import error_body
 from infermeter.serving.simulator.engine import FINISHED, Engine, SimRequest
 from infermeter.serving.simulator.errors import RequestError
+from infermeter.serving.simulator.ledger import StepLedger
 from infermeter.serving.simulator.loop import EngineLoop, Sleep, model_clock
 from infermeter.serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
 from infermeter.serving.simulator.responses import (
@@ -114,6 +115,7 @@ class SimulatorApp:
             clock=model_clock(settings.time_scale, wall),
             lookahead=FAST_MODE_LOOKAHEAD if settings.time_scale == 0 else None,
             prefix_caching=settings.enable_prefix_caching,
+            ledger=StepLedger(settings.ledger, perf) if settings.ledger else None,
         )
         self.loop = EngineLoop(self.engine, time_scale=settings.time_scale, sleep=sleep, wall=wall)
         self.rng = random.Random(settings.seed)
@@ -141,7 +143,7 @@ class SimulatorApp:
                 raw = await _read_body(receive)
                 request_bytes = len(raw)
                 status, response_bytes = await self._generate(
-                    raw, path == "/v1/chat/completions", receive, send
+                    raw, path == "/v1/chat/completions", receive, send, _client_id(scope)
                 )
             elif method not in ("GET", "HEAD"):
                 status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
@@ -178,6 +180,8 @@ class SimulatorApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.loop.stop()
+                if self.engine.ledger is not None:
+                    self.engine.ledger.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -203,7 +207,7 @@ class SimulatorApp:
         )
 
     async def _generate(
-        self, raw: bytes, chat: bool, receive: Receive, send: Send
+        self, raw: bytes, chat: bool, receive: Receive, send: Send, client_id: str | None = None
     ) -> tuple[int, int]:
         try:
             parsed = parse_request(
@@ -229,6 +233,8 @@ class SimulatorApp:
             hashes,
             streaming=parsed.stream,
         )
+        if client_id:
+            req.ledger_key = client_id
         created = int(self.epoch())
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, wakeup))
         self.engine.add(req)
@@ -361,3 +367,11 @@ async def _respond(
 def create_app(settings: SimulatorSettings, **kwargs: Any) -> SimulatorApp:
     """The ASGI app for ``settings`` (raises ProfileError when it cannot run)."""
     return SimulatorApp(settings, **kwargs)
+
+
+def _client_id(scope: Scope) -> str | None:
+    """The request id a metering proxy in front of the simulator put on the request."""
+    for name, value in scope["headers"]:
+        if name == b"x-infermeter-request-id":
+            return value.decode("latin-1")
+    return None

@@ -46,6 +46,7 @@ class SimulatorSettings(BaseModel):
     mfu: float = Field(default=0.55, gt=0.0, le=1.0)
     bandwidth_efficiency: float = Field(default=0.80, gt=0.0, le=1.0)
     step_overhead_ms: float = Field(default=0.5, ge=0.0)
+    ledger: str = ""  # ground-truth ledger file (empty: none); see serving/simulator/ledger.py
 
     @property
     def served_name(self) -> str:
