@@ -15,7 +15,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -75,8 +76,11 @@ class CollectorApp:
         telemetry: GenAiTelemetry | object | None = _NO_NVML,
         environ: Mapping[str, str] | None = None,
         exporters: Sequence[RecordExporter] = (),
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.settings = s = settings
+        self._wall, self._mono = wall, mono  # the clocks request records are timed with
         self.extra_exporters = list(exporters)
         self.resolver = resolver or TenantResolver()
         self.registry = registry or CollectorRegistry()
@@ -204,6 +208,8 @@ class CollectorApp:
             force_usage=s.force_usage,
             overhead_header=s.overhead_header,
             max_tags_bytes=s.max_tags_bytes,
+            wall=self._wall,
+            mono=self._mono,
         )
         self.scraper = EngineScraper(
             bg_session,
