@@ -57,7 +57,7 @@ class ThrottleCollector(Collector):
         yield settles
 
         storage = self._storage
-        degraded = isinstance(storage, FailoverStorage) and storage.degraded
+        degraded = storage.capabilities.degraded
         up = GaugeMetricFamily(
             P + "storage_up",
             "1 when the state backend answers, 0 while deciding locally.",

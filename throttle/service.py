@@ -1,117 +1,52 @@
 """Admission decisions: price, reserve, settle, read usage. No HTTP here.
 
 :class:`Throttle` turns an admission request into one atomic storage reservation (rate,
-concurrency lease, budgets and fair share, see :mod:`infermeter.throttle.storage.base`) and a settle
-into one atomic correction. The pool's pressure state (from :mod:`infermeter.throttle.signals`)
-decides whether fair share is enforced.
+concurrency lease, budgets and fair share, see :mod:`infermeter.throttle.storage.base`) and a
+settle into one atomic correction. The pool's pressure state (from
+:mod:`infermeter.throttle.signals`) decides whether fair share is enforced. What the storage
+can do is asked, never its class: a backend whose :class:`Capabilities` offer in-process
+decisions is called synchronously (no coroutine, no request object), any other through the
+:class:`Storage` protocol. The values taken and returned are in
+:mod:`infermeter.throttle.admission`, the per-(tenant, model, pool) plans in
+:mod:`infermeter.throttle.plans`.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import cast
 
+from infermeter.throttle.admission import (
+    MAX_TOKENS_LIMIT,
+    STATUSES,
+    AdmitRequest,
+    AdmitResult,
+    KnownTenant,
+    SettleResult,
+    TenantUsage,
+    retry_after_header,
+)
 from infermeter.throttle.algorithms import budgets
-from infermeter.throttle.algorithms.fairshare import FairParams
-from infermeter.throttle.decision_log import DecisionLog, Entry, TenantActivity
+from infermeter.throttle.decision_log import DecisionLog, Entry
 from infermeter.throttle.errors import RequestError, UnknownReservation
-from infermeter.throttle.policy import Limits, Policy, Pool
-from infermeter.throttle.pricing import Price, Pricer
+from infermeter.throttle.plans import Plan, make_plan, reserve_request
+from infermeter.throttle.policy import Policy
+from infermeter.throttle.pricing import Pricer
 from infermeter.throttle.storage.base import (
-    Decision,
-    ReserveRequest,
+    Capabilities,
+    InProcessDecisions,
     SettleUsage,
     Storage,
-    Terms,
-    Usage,
     UsageRequest,
-    make_terms,
 )
-from infermeter.throttle.storage.memory import MemoryStorage
 
-STATUSES = ("ok", "error", "client_abort", "throttled", "cache_hit")
 _STATUS_SET = frozenset(STATUSES)
-MAX_TOKENS_LIMIT = 10_000_000
 PLAN_CACHE_SIZE = 100_000
 _ALLOWED = ("allow", "")
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    policy: Policy
-    price_epoch: int
-    limits: Limits
-    pool_name: str
-    pool: Pool
-    price: Price
-    hot: FairParams
-    calm: FairParams
-    terms: Terms  # limits and prices, what storage needs besides the request
-    # policy constants read on every decision, copied out of the pydantic document once
-    fair_share: bool
-    lease_s: float
-    settle_grace_s: float
-    unit: str
-
-
-@dataclass(slots=True)  # not frozen: 4x cheaper to build, on the decision path
-class AdmitRequest:
-    """One question from a gateway: may ``tenant`` send this inference now?"""
-
-    tenant: str
-    model: str
-    max_tokens: int
-    prompt_tokens: int | None = None
-    prompt_chars: int | None = None
-    pool: str | None = None
-    request_id: str | None = None
-    tier_hint: str = ""
-    lease_s: float | None = None
-
-
-class AdmitResult(NamedTuple):
-    """The answer, with what the HTTP layer needs for its headers."""
-
-    allowed: bool
-    reason: str
-    retry_after_s: float
-    reservation_id: str
-    estimate: float
-    lease_expires_at: float
-    tenant: str
-    pool: str
-    limits: Limits
-    decision: Decision
-    unit: str
-    pressure: bool
-
-
-class SettleResult(NamedTuple):
-    """The outcome of a settle."""
-
-    reservation_id: str
-    tenant: str
-    estimate: float
-    actual: float
-    delta: float
-    duplicate: bool
-    unit: str
-
-
-@dataclass(frozen=True, slots=True)
-class TenantUsage:
-    """A tenant's limits and where it stands against them."""
-
-    tenant: str
-    limits: Limits
-    usage: Usage
-    unit: str
 
 
 class Throttle:
@@ -127,6 +62,7 @@ class Throttle:
     ) -> None:
         self.policy = policy
         self.pricer = Pricer(policy)
+        self._in_process: InProcessDecisions | None = None
         self.storage = storage
         self._now = now
         self._pressure = pressure  # None: never under pressure
@@ -138,8 +74,21 @@ class Throttle:
         self._windows = budgets.WindowCache()
         self._span_start = self._span_end = 0.0
         self._span = self._roll_span(now())  # (day, month) windows of the last decision
-        self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
+        self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
         self.recorder: DecisionLog | None = DecisionLog()
+
+    @property
+    def storage(self) -> Storage:
+        """The state backend; setting it reads its capabilities once (they are fixed)."""
+        return self._storage
+
+    @storage.setter
+    def storage(self, storage: Storage) -> None:
+        self._storage = storage
+        capabilities: Capabilities = storage.capabilities
+        # in process: decide and settle without a coroutine or a request object
+        in_process = capabilities.in_process_decisions
+        self._in_process = cast(InProcessDecisions, storage) if in_process else None
 
     @property
     def decisions(self) -> Counter[tuple[str, str]]:
@@ -164,41 +113,9 @@ class Throttle:
     def set_pressure(self, pressure: Callable[[str], bool]) -> None:
         self._pressure = pressure
 
-    def _plan(self, key: tuple[str, str, str, str | None]) -> _Plan:
+    def _plan(self, key: tuple[str, str, str, str | None]) -> Plan:
         """Everything about (tenant, tier, model, pool) that only changes with the policy."""
-        tenant, tier_hint, model, pool_hint = key
-        policy = self.policy
-        limits = policy.limits_for(tenant, tier_hint)
-        pool_name = pool_hint or policy.pool_of(model)
-        pool = policy.pool(pool_name)
-        slack, max_lead = policy.fair_slack(pool, limits)
-        price = self.pricer.price(model)
-        plan = _Plan(
-            policy,
-            self.pricer.epoch,
-            limits,
-            pool_name,
-            pool,
-            price,
-            FairParams(True, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
-            FairParams(False, slack, max_lead, pool.active_window_s, pool.fair_retry_s),
-            make_terms(
-                pool_name,
-                limits.rate_per_s,
-                limits.burst,
-                limits.concurrency,
-                limits.daily_budget,
-                limits.monthly_budget,
-                limits.weight,
-                price.prompt,
-                price.completion,
-                policy.doc.cached_prompt_factor,
-            ),
-            bool(pool.fair_share),
-            policy.doc.lease_s,
-            policy.doc.settle_grace_s,
-            policy.unit,
-        )
+        plan = make_plan(self.policy, self.pricer, key)
         if len(self._plans) >= PLAN_CACHE_SIZE:
             self._plans.clear()
         self._plans[key] = plan
@@ -233,9 +150,9 @@ class Throttle:
         lease_expires_at = now + lease_s
         record_expires_at = lease_expires_at + plan.settle_grace_s
         fair = plan.hot if pressure else plan.calm
-        storage = self.storage
-        if type(storage) is MemoryStorage:  # in process: no coroutine, no request object
-            decision = storage.decide(
+        in_process = self._in_process
+        if in_process is not None:  # no coroutine, no request object
+            decision = in_process.decide(
                 rid,
                 tenant,
                 cost,
@@ -250,8 +167,8 @@ class Throttle:
                 plan.terms,
             )
         else:
-            decision = await storage.reserve(
-                _reserve_request(
+            decision = await self._storage.reserve(
+                reserve_request(
                     rid,
                     tenant,
                     cost,
@@ -312,14 +229,14 @@ class Throttle:
                     raise RequestError(name, "must be >= 0")
         if status not in _STATUS_SET:
             raise RequestError("status", f"must be one of {', '.join(STATUSES)}")
-        storage = self.storage
-        if type(storage) is MemoryStorage:
-            settled = storage.settle_now(
+        in_process = self._in_process
+        if in_process is not None:
+            settled = in_process.settle_now(
                 reservation_id, prompt_tokens, cached_prompt_tokens, completion_tokens, self._now()
             )
         else:
             used = SettleUsage(prompt_tokens, cached_prompt_tokens, completion_tokens)
-            settled = await storage.settle(reservation_id, used, self._now())
+            settled = await self._storage.settle(reservation_id, used, self._now())
         if settled is None:
             raise UnknownReservation(reservation_id)
         duplicate = settled.duplicate
@@ -375,53 +292,15 @@ class Throttle:
         return self.recorder.since(tenant, since) if self.recorder is not None else []
 
 
-def _reserve_request(
-    rid: str,
-    tenant: str,
-    cost: float,
-    now: float,
-    lease_expires_at: float,
-    record_expires_at: float,
-    day: budgets.Window,
-    month: budgets.Window,
-    fair: FairParams,
-    terms: Terms,
-) -> ReserveRequest:
-    pool, rate, burst, concurrency, daily, monthly, weight, prompt, completion, cached = terms
-    return ReserveRequest(
-        rid,
-        tenant,
-        pool,
-        cost,
-        now,
-        rate,
-        burst,
-        concurrency,
-        lease_expires_at,
-        record_expires_at,
-        day.key,
-        day.end,
-        daily,
-        month.key,
-        month.end,
-        monthly,
-        weight,
-        fair,
-        prompt,
-        completion,
-        cached,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class KnownTenant:
-    """A tenant the throttle knows, from the policy and/or its recent decisions."""
-
-    usage: TenantUsage
-    in_policy: bool
-    activity: TenantActivity | None
-
-
-def retry_after_header(seconds: float) -> str:
-    """``Retry-After`` as whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds))) if math.isfinite(seconds) else "86400"
+__all__ = [
+    "MAX_TOKENS_LIMIT",
+    "PLAN_CACHE_SIZE",
+    "STATUSES",
+    "AdmitRequest",
+    "AdmitResult",
+    "KnownTenant",
+    "SettleResult",
+    "TenantUsage",
+    "Throttle",
+    "retry_after_header",
+]

@@ -1,4 +1,4 @@
-"""One contract suite, every algorithm, both backends (memory and a real Redis)."""
+"""One contract suite, every algorithm, every backend (memory, a real Redis, failover over it)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import free_port
+from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.failover import FailoverStorage
+from infermeter.throttle.storage.memory import MemoryStorage
+from infermeter.throttle.storage.redis import RedisStorage
+from tests.conftest import ManualClock, free_port
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -73,6 +77,22 @@ targets = { num_requests_waiting = 5, kv_cache_usage_perc = 0.8 }
 def redis_uri(prefix: str | None = None) -> str:
     """The machine's Redis with a key prefix unique to the caller."""
     return f"{MACHINE_REDIS}?prefix=test:{prefix or uuid.uuid4().hex[:12]}&timeout_ms=3000"
+
+
+# every store under throttle/storage/: the contract suite runs against each of them
+BACKENDS = ("memory", "redis", "failover")
+
+
+def open_backend(kind: str, uri: str) -> Storage:
+    """A new handle of backend ``kind`` (one of :data:`BACKENDS`); the shared ones on the
+    Redis at ``uri``, the failover one over a :class:`RedisStorage` there."""
+    if kind == "memory":
+        return MemoryStorage()
+    if kind == "redis":
+        return RedisStorage(uri)
+    if kind == "failover":
+        return FailoverStorage(RedisStorage(uri), ManualClock())
+    raise ValueError(f"unknown backend {kind!r} (known: {BACKENDS})")
 
 
 class RedisServer:

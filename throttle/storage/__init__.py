@@ -10,7 +10,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from infermeter.throttle.errors import StorageError
-from infermeter.throttle.storage.base import Storage
+from infermeter.throttle.storage.base import Capabilities, InProcessDecisions, Storage
 from infermeter.throttle.storage.memory import MemoryStorage
 
 SCHEMES = ("memory", "redis", "rediss", "unix")
@@ -29,12 +29,20 @@ def from_uri(uri: str) -> Storage:
 
 
 def with_failover(storage: Storage, now: Callable[[], float], fail_closed: bool = False) -> Storage:
-    """Wrap a shared backend so decisions go on locally when it is unreachable."""
-    if isinstance(storage, MemoryStorage):
+    """Wrap a shared backend so decisions go on locally when it is unreachable; a local one
+    (state not shared, nothing to lose contact with) is returned as it is."""
+    if not storage.capabilities.shared_state:
         return storage
     from infermeter.throttle.storage.failover import FailoverStorage
 
     return FailoverStorage(storage, now, fail_closed=fail_closed)
 
 
-__all__ = ["MemoryStorage", "Storage", "from_uri", "with_failover"]
+__all__ = [
+    "Capabilities",
+    "InProcessDecisions",
+    "MemoryStorage",
+    "Storage",
+    "from_uri",
+    "with_failover",
+]

@@ -6,6 +6,12 @@ unreachable it marks itself degraded, counts it, and decides from a local
 replica, so the fleet-wide overshoot is bounded by the number of replicas), or refuses every
 admission (fail-closed). A probe (:meth:`probe`, run periodically by the app) brings the
 primary back by itself. Reservations made locally are settled locally.
+
+Its :class:`Capabilities` are those of the side in force: ``degraded`` while deciding from
+the fallback (or when the side in force is itself degraded), ``shared_state`` that of the
+primary. It never offers the in-process decision path, whichever side is active: each
+decision has to go through :meth:`FailoverStorage.reserve`, which tries the primary, counts
+local decisions and refuses when fail-closed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, TypeVar
 
 from infermeter.throttle.errors import StorageUnavailable
 from infermeter.throttle.storage.base import (
+    Capabilities,
     Decision,
     ReserveRequest,
     Settlement,
@@ -51,6 +58,15 @@ class FailoverStorage:
         self.local_decisions = 0
         self.recoveries = 0
         self.last_error = ""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        active = self.local if self.degraded else self.primary
+        return Capabilities(
+            in_process_decisions=False,
+            shared_state=self.primary.capabilities.shared_state,
+            degraded=self.degraded or active.capabilities.degraded,
+        )
 
     def _down(self, exc: Exception) -> None:
         self.failures += 1

@@ -1,143 +1,47 @@
 """In-process state (``memory://``): the default, and the local fallback when Redis is down.
 
-Every operation runs to completion without awaiting, so on one event loop it is atomic.
-A tenant's state (bucket, leases, budget counters) is one object, found with one lookup.
-Leases of every tenant and pool expire from one heap, all those due before each decision
-(amortized O(log n) per lease: each is pushed and popped once), so a tenant's in-flight
-count is exact; reservation records are swept lazily from a second heap, budget counters of
-past windows are dropped when read after their window ended.
+:class:`MemoryStorage` is the :class:`Storage` protocol around the synchronous decision
+core of :mod:`infermeter.throttle.storage.memory_ledger` (reservations, leases, budgets,
+fair share), plus the engine signals, autoscale history and policy document of this
+process. It offers the in-process decision path (``decide`` / ``settle_now``, see
+:class:`Capabilities`): every operation runs to completion without awaiting, so on one event
+loop it is atomic.
 """
 
 from __future__ import annotations
 
-import math
-from heapq import heappop, heappush
 from typing import Any
 
-from infermeter.throttle.algorithms import gcra, leases
-from infermeter.throttle.algorithms.fairshare import FairParams
+from infermeter.throttle.algorithms import gcra
 from infermeter.throttle.storage.base import (
+    Capabilities,
     Decision,
     ReserveRequest,
     Settlement,
     SettleUsage,
-    Terms,
     Usage,
     UsageRequest,
 )
-from infermeter.throttle.storage.fair_state import BACKLOG_SLACK, PoolFairState
+from infermeter.throttle.storage.memory_ledger import FORGET_FACTOR, SWEEP_BATCH, MemoryLedger
+from infermeter.throttle.storage.memory_tenant import WINDOW_GRACE_S, TenantState, window_spent
 
-_new = tuple.__new__
-
-SWEEP_BATCH = 64
-FORGET_FACTOR = 10.0  # a tenant idle for 10 active windows leaves the pool's fair-share table
-WINDOW_GRACE_S = 3600.0  # budget counters outlive their window by this much (late settles)
+CAPABILITIES = Capabilities(in_process_decisions=True, shared_state=False)
 
 
-# tenant, estimate, record expiry, day key, month key, terms (pool, prices, ...)
-_Record = tuple[str, float, float, str, str, Terms]
-
-
-class TenantState:
-    """One tenant's bucket, leases and budget counters (every pool)."""
-
-    __slots__ = ("held", "tat", "windows")
-
-    def __init__(self) -> None:
-        # GCRA theoretical arrival time; any value <= now is a full bucket, like none stored
-        self.tat = -math.inf
-        self.held: dict[str, float] = {}  # reservation id -> lease expiry
-        self.windows: dict[str, list[float]] = {}  # window key -> [spent, kept until]
-
-
-class MemoryStorage:
+class MemoryStorage(MemoryLedger):
     """All throttle state in dictionaries of this process."""
 
     name = "memory"
 
     def __init__(self) -> None:
-        self._tenants: dict[str, TenantState] = {}
-        self._pools: dict[str, PoolFairState] = {}
-        # reservation id -> record (see _Record); settled ones map to their actual cost
-        self._records: dict[str, _Record] = {}
-        self._settled: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []  # (record expiry, id)
-        self._lapse: list[tuple[float, str]] = []  # (lease expiry, id), lazily deleted
+        super().__init__()
         self._signals: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._history: dict[str, list[tuple[float, int]]] = {}
         self._policy: tuple[int, str] | None = None
 
-    # -- helpers -------------------------------------------------------------------------
-    @staticmethod
-    def _spent(windows: dict[str, list[float]], key: str, now: float) -> float:
-        entry = windows.get(key)
-        if entry is None:
-            return 0.0
-        if entry[1] <= now:
-            del windows[key]
-            return 0.0
-        return entry[0]
-
-    @staticmethod
-    def _add_spend(
-        windows: dict[str, list[float]], key: str, amount: float, expires: float, now: float
-    ) -> float:
-        entry = windows.get(key)
-        if entry is None:
-            for old in [k for k, (_, until) in windows.items() if until <= now]:
-                del windows[old]  # a new window began: drop the ones that ended
-            windows[key] = [amount, expires]
-            return amount
-        entry[0] += amount
-        if expires > entry[1]:
-            entry[1] = expires
-        return entry[0]
-
-    def _tenant(self, tenant: str) -> TenantState:
-        state = self._tenants.get(tenant)
-        if state is None:
-            state = self._tenants[tenant] = TenantState()
-        return state
-
-    def _pool(self, pool: str) -> PoolFairState:
-        state = self._pools.get(pool)
-        if state is None:
-            state = self._pools[pool] = PoolFairState()
-        return state
-
-    def _release(self, tenant: str, pool: str) -> None:
-        state = self._pools.get(pool)
-        if state is not None:
-            state.release(tenant)
-
-    def _expire_leases(self, now: float) -> None:
-        """Release every lease whose expiry is at or before ``now`` (any tenant, any pool:
-        a crashed gateway's leases lapse here)."""
-        heap = self._lapse
-        records = self._records
-        tenants = self._tenants
-        while heap and heap[0][0] <= now:
-            expires, rid = heappop(heap)
-            record = records.get(rid)
-            if record is None:
-                continue  # swept with its record
-            held = tenants[record[0]].held
-            if held.get(rid) == expires:
-                del held[rid]
-                self._release(record[0], record[5][0])
-
-    def _sweep(self, now: float) -> None:
-        heap = self._expiry
-        for _ in range(SWEEP_BATCH):
-            if not heap or heap[0][0] > now:
-                return
-            _, rid = heappop(heap)
-            record = self._records.pop(rid, None)
-            self._settled.pop(rid, None)
-            if record is not None:
-                tenant = record[0]
-                if self._tenants[tenant].held.pop(rid, None) is not None:
-                    self._release(tenant, record[5][0])
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
 
     # -- decisions -----------------------------------------------------------------------
     async def reserve(self, r: ReserveRequest) -> Decision:
@@ -167,170 +71,6 @@ class MemoryStorage:
             ),
         )
 
-    def decide(
-        self,
-        rid: str,
-        tenant: str,
-        cost: float,
-        now: float,
-        lease_expires_at: float,
-        record_expires_at: float,
-        day_key: str,
-        day_end: float,
-        month_key: str,
-        month_end: float,
-        fair: FairParams,
-        terms: Terms,
-    ) -> Decision:
-        """:meth:`reserve` without the coroutine and the request object: the fields of
-        :class:`ReserveRequest` as arguments, the constant ones as one :data:`Terms` tuple
-        (built once per tenant, model and pool by the caller). The algorithms of
-        :mod:`infermeter.throttle.algorithms` (GCRA, budgets, leases, fair share) are inlined here,
-        the one hot path of the in-process throttle; the contract suite holds both to the same
-        results."""
-        (
-            pool,
-            rate_per_s,
-            burst,
-            concurrency,
-            daily_budget,
-            monthly_budget,
-            weight,
-            _,
-            _,
-            _,
-        ) = terms
-        expiry = self._expiry
-        if expiry and expiry[0][0] <= now:
-            self._sweep(now)
-        lapse = self._lapse
-        if lapse and lapse[0][0] <= now:
-            self._expire_leases(now)
-        state = self._pools.get(pool)
-        if state is None:
-            state = self._pool(pool)
-        me = self._tenants.get(tenant)
-        if me is None:
-            me = self._tenant(tenant)
-        held = me.held
-        windows = me.windows
-        day_entry = windows.get(day_key)
-        day = (
-            day_entry[0]
-            if day_entry is not None and day_entry[1] > now
-            else self._spent(windows, day_key, now)
-        )
-        month_entry = windows.get(month_key)
-        month = (
-            month_entry[0]
-            if month_entry is not None and month_entry[1] > now
-            else self._spent(windows, month_key, now)
-        )
-        tat = me.tat
-        # fair share: touch, floor and VTC lift (PoolFairState's common cases inline)
-        seen = state.seen
-        seen_heap = state.seen_heap
-        forget_before = now - fair.active_window_s * FORGET_FACTOR
-        if tenant in seen and not (seen_heap and seen_heap[0][0] < forget_before):
-            seen[tenant] = now
-        else:
-            state.touch(tenant, now, forget_before)
-        backlog = state.backlog
-        floor: float | None = None
-        if backlog:  # else nobody is backlogged: no floor
-            top = state.backlog_heap[0]
-            if top[1] != tenant and backlog.get(top[1]) == top[0]:
-                floor = top[0]
-            else:
-                floor = state.floor(tenant)
-        counters = state.counters
-        before = counters.get(tenant)
-        own = before or 0.0
-        if floor is not None and floor > own and tenant not in state.inflight:
-            own = floor
-        if before is None or own != before:
-            state.set_counter(tenant, own)
-
-        refusal: tuple[str, float, str] | None = None
-        new_tat = tat
-        remaining = math.inf
-        reset = 0.0
-        if daily_budget > 0 and day + cost > daily_budget:
-            refusal = ("budget", day_end - now, "daily")
-        elif monthly_budget > 0 and month + cost > monthly_budget:
-            refusal = ("budget", month_end - now, "monthly")
-        elif concurrency > 0 and len(held) >= concurrency:
-            refusal = ("concurrency", leases.retry_after(held, now), "")
-        else:
-            if rate_per_s > 0 and rate_per_s != math.inf:  # GCRA (gcra.check)
-                t = 1.0 / rate_per_s
-                tau = burst * t
-                base = tat if tat > now else now
-                new_tat = base + cost * t
-                ahead = new_tat - now
-                if ahead <= tau or tat <= now:
-                    remaining = (tau - ahead) / t
-                    if remaining < 0.0:
-                        remaining = 0.0
-                    reset = ahead if ahead > 0.0 else 0.0
-                else:
-                    refusal = ("rate", ahead - tau, "")
-            if refusal is None and fair.pressure and floor is not None and own - floor > fair.slack:
-                refusal = ("fair_share", fair.retry_s, "")
-        if refusal is not None:
-            reason, retry, detail = refusal
-            remaining, reset = gcra.state(tat, now, rate_per_s, burst)
-            return _new(
-                Decision,
-                (False, reason, retry, remaining, reset, len(held), day, month, own, floor, detail),
-            )
-        # admit: charge everything
-        if rate_per_s > 0:
-            me.tat = new_tat
-        held[rid] = lease_expires_at
-        heappush(lapse, (lease_expires_at, rid))
-        kept_until = day_end + WINDOW_GRACE_S
-        if day_entry is not None and day_entry[1] > now and day_entry[1] >= kept_until:
-            day_entry[0] += cost  # the common case: the window's counter exists
-            day = day_entry[0]
-        else:
-            day = self._add_spend(windows, day_key, cost, kept_until, now)
-        kept_until = month_end + WINDOW_GRACE_S
-        if month_entry is not None and month_entry[1] > now and month_entry[1] >= kept_until:
-            month_entry[0] += cost
-            month = month_entry[0]
-        else:
-            month = self._add_spend(windows, month_key, cost, kept_until, now)
-        charged = own + cost / weight  # fairshare.charge
-        if floor is not None and fair.max_lead > 0:
-            cap = floor + fair.max_lead
-            if cap < own:
-                cap = own
-            if cap < charged:
-                charged = cap
-        own = charged
-        counters[tenant] = own
-        inflight = state.inflight
-        count = inflight.get(tenant, 0) + 1
-        inflight[tenant] = count
-        if count == 1:  # acquire: it enters the backlog (PoolFairState.set_backlog)
-            backlog[tenant] = own
-            backlog_heap = state.backlog_heap
-            heappush(backlog_heap, (own, tenant))
-            if len(backlog_heap) > 2 * len(backlog) + BACKLOG_SLACK:
-                state.rebuild_backlog()
-        elif tenant in backlog:
-            if own >= backlog[tenant]:
-                backlog[tenant] = own  # grown: no heap entry (see PoolFairState)
-            else:
-                state.set_backlog(tenant, own)
-        self._records[rid] = (tenant, cost, record_expires_at, day_key, month_key, terms)
-        heappush(expiry, (record_expires_at, rid))
-        return _new(
-            Decision,
-            (True, "", 0.0, remaining, reset, len(held), day, month, own, floor, ""),
-        )
-
     async def settle(self, reservation_id: str, used: SettleUsage, now: float) -> Settlement | None:
         return self.settle_now(
             reservation_id,
@@ -339,55 +79,6 @@ class MemoryStorage:
             used.completion_tokens,
             now,
         )
-
-    def settle_now(
-        self,
-        reservation_id: str,
-        prompt_tokens: int,
-        cached_prompt_tokens: int,
-        completion_tokens: int,
-        now: float,
-    ) -> Settlement | None:
-        """:meth:`settle` without the coroutine and the usage object."""
-        record = self._records.get(reservation_id)
-        if record is None:
-            return None
-        tenant, estimate, record_expires_at, day_key, month_key, terms = record
-        if record_expires_at <= now:
-            return None
-        done = self._settled.get(reservation_id)
-        pool, rate_per_s, _, _, _, _, weight, prompt_price, completion_price, cached_factor = terms
-        if done is not None:
-            return _new(Settlement, (reservation_id, tenant, pool, estimate, done, True))
-        cached = cached_prompt_tokens if cached_prompt_tokens < prompt_tokens else prompt_tokens
-        actual = (
-            (prompt_tokens - cached) + cached * cached_factor
-        ) * prompt_price + completion_tokens * completion_price  # costs.usage_cost
-        delta = actual - estimate
-        me = self._tenants[tenant]  # made at the admission, never dropped
-        if rate_per_s > 0 and rate_per_s != math.inf:  # gcra.adjust
-            tat = me.tat
-            moved = (tat if tat > now else now) + delta * (1.0 / rate_per_s)
-            me.tat = moved if moved > now else now
-        windows = me.windows
-        entry = windows.get(day_key)
-        if entry is not None:
-            spent = entry[0] + delta
-            entry[0] = spent if spent > 0.0 else 0.0
-        entry = windows.get(month_key)
-        if entry is not None:
-            spent = entry[0] + delta
-            entry[0] = spent if spent > 0.0 else 0.0
-        state = self._pools.get(pool)
-        if me.held.pop(reservation_id, None) is not None and state is not None:
-            state.release(tenant)  # first: a tenant leaving the backlog
-        if state is not None:  # has no backlog entry to reorder below
-            counter = state.counters.get(tenant)
-            if counter is not None:
-                counter += delta / weight
-                state.set_counter(tenant, counter if counter > 0.0 else 0.0)
-        self._settled[reservation_id] = actual
-        return _new(Settlement, (reservation_id, tenant, pool, estimate, actual, False))
 
     async def has_reservation(self, reservation_id: str) -> bool:
         return reservation_id in self._records
@@ -405,8 +96,8 @@ class MemoryStorage:
             remaining,
             reset,
             in_flight,
-            self._spent(me.windows, q.day_key, q.now),
-            self._spent(me.windows, q.month_key, q.now),
+            window_spent(me.windows, q.day_key, q.now),
+            window_spent(me.windows, q.month_key, q.now),
             counters,
         )
 
@@ -444,3 +135,13 @@ class MemoryStorage:
 
     async def close(self) -> None:
         return None
+
+
+__all__ = [
+    "CAPABILITIES",
+    "FORGET_FACTOR",
+    "SWEEP_BATCH",
+    "WINDOW_GRACE_S",
+    "MemoryStorage",
+    "TenantState",
+]

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from infermeter.throttle.errors import StorageError, StorageUnavailable
 from infermeter.throttle.storage.base import (
+    Capabilities,
     Decision,
     ReserveRequest,
     Settlement,
@@ -31,10 +32,13 @@ from infermeter.throttle.storage.base import (
     Usage,
     UsageRequest,
 )
-from infermeter.throttle.storage.memory import FORGET_FACTOR
+from infermeter.throttle.storage.memory_ledger import FORGET_FACTOR
 
 DEFAULT_PREFIX = "infermeter:throttle"
 SIGNALS_TTL_S = 3600
+# every decision is a round trip to the server, whose state every replica shares; an
+# unreachable server raises StorageUnavailable (FailoverStorage is what degrades)
+CAPABILITIES = Capabilities(in_process_decisions=False, shared_state=True)
 
 
 def _script(name: str) -> str:
@@ -84,6 +88,10 @@ class RedisStorage:
         self._usage = self._client.register_script(_script("usage"))
         self._put_policy = self._client.register_script(_script("put_policy"))
         self._recommend = self._client.register_script(_script("recommend"))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
 
     def key(self, *parts: str) -> str:
         """A key of this deployment: ``{prefix}:part:part``."""
