@@ -55,7 +55,18 @@ TENANTS = (
     Tenant("prefix-cache", (60, 200), (24, 64), system=SYSTEM),
     Tenant("aborts", (200, 800), (100, 300), abort_p=0.2),
 )
-WORDS = "alpha beta gamma delta invoice usage tenant window replica token".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "invoice",
+    "usage",
+    "tenant",
+    "window",
+    "replica",
+    "token",
+]
 
 
 @dataclass
