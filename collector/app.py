@@ -38,6 +38,8 @@ from infermeter.collector.settings import CollectorSettings
 from infermeter.collector.shipper import Shipper, ShipperMetrics
 from infermeter.collector.spool import Spool
 from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.metering_client import MeteringClient
+from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
 from infermeter.kernel.tenancy import TenantResolver
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,6 @@ class CollectorApp:
         exporters: list[RecordExporter] = [self.telemetry] if self.telemetry else []
         exporters.extend(self.extra_exporters)
         if s.metering_url:
-            base = s.metering_url.rstrip("/")
             assert self.usage_spool is not None and self.gpu_spool is not None
             common: dict[str, Any] = {
                 "batch_size": s.batch_size,
@@ -180,13 +181,19 @@ class CollectorApp:
                 "retry_max_s": s.retry_max_s,
                 "timeout_s": s.ship_timeout_s,
             }
+            client = MeteringClient(
+                s.metering_url,
+                s.ingest_token,
+                session=bg_session,
+                timeout_s=s.ship_timeout_s,
+                attempts=1,
+            )
             self.usage_shipper = Shipper(
-                self.usage_spool, bg_session, f"{base}/v1/usage", s.ingest_token, "usage",
-                self.shipper_metrics, **common,
-            )  # fmt: skip
+                self.usage_spool, client, USAGE_PATH, "usage", self.shipper_metrics, **common
+            )
             self.gpu_shipper = Shipper(
-                self.gpu_spool, bg_session, f"{base}/v1/gpu-samples", s.ingest_token,
-                "gpu_samples", self.shipper_metrics, **common,
+                self.gpu_spool, client, GPU_SAMPLES_PATH, "gpu_samples", self.shipper_metrics,
+                **common,
             )  # fmt: skip
         self.pipeline = RecordPipeline(
             self.metrics,

@@ -7,24 +7,35 @@ between the two replays the batch, and metering ignores the duplicates by key. R
 metering rejects one by one are logged and counted (metering keeps them in its dead-letter
 table); a whole batch refused as malformed (400/422) is written to ``dead-letter.jsonl`` in
 the spool directory so it never blocks the ones behind it.
+
+The wire and the HTTP call are the kernel's metering client
+(:mod:`infermeter.kernel.metering_client`), called with ``attempts=1``: the spool is the retry
+loop, waiting the kernel's ``Backoff`` (exponential, with jitter) between tries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random as _random
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from infermeter.collector.errors import ShippingError
 from infermeter.collector.spool import Spool
+from infermeter.kernel.errors import (
+    MeteringClientError,
+    MeteringRefused,
+    MeteringReplyError,
+)
+from infermeter.kernel.metering_client import Backoff, MeteringClient
+from infermeter.kernel.metering_wire import IngestReply
 
 log = logging.getLogger(__name__)
-_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 409, 425, 429})
+# Refusals that are not the batch's fault (token, route, conflict): keep it spooled and retry.
+# Transient statuses (5xx, 408, 425, 429) arrive as MeteringUnavailable.
+_KEEP_SPOOLED_4XX = frozenset({401, 403, 404, 409})
 
 
 class ShipperMetrics:
@@ -52,14 +63,13 @@ class ShipperMetrics:
 
 
 class Shipper:
-    """Drain ``spool`` to ``url`` with a bearer ``token``."""
+    """Drain ``spool`` to metering's ingest ``path`` through ``client``."""
 
     def __init__(
         self,
         spool: Spool,
-        session: aiohttp.ClientSession,
-        url: str,
-        token: str,
+        client: MeteringClient,
+        path: str,
         kind: str,
         metrics: ShipperMetrics,
         *,
@@ -70,19 +80,20 @@ class Shipper:
         timeout_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         now: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self.spool = spool
-        self.session = session
-        self.url = url
-        self.token = token
+        self.client = client
+        self.path = path
+        self.url = client.url(path)
         self.kind = kind
         self.batch_size = batch_size
         self.batch_interval_s = batch_interval_s
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.backoff = Backoff(initial_s=retry_initial_s, max_s=retry_max_s)
+        self.timeout_s = timeout_s
         self._sleep = sleep
         self._now = now
+        self._random = random
         self._wake = asyncio.Event()
         self._shipped = metrics.shipped.labels(kind)
         self._failures = metrics.failures.labels(kind)
@@ -110,61 +121,56 @@ class Shipper:
 
     async def drain(self) -> bool:
         """Ship until the spool is empty; True when it is, False after a failed attempt."""
-        backoff = self.retry_initial_s
+        retry = 0
         while self.spool.pending > 0:
             payloads, pos = await asyncio.to_thread(self.spool.peek, self.batch_size)
             if not payloads:
                 return True
             try:
                 await self._post(payloads)
-            except ShippingError as exc:
+            except MeteringClientError as exc:
                 self._failures.inc()
                 if self.last_error != str(exc):
                     log.warning("shipping %s to %s failed: %s (retrying)", self.kind, self.url, exc)
                 self.last_error = str(exc)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.retry_max_s)
+                await self._sleep(self.backoff.delay(retry, self._random))
+                retry += 1
                 continue
             await asyncio.to_thread(self.spool.ack, pos, len(payloads))
             self._shipped.inc(len(payloads))
             if self.last_error:
                 log.info("shipping %s to %s recovered", self.kind, self.url)
             self.last_error = ""
-            backoff = self.retry_initial_s
+            retry = 0
         return True
 
     async def _post(self, payloads: list[bytes]) -> None:
-        body = b"[" + b",".join(payloads) + b"]"
-        headers = {"content-type": "application/json"}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
+        """Deliver one batch; raises a :class:`MeteringClientError` when it stays spooled."""
         try:
-            async with self.session.post(
-                self.url, data=body, headers=headers, timeout=self.timeout
-            ) as resp:
-                text = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ShippingError(f"{type(exc).__name__}: {exc}") from exc
-        if status == 200:
-            self._count_rejected(text, payloads)
+            reply = await self.client.post_batch(
+                self.path, payloads, timeout_s=self.timeout_s, attempts=1
+            )
+        except MeteringReplyError as exc:
+            # a 2xx: the batch is stored, only the counts are unreadable
+            log.warning("metering stored a %s batch; its reply is unreadable: %s", self.kind, exc)
             return
-        if status >= 500 or status in _RETRYABLE_4XX:
-            raise ShippingError(f"HTTP {status}: {text[:200]!r}")
-        # the batch as a whole is malformed: set it aside so it never blocks the rest
-        self._rejected.inc(len(payloads))
-        await asyncio.to_thread(self._dead_letter, payloads, f"HTTP {status}: {text[:500]!r}")
+        except MeteringRefused as exc:
+            if exc.status in _KEEP_SPOOLED_4XX:
+                raise
+            # the batch as a whole is malformed: set it aside so it never blocks the rest
+            self._rejected.inc(len(payloads))
+            await asyncio.to_thread(self._dead_letter, payloads, str(exc))
+            return
+        self._count_rejected(reply)
 
-    def _count_rejected(self, text: bytes, payloads: list[bytes]) -> None:
-        try:
-            answer = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return
-        rejected = answer.get("rejected") if isinstance(answer, dict) else None
-        if isinstance(rejected, list) and rejected:
-            self._rejected.inc(len(rejected))
+    def _count_rejected(self, reply: IngestReply) -> None:
+        if reply.rejected:
+            self._rejected.inc(len(reply.rejected))
             log.error(
-                "metering rejected %d %s payloads: %s", len(rejected), self.kind, rejected[:5]
+                "metering rejected %d %s payloads: %s",
+                len(reply.rejected),
+                self.kind,
+                "; ".join(str(r) for r in reply.rejected[:5]),
             )
 
     def _dead_letter(self, payloads: list[bytes], reason: str) -> None:

@@ -16,6 +16,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from infermeter.dashboards.errors import ServiceError, ServiceUnavailable
+from infermeter.kernel.errors import MeteringReplyError
+from infermeter.kernel.metering_wire import RATES_PATH, Rates, parse_rates
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,12 @@ class MeteringClient(_Http):
     def budgets(self) -> dict[str, Any]:
         return dict(self.get("/v1/budgets"))
 
-    def rates(self) -> dict[str, Any]:
-        return dict(self.get("/v1/rates"))
+    def rates(self) -> Rates:
+        """Metering's current rates table, read by the kernel's one parser."""
+        try:
+            return parse_rates(self.get(RATES_PATH))
+        except MeteringReplyError as exc:
+            raise ServiceError(self.service, 200, exc.message, exc.field) from None
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         """One request's record and cost breakdown; None when metering does not know it."""

@@ -15,10 +15,9 @@ cached prompt tokens cost ``cached_prompt_factor`` of a prompt token (no prefill
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from infermeter.kernel.metering_wire import Rates
 from infermeter.throttle.algorithms.costs import estimate_cost, usage_cost
 from infermeter.throttle.policy import DEFAULT_MODEL, Policy
 
@@ -32,24 +31,19 @@ class Price:
     source: str  # metering | policy | none
 
 
-def rates_from_metering(payload: Mapping[str, Any], unit: str) -> dict[str, Price]:
-    """Convert metering's ``GET /v1/rates`` body to prices in ``unit`` (usd or gpu_s)."""
-    models = payload.get("models")
-    if not isinstance(models, Mapping):
-        raise ValueError("rates body has no 'models' object")
+def rates_from_metering(rates: Rates, unit: str) -> dict[str, Price]:
+    """Metering's rates table (``GET /v1/rates``, parsed by the kernel) as prices in ``unit``
+    (usd or gpu_s; a model without a GPU-second price has none in gpu_s)."""
     prices: dict[str, Price] = {}
-    for model, rate in models.items():
-        if not isinstance(rate, Mapping):
-            continue
-        prompt = float(rate.get("usd_per_prompt_token", 0.0) or 0.0)
-        completion = float(rate.get("usd_per_completion_token", 0.0) or 0.0)
+    for model, rate in rates.models.items():
+        prompt, completion = rate.usd_per_prompt_token, rate.usd_per_completion_token
         if unit == "gpu_s":
-            per_s = float(rate.get("usd_per_gpu_second", 0.0) or 0.0)
+            per_s = rate.usd_per_gpu_second
             if per_s <= 0:
                 continue
             prompt, completion = prompt / per_s, completion / per_s
-        if math.isfinite(prompt) and math.isfinite(completion) and prompt >= 0 <= completion:
-            prices[str(model)] = Price(prompt, completion, "metering")
+        if math.isfinite(prompt) and math.isfinite(completion):
+            prices[model] = Price(prompt, completion, "metering")
     return prices
 
 

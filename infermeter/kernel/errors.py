@@ -8,6 +8,10 @@ subtree in its ``errors.py``. Hierarchy::
     ├── PortInUse              a port this process must bind is already taken
     ├── RecordError            one usage record / GPU sample is invalid (names index and field)
     ├── CatalogError           the price catalog is malformed (names file, line and field)
+    ├── MeteringClientError    a call to metering's usage or rates endpoint failed
+    │   ├── MeteringUnavailable    not reached, timed out, or 5xx/408/425/429 on every attempt
+    │   ├── MeteringRefused        a 4xx: the status, metering's message and the field it names
+    │   └── MeteringReplyError     a 2xx whose body is not the documented reply (names the field)
     ├── CollectorError         infermeter.collector.errors
     ├── MeteringError          infermeter.metering.errors
     ├── ThrottleError          infermeter.throttle.errors
@@ -66,3 +70,42 @@ class CatalogError(InfermeterError):
         self.line = line
         parts = [p for p in (source, f"line {line}" if line else "", field) if p]
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
+
+
+class MeteringClientError(InfermeterError):
+    """A call to metering's ``/v1/usage``, ``/v1/gpu-samples`` or ``/v1/rates`` failed."""
+
+
+class MeteringUnavailable(MeteringClientError):
+    """Metering could not take the call: transient, worth trying again later."""
+
+    def __init__(
+        self, url: str, reason: str, *, status: int | None = None, attempts: int = 1
+    ) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        self.attempts = attempts
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        super().__init__(f"metering at {url} unavailable{tries}: {reason}")
+
+
+class MeteringRefused(MeteringClientError):
+    """Metering answered a 4xx that trying again will not change; ``field`` is what it names."""
+
+    def __init__(self, url: str, status: int, message: str, field: str | None = None) -> None:
+        self.url = url
+        self.status = status
+        self.message = message
+        self.field = field
+        where = f" (field {field})" if field else ""
+        super().__init__(f"metering at {url} answered HTTP {status}: {message}{where}")
+
+
+class MeteringReplyError(MeteringClientError):
+    """A success reply that does not have the documented shape; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"metering reply: {field}: {message}")

@@ -23,3 +23,22 @@ def error_body(status: int, message: str, type_: str, param: str | None = None) 
         error_object(status, message, type_, param), ensure_ascii=False, separators=(",", ":")
     )
     return text.encode()
+
+
+def read_error(raw: bytes, fallback: str = "") -> tuple[str, str | None]:
+    """``(message, param)`` of an error body as received; a body that is not this shape
+    (plain text, ``{"error": "..."}``) gives its text (at most 300 characters) and no param."""
+    text = raw[:300].decode("utf-8", "replace").strip() or fallback
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return text, None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, str) and err:
+        return err, None
+    if not isinstance(err, dict):
+        return text, None
+    message = err.get("message")
+    param = err.get("param")
+    field = param if isinstance(param, str) and param else None
+    return (str(message) if message else text), field

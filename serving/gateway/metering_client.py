@@ -7,6 +7,8 @@ requests. Records are queued in memory and posted in batches (``POST /v1/usage``
 background task, ``flush_interval_s`` after the first of a batch was queued, and on stop
 (bounded wait); a failed post keeps the batch for the next attempt (bounded; overflow is
 counted, never silent). Prices for the saving come from ``GET /v1/rates``, refreshed lazily.
+Both calls go through the kernel's metering client (one wire, one parser); a rates lookup
+sits on a cache hit's path, so it is one short attempt, while a post may be retried.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from collections import deque
 from collections.abc import Callable
 
 import aiohttp
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from infermeter.kernel.errors import MeteringClientError, MeteringReplyError
+from infermeter.kernel.metering_client import MeteringClient as MeteringHttp
+from infermeter.kernel.metering_wire import Rates
 from infermeter.kernel.records import UsageRecord
 
 MAX_QUEUED = 50_000
 BATCH = 500
+POST_TIMEOUT_S = 10.0
+RATES_TIMEOUT_S = 2.0
 
 
 class MeteringClient:
@@ -41,15 +47,11 @@ class MeteringClient:
         rates_ttl_s: float = 60.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._session = session
         self._base = base_url.rstrip("/")
-        self._headers = {"content-type": "application/json"}
-        if token:
-            self._headers["authorization"] = f"Bearer {token}"
+        self._http = MeteringHttp(self._base, token, session=session, timeout_s=POST_TIMEOUT_S)
         self._queue: deque[UsageRecord] = deque()
         self._interval = flush_interval_s
-        self._rates: dict[str, dict[str, float]] = {}
-        self._default_rate: dict[str, float] | None = None
+        self._rates = Rates()
         self._rates_at = float("-inf")
         self._rates_ttl = rates_ttl_s
         self._now = now
@@ -116,19 +118,11 @@ class MeteringClient:
         sent = 0
         while self._queue:
             batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
-            body = orjson.dumps([r.to_json() for r in batch])
             try:
-                async with self._session.post(
-                    self._base + "/v1/usage",
-                    data=body,
-                    headers=self._headers,
-                    timeout=aiohttp.ClientTimeout(total=10),
-                ) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                ok = False
-            if not ok:
+                await self._http.post_usage(batch)
+            except MeteringReplyError:
+                pass  # a 2xx: metering stored the batch, only its counts are unreadable
+            except MeteringClientError:
                 self.shipped.labels("failed_post").inc()
                 return sent
             for _ in batch:
@@ -144,40 +138,14 @@ class MeteringClient:
             return None
         if self._now() - self._rates_at > self._rates_ttl:
             await self._refresh_rates()
-        rate = self._rates.get(model) or self._default_rate
+        rate = self._rates.for_model(model)
         if rate is None:
             return None
-        return prompt_tokens * rate.get("usd_per_prompt_token", 0.0) + (
-            completion_tokens * rate.get("usd_per_completion_token", 0.0)
-        )
+        return rate.cost(prompt_tokens, completion_tokens)
 
     async def _refresh_rates(self) -> None:
         self._rates_at = self._now()
         try:
-            async with self._session.get(
-                self._base + "/v1/rates",
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as resp:
-                if resp.status != 200:
-                    return
-                payload = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
-            return
-        if not isinstance(payload, dict):
-            return
-        models = payload.get("models")
-        if isinstance(models, dict):
-            self._rates = {
-                str(name): _numbers(rate) for name, rate in models.items() if isinstance(rate, dict)
-            }
-        default = payload.get("default")
-        self._default_rate = _numbers(default) if isinstance(default, dict) else None
-
-
-def _numbers(rate: dict[str, object]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in rate.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+            self._rates = await self._http.rates(timeout_s=RATES_TIMEOUT_S, attempts=1)
+        except MeteringClientError:
+            return  # the last table stays in force

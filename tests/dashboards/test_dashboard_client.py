@@ -30,7 +30,7 @@ def test_reads_reports_with_the_read_token(stack: Stack) -> None:
     found = client.request(record.request_id)
     assert found is not None and found["record"]["tenant"] == record.tenant
     assert client.request("nope/../x") is None
-    assert "llama-3.1-8b" in client.rates()["models"]
+    assert "llama-3.1-8b" in client.rates().models
 
 
 def test_errors_name_the_service_status_and_field(stack: Stack) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
+from infermeter.kernel.metering_wire import parse_rates
 from infermeter.throttle.errors import PolicyError
 from infermeter.throttle.metering_rates import MeteringRates
 from infermeter.throttle.policy import load_policy_text
@@ -115,15 +116,17 @@ async def test_metering_rates_replace_policy_prices_and_fall_back() -> None:
     assert not await down.refresh() and down.failures == 1
     assert pricer.price("m").source == "metering"  # last good table kept
     gpu = rates_from_metering(
-        {
-            "models": {
-                "m": {
-                    "usd_per_prompt_token": 2e-6,
-                    "usd_per_completion_token": 8e-6,
-                    "usd_per_gpu_second": 0.001,
+        parse_rates(
+            {
+                "models": {
+                    "m": {
+                        "usd_per_prompt_token": 2e-6,
+                        "usd_per_completion_token": 8e-6,
+                        "usd_per_gpu_second": 0.001,
+                    }
                 }
             }
-        },
+        ),
         "gpu_s",
     )
     assert gpu["m"].completion == pytest.approx(8e-3)
