@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,18 +55,7 @@ TENANTS = (
     Tenant("prefix-cache", (60, 200), (24, 64), system=SYSTEM),
     Tenant("aborts", (200, 800), (100, 300), abort_p=0.2),
 )
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "invoice",
-    "usage",
-    "tenant",
-    "window",
-    "replica",
-    "token",
-]
+WORDS = tuple("alpha beta gamma delta invoice usage tenant window replica token".split())  # noqa: SIM905
 
 
 @dataclass
@@ -148,19 +137,20 @@ def stack(
     resolver = TenantResolver(
         "", {hash_key(f"sk-{t.name}"): KeyEntry(t.name, f"key-{t.name}") for t in TENANTS}
     )
-    with ServerThread(metering_app(service, start_loop=False)) as metering:
-        with ServerThread(sim) as engine:
-            collector_settings = CollectorSettings(
-                upstream=engine.url, metering_url=metering.url, ingest_token=INGEST,
-                replica=REPLICA, spool_dir=str(tmp / "spool"), batch_interval_s=0.05,
-                scrape_interval_s=3600, nvml=False,
-            )  # fmt: skip
-            collector = CollectorApp(
-                collector_settings, resolver, nvml=None, telemetry=None,
-                wall=clock.wall, mono=clock.mono,
-            )  # fmt: skip
-            with ServerThread(collector) as proxy:
-                yield clock, service, proxy.url, ledger, collector
+    with ExitStack() as running:
+        metering = running.enter_context(ServerThread(metering_app(service, start_loop=False)))
+        engine = running.enter_context(ServerThread(sim))
+        collector_settings = CollectorSettings(
+            upstream=engine.url, metering_url=metering.url, ingest_token=INGEST,
+            replica=REPLICA, spool_dir=str(tmp / "spool"), batch_interval_s=0.05,
+            scrape_interval_s=3600, nvml=False,
+        )  # fmt: skip
+        collector = CollectorApp(
+            collector_settings, resolver, nvml=None, telemetry=None,
+            wall=clock.wall, mono=clock.mono,
+        )  # fmt: skip
+        proxy = running.enter_context(ServerThread(collector))
+        yield clock, service, proxy.url, ledger, collector
 
 
 def _prompt(rng: random.Random, tenant: Tenant) -> str:
