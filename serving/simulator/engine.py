@@ -193,7 +193,9 @@ class Engine:
         """Pick this step's tokens and price it; None when there is nothing to run."""
         if not self.running and not self.waiting:
             return None
-        start = self.now()
+        # A busy engine runs its next step right after the last one (the GPU does not wait for
+        # the simulator's own event loop); an idle one starts when work arrives.
+        start = self.time if self.running else self.now()
         budget = self.max_num_batched_tokens
         block = self.block_size
         scheduled: list[tuple[SimRequest, int]] = []
@@ -246,6 +248,8 @@ class Engine:
                 req.shared = hits
                 req.blocks = extra
                 req.num_computed = cached
+                if req.arrival > start:  # it arrived while the last step ran: wait for it
+                    start = req.arrival
                 if req.first_scheduled is None:
                     req.first_scheduled = start
                     req.cached_tokens = cached

@@ -330,7 +330,13 @@ def test_client_disconnect_aborts_like_vllm(start: Callable[..., httpx.Client]) 
 async def test_queueing_shows_in_metrics_under_load(start: Callable[..., httpx.Client]) -> None:
     # 2 sequences at a time, 1/20 of real time: 6 concurrent streams must queue
     client = start(max_num_seqs=2, time_scale=0.05)
-    body = {"model": MODEL, "prompt": "queue", "max_tokens": 40, "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": "queue",
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     waiting_seen: list[float] = []
     async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as aclient:
 
