@@ -92,6 +92,14 @@ def register(
         "[default: on]",
     )
     parser.add_argument(
+        "--enable-prompt-tokens-details",
+        dest="enable_prompt_tokens_details",
+        action="store_true",
+        default=None,
+        help="report prefix-cache hits as usage.prompt_tokens_details.cached_tokens, as vLLM "
+        "does with this flag (metering then charges only the prompt tokens computed)",
+    )
+    parser.add_argument(
         "--log-level",
         default="warning",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -105,6 +113,7 @@ def settings_from(args: argparse.Namespace, config: Config) -> SimulatorSettings
     base = section(config, "simulator", SimulatorSettings)
     overrides = {name: getattr(args, name) for _, name, _, _ in _OPTIONS}
     overrides["enable_prefix_caching"] = args.enable_prefix_caching
+    overrides["enable_prompt_tokens_details"] = args.enable_prompt_tokens_details
     merged = {**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return SimulatorSettings.model_validate(merged)

@@ -21,12 +21,17 @@ def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(8)
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    """vLLM's usage object; ``cached`` (prefix-cache hits) only with prompt-token details on
+    (vLLM's ``--enable-prompt-tokens-details``)."""
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "total_tokens": prompt + completion,
         "completion_tokens": completion,
     }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def models_body(served: str, root: str, max_model_len: int, created: int) -> bytes:
@@ -70,6 +75,7 @@ def completion_body(
     prompt_tokens: int,
     completion_tokens: int,
     token_ids: list[int] | None = None,
+    cached_tokens: int | None = None,
 ) -> bytes:
     """A non-streaming response body."""
     if chat:
@@ -99,7 +105,9 @@ def completion_body(
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "usage": {
             **usage(prompt_tokens, completion_tokens),
-            "prompt_tokens_details": None,
+            "prompt_tokens_details": None
+            if cached_tokens is None
+            else {"cached_tokens": cached_tokens},
             "completion_tokens_details": None,
         },
     }
@@ -112,7 +120,16 @@ def completion_body(
 class ChunkWriter:
     """Pre-formatted SSE chunks of one streaming response (the hot path: byte joins only)."""
 
-    __slots__ = ("chat", "continuous", "head", "prompt_tokens", "tail", "token_ids", "usage_head")
+    __slots__ = (
+        "cached_tokens",
+        "chat",
+        "continuous",
+        "head",
+        "prompt_tokens",
+        "tail",
+        "token_ids",
+        "usage_head",
+    )
 
     def __init__(
         self, request_id: str, created: int, model: str, *, chat: bool, prompt_tokens: int,
@@ -122,6 +139,7 @@ class ChunkWriter:
         start = orjson.dumps({"id": request_id, "object": obj, "created": created, "model": model})
         self.chat = chat
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens: int | None = None  # set once known, with prompt-token details on
         self.continuous = continuous_usage
         self.token_ids = token_ids
         self.usage_head = b"data: " + start[:-1] + b',"choices":[],"usage":'
@@ -136,7 +154,7 @@ class ChunkWriter:
             )
 
     def _usage(self, completion_tokens: int) -> bytes:
-        return orjson.dumps(usage(self.prompt_tokens, completion_tokens))
+        return orjson.dumps(usage(self.prompt_tokens, completion_tokens, self.cached_tokens))
 
     def role(self) -> bytes:
         """The first chat chunk, announcing the assistant role."""

@@ -258,6 +258,9 @@ class SimulatorApp:
                 stop_reason=plan.stop_reason,
                 prompt_tokens=req.prompt_tokens,
                 completion_tokens=req.num_output,
+                cached_tokens=(
+                    req.cached_tokens if self.settings.enable_prompt_tokens_details else None
+                ),
                 token_ids=[plan.token_id(i) for i in range(req.num_output)]
                 if parsed.return_token_ids
                 else None,
@@ -321,6 +324,8 @@ class SimulatorApp:
                 self.loop.wake()
             if req.status == FINISHED:
                 if parsed.include_usage:
+                    if self.settings.enable_prompt_tokens_details:
+                        writer.cached_tokens = req.cached_tokens
                     parts.append(writer.usage_chunk(req.num_output))
                 parts.append(DONE)
                 await send({"type": "http.response.body", "body": b"".join(parts)})

@@ -38,6 +38,7 @@ class SimulatorSettings(BaseModel):
     block_size: int = Field(default=16, ge=1)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False  # vLLM's flag: usage carries cached_tokens
     seed: int = 0
     time_scale: float = Field(default=1.0, ge=0.0)
     replica_name: str | None = None

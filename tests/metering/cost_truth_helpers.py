@@ -129,7 +129,7 @@ def stack(
     sim = simulator_app(
         SimulatorSettings(
             gpu=gpu, time_scale=time_scale, ledger=str(ledger), seed=seed,
-            max_num_seqs=max_num_seqs,
+            max_num_seqs=max_num_seqs, enable_prompt_tokens_details=True,
         ),
         wall=time.monotonic,
         epoch=clock.wall,
