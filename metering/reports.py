@@ -15,7 +15,7 @@ from infermeter.metering.request_cost import RequestCosts
 from infermeter.metering.series import SeriesReports, _bucket
 from infermeter.metering.sql_files import query
 from infermeter.metering.store import Store
-from infermeter.metering.timeparse import iso
+from infermeter.metering.timeparse import iso, naive_utc
 
 DIMENSIONS = {
     "tenant": "tenant",
@@ -57,14 +57,14 @@ _BUCKET_SPAN = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 
 
 def _provisional(
-    bucket: datetime | None, granularity: str, until: datetime, final: datetime | None
+    bucket: datetime | None, granularity: str, asked: datetime, final: datetime | None
 ) -> bool:
-    """A row is provisional when its bucket reaches past the final numbers."""
+    """A row is provisional when its bucket (for ``total``: the range as asked) reaches past
+    the final numbers: it is still filling, or not allocated yet."""
     if final is None or bucket is None:
         return True
     span = _BUCKET_SPAN.get(granularity)
-    end = min(bucket + span, until) if span else until
-    return end > final
+    return (bucket + span if span else asked) > final
 
 
 def _usd(micro: float | int | None) -> float:
@@ -102,6 +102,7 @@ class Reports(SeriesReports):
         """Cost per ``by`` key and bucket, with idle shared back when the policy says so.
         The range is clamped to now; rows whose bucket reaches past the final numbers
         (:meth:`provisional_since`) say ``"provisional": true``."""
+        asked = naive_utc(until)
         since, until = self._range(since, until)
         since = _floor_hour(since)
         final = self.provisional_since()
@@ -157,16 +158,16 @@ class Reports(SeriesReports):
                     "usd_per_mtok": round(total / tokens, 6) if tokens else None,
                     "gpu_seconds": round(gpu_s or 0.0, 3),
                     "kwh": round(kwh or 0.0, 6),
-                    "provisional": _provisional(bucket, granularity, until, final),
+                    "provisional": _provisional(bucket, granularity, asked, final),
                 }
             )
-        idle = self._idle("replica", since, until, granularity, final)
+        idle = self._idle("replica", since, until, granularity, asked, final)
         return {
             "by": by,
             "granularity": granularity,
             "since": iso(since),
             "until": iso(until),
-            "provisional": final is None or until > final,
+            "provisional": final is None or asked > final,
             "provisional_since": iso(final),
             "share_idle": self.share_idle,
             "rows": rows,
@@ -184,19 +185,26 @@ class Reports(SeriesReports):
     ) -> dict[str, Any]:
         """Idle cost per replica or pool and bucket (capacity no request used), over the
         range clamped to now; rows past the final numbers are marked provisional."""
+        asked = naive_utc(until)
         since, until = self._range(since, until)
         final = self.provisional_since()
-        out = self._idle(by, _floor_hour(since), until, granularity, final)
+        out = self._idle(by, _floor_hour(since), until, granularity, asked, final)
         out.update(
             since=iso(_floor_hour(since)),
             until=iso(until),
-            provisional=final is None or until > final,
+            provisional=final is None or asked > final,
             provisional_since=iso(final),
         )
         return out
 
     def _idle(
-        self, by: str, since: datetime, until: datetime, granularity: str, final: datetime | None
+        self,
+        by: str,
+        since: datetime,
+        until: datetime,
+        granularity: str,
+        asked: datetime,
+        final: datetime | None,
     ) -> dict[str, Any]:
         if by not in ("replica", "pool"):
             raise QueryError("by", "must be replica or pool")
@@ -221,7 +229,7 @@ class Reports(SeriesReports):
                     "provisioned_s": round(prov_s or 0.0, 3),
                     "gpu_seconds": round(gpu_s or 0.0, 3),
                     "kwh": round(kwh or 0.0, 6),
-                    "provisional": _provisional(bucket, granularity, until, final),
+                    "provisional": _provisional(bucket, granularity, asked, final),
                 }
             )
         return {
@@ -278,6 +286,7 @@ class Reports(SeriesReports):
     # -- buy vs build ----------------------------------------------------------------------
     def buy_vs_build(self, since: datetime, until: datetime) -> dict[str, Any]:
         """Self-hosted cost beside what every managed API in the catalog would have charged."""
+        asked = naive_utc(until)
         since, until = self._range(since, until)
         since = _floor_hour(since)
         final = self.provisional_since()
@@ -307,7 +316,7 @@ class Reports(SeriesReports):
         return {
             "since": iso(since),
             "until": iso(until),
-            "provisional": final is None or until > final,
+            "provisional": final is None or asked > final,
             "provisional_since": iso(final),
             "rows": rows,
             "managed_prices": {

@@ -10,7 +10,7 @@ from typing import Any
 from infermeter.metering.errors import QueryError
 from infermeter.metering.sql_files import bind, query
 from infermeter.metering.store import Store
-from infermeter.metering.timeparse import check_range, iso
+from infermeter.metering.timeparse import check_range, iso, naive_utc
 
 GRANULARITIES = ("minute", "hour", "day", "total")
 LATENCY_GROUPS = {"": "''", "pool": "pool", "replica": "replica"}
@@ -43,7 +43,7 @@ class SeriesReports:
         """Validate a range (``until`` after ``since``, else RangeError) and clamp it to the
         injected clock's now: no report reaches past now (a range wholly in the future is
         empty)."""
-        since, until = _naive_utc(since), _naive_utc(until)
+        since, until = naive_utc(since), naive_utc(until)
         check_range(since, until)
         until = min(until, self._now())
         return min(since, until), until
@@ -138,10 +138,6 @@ class SeriesReports:
             row["bucket"] = iso(row["bucket"])
             rows.append(row)
         return {"granularity": granularity, "rows": rows}
-
-
-def _naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def _quantiles(values: list[float] | None, names: tuple[str, ...]) -> dict[str, float | None]:

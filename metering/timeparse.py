@@ -31,6 +31,11 @@ def parse_time(text: str | None, now: float, param: str, default_ago_s: float = 
     return value
 
 
+def naive_utc(value: datetime) -> datetime:
+    """An aware datetime as naive UTC; a naive one (already UTC) as it is."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
 def check_range(since: datetime, until: datetime) -> None:
     """Refuse an empty or inverted range (``until`` not after ``since``), naming ``until``."""
     if until <= since:
