@@ -186,7 +186,7 @@ class Allocator:
         billed; the open window is allocated by the first run after it closes. Rows that an
         earlier release wrote for windows at or after now are removed by a run that reaches
         the open window."""
-        w_now = int(self.now() * 1_000_000) // self.window_us
+        w_now = round(self.now() * 1_000_000) // self.window_us
         w_since = min((epoch_us(since) // HOUR_US) * HOUR_US // self.window_us, w_now)
         w_until = epoch_us(until) // self.window_us
         clamped = w_until > w_now
