@@ -45,11 +45,25 @@ class AllocationResult:
     idle_micro: int = 0
     duration_s: float = 0.0
     calibrations: list[calibration.Calibration] = field(default_factory=list)
+    clamped: bool = False
+    open_window_start: datetime | None = None
+
+    @property
+    def provisional(self) -> bool:
+        """The range ends inside the hour that contains now: that hour's rollups still fill."""
+        if self.open_window_start is None or self.range_end <= self.range_start:
+            return False
+        return self.range_end > _floor_hour(self.open_window_start)
 
     def to_json(self) -> dict[str, object]:
         return {
             "range_start": self.range_start.isoformat() + "Z",
             "range_end": self.range_end.isoformat() + "Z",
+            "clamped": self.clamped,
+            "open_window_start": (
+                self.open_window_start.isoformat() + "Z" if self.open_window_start else None
+            ),
+            "provisional": self.provisional,
             "replica_windows": self.replica_windows,
             "request_windows": self.request_windows,
             "unpriced_requests": self.unpriced_requests,
@@ -66,9 +80,30 @@ def epoch_us(value: datetime) -> int:
     return int(aware.timestamp()) * 1_000_000 + aware.microsecond
 
 
+def _floor_hour(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
 def from_us(value: int) -> datetime:
     """Naive UTC datetime from epoch microseconds."""
     return datetime.fromtimestamp(value / 1e6, tz=UTC).replace(tzinfo=None)
+
+
+_FUTURE_ROWS = (
+    ("replica_window", "window_start"),
+    ("cost_hourly", "hour"),
+    ("cost_detail", "hour"),
+    ("replica_hourly", "hour"),
+    ("cost_rollup", "bucket"),
+)
+
+
+def _purge_future(cur: duckdb.DuckDBPyConnection, from_us: int) -> None:
+    """Delete results for time at or after ``from_us`` (the open window's start): time that
+    had not happened when an earlier release allocated it. The hour and day that contain
+    ``from_us`` are rebuilt by the run that calls this (it reaches the open window)."""
+    for table, column in _FUTURE_ROWS:
+        cur.execute(f"DELETE FROM {table} WHERE {column} >= make_timestamp($t)", {"t": from_us})
 
 
 def _price_table(catalog: Catalog) -> pa.Table:
@@ -144,14 +179,28 @@ class Allocator:
 
     def run(self, since: datetime, until: datetime) -> AllocationResult:
         """Allocate every window in ``[since, until)`` (since aligned down to the hour, until
-        down to the window) and replace earlier results for that range."""
-        w_since = (epoch_us(since) // HOUR_US) * HOUR_US // self.window_us
+        down to the window) and replace earlier results for that range.
+
+        Only closed windows are allocated: ``until`` is clamped to the start of the window
+        that contains the injected clock's now (the open window), so no time after now is
+        billed; the open window is allocated by the first run after it closes. Rows that an
+        earlier release wrote for windows at or after now are removed by a run that reaches
+        the open window."""
+        w_now = round(self.now() * 1_000_000) // self.window_us
+        w_since = min((epoch_us(since) // HOUR_US) * HOUR_US // self.window_us, w_now)
         w_until = epoch_us(until) // self.window_us
+        clamped = w_until > w_now
+        w_until = min(w_until, w_now)
         if w_until * self.window_us % HOUR_US and self._allocated_beyond(w_until):
             # re-running an old range: cover whole hours so hourly rollups stay complete
-            w_until = -(-w_until * self.window_us // HOUR_US) * HOUR_US // self.window_us
+            # (never past the open window)
+            hour_end = -(-w_until * self.window_us // HOUR_US) * HOUR_US // self.window_us
+            w_until = min(hour_end, w_now)
         result = AllocationResult(
-            from_us(w_since * self.window_us), from_us(max(w_until, w_since) * self.window_us)
+            from_us(w_since * self.window_us),
+            from_us(max(w_until, w_since) * self.window_us),
+            clamped=clamped,
+            open_window_start=from_us(w_now * self.window_us),
         )
         if w_until <= w_since:
             return result
@@ -167,6 +216,8 @@ class Allocator:
             "replica": "",
             "with_id": False,
         }
+        future = w_until == w_now and self._allocated_beyond(w_now)
+        purge_from = w_now * self.window_us if future else None
         cur = self.store.cursor()
         try:
             cur.register("price_catalog", _price_table(self.catalog))
@@ -195,7 +246,7 @@ class Allocator:
             cur.register("alloc_names", costs.names)
             cur.register("alloc_replicas", costs.replicas)
             self._exec(cur, "managed", params)
-            self._write(cur, params, result, started)
+            self._write(cur, params, result, started, purge_from)
         except duckdb.Error as exc:
             raise StorageError(f"allocation failed: {exc}") from exc
         finally:
@@ -251,11 +302,14 @@ class Allocator:
         params: dict[str, object],
         result: AllocationResult,
         started: float,
+        purge_from: int | None = None,
     ) -> None:
         now = datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
         result_range = (epoch_us(result.range_start), epoch_us(result.range_end))
         cur.execute("BEGIN TRANSACTION")
         try:
+            if purge_from is not None:
+                _purge_future(cur, purge_from)
             for step in (
                 "clear_replica_windows",
                 "insert_replica_windows",

@@ -1,6 +1,7 @@
 """The metering HTTP API (FastAPI). This module only maps HTTP to the service and domain
 errors to status codes: RecordError/BatchError/QueryError -> 400, bad token -> 401, unknown
-request -> 404, oversized body -> 413, StorageError -> 503. Error bodies use the OpenAI shape
+request -> 404, oversized body -> 413, RangeError (``since`` / ``until`` unparsable, or
+``until`` not after ``since``) -> 422, StorageError -> 503. Error bodies use the OpenAI shape
 ``{"error": {"message", "type", "param", "code"}}``. Endpoints: docs/metering.md."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import hmac
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,14 @@ from infermeter.metering.errors import (
     BatchError,
     MeteringError,
     QueryError,
+    RangeError,
     RecordError,
     StorageError,
 )
 from infermeter.metering.focus.export import export_focus, format_for
 from infermeter.metering.metrics import MeteringCollector
 from infermeter.metering.service import MeteringService
-from infermeter.metering.timeparse import parse_time
+from infermeter.metering.timeparse import check_range, parse_time
 
 
 class TooLarge(Exception):
@@ -105,6 +108,10 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def _batch(_: Request, exc: BatchError) -> JSONResponse:
         return _error(400, str(exc), "invalid_batch", exc.field)
 
+    @app.exception_handler(RangeError)
+    async def _range_error(_: Request, exc: RangeError) -> JSONResponse:
+        return _error(422, str(exc), "invalid_request_error", exc.param)
+
     @app.exception_handler(QueryError)
     async def _query(_: Request, exc: QueryError) -> JSONResponse:
         return _error(400, str(exc), "invalid_request_error", exc.param)
@@ -132,8 +139,15 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
             raise TooLarge(settings.max_body_bytes)
         return body
 
-    def _time(request: Request, name: str, default_ago_s: float) -> Any:
-        return parse_time(request.query_params.get(name), service.now(), name, default_ago_s)
+    def _times(request: Request, since_ago_s: float) -> tuple[datetime, datetime]:
+        """``since`` (default ``since_ago_s`` back) and ``until`` (default now), validated:
+        both parse and ``until`` is after ``since`` (else RangeError, HTTP 422)."""
+        now = service.now()
+        q = request.query_params
+        since = parse_time(q.get("since"), now, "since", since_ago_s)
+        until = parse_time(q.get("until"), now, "until", 0.0)
+        check_range(since, until)
+        return since, until
 
     # -- health --------------------------------------------------------------------------
     @app.get("/healthz")
@@ -178,8 +192,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     @app.post("/v1/admin/allocate", dependencies=[Depends(ingest_auth)])
     async def allocate(request: Request) -> dict[str, Any]:
         has_range = "since" in request.query_params or "until" in request.query_params
-        since = _time(request, "since", 86400.0) if has_range else None
-        until = _time(request, "until", 0.0) if has_range else None
+        since, until = _times(request, 86400.0) if has_range else (None, None)
         result = await run_in_threadpool(service.allocate, since, until)
         return result.to_json()
 
@@ -216,8 +229,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         return await run_in_threadpool(
             service.reports.cost,
             q.get("by", "tenant"),
-            _time(request, "since", 7 * 86400.0),
-            _time(request, "until", 0.0),
+            *_times(request, 7 * 86400.0),
             q.get("granularity", "day"),
             q.get("tenant", ""),
             q.get("model", ""),
@@ -229,8 +241,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         return await run_in_threadpool(
             service.reports.idle,
             q.get("by", "replica"),
-            _time(request, "since", 7 * 86400.0),
-            _time(request, "until", 0.0),
+            *_times(request, 7 * 86400.0),
             q.get("granularity", "day"),
         )
 
@@ -238,8 +249,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def buy_vs_build(request: Request) -> dict[str, Any]:
         return await run_in_threadpool(
             service.reports.buy_vs_build,
-            _time(request, "since", 30 * 86400.0),
-            _time(request, "until", 0.0),
+            *_times(request, 30 * 86400.0),
         )
 
     @app.get("/v1/reports/latency", dependencies=[Depends(read_auth)])
@@ -247,8 +257,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         q = request.query_params
         return await run_in_threadpool(
             service.reports.latency,
-            _time(request, "since", 86400.0),
-            _time(request, "until", 0.0),
+            *_times(request, 86400.0),
             q.get("granularity", "hour"),
             q.get("model", ""),
             q.get("tenant", ""),
@@ -262,8 +271,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         q = request.query_params
         return await run_in_threadpool(
             service.reports.gpu,
-            _time(request, "since", 3600.0),
-            _time(request, "until", 0.0),
+            *_times(request, 3600.0),
             q.get("granularity", "minute"),
             q.get("replica", ""),
         )
@@ -272,8 +280,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def cache_savings(request: Request) -> dict[str, Any]:
         return await run_in_threadpool(
             service.reports.cache_savings,
-            _time(request, "since", 30 * 86400.0),
-            _time(request, "until", 0.0),
+            *_times(request, 30 * 86400.0),
         )
 
     @app.get("/v1/calibration", dependencies=[Depends(read_auth)])
@@ -287,8 +294,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     @app.get("/v1/export/focus", dependencies=[Depends(read_auth)])
     async def focus(request: Request) -> FileResponse:
         fmt = format_for("", request.query_params.get("format", "csv"))
-        since = _time(request, "since", 30 * 86400.0)
-        until = _time(request, "until", 0.0)
+        since, until = _times(request, 30 * 86400.0)
         tmp = Path(tempfile.mkdtemp(prefix="infermeter-focus-")) / f"focus.{fmt}"
         await run_in_threadpool(export_focus, service.store, since, until, tmp, fmt)
         media = "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"

@@ -154,7 +154,10 @@ def _local_report(args: argparse.Namespace, settings: MeteringSettings) -> dict[
     store = open_store(args.storage)
     try:
         reports = Reports(
-            store, load_catalog(settings.catalog or None), share_idle=settings.share_idle
+            store,
+            load_catalog(settings.catalog or None),
+            share_idle=settings.share_idle,
+            window_s=settings.window_s,
         )
         now = time.time()
         return reports.cost(

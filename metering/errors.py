@@ -7,6 +7,7 @@ Hierarchy::
     └── MeteringError
         ├── BatchError     a whole ingest body is unreadable (not JSON, not an array, bad Arrow)
         ├── QueryError     a report / query parameter is invalid (names the parameter)
+        │   └── RangeError a time range bound (since / until) is unparsable or inverted
         └── StorageError   the DuckDB / DuckLake store failed or the URI is unsupported
 
 They become HTTP codes only in ``metering/api.py``.
@@ -21,6 +22,7 @@ __all__ = [
     "CatalogError",
     "MeteringError",
     "QueryError",
+    "RangeError",
     "RecordError",
     "StorageError",
 ]
@@ -46,6 +48,11 @@ class QueryError(MeteringError):
         self.param = param
         self.message = message
         super().__init__(f"{param}: {message}")
+
+
+class RangeError(QueryError):
+    """``since`` or ``until`` is not a time, or the range is inverted; ``param`` names the
+    bound (HTTP 422)."""
 
 
 class StorageError(MeteringError):

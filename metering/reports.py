@@ -15,7 +15,7 @@ from infermeter.metering.request_cost import RequestCosts
 from infermeter.metering.series import SeriesReports, _bucket
 from infermeter.metering.sql_files import query
 from infermeter.metering.store import Store
-from infermeter.metering.timeparse import iso
+from infermeter.metering.timeparse import iso, naive_utc
 
 DIMENSIONS = {
     "tenant": "tenant",
@@ -53,6 +53,20 @@ def _rollup_bucket(granularity: str, grain: str) -> str:
     return f"CAST(date_trunc('{granularity}', bucket) AS TIMESTAMP)"
 
 
+_BUCKET_SPAN = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+def _provisional(
+    bucket: datetime | None, granularity: str, asked: datetime, final: datetime | None
+) -> bool:
+    """A row is provisional when its bucket (for ``total``: the range as asked) reaches past
+    the final numbers: it is still filling, or not allocated yet."""
+    if final is None or bucket is None:
+        return True
+    span = _BUCKET_SPAN.get(granularity)
+    return (bucket + span if span else asked) > final
+
+
 def _usd(micro: float | int | None) -> float:
     return round((micro or 0) / 1e6, 6)
 
@@ -67,11 +81,13 @@ class Reports(SeriesReports):
         *,
         share_idle: bool = False,
         now: Callable[[], float] = time.time,
+        window_s: int = 60,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.share_idle = share_idle
         self.now = now
+        self.window = timedelta(seconds=window_s)
 
     # -- cost ------------------------------------------------------------------------------
     def cost(
@@ -83,8 +99,13 @@ class Reports(SeriesReports):
         tenant: str = "",
         model: str = "",
     ) -> dict[str, Any]:
-        """Cost per ``by`` key and bucket, with idle shared back when the policy says so."""
-        since = self._range(since, until)
+        """Cost per ``by`` key and bucket, with idle shared back when the policy says so.
+        The range is clamped to now; rows whose bucket reaches past the final numbers
+        (:meth:`provisional_since`) say ``"provisional": true``."""
+        asked = naive_utc(until)
+        since, until = self._range(since, until)
+        since = _floor_hour(since)
+        final = self.provisional_since()
         if by not in DIMENSIONS:
             raise QueryError("by", f"must be one of {sorted(DIMENSIONS)}")
         _bucket("hour", granularity)  # validates granularity
@@ -137,14 +158,17 @@ class Reports(SeriesReports):
                     "usd_per_mtok": round(total / tokens, 6) if tokens else None,
                     "gpu_seconds": round(gpu_s or 0.0, 3),
                     "kwh": round(kwh or 0.0, 6),
+                    "provisional": _provisional(bucket, granularity, asked, final),
                 }
             )
-        idle = self.idle("replica", since, until, granularity)
+        idle = self._idle("replica", since, until, granularity, asked, final)
         return {
             "by": by,
             "granularity": granularity,
             "since": iso(since),
             "until": iso(until),
+            "provisional": final is None or asked > final,
+            "provisional_since": iso(final),
             "share_idle": self.share_idle,
             "rows": rows,
             "idle": idle["rows"],
@@ -159,8 +183,29 @@ class Reports(SeriesReports):
     def idle(
         self, by: str, since: datetime, until: datetime, granularity: str = "day"
     ) -> dict[str, Any]:
-        """Idle cost per replica or pool and bucket (capacity no request used)."""
-        since = self._range(since, until)
+        """Idle cost per replica or pool and bucket (capacity no request used), over the
+        range clamped to now; rows past the final numbers are marked provisional."""
+        asked = naive_utc(until)
+        since, until = self._range(since, until)
+        final = self.provisional_since()
+        out = self._idle(by, _floor_hour(since), until, granularity, asked, final)
+        out.update(
+            since=iso(_floor_hour(since)),
+            until=iso(until),
+            provisional=final is None or asked > final,
+            provisional_since=iso(final),
+        )
+        return out
+
+    def _idle(
+        self,
+        by: str,
+        since: datetime,
+        until: datetime,
+        granularity: str,
+        asked: datetime,
+        final: datetime | None,
+    ) -> dict[str, Any]:
         if by not in ("replica", "pool"):
             raise QueryError("by", "must be replica or pool")
         sql = (
@@ -184,6 +229,7 @@ class Reports(SeriesReports):
                     "provisioned_s": round(prov_s or 0.0, 3),
                     "gpu_seconds": round(gpu_s or 0.0, 3),
                     "kwh": round(kwh or 0.0, 6),
+                    "provisional": _provisional(bucket, granularity, asked, final),
                 }
             )
         return {
@@ -240,7 +286,10 @@ class Reports(SeriesReports):
     # -- buy vs build ----------------------------------------------------------------------
     def buy_vs_build(self, since: datetime, until: datetime) -> dict[str, Any]:
         """Self-hosted cost beside what every managed API in the catalog would have charged."""
-        since = self._range(since, until)
+        asked = naive_utc(until)
+        since, until = self._range(since, until)
+        since = _floor_hour(since)
+        final = self.provisional_since()
         rows = []
         grain = _grain("day", since, until)
         sql = query("reports", "buy_vs_build_rollup")
@@ -267,6 +316,8 @@ class Reports(SeriesReports):
         return {
             "since": iso(since),
             "until": iso(until),
+            "provisional": final is None or asked > final,
+            "provisional_since": iso(final),
             "rows": rows,
             "managed_prices": {
                 name: {
@@ -356,7 +407,7 @@ class Reports(SeriesReports):
 
     def cache_savings(self, since: datetime, until: datetime) -> dict[str, Any]:
         """What cache hits would have cost at each model's current rate."""
-        self._range(since, until)
+        since, until = self._range(since, until)
         rates = self.rates()
         rows = []
         for tenant, model, hits, prompt, completion in self._rows(
@@ -394,6 +445,17 @@ class Reports(SeriesReports):
         )
         cost, idle = rows[0] if rows else (0, 0)
         return ((cost or 0) + (idle or 0)) / 1e6
+
+    def provisional_since(self) -> datetime | None:
+        """Where final numbers end: the end of the last allocated window, never after the
+        start of the open window (the one containing now, still filling). Time from here on
+        is not allocated yet, or not closed; None before the first allocation."""
+        last = self.allocated_until()
+        if last is None:
+            return None
+        now = self._now()
+        open_start = now - (now - datetime.min) % self.window
+        return min(last + self.window, open_start)
 
     def allocated_until(self) -> datetime | None:
         """End of the last allocated window (None before the first run)."""

@@ -3,13 +3,14 @@ time bucket, read straight from the usage records and GPU samples (``sql/reports
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from infermeter.metering.errors import QueryError
 from infermeter.metering.sql_files import bind, query
 from infermeter.metering.store import Store
-from infermeter.metering.timeparse import iso
+from infermeter.metering.timeparse import check_range, iso, naive_utc
 
 GRANULARITIES = ("minute", "hour", "day", "total")
 LATENCY_GROUPS = {"": "''", "pool": "pool", "replica": "replica"}
@@ -29,6 +30,7 @@ class SeriesReports:
     """Store access shared by every report, and the usage-side series."""
 
     store: Store
+    now: Callable[[], float]
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         cur = self.store.cursor()
@@ -37,12 +39,17 @@ class SeriesReports:
         finally:
             cur.close()
 
-    @staticmethod
-    def _range(since: datetime, until: datetime) -> datetime:
-        """Validate a range; cost reports start at the hour that contains ``since``."""
-        if until <= since:
-            raise QueryError("until", "must be after since")
-        return since.replace(minute=0, second=0, microsecond=0)
+    def _range(self, since: datetime, until: datetime) -> tuple[datetime, datetime]:
+        """Validate a range (``until`` after ``since``, else RangeError) and clamp it to the
+        injected clock's now: no report reaches past now (a range wholly in the future is
+        empty)."""
+        since, until = naive_utc(since), naive_utc(until)
+        check_range(since, until)
+        until = min(until, self._now())
+        return min(since, until), until
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.now(), tz=UTC).replace(tzinfo=None)
 
     def latency(
         self,
@@ -60,7 +67,7 @@ class SeriesReports:
         ``by`` = ``pool`` or ``replica`` adds that key to every row (one series per value);
         ``pool`` / ``replica`` filter.
         """
-        self._range(since, until)
+        since, until = self._range(since, until)
         if by not in LATENCY_GROUPS:
             raise QueryError("by", "must be pool or replica (or empty for the whole fleet)")
         sql = (
@@ -106,7 +113,7 @@ class SeriesReports:
         self, since: datetime, until: datetime, granularity: str = "minute", replica: str = ""
     ) -> dict[str, Any]:
         """GPU samples aggregated per bucket and device."""
-        self._range(since, until)
+        since, until = self._range(since, until)
         sql = query("reports", "gpu_series").replace(
             "__BUCKET_S__", _bucket("ts", granularity, allow_minute=True)
         )

@@ -59,7 +59,13 @@ class MeteringService:
             now=now,
         )
         self.allocator.register_replicas()
-        self.reports = Reports(self.store, self.catalog, share_idle=settings.share_idle, now=now)
+        self.reports = Reports(
+            self.store,
+            self.catalog,
+            share_idle=settings.share_idle,
+            now=now,
+            window_s=settings.window_s,
+        )
         self.budgets = Budgets(
             self.store,
             self.reports,
@@ -77,7 +83,9 @@ class MeteringService:
         self, since: datetime | None = None, until: datetime | None = None
     ) -> AllocationResult:
         """Allocate ``[since, until)``; by default the closed windows not yet final (from the
-        watermark, or ``reallocate_s`` back, up to now minus the lag)."""
+        watermark, or ``reallocate_s`` back, up to now minus the lag). The allocator clamps
+        every range to the closed windows before now: the open window is allocated by the
+        first run after it closes (the loop starts again at the watermark)."""
         now = self.now()
         if until is None:
             until = _naive(now - self.settings.allocation_lag_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from infermeter.metering.errors import QueryError
+from infermeter.metering.errors import RangeError
 
 _DURATION = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -18,17 +18,28 @@ def parse_time(text: str | None, now: float, param: str, default_ago_s: float = 
         return _naive(now - default_ago_s)
     text = text.strip()
     match = _DURATION.match(text)
-    if match:
-        return _naive(now - float(match.group(1)) * _UNITS[match.group(2)])
     if text == "now":
         return _naive(now)
     try:
+        if match:
+            return _naive(now - float(match.group(1)) * _UNITS[match.group(2)])
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise QueryError(param, f"not a timestamp, date or duration (24h, 7d): {text!r}") from exc
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise RangeError(param, f"not a timestamp, date or duration (24h, 7d): {text!r}") from exc
     return value
+
+
+def naive_utc(value: datetime) -> datetime:
+    """An aware datetime as naive UTC; a naive one (already UTC) as it is."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def check_range(since: datetime, until: datetime) -> None:
+    """Refuse an empty or inverted range (``until`` not after ``since``), naming ``until``."""
+    if until <= since:
+        raise RangeError("until", f"must be after since ({iso(since)} >= {iso(until)})")
 
 
 def _naive(epoch: float) -> datetime:

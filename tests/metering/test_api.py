@@ -92,8 +92,9 @@ def test_unreadable_body_is_400_naming_the_field(url: str) -> None:
     assert r.json()["error"]["param"] == "body" and r.json()["error"]["code"] == 400
     r = httpx.get(f"{url}/v1/reports/cost", params={"by": "colour"}, headers=READ)
     assert r.status_code == 400 and r.json()["error"]["param"] == "by"
+    # a bad time range is 422 (tests/metering/test_ranges.py)
     r = httpx.get(f"{url}/v1/reports/cost", params={"since": "whenever"}, headers=READ)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "since"
+    assert r.status_code == 422 and r.json()["error"]["param"] == "since"
 
 
 def test_reports_after_allocation(url: str) -> None:
