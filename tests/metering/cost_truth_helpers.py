@@ -99,12 +99,18 @@ class ModelClock:
         self.time_scale = time_scale
         self.base = base
         self.origin = time.monotonic()
+        self.ahead_s = 0.0
 
     def mono(self) -> float:
         return (time.monotonic() - self.origin) / self.time_scale
 
     def wall(self) -> float:
         return self.base + self.mono()
+
+    def metering_now(self) -> float:
+        """Metering's clock: the model clock, moved past the last window once the run is
+        over (``ahead_s``) so that the window still filling is allocated too."""
+        return self.wall() + self.ahead_s
 
 
 @contextmanager
@@ -124,7 +130,7 @@ def stack(
             "replicas": {REPLICA: {"gpu": name, "mig_profile": mig, "count": 1, "since": since}},
         }
     )
-    service = MeteringService(settings, now=clock.wall)
+    service = MeteringService(settings, now=clock.metering_now)
     ledger = tmp / "ledger.jsonl"
     sim = simulator_app(
         SimulatorSettings(
@@ -219,6 +225,7 @@ def run_cell(
             assert time.monotonic() < deadline, "the collector did not ship every record"
             time.sleep(0.05)
         end = clock.wall()
+        clock.ahead_s = 60.0  # the run is over: every window it touched is closed
     totals = read_ledger(ledger)
     since = datetime.fromtimestamp(clock.base, tz=UTC).replace(tzinfo=None)
     until = since + timedelta(seconds=60 * (int((end - clock.base) // 60) + 1))
