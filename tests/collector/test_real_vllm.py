@@ -115,20 +115,26 @@ async def test_client_abort_is_metered_with_tokens_so_far(
     real_vllm: str, make_collector: Any
 ) -> None:
     col: RunningCollector = make_collector(real_vllm)
-    await asyncio.to_thread(wait_engine_idle, real_vllm)
-    _, gen0 = await asyncio.to_thread(engine_counters, real_vllm)
     body = completion(True, max_tokens=480, ignore_eos=True)
-    seen = 0
-    async with (
-        httpx.AsyncClient(timeout=60) as client,
-        client.stream("POST", f"{col.url}/v1/completions", json=body) as resp,
-    ):
-        async for line in resp.aiter_lines():
-            if line.startswith("data: {"):
-                seen += 1
-            if seen == 20:
-                break
-    (rec,) = await asyncio.to_thread(col.records.wait, 1)
+    # The tiny model on the CPU writes ~350 tokens/s into socket buffers; on a loaded machine
+    # it can finish all of them before the disconnect reaches it. Such a trial says nothing
+    # about abort metering, so it is repeated (at most 3 times).
+    for attempt in range(3):
+        await asyncio.to_thread(wait_engine_idle, real_vllm)
+        _, gen0 = await asyncio.to_thread(engine_counters, real_vllm)
+        seen = 0
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", f"{col.url}/v1/completions", json=body) as resp,
+        ):
+            async for line in resp.aiter_lines():
+                if line.startswith("data: {"):
+                    seen += 1
+                if seen == 20:
+                    break
+        rec = (await asyncio.to_thread(col.records.wait, attempt + 1))[attempt]
+        if rec.status != "ok":
+            break
     assert rec.status == "client_abort" and rec.http_status == 499
     assert rec.completion_tokens >= 20
     await asyncio.to_thread(wait_engine_idle, real_vllm)
