@@ -31,6 +31,7 @@ from infermeter.collector.engine_signals import SignalDeriver
 from infermeter.collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
 from infermeter.collector.otel import GenAiTelemetry
 from infermeter.collector.pipeline import RecordExporter, RecordPipeline
+from infermeter.collector.prompt_tokens import PromptCounter
 from infermeter.collector.proxy import Proxy
 from infermeter.collector.proxy_wire import read_body, send_json
 from infermeter.collector.request_metrics import RequestMetrics
@@ -204,6 +205,7 @@ class CollectorApp:
             shipper=self.usage_shipper,
             exporters=exporters,
             durable_ack=s.durable_ack,
+            prompt_counter=PromptCounter(bg_session, s.upstream),
         )
         self.proxy = Proxy(
             proxy_session,

@@ -19,6 +19,7 @@ from typing import Protocol
 import orjson
 
 from infermeter.collector.errors import SpoolError
+from infermeter.collector.prompt_tokens import PromptCounter
 from infermeter.collector.record import RequestRecord, inter_token_gaps, to_usage_record
 from infermeter.collector.request_metrics import RequestMetrics
 from infermeter.collector.spool import Spool
@@ -53,8 +54,10 @@ class RecordPipeline:
         shipper: Notifiable | None = None,
         exporters: Sequence[RecordExporter] = (),
         durable_ack: bool = False,
+        prompt_counter: PromptCounter | None = None,
     ) -> None:
         self.metrics = metrics
+        self.prompt_counter = prompt_counter
         self.pool = pool
         self.replica = replica
         self.maxsize = maxsize
@@ -98,6 +101,10 @@ class RecordPipeline:
         for i, rec in enumerate(batch):
             if i and not i % YIELD_EVERY:
                 await asyncio.sleep(0)  # let the proxy run: a batch must not stall streams
+            counter = self.prompt_counter
+            if counter is not None and counter.wanted(rec):
+                await counter.fill(rec)  # an aborted stream: usage never came
+            rec.body = b""
             usage = to_usage_record(rec, pool=self.pool, replica=self.replica)
             gaps = inter_token_gaps(rec.token_times) if rec.stream else []
             self.metrics.observe(usage, gaps)

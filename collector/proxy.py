@@ -186,6 +186,7 @@ class Proxy:
             tenant=who.tenant,
             api_key_id=who.key_id,
             tags=who.tags,
+            body=body,
         )
         strip = False
         try:

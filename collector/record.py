@@ -37,6 +37,7 @@ class RequestRecord:
     cached_prompt_tokens: int = 0
     completion_tokens: int | None = None
     overhead_s: float = 0.0  # time the collector itself spent on this request
+    body: bytes = b""  # the request as the client sent it (to count an aborted prompt)
     durable: asyncio.Future[None] | None = None  # set when the record is on disk (durable ack)
 
     @property

@@ -14,9 +14,11 @@ import asyncio
 import hashlib
 import random
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from prometheus_client import generate_latest
 
 from infermeter.kernel.asgi import Receive, Scope, Send
@@ -145,6 +147,10 @@ class SimulatorApp:
                 status, response_bytes = await self._generate(
                     raw, path == "/v1/chat/completions", receive, send, _client_id(scope)
                 )
+            elif path == "/tokenize" and method == "POST":
+                raw = await _read_body(receive)
+                request_bytes = len(raw)
+                status = await self._tokenize(raw, send)
             elif method not in ("GET", "HEAD"):
                 status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
             elif path == "/health":
@@ -188,6 +194,32 @@ class SimulatorApp:
     async def _plain(self, send: Send, status: int, body: bytes) -> int:
         await _respond(send, status, JSON_HEADERS, body)
         return status
+
+    async def _tokenize(self, raw: bytes, send: Send) -> int:
+        """vLLM's ``POST /tokenize``: the prompt's token count as a completion would see it."""
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise orjson.JSONDecodeError("not an object", "", 0)
+        except orjson.JSONDecodeError:
+            return await self._plain(
+                send, 400, error_body(400, "invalid JSON body", "BadRequestError", "body")
+            )
+        query = {**body, "max_tokens": 1, "stream": False}
+        query.pop("stream_options", None)
+        try:
+            parsed = parse_request(
+                orjson.dumps(query), chat="messages" in body, served_model=self.served,
+                max_model_len=self.max_model_len,
+            )  # fmt: skip
+        except RequestError as exc:
+            err = error_body(exc.status, exc.message, exc.error_type, exc.param)
+            return await self._plain(send, exc.status, err)
+        ids = [zlib.crc32(unit.encode()) % 32000 for unit in parsed.prompt_units]
+        ids = ids[: parsed.prompt_tokens] + [0] * (parsed.prompt_tokens - len(ids))
+        out = {"count": parsed.prompt_tokens, "max_model_len": self.max_model_len,
+               "tokens": ids, "token_strs": None}  # fmt: skip
+        return await self._plain(send, 200, orjson.dumps(out))
 
     # -- generation ---------------------------------------------------------------------
     def _plan(self, parsed: ParsedRequest) -> CompletionPlan:

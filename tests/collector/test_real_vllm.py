@@ -140,6 +140,44 @@ async def test_client_abort_is_metered_with_tokens_so_far(
     await asyncio.to_thread(wait_engine_idle, real_vllm)
     _, gen1 = await asyncio.to_thread(engine_counters, real_vllm)
     assert rec.completion_tokens <= gen1 - gen0 < 480  # vLLM stopped generating: cancelled
+    # vLLM reported no usage; the prompt was counted with its own /tokenize, and says so
+    whole = httpx.post(f"{real_vllm}/v1/completions", json={**body, "stream": False}, timeout=60)
+    assert rec.prompt_tokens == whole.json()["usage"]["prompt_tokens"] > 0
+    assert rec.tags["infermeter.prompt_tokens"] == "tokenize"
+    assert rec.tags["infermeter.completion_tokens"] == "stream"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+async def test_aborted_prompt_tokens_match_vllms_usage(
+    real_vllm: str, make_collector: Any, chat: bool
+) -> None:
+    """An aborted stream's prompt tokens equal what vLLM reports for the same request."""
+    col: RunningCollector = make_collector(real_vllm)
+    if chat:
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Count the tokens of this question."}],
+            "max_tokens": 480, "ignore_eos": True, "stream": True,
+        }  # fmt: skip
+        path = "/v1/chat/completions"
+    else:
+        body, path = completion(True, max_tokens=480, ignore_eos=True), "/v1/completions"
+    async with (
+        httpx.AsyncClient(timeout=60) as client,
+        client.stream("POST", f"{col.url}{path}", json=body) as resp,
+    ):
+        async for line in resp.aiter_lines():
+            if line.startswith("data: {"):
+                break  # gone after the first token
+    (rec,) = await asyncio.to_thread(col.records.wait, 1)
+    whole = httpx.post(f"{real_vllm}{path}", json={**body, "stream": False}, timeout=60)
+    expected = whole.json()["usage"]["prompt_tokens"]
+    if rec.status == "ok":  # the engine finished first: vLLM's own usage is in the record
+        assert rec.prompt_tokens == expected
+        return
+    assert rec.prompt_tokens == expected > 0
+    assert rec.tags["infermeter.prompt_tokens"] == "tokenize"
 
 
 def test_engine_dying_mid_stream(real_vllm: str, make_collector: Any) -> None:
