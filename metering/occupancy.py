@@ -63,36 +63,43 @@ def occupancy_us(rw: RequestWindows, req: Requests, window_us: int) -> np.ndarra
         per_head = np.where(by_presence, dt / np.where(by_presence, present, 1), 0.0)
     sorted_group = key // (window_us + 1)
     starts = np.flatnonzero(np.concatenate(([True], sorted_group[1:] != sorted_group[:-1])))
-    cum_rate = _prefix_sums(per_rate, starts)
-    cum_head = _prefix_sums(per_head, starts)
+    cum_rate, e_rate = _prefix_sums(per_rate, starts)
+    cum_head, e_head = _prefix_sums(per_head, starts)
     position = np.empty(4 * n, dtype=I64)
     position[order] = np.arange(4 * n, dtype=I64)
     pos = position.reshape(n, 4)
-    # an event's prefix sum covers the segments before it in its window
-    prefill = p_rate * (cum_rate[pos[:, 1]] - cum_rate[pos[:, 0]])
-    decode = d_rate * (cum_rate[pos[:, 3]] - cum_rate[pos[:, 2]])
-    heads = cum_head[pos[:, 3]] - cum_head[pos[:, 0]]
-    return np.maximum((prefill + decode + heads).astype(np.float64), 0.0)
+
+    def between(cum: np.ndarray, exp: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # an event's prefix sum covers the segments before it in its window
+        return np.ldexp((cum[b] - cum[a]).astype(np.float64), -exp[a])
+
+    prefill = p_rate * between(cum_rate, e_rate, pos[:, 0], pos[:, 1])
+    decode = d_rate * between(cum_rate, e_rate, pos[:, 2], pos[:, 3])
+    heads = between(cum_head, e_head, pos[:, 0], pos[:, 3])
+    return np.maximum(prefill + decode + heads, 0.0)
 
 
-def _prefix_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Exclusive running sums of ``values`` restarted at each of ``starts``, each group summed
-    on its own (the same additions in the same order whatever other groups are present, so a
-    recomputation of some windows gives bit-identical results): groups of similar length are
-    laid out as the rows of one zero-padded matrix and summed along the rows. Extended
-    precision: a share is a high rate times a small difference of two sums."""
+def _prefix_sums(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exclusive running sums of non-negative ``values`` restarted at each of ``starts``, as
+    exact integers: each group's values are put on a fixed-point grid of its own (its total
+    scaled to just under 2**61) and summed in int64, so a group's sums do not depend on what
+    other groups are present (a recomputation of some windows is bit-identical to the run)
+    and differences of two sums within a group are exact. Returns the sums and the binary
+    exponent that scales each back to microseconds-per-rate-unit (``ldexp(sum, -exponent)``).
+    """
     n = len(values)
-    out = np.zeros(n, dtype=np.longdouble)
     sizes = np.diff(np.append(starts, n))
-    width_class = np.ceil(np.log2(np.maximum(sizes, 1))).astype(I64)
-    for cls in np.unique(width_class):
-        groups = np.flatnonzero(width_class == cls)
-        cols = np.arange(1 << int(cls), dtype=I64)
-        inside = cols[None, :] < sizes[groups][:, None] - 1  # the last event starts no segment
-        index = np.where(inside, starts[groups][:, None] + cols[None, :], 0)
-        running = np.cumsum(np.where(inside, values[index], 0.0), axis=1, dtype=np.longdouble)
-        out[index[inside] + 1] = running[inside]
-    return out
+    totals = np.add.reduceat(values, starts)
+    positive = totals > 0
+    exponent = np.where(
+        positive, 61 - np.ceil(np.log2(np.where(positive, totals, 1.0))).astype(I64), 0
+    )
+    exponents = np.repeat(exponent, sizes)
+    quanta = np.rint(np.ldexp(values, exponents)).astype(I64)
+    with np.errstate(over="ignore"):
+        running = np.cumsum(quanta) - quanta  # wraps modulo 2**64; differences stay exact
+        local = running - np.repeat(running[starts], sizes)
+    return local, exponents
 
 
 def _rate(tokens: np.ndarray, span_us: np.ndarray) -> np.ndarray:

@@ -115,6 +115,6 @@ def test_shares_add_up_to_the_busy_time_of_each_window(req: window_split.Request
     ):
         expected[int(r), int(w)] = expected.get((int(r), int(w)), 0.0) + float(b)
     for key, value in expected.items():
-        assert per_window.get(key, 0.0) == pytest.approx(value, rel=1e-9, abs=1e-2)
+        assert per_window.get(key, 0.0) == pytest.approx(value, rel=1e-7, abs=1.0)
     for key, value in per_window.items():
-        assert value == pytest.approx(expected.get(key, 0.0), rel=1e-9, abs=1e-2)
+        assert value == pytest.approx(expected.get(key, 0.0), rel=1e-7, abs=1.0)
