@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from infermeter.kernel.price_catalog import Catalog
 from infermeter.metering import calibration, window_costs
+from infermeter.metering.context_weights import ContextWeightBook, ContextWeights
 from infermeter.metering.errors import QueryError, StorageError
 from infermeter.metering.settings import ReplicaSettings
 from infermeter.metering.sql_files import bind, query
@@ -45,6 +46,7 @@ class AllocationResult:
     idle_micro: int = 0
     duration_s: float = 0.0
     calibrations: list[calibration.Calibration] = field(default_factory=list)
+    context_weights: dict[str, ContextWeights] = field(default_factory=dict)
     clamped: bool = False
     open_window_start: datetime | None = None
 
@@ -71,6 +73,7 @@ class AllocationResult:
             "idle_usd": self.idle_micro / 1e6,
             "duration_s": round(self.duration_s, 3),
             "calibrations": [c.to_json() for c in self.calibrations],
+            "context_weights": {m: w.to_json() for m, w in sorted(self.context_weights.items())},
         }
 
 
@@ -164,6 +167,7 @@ class Allocator:
         window_s: int = 60,
         replicas: Mapping[str, ReplicaSettings] | None = None,
         price_energy: bool = False,
+        context: window_costs.ContextOf | None = None,
         now: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -174,6 +178,7 @@ class Allocator:
         self.window_us = window_s * 1_000_000
         self.replicas = dict(replicas or {})
         self.price_energy = price_energy
+        self.context = context or ContextWeightBook()
         self.now = now
         self.clock = clock
 
@@ -237,9 +242,11 @@ class Allocator:
                 w_since=w_since,
                 w_until=w_until,
                 choose=self._chooser(cur),
+                context=self.context,
             )
             del requests, capacity
             result.calibrations = costs.calibrations
+            result.context_weights = costs.context
             result.unpriced_requests = costs.unpriced_requests
             result.request_windows = costs.rows.num_rows
             cur.register("alloc_rows", costs.rows)

@@ -14,6 +14,15 @@ exactly up to floating-point rounding, with no fitted coefficient and no default
 priced from what happened in it, from the first one on. A serial engine (one request at a
 time) gives each request its own duration, which is its engine time.
 
+Context (:mod:`infermeter.metering.context_weights`): where the model's architecture is known,
+a prefill token's rate is weighted by ``1 + attention x its average context`` (its attention
+FLOPs), and a decode token by ``1 + batch x kv x its average context``, ``batch`` the number of
+rows decoding at that instant: a memory-bound decode step reads the weights once for the batch
+and each sequence's KV cache for it alone, so a long-context sequence's part of the step is
+larger than a short one's. The instant's total weight is then ``sum(rates) + batch x
+sum(kv-rates)``, and a decode row's share adds ``kv-rate x`` the running sum of
+``batch x dt / total``. Without known weights every token weighs the same.
+
 Vectorised over every request-window of a part at once: each row contributes four events
 (``x0``: +prefill rate, +1 present; ``p1``: -prefill rate; ``d0``: +decode rate; ``f``: -decode
 rate, -1 present), clipped to its window; one sort by (window, time), integer running sums of
@@ -40,8 +49,10 @@ def occupancy_us(rw: RequestWindows, req: Requests, window_us: int) -> np.ndarra
     w_lo = rw.w * window_us
     w_hi = w_lo + window_us
     x0, p1, d0, f = req.x0[r], req.p1[r], req.d0[r], req.f[r]
-    p_rate = _rate(req.prefill[r], p1 - x0)
+    p_work = req.p_work[r] if req.p_work is not None else 1.0
+    p_rate = _rate(req.prefill[r] * p_work, p1 - x0)
     d_rate = _rate(req.decode[r], f - d0)
+    d_kv = _rate(req.decode[r] * req.d_kv[r], f - d0) if req.d_kv is not None else None
     # event times within the row's window, as offsets from the window's start
     times = np.stack([x0, p1, d0, f], axis=1)
     times = np.clip(times, w_lo[:, None], w_hi[:, None]) - w_lo[:, None]
@@ -54,12 +65,23 @@ def occupancy_us(rw: RequestWindows, req: Requests, window_us: int) -> np.ndarra
     key = key[order]
     rate = np.cumsum(d_rate_ev.ravel()[order])
     present = np.cumsum(d_present.ravel()[order])
+    if d_kv is not None:
+        # decode rows in a step read their KV cache on top of a batch member's share of the
+        # weights: weight = rate + batch x kv-rate (docs/metering.md, "Context")
+        decoding = (d_rate > 0).astype(I64)
+        zeros = np.zeros(n, dtype=I64)
+        batch = np.cumsum(np.stack([zeros, zeros, decoding, -decoding], axis=1).ravel()[order])
+        kv = np.cumsum(np.stack([zeros, zeros, d_kv, -d_kv], axis=1).ravel()[order])
+        total = rate + batch * kv
+    else:
+        batch = None
+        total = rate
     dt = np.diff(key, append=key[-1]).astype(np.float64)  # 0 across groups: nothing present
     busy = present > 0
-    by_rate = busy & (rate > 0)
-    by_presence = busy & (rate <= 0)
+    by_rate = busy & (total > 0)
+    by_presence = busy & (total <= 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        per_rate = np.where(by_rate, dt / np.where(by_rate, rate, 1), 0.0)
+        per_rate = np.where(by_rate, dt / np.where(by_rate, total, 1), 0.0)
         per_head = np.where(by_presence, dt / np.where(by_presence, present, 1), 0.0)
     sorted_group = key // (window_us + 1)
     starts = np.flatnonzero(np.concatenate(([True], sorted_group[1:] != sorted_group[:-1])))
@@ -75,6 +97,9 @@ def occupancy_us(rw: RequestWindows, req: Requests, window_us: int) -> np.ndarra
 
     prefill = p_rate * between(cum_rate, e_rate, pos[:, 0], pos[:, 1])
     decode = d_rate * between(cum_rate, e_rate, pos[:, 2], pos[:, 3])
+    if d_kv is not None and batch is not None:
+        cum_b, e_b = _prefix_sums(per_rate * batch, starts)
+        decode = decode + d_kv * between(cum_b, e_b, pos[:, 2], pos[:, 3])
     heads = between(cum_head, e_head, pos[:, 0], pos[:, 3])
     return np.maximum(prefill + decode + heads, 0.0)
 

@@ -10,12 +10,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from infermeter.kernel.price_catalog import Catalog
+from infermeter.metering.context_weights import ContextWeightBook
 from infermeter.metering.errors import QueryError
+from infermeter.metering.rate_reports import RateReports
 from infermeter.metering.request_cost import RequestCosts
-from infermeter.metering.series import SeriesReports, _bucket
+from infermeter.metering.series import _bucket
 from infermeter.metering.sql_files import query
 from infermeter.metering.store import Store
 from infermeter.metering.timeparse import iso, naive_utc
+from infermeter.metering.window_costs import ContextOf
 
 DIMENSIONS = {
     "tenant": "tenant",
@@ -27,8 +30,6 @@ DIMENSIONS = {
     "replica": "replica",
     "pool": "pool",
 }
-RATE_LOOKBACK = timedelta(hours=24)
-DEFAULT_GPU = "h100-sxm"
 
 
 def _grain(granularity: str, since: datetime, until: datetime) -> str:
@@ -71,7 +72,7 @@ def _usd(micro: float | int | None) -> float:
     return round((micro or 0) / 1e6, 6)
 
 
-class Reports(SeriesReports):
+class Reports(RateReports):
     """Read-side queries of one store."""
 
     def __init__(
@@ -82,8 +83,10 @@ class Reports(SeriesReports):
         share_idle: bool = False,
         now: Callable[[], float] = time.time,
         window_s: int = 60,
+        context: ContextOf | None = None,
     ) -> None:
         self.store = store
+        self.context = context or ContextWeightBook()
         self.catalog = catalog
         self.share_idle = share_idle
         self.now = now
@@ -253,7 +256,7 @@ class Reports(SeriesReports):
             if row is None:
                 return None
             record = dict(zip(names, row, strict=True))
-            found = RequestCosts(self.catalog).windows(cur, record)
+            found = RequestCosts(self.catalog, self.context).windows(cur, record)
         finally:
             cur.close()
         for key in ("started_at", "first_token_at", "finished_at", "received_at"):
@@ -329,81 +332,6 @@ class Reports(SeriesReports):
                 for name, p in sorted(self.catalog.managed.items())
             },
         }
-
-    # -- rates -----------------------------------------------------------------------------
-    def rates(self) -> dict[str, Any]:
-        """Current price per model for admission estimates (``GET /v1/rates``)."""
-        now = datetime.utcfromtimestamp(self.now())
-        params = {"since": now - RATE_LOOKBACK, "until": now + timedelta(minutes=1)}
-        calib = {row[0]: row for row in self._rows(query("reports", "latest_calibration"), {})}
-        fleet = self._rows(query("reports", "fleet_rate"), params)
-        usd_s, usd_gpu_s, idle_frac = fleet[0] if fleet else (None, None, None)
-        if usd_s is None:
-            usd_s = usd_gpu_s = self.catalog.usd_per_hour(DEFAULT_GPU) / 3600.0
-            idle_frac = 0.0
-        models: dict[str, Any] = {}
-        for model, m_usd_s, m_gpu_s, m_idle, _replicas in self._rows(
-            query("reports", "model_rates"), params
-        ):
-            models[model] = self._rate(calib.get(model), m_usd_s, m_gpu_s, m_idle or 0.0)
-        for model in calib:
-            models.setdefault(model, self._rate(calib[model], usd_s, usd_gpu_s, idle_frac or 0.0))
-        return {
-            "models": models,
-            "default": self._rate(None, usd_s, usd_gpu_s, idle_frac or 0.0),
-            "as_of": iso(now),
-        }
-
-    def _rate(
-        self, calib: tuple[Any, ...] | None, usd_s: float, usd_gpu_s: float, idle_frac: float
-    ) -> dict[str, Any]:
-        from infermeter.metering.calibration import DEFAULT_DECODE_S, DEFAULT_PREFILL_S
-
-        a = calib[1] if calib else DEFAULT_PREFILL_S
-        b = calib[2] if calib else DEFAULT_DECODE_S
-        markup = 1.0 / (1.0 - idle_frac) if self.share_idle and idle_frac < 0.99 else 1.0
-        return {
-            "usd_per_prompt_token": a * usd_s * markup,
-            "usd_per_completion_token": b * usd_s * markup,
-            "usd_per_gpu_second": usd_gpu_s,
-            "calibration": calib[4] if calib else "default",
-        }
-
-    # -- calibration -----------------------------------------------------------------------
-    def calibration(self, model: str = "", limit: int = 50) -> dict[str, Any]:
-        """Latest calibration per model and the history of fits."""
-        latest = [
-            {
-                "model": r[0],
-                "prefill_s_per_token": r[1],
-                "decode_s_per_token": r[2],
-                "windows": r[3],
-                "source": r[4],
-                "r2": r[5],
-                "rmse_s": r[6],
-                "computed_at": iso(r[7]),
-            }
-            for r in self._rows(query("reports", "latest_calibration"), {})
-            if not model or r[0] == model
-        ]
-        history = [
-            {
-                "model": r[0],
-                "computed_at": iso(r[1]),
-                "range_start": iso(r[2]),
-                "range_end": iso(r[3]),
-                "windows": r[4],
-                "prefill_s_per_token": r[5],
-                "decode_s_per_token": r[6],
-                "r2": r[7],
-                "rmse_s": r[8],
-                "source": r[9],
-            }
-            for r in self._rows(
-                query("reports", "calibration_history"), {"model": model, "limit": limit}
-            )
-        ]
-        return {"latest": latest, "history": history}
 
     def cache_savings(self, since: datetime, until: datetime) -> dict[str, Any]:
         """What cache hits would have cost at each model's current rate."""

@@ -31,8 +31,9 @@ NOT_COSTED = ("throttled", "cache_hit")
 class RequestCosts:
     """Recomputes request costs over one store's cursor."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, context: window_costs.ContextOf) -> None:
         self.catalog = catalog
+        self.context = context
 
     def windows(
         self, cur: duckdb.DuckDBPyConnection, record: dict[str, Any]
@@ -101,6 +102,7 @@ class RequestCosts:
             w_since=params["w_since"],
             w_until=params["w_until"],
             choose=lambda model, _sums: weights.get(model) or calibration.default(model),
+            context=self.context,
         ).rows
         row_w = rows.column("w").to_numpy()
         row_cost = rows.column("cost_micro").to_numpy()

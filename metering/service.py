@@ -14,6 +14,7 @@ from typing import Any
 from infermeter.kernel.price_catalog import Catalog, load_catalog
 from infermeter.metering.allocation import AllocationResult, Allocator, epoch_us
 from infermeter.metering.budgets import Budgets
+from infermeter.metering.context_weights import ContextWeightBook
 from infermeter.metering.errors import MeteringError
 from infermeter.metering.ingest import Ingestor
 from infermeter.metering.reports import Reports
@@ -50,12 +51,14 @@ class MeteringService:
         self.catalog = catalog or load_catalog(settings.catalog or None)
         self.store = store or open_store(settings.storage_uri())
         self.ingestor = Ingestor(self.store, now)
+        context = ContextWeightBook(settings.models)
         self.allocator = Allocator(
             self.store,
             self.catalog,
             window_s=settings.window_s,
             replicas=settings.replicas,
             price_energy=settings.price_energy,
+            context=context,
             now=now,
         )
         self.allocator.register_replicas()
@@ -65,6 +68,7 @@ class MeteringService:
             share_idle=settings.share_idle,
             now=now,
             window_s=settings.window_s,
+            context=context,
         )
         self.budgets = Budgets(
             self.store,

@@ -21,6 +21,9 @@ Keys (all optional; see ``infermeter.example.toml``):
   started holding it (default: when the service first ran with it, or its first usage record
   if earlier).
 - ``[metering.budgets.<tenant>]``: ``daily_usd``, ``monthly_usd``.
+- ``[metering.models.<served name>]``: ``profile`` (a capacity model profile; default: the
+  served name, when it is one), ``quantization`` (default bf16), ``kv_dtype_bytes`` (2): the
+  architecture behind the context weights of the split (:mod:`infermeter.metering.context_weights`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from infermeter.metering.context_weights import ModelSettings
 
 Pricing = Literal["on_demand", "reserved", "spot"]
 
@@ -80,6 +85,7 @@ class MeteringSettings(BaseModel):
     max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     replicas: dict[str, ReplicaSettings] = Field(default_factory=dict)
     budgets: dict[str, BudgetSettings] = Field(default_factory=dict)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
 
     def storage_uri(self) -> str:
         """The storage URI, defaulting to a DuckDB file under ``data_dir``."""

@@ -21,8 +21,10 @@ import pyarrow.compute as pc
 
 from infermeter.metering import busy, occupancy, window_split
 from infermeter.metering.calibration import Calibration, Sums
+from infermeter.metering.context_weights import ContextWeights
 
 Chooser = Callable[[str, Sums | None], Calibration]
+ContextOf = Callable[[str], ContextWeights]
 HOUR_US = 3_600_000_000
 DIMENSIONS = ("tenant", "feature", "api_key_id", "pool")
 # the capacity columns a replica-window row carries through unchanged
@@ -48,6 +50,7 @@ class WindowCosts:
     replicas: pa.Table  # one row per replica-window with capacity
     calibrations: list[Calibration] = field(default_factory=list)
     unpriced_requests: int = 0
+    context: dict[str, ContextWeights] = field(default_factory=dict)  # per model
 
 
 def _codes(column: pa.ChunkedArray, sort: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -105,6 +108,7 @@ def compute(
     w_since: int,
     w_until: int,
     choose: Chooser,
+    context: ContextOf,
     chunk_requests: int = CHUNK_REQUESTS,
 ) -> WindowCosts:
     """Allocate the capacity rows' cost over the requests (columns: see ``allocate.sql``
@@ -118,15 +122,25 @@ def compute(
     prof_rep = np.array([index[n] for n in prof_rep_names], dtype=np.int64)[prof_rep]
     cap_rep = np.array([index[n] for n in cap_rep_names], dtype=np.int64)[cap_rep]
     prof_model, models = _codes(profiles.column("model"), sort=True)
+    model = prof_model[profile]
+    weights = {name: context(name) for name in models}
+    attention = np.array([weights[m].attention for m in models] or [0.0])[model]
+    kv = np.array([weights[m].kv for m in models] or [0.0])[model]
+    prefill, decode = _floats(requests, "prefill"), _floats(requests, "decode")
+    prompt = _floats(requests, "prompt_tokens")
+    cached = _floats(requests, "cached_prompt_tokens")
     req = window_split.Requests(
         rep=prof_rep[profile],
-        model=prof_model[profile],
-        prefill=_floats(requests, "prefill"),
-        decode=_floats(requests, "decode"),
+        model=model,
+        prefill=prefill,
+        decode=decode,
         x0=_ints(requests, "x0"),
         p1=_ints(requests, "p1"),
         d0=_ints(requests, "d0"),
         f=_ints(requests, "f"),
+        # the average context of a prefill token and of a decode token (docs/metering.md)
+        p_work=1.0 + attention * (cached + prefill / 2),
+        d_kv=kv * (prompt + decode / 2),
     )
     tie = requests.column("h").to_numpy().view(np.int64)
     order = window_split.replica_order(req.rep, req.x0, tie)
@@ -231,7 +245,7 @@ def compute(
         }
     )
     rows_out = pa.concat_tables(tables)
-    return WindowCosts(rows_out, names, replicas_out, calibrations, unpriced)
+    return WindowCosts(rows_out, names, replicas_out, calibrations, unpriced, weights)
 
 
 @dataclass(slots=True)

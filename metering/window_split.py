@@ -38,6 +38,10 @@ class Requests:
     p1: np.ndarray
     d0: np.ndarray
     f: np.ndarray
+    # context weights (metering/context_weights.py): a prefill token's work, ``1 + attention
+    # x context`` (None: 1), and a decode token's KV weight per batch member (None: 0)
+    p_work: np.ndarray | None = None
+    d_kv: np.ndarray | None = None
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ from infermeter.collector.settings import CollectorSettings
 from infermeter.kernel.price_catalog import load_catalog
 from infermeter.kernel.tenancy import KeyEntry, TenantResolver, hash_key
 from infermeter.metering.api import create_app as metering_app
+from infermeter.metering.context_weights import ContextWeights
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings
 from infermeter.serving.simulator.ledger import read_ledger
@@ -65,14 +66,17 @@ class CellResult:
     label: str
     true_micro: dict[str, float] = field(default_factory=dict)
     allocated_micro: dict[str, int] = field(default_factory=dict)
+    # the same data allocated with every token weighing the same (no context weights)
+    unweighted_micro: dict[str, int] = field(default_factory=dict)
     idle_true_micro: float = 0.0
     idle_micro: int = 0
     bill_micro: int = 0
     requests: int = 0
 
-    def error(self, tenant: str) -> float:
+    def error(self, tenant: str, unweighted: bool = False) -> float:
         true = self.true_micro.get(tenant, 0.0)
-        return (self.allocated_micro.get(tenant, 0) - true) / true if true else 0.0
+        got = (self.unweighted_micro if unweighted else self.allocated_micro).get(tenant, 0)
+        return (got - true) / true if true else 0.0
 
     def lines(self) -> list[str]:
         out = [f"{self.label}: {self.requests} requests, bill ${self.bill_micro / 1e6:.4f}"]
@@ -80,7 +84,8 @@ class CellResult:
             out.append(
                 f"  {tenant:14s} true ${self.true_micro[tenant] / 1e6:9.5f}  allocated "
                 f"${self.allocated_micro.get(tenant, 0) / 1e6:9.5f}  error "
-                f"{100 * self.error(tenant):+7.2f}%"
+                f"{100 * self.error(tenant):+7.2f}%  (no context weights "
+                f"{100 * self.error(tenant, unweighted=True):+7.2f}%)"
             )
         idle_err = (self.idle_micro - self.idle_true_micro) / max(self.idle_true_micro, 1e-9)
         out.append(
@@ -239,6 +244,10 @@ def run_cell(
         cell.true_micro[tenant] = cell.true_micro.get(tenant, 0.0) + ns * usd_per_ns * 1e6
     for row in report["rows"]:
         cell.allocated_micro[row["tenant"]] = round(row["cost_usd"] * 1e6)
+    service.allocator.context = lambda _model: ContextWeights()
+    service.allocate(since=since, until=until)
+    for row in service.reports.cost("tenant", since, until, granularity="total")["rows"]:
+        cell.unweighted_micro[row["tenant"]] = round(row["cost_usd"] * 1e6)
     cell.bill_micro, cell.idle_micro = result.cost_micro, result.idle_micro
     cell.idle_true_micro = cell.bill_micro - sum(cell.true_micro.values())
     return cell

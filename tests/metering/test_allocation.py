@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from infermeter.kernel.price_catalog import Catalog
 from infermeter.kernel.records import UsageRecord
 from infermeter.metering.allocation import Allocator
+from infermeter.metering.context_weights import ContextWeightBook
 from infermeter.metering.ingest import Ingestor
 from infermeter.metering.request_cost import RequestCosts
 from infermeter.metering.settings import ReplicaSettings
@@ -34,7 +35,7 @@ def request_windows(store: Store, catalog: Catalog) -> pa.Table:
         result = cur.execute("SELECT * FROM usage ORDER BY request_id")
         names = [d[0] for d in result.description or []]
         records = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-        costs = RequestCosts(catalog)
+        costs = RequestCosts(catalog, ContextWeightBook())
         rows = [
             (r["request_id"], r["tenant"], w["replica"], w["window_start"], w["cost_micro"],
              w["stale"])

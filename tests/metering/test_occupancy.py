@@ -72,6 +72,34 @@ def test_equal_decoders_split_equally_and_windows_are_cut() -> None:
         assert occ[row, 1] == pytest.approx(5_000_000)
 
 
+def test_a_long_context_decode_takes_more_of_a_memory_bound_step() -> None:
+    """Two sequences decode side by side at the same rate; with context weights each one's
+    part of the step is a batch member's share of the weights plus its own KV reads:
+    ``(1/n + kv x context) / (1 + kv x total context)``."""
+    req = _requests([
+        (0, 0, 100, 0, 0, 0, 10_000_000),
+        (0, 0, 100, 0, 0, 0, 10_000_000),
+    ])  # fmt: skip
+    kv, contexts = 1e-4, np.array([8000.0, 500.0])
+    req.d_kv = kv * contexts
+    occ = _occupancy(req)
+    expected = (0.5 + kv * contexts) / (1 + kv * contexts.sum()) * 10_000_000
+    assert occ[0, 0] == pytest.approx(expected[0], rel=1e-6)
+    assert occ[1, 0] == pytest.approx(expected[1], rel=1e-6)
+    assert occ[0, 0] + occ[1, 0] == pytest.approx(10_000_000, rel=1e-9)
+
+
+def test_prefill_tokens_weigh_their_attention_over_the_context() -> None:
+    req = _requests([
+        (0, 1000, 0, 0, 100_000, 100_000, 100_000),
+        (0, 1000, 0, 0, 100_000, 100_000, 100_000),
+    ])  # fmt: skip
+    req.p_work = np.array([1.3, 1.0])  # 1 + attention x average context
+    occ = _occupancy(req)
+    assert occ[0, 0] == pytest.approx(100_000 * 1.3 / 2.3, rel=1e-6)
+    assert occ[1, 0] == pytest.approx(100_000 * 1.0 / 2.3, rel=1e-6)
+
+
 @st.composite
 def workloads(draw: st.DrawFn) -> window_split.Requests:
     rows = []
@@ -86,7 +114,12 @@ def workloads(draw: st.DrawFn) -> window_split.Requests:
             rows.append((draw(st.integers(0, 2)), prefill, decode, x0, p1, p1, f))
         else:
             rows.append((draw(st.integers(0, 2)), prefill, decode, x0, f, x0, f))
-    return _requests(rows)
+    req = _requests(rows)
+    if draw(st.booleans()):  # context weights (metering/context_weights.py)
+        contexts = st.floats(0.0, 130_000.0, allow_nan=False)
+        req.p_work = 1.0 + 3.3e-5 * np.array([draw(contexts) for _ in rows])
+        req.d_kv = 8.2e-6 * np.array([draw(contexts) for _ in rows])
+    return req
 
 
 @settings(max_examples=150, deadline=None)

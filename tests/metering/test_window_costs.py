@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infermeter.metering import calibration, window_costs
+from infermeter.metering.context_weights import ContextWeightBook
 
 W = 60_000_000
 W_SINCE, W_UNTIL = 1000, 1060
@@ -76,6 +77,7 @@ def run(tables: tuple[pa.Table, pa.Table, pa.Table], chunk: int) -> window_costs
         w_since=W_SINCE,
         w_until=W_UNTIL,
         choose=lambda model, sums: calibration.choose(model, sums, None),
+        context=ContextWeightBook(),
         chunk_requests=chunk,
     )
 
