@@ -138,9 +138,10 @@ def compute(
         p1=_ints(requests, "p1"),
         d0=_ints(requests, "d0"),
         f=_ints(requests, "f"),
-        # the average context of a prefill token and of a decode token (docs/metering.md)
-        p_work=1.0 + attention * (cached + prefill / 2),
-        d_kv=kv * (prompt + decode / 2),
+        # the average context of a prefill token and of a decode token (docs/metering.md);
+        # None where no model has weights (every token alike, and the cheaper split)
+        p_work=1.0 + attention * (cached + prefill / 2) if attention.any() else None,
+        d_kv=kv * (prompt + decode / 2) if kv.any() else None,
     )
     tie = requests.column("h").to_numpy().view(np.int64)
     order = window_split.replica_order(req.rep, req.x0, tie)
