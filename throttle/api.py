@@ -7,7 +7,6 @@ Errors use the OpenAI/vLLM shape ``{"error": {"message", "type", "param", "code"
 
 from __future__ import annotations
 
-import hmac
 import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from infermeter.kernel.tenancy import bearer_token
+from infermeter.kernel.service_auth import BearerCheck
 from infermeter.throttle.algorithms import budgets
 from infermeter.throttle.decision_log import counts_by_reason
 from infermeter.throttle.errors import ThrottleError
@@ -69,19 +68,18 @@ def build_router(rt: Runtime) -> APIRouter:
     """All routes of the throttle service bound to one runtime."""
     router = APIRouter()
     handlers = GatewayHandlers(rt)
-    api_token = rt.settings.api_token.encode()
-    admin_token = rt.settings.admin_token.encode()
+    auth = rt.auth
 
-    def _authorized(request: Request, token: bytes) -> bool:
-        if not token:
-            return True
-        given = bearer_token(request.headers.get("authorization")) or ""
-        return hmac.compare_digest(given.encode(), token)
+    def _deny(request: Request, scope: BearerCheck) -> Response | None:
+        if scope.allows(request.headers.get("authorization")):
+            return None
+        return error(
+            401, f"missing or invalid bearer token ({scope.scope} scope)", "authorization",
+            "auth_error",
+        )  # fmt: skip
 
     def _deny_api(request: Request) -> Response | None:
-        if _authorized(request, api_token):
-            return None
-        return error(401, "missing or invalid bearer token", "authorization", "auth_error")
+        return _deny(request, auth.read)
 
     @router.post("/v1/admit", openapi_extra=_schema(AdmitBody), tags=["gateway"])
     async def admit(request: Request) -> Response:
@@ -210,7 +208,7 @@ def build_router(rt: Runtime) -> APIRouter:
     @router.post("/v1/signals", tags=["collector"])
     async def signals(request: Request) -> Response:
         """Engine signals pushed by collectors (one object or an array)."""
-        if (denied := _deny_api(request)) is not None:
+        if (denied := _deny(request, auth.signals)) is not None:
             return denied
         try:
             body = orjson.loads(await request.body())
@@ -220,14 +218,18 @@ def build_router(rt: Runtime) -> APIRouter:
         return _json({"accepted": len(body) if isinstance(body, list) else 1, "pools": pools})
 
     @router.get("/v1/autoscale/{pool}", tags=["autoscale"])
-    async def autoscale(pool: str) -> Response:
+    async def autoscale(pool: str, request: Request) -> Response:
         """KEDA metrics-api JSON: read ``desired_replicas`` (never empty)."""
+        if (denied := _deny_api(request)) is not None:
+            return denied
         state, rec = await rt.monitor.recommend(pool)
         return _json(keda_body(state, rec, rt.now()))
 
     @router.get("/v1/autoscale", tags=["autoscale"])
-    async def autoscale_all() -> Response:
+    async def autoscale_all(request: Request) -> Response:
         """Every known pool's recommendation."""
+        if (denied := _deny_api(request)) is not None:
+            return denied
         out = []
         for pool in await rt.monitor.known_pools():
             state, rec = await rt.monitor.recommend(pool)
@@ -258,11 +260,9 @@ def build_router(rt: Runtime) -> APIRouter:
         return _json({"version": policy.version, "applied": True})
 
     def _deny_admin(request: Request) -> Response | None:
-        if not admin_token:
+        if auth.admin.open:
             return error(403, "admin API disabled: set [throttle] admin_token", None, "auth_error")
-        if _authorized(request, admin_token):
-            return None
-        return error(401, "missing or invalid admin bearer token", "authorization", "auth_error")
+        return _deny(request, auth.admin)
 
     @router.get("/healthz", tags=["ops"])
     async def healthz() -> Response:

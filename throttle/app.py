@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.throttle.api import build_router, install_error_handlers
+from infermeter.throttle.auth import ThrottleAuth
 from infermeter.throttle.decision_log import DecisionLog
 from infermeter.throttle.errors import StorageError
 from infermeter.throttle.gateway_http import FastPath, GatewayHandlers
@@ -28,7 +29,7 @@ from infermeter.throttle.policy import Policy
 from infermeter.throttle.policy_source import PolicyManager
 from infermeter.throttle.service import Throttle
 from infermeter.throttle.settings import ThrottleSettings
-from infermeter.throttle.signals import PoolMonitor
+from infermeter.throttle.signals import PoolMonitor, SignalLimits
 from infermeter.throttle.storage import from_uri, with_failover
 from infermeter.throttle.storage.base import Storage
 from infermeter.throttle.storage.failover import FailoverStorage
@@ -59,7 +60,14 @@ class Runtime:
             self.policies.current = policy
         elif settings.policy_file:
             self.policies.load_file()
-        self.monitor = PoolMonitor(self.policy, self.storage, now)
+        self.auth = ThrottleAuth.from_settings(settings)
+        limits = SignalLimits(
+            max_skew_s=settings.max_signal_skew_s,
+            max_pools=settings.max_pools,
+            max_replicas_per_pool=settings.max_replicas_per_pool,
+            evict_after_s=settings.evict_after_s,
+        )
+        self.monitor = PoolMonitor(self.policy, self.storage, now, limits)
         self.throttle = Throttle(self.policies.current, self.storage, now, self.monitor.pressure)
         self.throttle.recorder = DecisionLog(
             settings.decision_log_tenants, settings.decision_log_entries

@@ -110,7 +110,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
+    from infermeter.kernel.service_auth import guard_exposure
     from infermeter.throttle.app import Runtime, create_app
+    from infermeter.throttle.auth import exposed_scopes
 
     settings, resolver = throttle_settings.load(config)
     settings = throttle_settings.override(
@@ -124,6 +126,13 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
         metering_url=args.metering_url,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    guard_exposure(
+        "throttle",
+        settings.host,
+        exposed_scopes(settings),
+        insecure=settings.insecure or args.insecure,
+        log=logging.getLogger("infermeter.throttle"),
+    )
     try:
         runtime = Runtime(settings, resolver)
     except (ThrottleError, OSError) as exc:
@@ -173,5 +182,11 @@ def run_openapi(args: argparse.Namespace, config: Config) -> int:
 def run_nginx_config(args: argparse.Namespace, config: Config) -> int:
     from infermeter.throttle.nginx import render
 
-    print(render(listen=args.listen, throttle=args.throttle, upstream=args.upstream))
+    settings, _ = throttle_settings.load(config)
+    try:
+        text = render(args.listen, args.throttle, args.upstream, settings.api_token)
+    except ValueError as exc:
+        print(f"infermeter throttle: error: [throttle] api_token: {exc}", file=sys.stderr)
+        return 2
+    print(text)
     return 0

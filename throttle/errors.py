@@ -5,6 +5,7 @@ Hierarchy::
     ThrottleError
     ├── PolicyError            a policy document is invalid (names the field at fault)
     ├── RequestError           an API request is invalid (names the field at fault)
+    ├── LimitReached           a bounded table is full (pools, replicas per pool)
     ├── UnknownReservation     settle of a reservation id that does not exist (or expired long ago)
     ├── UnknownPool            autoscale read of a pool the policy does not declare
     └── StorageError           the state backend failed
@@ -33,6 +34,15 @@ class PolicyError(ThrottleError):
 
 class RequestError(ThrottleError):
     """An API request is invalid; ``field`` names the value at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class LimitReached(ThrottleError):
+    """A bounded table (pools, replicas per pool) is full; ``field`` names what was refused."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field

@@ -10,7 +10,6 @@ happens here.
 
 from __future__ import annotations
 
-import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from infermeter.kernel.asgi import ASGIApp
 from infermeter.kernel.openai_errors import error_body
-from infermeter.kernel.tenancy import bearer_token
+from infermeter.kernel.service_auth import SERVICE_TOKEN_HEADER
 from infermeter.throttle.algorithms.budgets import WindowCache
 from infermeter.throttle.errors import (
+    LimitReached,
     PolicyError,
     RequestError,
     StorageError,
@@ -102,6 +102,8 @@ def reply_for(exc: ThrottleError) -> Reply:
         return error_reply(422, str(exc), "invalid_request_error", exc.field)
     if isinstance(exc, PolicyError):
         return error_reply(422, str(exc), "invalid_policy", exc.field or None)
+    if isinstance(exc, LimitReached):
+        return error_reply(429, str(exc), "limit_reached", exc.field)
     if isinstance(exc, UnknownReservation):
         return error_reply(404, str(exc), "not_found", "reservation_id")
     if isinstance(exc, UnknownPool):
@@ -146,17 +148,16 @@ class GatewayHandlers:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        self._token = rt.settings.api_token.encode()
+        self._scope = rt.auth.decisions
         self._windows = WindowCache()
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
-        if not self._token:
-            return True
-        given = bearer_token(headers.get("authorization")) or ""
-        return hmac.compare_digest(given.encode(), self._token)
+        return self._scope.allows(headers.get("authorization"))
 
-    def unauthorized(self) -> Reply:
-        return error_reply(401, "missing or invalid bearer token", "auth_error", "authorization")
+    def unauthorized(self, header: str = "authorization") -> Reply:
+        return error_reply(
+            401, "missing or invalid bearer token (decisions scope)", "auth_error", header
+        )
 
     def _headers(self, result: AdmitResult) -> dict[str, str]:
         now = self._rt.now()
@@ -221,7 +222,13 @@ class GatewayHandlers:
         )
 
     async def check(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
-        """Header-only admission: tenant from the trusted header / API-key map."""
+        """Header-only admission: tenant from the trusted header / API-key map.
+
+        The caller is a proxy whose Authorization header is the end client's API key, so the
+        decisions token comes in :data:`SERVICE_TOKEN_HEADER`.
+        """
+        if not self._scope.matches(headers.get(SERVICE_TOKEN_HEADER, "")):
+            return self.unauthorized(SERVICE_TOKEN_HEADER)
         rt = self._rt
         who = rt.resolver.resolve(headers)
         doc = rt.policy().doc

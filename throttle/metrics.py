@@ -130,3 +130,13 @@ class ThrottleCollector(Collector):
         yield current
         yield pressure
         yield signal
+        yield CounterMetricFamily(
+            P + "signals_refused",
+            "Pushed signal samples refused (clock skew beyond max_signal_skew_s, caps).",
+            value=self._monitor.refused,
+        )
+        yield CounterMetricFamily(
+            P + "pools_evicted",
+            "Pools forgotten after evict_after_s without a fresh signal.",
+            value=self._monitor.evicted,
+        )

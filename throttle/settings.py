@@ -1,5 +1,11 @@
 """The ``[throttle]`` table of the configuration file (see ``infermeter.example.toml``).
 
+Tokens (each also from ``<key>_file`` or ``INFERMETER__THROTTLE__<KEY>``): ``api_token`` is
+the decisions scope (gateways, the nginx check); ``signals_token`` the collectors' push and
+``read_token`` the dashboards' and KEDA's reads, each falling back to ``api_token`` when
+empty; ``admin_token`` the policy API (empty: disabled). Off loopback, ``api_token`` is
+required unless ``insecure`` (docs/security.md).
+
 Tenant attribution for ``/v1/check`` comes from the shared ``[tenancy]`` table
 (``shared_secret``, ``default_tenant``, ``[tenancy.keys."<sha256>"]``).
 """
@@ -24,7 +30,14 @@ class ThrottleSettings(BaseModel):
     storage: str = "memory://"  # or redis://127.0.0.1:6379/0?prefix=infermeter:throttle
     policy_file: str = ""  # TOML policy; empty: no limits until one is PUT on /v1/policy
     admin_token: str = ""  # bearer token of GET/PUT /v1/policy; empty disables the admin API
-    api_token: str = ""  # when set, gateway endpoints require this bearer token
+    api_token: str = ""  # decisions scope: admit, settle, check (and reads/signals if unset)
+    signals_token: str = ""  # signals scope: POST /v1/signals (collectors); empty: api_token
+    read_token: str = ""  # read scope: tenants, decisions, autoscale (dashboards, KEDA)
+    insecure: bool = False  # allow listening off loopback with no api_token (warned at start)
+    max_signal_skew_s: float = Field(default=30.0, gt=0)  # |signal ts - now| accepted
+    max_pools: int = Field(default=1_000, ge=1)  # pools that may report signals at once
+    max_replicas_per_pool: int = Field(default=1_000, ge=1)
+    evict_after_s: float = Field(default=3_600.0, gt=0)  # idle pools/replicas/tenants dropped
     fail_closed: bool = False  # refuse every admission while the shared storage is down
     reload_interval_s: float = Field(default=5.0, gt=0)  # policy file / shared policy poll
     probe_interval_s: float = Field(default=2.0, gt=0)  # storage reconnect probe while degraded

@@ -10,6 +10,13 @@ by every throttle replica on Redis), and on each refresh computes per pool:
   worst replica's TTFT p95 exceeds ``ttft_p95_slo_s``. Pressure holds ``pressure_hold_s``
   after the last saturated refresh so that fair share does not flap;
 - the autoscale *recommendation* (:mod:`infermeter.throttle.algorithms.autoscale`).
+
+Signals are trusted only as far as :class:`SignalLimits` allow: a sample's ``ts`` more than
+``max_skew_s`` from the throttle's clock is refused (422 naming ``ts``: a far-future sample
+would otherwise never go stale), a replica stops counting ``stale_after_s`` after its last
+sample, a pool not named by the policy is forgotten ``evict_after_s`` after its last fresh
+sample, and at most ``max_pools`` pools of ``max_replicas_per_pool`` replicas exist (429
+naming ``pool`` / ``replica`` beyond).
 """
 
 from __future__ import annotations
@@ -22,14 +29,26 @@ from typing import Any
 
 from infermeter.kernel.engine_signals import SIGNAL_NAMES
 from infermeter.throttle.algorithms import autoscale
-from infermeter.throttle.errors import RequestError, UnknownPool
+from infermeter.throttle.errors import LimitReached, RequestError, UnknownPool
 from infermeter.throttle.policy import Policy
 from infermeter.throttle.storage.base import Storage
 
 MAX_NAME = 200
 
 
-def parse_signal(raw: Any, now: float, index: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class SignalLimits:
+    """How far pushed signals are trusted, and how much of them is kept."""
+
+    max_skew_s: float = 30.0
+    max_pools: int = 1_000
+    max_replicas_per_pool: int = 1_000
+    evict_after_s: float = 3_600.0
+
+
+def parse_signal(
+    raw: Any, now: float, index: int | None = None, max_skew_s: float = math.inf
+) -> dict[str, Any]:
     """Validate one pushed signal object; raises :class:`RequestError` naming the field."""
     where = f"[{index}]." if index is not None else ""
     if not isinstance(raw, Mapping):
@@ -47,6 +66,12 @@ def parse_signal(raw: Any, now: float, index: int | None = None) -> dict[str, An
     ts = raw.get("ts", now)
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise RequestError(f"{where}ts", "must be a number (epoch seconds)")
+    if abs(ts - now) > max_skew_s:
+        raise RequestError(
+            f"{where}ts",
+            f"is {ts - now:+.0f} s from the throttle's clock; accepted within "
+            f"±{max_skew_s:g} s (check the collector's clock)",
+        )
     out["ts"] = float(ts)
     for name in SIGNAL_NAMES:
         value = raw.get(name)
@@ -81,15 +106,23 @@ class PoolMonitor:
     """Pressure flags (read on the decision path, from memory) and autoscale answers."""
 
     def __init__(
-        self, policy: Callable[[], Policy], storage: Storage, now: Callable[[], float]
+        self,
+        policy: Callable[[], Policy],
+        storage: Storage,
+        now: Callable[[], float],
+        limits: SignalLimits | None = None,
     ) -> None:
         self._policy = policy
         self._storage = storage
         self._now = now
+        self.limits = limits or SignalLimits()
         self.states: dict[str, PoolState] = {}
         self._waiting: dict[str, deque[tuple[float, float]]] = {}
         self._since: dict[str, float] = {}
+        self._last_fresh: dict[str, float] = {}
         self.received = 0
+        self.refused = 0  # samples refused (skew, caps)
+        self.evicted = 0  # pools forgotten after evict_after_s without a fresh sample
 
     def pressure(self, pool: str) -> bool:
         """Whether ``pool`` is saturated (cheap: no I/O)."""
@@ -100,10 +133,16 @@ class PoolMonitor:
         """Store pushed signals (an object or an array); returns the pools touched."""
         now = self._now()
         items = body if isinstance(body, list) else [body]
-        parsed = [
-            parse_signal(item, now, i if isinstance(body, list) else None)
-            for i, item in enumerate(items)
-        ]
+        try:
+            parsed = [
+                parse_signal(item, now, i if isinstance(body, list) else None,
+                             self.limits.max_skew_s)
+                for i, item in enumerate(items)
+            ]  # fmt: skip
+            await self._check_caps(parsed, now)
+        except (RequestError, LimitReached):
+            self.refused += len(items)
+            raise
         pools: set[str] = set()
         for signal in parsed:
             await self._storage.put_signal(signal["pool"], signal["replica"], signal, signal["ts"])
@@ -113,14 +152,52 @@ class PoolMonitor:
             await self.refresh(pool)
         return sorted(pools)
 
+    async def _check_caps(self, parsed: list[dict[str, Any]], now: float) -> None:
+        """Refuse a batch that would add a pool or replica beyond the caps."""
+        policy = self._policy()
+        known = set(await self._storage.pools())
+        new_pools = {s["pool"] for s in parsed} - known
+        if new_pools and len(known) + len(new_pools) > self.limits.max_pools:
+            raise LimitReached(
+                "pool", f"{len(known)} pools report signals; at most {self.limits.max_pools}"
+            )
+        by_pool: dict[str, set[str]] = {}
+        for s in parsed:
+            by_pool.setdefault(s["pool"], set()).add(s["replica"])
+        for pool, replicas in by_pool.items():
+            stale_after = policy.pool(pool).stale_after_s
+            present = {s["replica"] for s in await self._storage.signals(pool, now - stale_after)}
+            if len(present | replicas) > self.limits.max_replicas_per_pool:
+                raise LimitReached(
+                    "replica",
+                    f"pool {pool!r} has {len(present)} replicas reporting; at most "
+                    f"{self.limits.max_replicas_per_pool}",
+                )
+
     async def known_pools(self) -> list[str]:
         declared = set(self._policy().doc.pools)
         return sorted(declared | set(await self._storage.pools()) | set(self.states))
 
     async def refresh_all(self) -> None:
-        """Refresh every known pool (run periodically by the app)."""
+        """Refresh every known pool, forgetting idle undeclared ones (run periodically)."""
+        declared = set(self._policy().doc.pools)
+        now = self._now()
         for pool in await self.known_pools():
-            await self.refresh(pool)
+            state = await self.refresh(pool)
+            idle_for = now - self._last_fresh.setdefault(pool, now)
+            if pool not in declared and state.replicas == 0 and (
+                idle_for > self.limits.evict_after_s
+            ):
+                await self.forget(pool)
+
+    async def forget(self, pool: str) -> None:
+        """Drop everything held about ``pool``."""
+        await self._storage.forget_pool(pool)
+        self.states.pop(pool, None)
+        self._waiting.pop(pool, None)
+        self._since.pop(pool, None)
+        self._last_fresh.pop(pool, None)
+        self.evicted += 1
 
     async def refresh(self, pool: str) -> PoolState:
         """Recompute a pool's aggregates and pressure from the latest fresh signals."""
@@ -130,6 +207,8 @@ class PoolMonitor:
         fresh = await self._storage.signals(pool, now - settings.stale_after_s)
         state = self.states.get(pool) or PoolState(pool)
         state.replicas = len(fresh)
+        if fresh:
+            self._last_fresh[pool] = now
         totals: dict[str, float] = {}
         worst: dict[str, float] = {}
         for signal in fresh:

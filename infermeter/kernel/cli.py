@@ -40,15 +40,27 @@ class _Registrar(Protocol):
     ) -> None: ...
 
 
-def common_options() -> argparse.ArgumentParser:
-    """Options every subcommand accepts."""
+def common_options(*, top: bool = False) -> argparse.ArgumentParser:
+    """Options every subcommand accepts, before or after the subcommand's name.
+
+    Only the top-level parser sets defaults: a subcommand's parser that did not see the
+    option leaves what the top level parsed alone (``infermeter --config X metering serve``
+    and ``infermeter metering serve --config X`` read the same file).
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
         metavar="FILE",
-        default=None,
+        default=None if top else argparse.SUPPRESS,
         help="TOML configuration file (default: $INFERMETER_CONFIG, else ./infermeter.toml "
         "if present); INFERMETER__<TABLE>__<KEY> environment variables override it",
+    )
+    common.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="let a service listen off loopback with a scope that has no token (it warns at "
+        "every start); same as `insecure = true` in its table",
     )
     return common
 
@@ -126,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infermeter",
         description="Observability and FinOps for self-hosted LLM inference.",
-        parents=[common],
+        parents=[common_options(top=True)],
     )
     register_installed(parser.add_subparsers(dest="command", metavar="COMMAND"), common,
                        COMMAND_MODULES)  # fmt: skip

@@ -11,6 +11,11 @@ Where the file comes from, first match wins: an explicit ``--config`` path, the
 Environment overrides: ``INFERMETER__<TABLE>__<KEY>[__<SUBKEY>...]=value`` sets
 ``[table] key = value``. The value is parsed as a TOML value when it parses (numbers, booleans,
 arrays, quoted strings) and taken as a plain string otherwise.
+
+Secrets from files: for a string field ``key`` of a table, ``key_file = "/path"`` reads the
+value from that file (trailing newline stripped), so a Kubernetes Secret mounted as a file
+never has to appear in the config, the environment or ``ps``. A missing or unreadable file
+is a :class:`ConfigError` naming the field.
 """
 
 from __future__ import annotations
@@ -105,10 +110,36 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
     return Config(apply_env_overrides(data, env), source=source)
 
 
+FILE_SUFFIX = "_file"
+
+
+def read_secret_files(
+    table: Mapping[str, Any], model: type[BaseModel], where: str, prefix: str = ""
+) -> dict[str, Any]:
+    """``table`` with each ``key_file`` of a string field ``key`` replaced by the file's text."""
+    out = dict(table)
+    fields = model.model_fields
+    for key, value in table.items():
+        stem = key[: -len(FILE_SUFFIX)]
+        if not key.endswith(FILE_SUFFIX) or key in fields or fields.get(stem) is None:
+            continue
+        if fields[stem].annotation is not str:
+            continue
+        del out[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError("must be a file path", source=where, field=prefix + key)
+        try:
+            out[stem] = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {value}: {exc}", source=where, field=prefix + key) from exc
+    return out
+
+
 def section(config: Config, name: str, model: type[M]) -> M:
     """Validate table ``[name]`` with ``model``; errors name the file and the field."""
+    table = read_secret_files(config.table(name), model, config.source, f"{name}.")
     try:
-        return model.model_validate(config.table(name))
+        return model.model_validate(table)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in (name, *first["loc"]))

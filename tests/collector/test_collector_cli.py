@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser()
+    root = argparse.ArgumentParser(parents=[common_options(top=True)])
     register(root.add_subparsers(), common_options())
     return root
 

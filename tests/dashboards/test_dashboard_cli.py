@@ -24,7 +24,7 @@ from infermeter.kernel.settings import load_config
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(parents=[common_options(top=True)])
     register(parser.add_subparsers(), common_options())
     return parser.parse_args(["dashboard", *argv])
 

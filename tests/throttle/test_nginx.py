@@ -41,6 +41,7 @@ prompt = 0.0
 completion = 1.0e-5    # 100 completion tokens = 0.001 usd
 """
 KEYS = {"sk-alice": "alice", "sk-bob": "bob"}
+TOKEN = "nginx-decisions-token"  # the throttle's [throttle] api_token
 
 
 def upstream_app() -> FastAPI:
@@ -58,14 +59,17 @@ def upstream_app() -> FastAPI:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[str]:
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """nginx in front of an upstream, asking a throttle whose decisions need ``TOKEN``;
+    the nginx config carries the token given as the fixture's param (default ``TOKEN``)."""
+    nginx_token = getattr(request, "param", TOKEN)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise RuntimeError("nginx not installed: run ./dev.sh test (apt package nginx)")
     resolver = TenantResolver.from_config(
         "", {hash_key(k): {"tenant": t} for k, t in KEYS.items()}, "anonymous"
     )
-    runtime = Runtime(ThrottleSettings(), resolver, policy=load_policy_text(POLICY))
+    runtime = Runtime(ThrottleSettings(api_token=TOKEN), resolver, policy=load_policy_text(POLICY))
     with (
         ServerThread(create_app(runtime, background=False)) as throttle,
         ServerThread(upstream_app()) as upstream,
@@ -75,6 +79,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
             listen=f"127.0.0.1:{port}",
             throttle=f"127.0.0.1:{throttle.port}",
             upstream=f"127.0.0.1:{upstream.port}",
+            token=nginx_token,
         )
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
             (tmp_path / sub).mkdir()
@@ -145,3 +150,14 @@ def test_tenant_over_its_limit_gets_429_with_retry_after_another_passes(stack: s
     other = [chat(stack, "sk-bob") for _ in range(5)]
     assert [r.status_code for r in other] == [200] * 5
     assert other[0].json()["tenant"] == "bob"
+
+
+@pytest.mark.parametrize("stack", ["wrong-token", ""], indirect=True)
+def test_a_config_without_the_throttle_token_is_refused_not_let_through(stack: str) -> None:
+    refused = chat(stack, "sk-alice")
+    assert refused.status_code == 401, refused.text  # auth_request passes the throttle's 401
+
+
+def test_the_token_cannot_break_out_of_the_nginx_string() -> None:
+    with pytest.raises(ValueError, match="nginx string"):
+        render("8088", "127.0.0.1:8300", "127.0.0.1:8080", token='x"; return 200; #')

@@ -197,6 +197,10 @@ class Storage(Protocol):
         """Pools that have signals."""
         ...
 
+    async def forget_pool(self, pool: str) -> None:
+        """Drop a pool's signals and recommendation history (it went idle)."""
+        ...
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

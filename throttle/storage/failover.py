@@ -137,6 +137,10 @@ class FailoverStorage:
     async def pools(self) -> list[str]:
         return await self._run(lambda s: s.pools())
 
+    async def forget_pool(self, pool: str) -> None:
+        await self.local.forget_pool(pool)
+        await self._run(lambda s: s.forget_pool(pool))
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

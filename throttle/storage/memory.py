@@ -114,6 +114,10 @@ class MemoryStorage(MemoryLedger):
     async def pools(self) -> list[str]:
         return sorted(self._signals)
 
+    async def forget_pool(self, pool: str) -> None:
+        self._signals.pop(pool, None)
+        self._history.pop(pool, None)
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

@@ -250,6 +250,12 @@ class RedisStorage:
         members: set[str] = await self._do(self._client.smembers(self.key("pools")))
         return sorted(members)
 
+    async def forget_pool(self, pool: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.srem(self.key("pools"), pool)
+            pipe.delete(self.key("signals", pool), self.key("history", pool))
+            await self._do(pipe.execute())
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:
