@@ -185,8 +185,10 @@ class PoolMonitor:
         for pool in await self.known_pools():
             state = await self.refresh(pool)
             idle_for = now - self._last_fresh.setdefault(pool, now)
-            if pool not in declared and state.replicas == 0 and (
-                idle_for > self.limits.evict_after_s
+            if (
+                pool not in declared
+                and state.replicas == 0
+                and (idle_for > self.limits.evict_after_s)
             ):
                 await self.forget(pool)
 

@@ -40,7 +40,7 @@ class BearerCheck:
     Comparison is constant-time and never raises, whatever the bytes presented.
     """
 
-    __slots__ = ("scope", "_tokens")
+    __slots__ = ("_tokens", "scope")
 
     def __init__(self, scope: str, *tokens: str) -> None:
         self.scope = scope

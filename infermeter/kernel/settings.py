@@ -131,7 +131,8 @@ def read_secret_files(
         try:
             out[stem] = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {value}: {exc}", source=where, field=prefix + key) from exc
+            message = f"cannot read {value}: {exc}"
+            raise ConfigError(message, source=where, field=prefix + key) from exc
     return out
 
 

@@ -18,8 +18,8 @@ def render(listen: str, throttle: str, upstream: str, token: str = "") -> str:
     subrequest in ``X-Infermeter-Token``; keep the rendered file readable by nginx only.
     An empty token sends no header (nginx drops empty values).
     """
-    if any(c in token for c in "\"\\$;\r\n"):
-        raise ValueError("the token cannot be written into an nginx string (\", \\, $, ;)")
+    if any(c in token for c in '"\\$;\r\n'):
+        raise ValueError('the token cannot be written into an nginx string (", \\, $, ;)')
     text = template()
     for marker, value in (
         ("@LISTEN@", listen),

@@ -229,9 +229,7 @@ def test_missing_cpu_install_points_to_the_setup_script(tmp_path):
 def _vllm_parser() -> argparse.ArgumentParser:
     """Only this command (other packages' commands play no part in these unit tests)."""
     common = common_options()
-    parser = argparse.ArgumentParser(
-        prog="infermeter engine", parents=[common_options(top=True)]
-    )
+    parser = argparse.ArgumentParser(prog="infermeter engine", parents=[common_options(top=True)])
     vllm_cli.register(parser.add_subparsers(dest="engine"), common)
     return parser
 
