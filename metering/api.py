@@ -6,9 +6,8 @@ request -> 404, oversized body -> 413, RangeError (``since`` / ``until`` unparsa
 
 from __future__ import annotations
 
-import hmac
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.background import BackgroundTask
 
 from infermeter.kernel.openai_errors import error_object
+from infermeter.kernel.service_auth import BearerCheck
 from infermeter.metering.errors import (
     BatchError,
     MeteringError,
@@ -55,29 +55,24 @@ def _error(status: int, message: str, kind: str, param: str | None = None) -> JS
     )
 
 
-def _token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
-
-
 def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     """The ASGI app for one service; the background allocation loop runs with the app."""
     settings = service.settings
     registry = CollectorRegistry()
     registry.register(MeteringCollector(service, service.now))
 
-    def _match(token: str, *allowed: str) -> bool:
-        return any(a and hmac.compare_digest(token, a) for a in allowed)
+    ingest_scope = BearerCheck("ingest", settings.ingest_token)
+    read_scope = BearerCheck("read", settings.read_token, settings.ingest_token)
+    admin_scope = BearerCheck("admin", settings.admin_token or settings.ingest_token)
 
-    def ingest_auth(request: Request) -> None:
-        if settings.ingest_token and not _match(_token(request), settings.ingest_token):
-            raise AuthError("ingest")
+    def _checker(scope: BearerCheck) -> Callable[[Request], None]:
+        def check(request: Request) -> None:
+            if not scope.allows(request.headers.get("authorization")):
+                raise AuthError(scope.scope)
 
-    def read_auth(request: Request) -> None:
-        tokens = (settings.read_token, settings.ingest_token)
-        if any(tokens) and not _match(_token(request), *tokens):
-            raise AuthError("read")
+        return check
+
+    ingest_auth, read_auth, admin_auth = map(_checker, (ingest_scope, read_scope, admin_scope))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -189,14 +184,14 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         return result.to_json()
 
     # -- admin ---------------------------------------------------------------------------
-    @app.post("/v1/admin/allocate", dependencies=[Depends(ingest_auth)])
+    @app.post("/v1/admin/allocate", dependencies=[Depends(admin_auth)])
     async def allocate(request: Request) -> dict[str, Any]:
         has_range = "since" in request.query_params or "until" in request.query_params
         since, until = _times(request, 86400.0) if has_range else (None, None)
         result = await run_in_threadpool(service.allocate, since, until)
         return result.to_json()
 
-    @app.post("/v1/admin/check-budgets", dependencies=[Depends(ingest_auth)])
+    @app.post("/v1/admin/check-budgets", dependencies=[Depends(admin_auth)])
     async def check_budgets() -> dict[str, Any]:
         return {"alerts": await run_in_threadpool(service.budgets.check)}
 

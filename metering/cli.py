@@ -9,6 +9,7 @@ holds it) and run the same queries in process.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Any
@@ -35,10 +36,22 @@ def _settings(args: argparse.Namespace, config: Config) -> MeteringSettings:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
+    from infermeter.kernel.service_auth import guard_exposure
     from infermeter.metering.api import create_app
     from infermeter.metering.service import MeteringService
 
     settings = _settings(args, config)
+    guard_exposure(
+        "metering",
+        settings.host,
+        {
+            "ingest_token": settings.ingest_token,
+            "read_token": settings.read_token or settings.ingest_token,
+            "admin_token": settings.admin_token or settings.ingest_token,
+        },
+        insecure=settings.insecure or getattr(args, "insecure", False),
+        log=logging.getLogger("infermeter.metering"),
+    )
     try:
         service = MeteringService(settings)
     except MeteringError as exc:
@@ -210,6 +223,17 @@ def _allocate(args: argparse.Namespace, config: Config) -> int:
     from infermeter.metering.timeparse import parse_time
 
     settings = _settings(args, config)
+    guard_exposure(
+        "metering",
+        settings.host,
+        {
+            "ingest_token": settings.ingest_token,
+            "read_token": settings.read_token or settings.ingest_token,
+            "admin_token": settings.admin_token or settings.ingest_token,
+        },
+        insecure=settings.insecure or getattr(args, "insecure", False),
+        log=logging.getLogger("infermeter.metering"),
+    )
     try:
         service = MeteringService(settings)
         try:

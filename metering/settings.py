@@ -5,9 +5,14 @@ Keys (all optional; see ``infermeter.example.toml``):
 - ``host``, ``port``: where ``infermeter metering serve`` listens (default 127.0.0.1:8200).
 - ``storage``: ``duckdb:///path/file.duckdb`` (default ``duckdb:///<data_dir>/metering.duckdb``)
   or ``duckdb:///:memory:``.
-- ``ingest_token``: bearer token for ingest and admin endpoints (empty = open, loopback only).
+- ``ingest_token``: bearer token for ``/v1/usage`` and ``/v1/gpu-samples`` (empty = open,
+  loopback only).
 - ``read_token``: bearer token for queries (empty = the ingest token also reads; both empty =
   open). The ingest token always reads too.
+- ``admin_token``: bearer token for ``/v1/admin/*`` (empty = the ingest token).
+- ``insecure``: serve off loopback with no ingest token (warned at every start); otherwise
+  a non-loopback ``host`` without one refuses to start. Every token may also come from
+  ``<key>_file`` (a mounted secret) or ``INFERMETER__METERING__<KEY>``.
 - ``catalog``: a TOML file overriding entries of the shipped price catalog.
 - ``window_s``: allocation window in seconds (default 60).
 - ``share_idle``: share idle cost back to tenants in proportion to their use (default false).
@@ -74,6 +79,8 @@ class MeteringSettings(BaseModel):
     data_dir: str = ".data"
     ingest_token: str = ""
     read_token: str = ""
+    admin_token: str = ""
+    insecure: bool = False
     catalog: str = ""
     window_s: int = Field(default=60, ge=1, le=3600)
     share_idle: bool = False

@@ -236,3 +236,32 @@ def test_oversized_body_is_413(clock: ManualClock, serve: Callable[..., ServerTh
         assert r.status_code == 413 and r.json()["error"]["param"] == "body"
     finally:
         svc.stop()
+
+
+def test_a_non_ascii_or_malformed_token_is_401_never_500(url: str) -> None:
+    for raw in ("Bearer çà-token".encode(), b"Bearer \xff\xfe", b"Basic abc", b"Bearer"):
+        r = httpx.get(f"{url}/v1/rates", headers={"authorization": raw})
+        assert r.status_code == 401, (raw, r.text)
+        assert r.json()["error"]["type"] == "unauthorized"
+
+
+def test_admin_has_its_own_scope(clock: ManualClock, serve: Callable[..., ServerThread]) -> None:
+    settings = MeteringSettings(
+        storage="duckdb:///:memory:",
+        ingest_token="ingest-secret",
+        read_token="read-secret",
+        admin_token="admin-secret",
+        allocate_every_s=0,
+    )
+    svc = MeteringService(settings, now=clock)
+    try:
+        base = serve(create_app(svc)).url
+        for headers in ({}, INGEST, READ):
+            r = httpx.post(f"{base}/v1/admin/check-budgets", headers=headers)
+            assert r.status_code == 401 and "admin" in r.json()["error"]["message"]
+        ok = httpx.post(
+            f"{base}/v1/admin/check-budgets", headers={"Authorization": "Bearer admin-secret"}
+        )
+        assert ok.status_code == 200, ok.text
+    finally:
+        svc.stop()
