@@ -223,17 +223,6 @@ def _allocate(args: argparse.Namespace, config: Config) -> int:
     from infermeter.metering.timeparse import parse_time
 
     settings = _settings(args, config)
-    guard_exposure(
-        "metering",
-        settings.host,
-        {
-            "ingest_token": settings.ingest_token,
-            "read_token": settings.read_token or settings.ingest_token,
-            "admin_token": settings.admin_token or settings.ingest_token,
-        },
-        insecure=settings.insecure or getattr(args, "insecure", False),
-        log=logging.getLogger("infermeter.metering"),
-    )
     try:
         service = MeteringService(settings)
         try:

@@ -45,7 +45,7 @@ def test_an_open_scope_off_loopback_refuses_unless_insecure(
     assert guard_exposure("metering", "127.0.0.1", scopes, insecure=False, log=LOG) == [
         "ingest_token"
     ]
-    with pytest.raises(ConfigError, match="metering would listen on 0.0.0.0") as err:
+    with pytest.raises(ConfigError, match=r"metering would listen on 0\.0\.0\.0") as err:
         guard_exposure("metering", "0.0.0.0", scopes, insecure=False, log=LOG)
     assert err.value.field == "metering.ingest_token"
     with caplog.at_level(logging.WARNING):
