@@ -39,6 +39,7 @@ from infermeter.collector.settings import CollectorSettings
 from infermeter.collector.shipper import Shipper, ShipperMetrics
 from infermeter.collector.spool import Spool
 from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.metering_client import MeteringClient
 from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
 from infermeter.kernel.tenancy import TenantResolver
@@ -94,6 +95,7 @@ class CollectorApp:
             telemetry = GenAiTelemetry.from_environment(env)
         self.telemetry: GenAiTelemetry | None = telemetry  # type: ignore[assignment]
         self.shipper_metrics = ShipperMetrics(self.registry)
+        self.dependency_auth = DependencyAuth("collector", self.registry, log)
         self.usage_spool: Spool | None = None
         self.gpu_spool: Spool | None = None
         near_full = Gauge(
@@ -189,6 +191,7 @@ class CollectorApp:
                 timeout_s=s.ship_timeout_s,
                 attempts=1,
             )
+            common["auth"] = self.dependency_auth
             self.usage_shipper = Shipper(
                 self.usage_spool, client, USAGE_PATH, "usage", self.shipper_metrics, **common
             )
@@ -226,6 +229,8 @@ class CollectorApp:
             SignalDeriver(s.pool, self.replica),
             interval_s=s.scrape_interval_s,
             throttle_url=s.throttle_url,
+            throttle_token=s.throttle_token,
+            auth=self.dependency_auth,
             metered_totals=lambda: self.metrics.totals,
         )
         self.registry.register(self.scraper)
@@ -332,6 +337,7 @@ class CollectorApp:
                     problems["upstream"] = f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             problems["upstream"] = f"unreachable: {type(exc).__name__}"
+        problems.update(self.dependency_auth.problems())
         body: dict[str, Any] = {"status": "ready" if not problems else "not ready"}
         if problems:
             body["problems"] = problems

@@ -25,6 +25,8 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--ingest-token", "ingest_token", str, "bearer token for metering's ingest API"),
     ("--throttle-url", "throttle_url", str, "throttle base URL; engine signals are POSTed to "
      "/v1/signals after every scrape"),
+    ("--throttle-token", "throttle_token", str, "the throttle's signals token (prefer "
+     "throttle_token_file or INFERMETER__COLLECTOR__THROTTLE_TOKEN: flags show in ps)"),
     ("--spool-dir", "spool_dir", str, "directory of the "
      "on-disk spool (default .data/collector-spool)"),
     ("--spool-max-bytes", "spool_max_bytes", int, "spool size limit in bytes (default 256 MiB)"),

@@ -26,6 +26,8 @@ from infermeter.collector.engine_signals import (
     EngineSignals,
     SignalDeriver,
 )
+from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
+from infermeter.kernel.service_auth import auth_header
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class EngineScraper(Collector):
         interval_s: float = 5.0,
         timeout_s: float = 5.0,
         throttle_url: str = "",
+        throttle_token: str = "",
+        auth: DependencyAuth | None = None,
         metered_totals: Callable[[], dict[str, list[int]]] = dict,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -52,6 +56,8 @@ class EngineScraper(Collector):
         self.interval_s = interval_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.throttle_url = throttle_url.rstrip("/")
+        self._push_headers = {"content-type": "application/json", **auth_header(throttle_token)}
+        self._auth = auth
         self._metered_totals = metered_totals
         self._mono = mono
         self._wall = wall
@@ -95,10 +101,12 @@ class EngineScraper(Collector):
             async with self.session.post(
                 f"{self.throttle_url}/v1/signals",
                 data=body,
-                headers={"content-type": "application/json"},
+                headers=self._push_headers,
                 timeout=self.timeout,
             ) as resp:
                 await resp.read()
+                if resp.status in AUTH_STATUSES and self._auth is not None:
+                    self._auth.refused("throttle", resp.status, "[collector] throttle_token")
                 if resp.status >= 300:
                     raise aiohttp.ClientError(f"HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -109,6 +117,8 @@ class EngineScraper(Collector):
             return False
         self._push_error = ""
         self.pushes += 1
+        if self._auth is not None:
+            self._auth.accepted("throttle")
         return True
 
     async def run(self) -> None:

@@ -38,6 +38,7 @@ class CollectorSettings(BaseModel):
     scrape_interval_s: float = Field(5.0, gt=0)
     engine_metrics_path: str = "/metrics"
     throttle_url: str = ""  # POST /v1/signals there after every scrape when set
+    throttle_token: str = ""  # the throttle's signals token ([throttle] signals_token)
 
     # NVML
     nvml: bool = True

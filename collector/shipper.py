@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from infermeter.collector.spool import Spool
+from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
 from infermeter.kernel.errors import (
     MeteringClientError,
     MeteringRefused,
@@ -81,6 +82,7 @@ class Shipper:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         now: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
+        auth: DependencyAuth | None = None,
     ) -> None:
         self.spool = spool
         self.client = client
@@ -98,6 +100,7 @@ class Shipper:
         self._shipped = metrics.shipped.labels(kind)
         self._failures = metrics.failures.labels(kind)
         self._rejected = metrics.rejected.labels(kind)
+        self._auth = auth
         self.last_error: str = ""
 
     def notify(self) -> None:
@@ -155,12 +158,16 @@ class Shipper:
             log.warning("metering stored a %s batch; its reply is unreadable: %s", self.kind, exc)
             return
         except MeteringRefused as exc:
+            if exc.status in AUTH_STATUSES and self._auth is not None:
+                self._auth.refused("metering", exc.status, "[collector] ingest_token")
             if exc.status in _KEEP_SPOOLED_4XX:
                 raise
             # the batch as a whole is malformed: set it aside so it never blocks the rest
             self._rejected.inc(len(payloads))
             await asyncio.to_thread(self._dead_letter, payloads, str(exc))
             return
+        if self._auth is not None:
+            self._auth.accepted("metering")
         self._count_rejected(reply)
 
     def _count_rejected(self, reply: IngestReply) -> None:

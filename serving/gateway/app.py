@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.serving.gateway.api import ROUTES, GatewayApi
 from infermeter.serving.gateway.cache import SemanticCache
@@ -77,6 +79,9 @@ def _outstanding(replica: Replica) -> Callable[[], float]:
     return lambda: float(replica.outstanding)
 
 
+log = logging.getLogger(__name__)
+
+
 class GatewayApp:
     """The gateway as an ASGI application."""
 
@@ -96,6 +101,7 @@ class GatewayApp:
         self.settings = settings
         self.resolver = resolver
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.dependency_auth = DependencyAuth("gateway", self.registry, log)
         self._secret = shared_secret
         self._embedder = embedder
         self._run_workers = run_workers
@@ -187,6 +193,8 @@ class GatewayApp:
             timeout_s=s.throttle_timeout_s,
             failure_mode=s.throttle_failure_mode,
             registry=self.registry,
+            auth=self.dependency_auth,
+            token=s.throttle_token,
         )
         metering = MeteringClient(
             session,
@@ -194,6 +202,7 @@ class GatewayApp:
             s.metering_token,
             registry=self.registry,
             flush_interval_s=s.metering_flush_s,
+            auth=self.dependency_auth,
         )
         cache = None
         if s.cache.enabled:
@@ -277,6 +286,9 @@ class GatewayApp:
                         problems[name] = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 problems[name] = f"unreachable: {type(exc).__name__}"
+        if self.pipeline is not None and "throttle" not in problems:
+            await self.pipeline.throttle.probe_auth()
+        problems.update(self.dependency_auth.problems())
         try:
             await self.jobs.get("readiness-probe")
         except GatewayError as exc:

@@ -23,6 +23,7 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("throttle_url", str, "throttle base URL, e.g. http://127.0.0.1:8300 (empty: no limits)"),
     ("throttle_timeout_s", float, "seconds to wait for an admission decision (default 0.5)"),
     ("throttle_failure_mode", str, "when the throttle is unreachable: open or closed"),
+    ("throttle_token", str, "the throttle's decisions token (prefer throttle_token_file)"),
     ("metering_url", str, "metering base URL for cache-hit/managed/throttled usage records"),
     ("metering_token", str, "bearer token for metering"),
     ("connect_retries", int, "other replicas tried when connecting fails (default 2)"),

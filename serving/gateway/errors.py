@@ -10,6 +10,7 @@ Hierarchy::
     ├── JobNotFound           unknown job id → 404
     ├── Throttled             the throttle denied admission → 429 (Retry-After, RateLimit)
     ├── ThrottleUnavailable   the throttle could not be reached and fail-closed is set → 503
+    │   └── ThrottleMisconfigured  the throttle refuses our token (401/403): never fail-open
     ├── UpstreamError         no replica could be reached / upstream failed → 502
     │   └── UpstreamConnectError  connecting failed: safe to retry on another replica
     ├── QueueError            the job queue backend failed → 503
@@ -71,6 +72,10 @@ class Throttled(GatewayError):
 
 class ThrottleUnavailable(GatewayError):
     """The throttle did not answer and the gateway is configured to fail closed."""
+
+
+class ThrottleMisconfigured(ThrottleUnavailable):
+    """The throttle answered 401/403 to this gateway: its token is missing or wrong."""
 
 
 class UpstreamError(GatewayError):

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
-from infermeter.kernel.errors import MeteringClientError, MeteringReplyError
+from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
+from infermeter.kernel.errors import MeteringClientError, MeteringRefused, MeteringReplyError
 from infermeter.kernel.metering_client import MeteringClient as MeteringHttp
 from infermeter.kernel.metering_wire import Rates
 from infermeter.kernel.records import UsageRecord
@@ -46,7 +47,9 @@ class MeteringClient:
         flush_interval_s: float = 0.5,
         rates_ttl_s: float = 60.0,
         now: Callable[[], float] = time.monotonic,
+        auth: DependencyAuth | None = None,
     ) -> None:
+        self._auth = auth
         self._base = base_url.rstrip("/")
         self._http = MeteringHttp(self._base, token, session=session, timeout_s=POST_TIMEOUT_S)
         self._queue: deque[UsageRecord] = deque()
@@ -122,9 +125,16 @@ class MeteringClient:
                 await self._http.post_usage(batch)
             except MeteringReplyError:
                 pass  # a 2xx: metering stored the batch, only its counts are unreadable
+            except MeteringRefused as exc:
+                if self._auth is not None and exc.status in AUTH_STATUSES:
+                    self._auth.refused("metering", exc.status, "[gateway] metering_token")
+                self.shipped.labels("failed_post").inc()
+                return sent
             except MeteringClientError:
                 self.shipped.labels("failed_post").inc()
                 return sent
+            if self._auth is not None:
+                self._auth.accepted("metering")
             for _ in batch:
                 self._queue.popleft()
             self.shipped.labels("shipped").inc(len(batch))

@@ -93,6 +93,7 @@ class GatewaySettings(_Strict):
     throttle_url: str = Field("", description="throttle base URL; empty: no admission control")
     throttle_timeout_s: float = Field(0.5, gt=0.0)
     throttle_failure_mode: Literal["open", "closed"] = "open"
+    throttle_token: str = Field("", description="throttle decisions token ([throttle] api_token)")
     metering_url: str = Field("", description="metering base URL for gateway-made records")
     metering_token: str = Field("", description="metering ingest/read token")
     connect_timeout_s: float = Field(2.0, gt=0.0)

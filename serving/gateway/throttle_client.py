@@ -4,6 +4,11 @@ Every call is bounded by a timeout. When the throttle cannot be reached (connect
 timeout, 5xx) the gateway fails open (admits without a reservation) or fails closed
 (:class:`ThrottleUnavailable`) by setting; either way the event is counted, never a hang.
 A 429 becomes :class:`Throttled` carrying ``Retry-After`` and the IETF RateLimit headers.
+
+A 401/403 is different: the throttle is up and refuses our token (``[gateway]
+throttle_token`` missing or wrong). Failing open on it would turn every limit off, so the
+request is refused (:class:`ThrottleMisconfigured`, 503) whatever the failure mode, and the
+refusal turns readiness red (:class:`~infermeter.kernel.dependency_auth.DependencyAuth`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from infermeter.serving.gateway.errors import Throttled, ThrottleUnavailable
+from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
+from infermeter.kernel.service_auth import auth_header
+from infermeter.serving.gateway.errors import Throttled, ThrottleMisconfigured, ThrottleUnavailable
 
 PASS_HEADERS = ("retry-after", "ratelimit-policy", "ratelimit")
+TOKEN_SETTING = "[gateway] throttle_token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +59,15 @@ class ThrottleClient:
         timeout_s: float,
         failure_mode: str,
         registry: CollectorRegistry,
+        auth: DependencyAuth,
+        token: str = "",
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._fail_open = failure_mode == "open"
+        self._headers = {"content-type": "application/json", **auth_header(token)}
+        self.auth = auth
         self.unreachable = Counter(
             "infermeter_gateway_throttle_unreachable",
             "Throttle calls that failed (timeout, refused, 5xx), by call and outcome",
@@ -78,7 +90,7 @@ class ThrottleClient:
         async with self._session.post(
             self._base + path,
             data=orjson.dumps(body),
-            headers={"content-type": "application/json"},
+            headers=self._headers,
             timeout=self._timeout,
         ) as resp:
             raw = await resp.read()
@@ -104,6 +116,13 @@ class ThrottleClient:
             status, headers, payload = await self._post("/v1/admit", body)
         except (TimeoutError, aiohttp.ClientError, OSError):
             return self._unreachable("admit")
+        if status in AUTH_STATUSES:
+            self.auth.refused("throttle", status, TOKEN_SETTING)
+            raise ThrottleMisconfigured(
+                f"the throttle refused this gateway's token (HTTP {status}); set {TOKEN_SETTING}"
+            )
+        if status < 500:
+            self.auth.accepted("throttle")
         if status == 429:
             reason = str(payload.get("reason", "rate")) if isinstance(payload, dict) else "rate"
             self.denied.labels(reason).inc()
@@ -150,10 +169,28 @@ class ThrottleClient:
         except (TimeoutError, aiohttp.ClientError, OSError):
             self.unreachable.labels("settle", "open" if self._fail_open else "closed").inc()
             return False
+        if code in AUTH_STATUSES:
+            self.auth.refused("throttle", code, TOKEN_SETTING)
+            return False
         if code >= 300:
             self.unreachable.labels("settle", "open" if self._fail_open else "closed").inc()
             return False
+        self.auth.accepted("throttle")
         return True
+
+    async def probe_auth(self) -> None:
+        """Ask the throttle whether it takes our token, without deciding anything: an empty
+        admission body is refused as invalid (422) past the token check, or 401/403 at it."""
+        if not self.enabled:
+            return
+        try:
+            status, _, _ = await self._post("/v1/admit", {})
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return  # reachability is readiness' other probe
+        if status in AUTH_STATUSES:
+            self.auth.refused("throttle", status, TOKEN_SETTING)
+        elif status < 500:
+            self.auth.accepted("throttle")
 
 
 def _retry_after(payload: Any, headers: dict[str, str]) -> float:

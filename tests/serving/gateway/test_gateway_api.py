@@ -165,6 +165,37 @@ def test_throttle_unreachable_fails_by_setting_and_is_counted(
     assert value == 1.0
 
 
+@pytest.mark.parametrize("token", ["", "wrong-token"])
+def test_a_throttle_refusing_our_token_never_fails_open(
+    serve: Callable[..., Any], token: str
+) -> None:
+    """A 401 from the throttle is a configuration error: the request is refused (503) even
+    under the default fail-open, readiness names the token, a metric counts it; fixed by
+    configuring the right token."""
+    sim = serve(simulator_app())
+    runtime = Runtime(ThrottleSettings(api_token="thr-secret"), policy=load_policy_text(POLICY))
+    thr = serve(create_app(runtime, background=False))
+    registry = CollectorRegistry()
+    settings = gateway_settings([sim.url], throttle_url=thr.url, throttle_token=token)
+    gw = serve(gateway_app(settings, registry=registry))
+    resp = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=auth("sk-acme"))
+    assert resp.status_code == 503, resp.text
+    assert "throttle_token" in resp.json()["error"]["message"]
+    assert registry.get_sample_value(
+        "infermeter_gateway_dependency_auth_failures_total", {"dependency": "throttle"}
+    ) == 1.0  # fmt: skip
+    assert registry.get_sample_value(
+        "infermeter_gateway_throttle_unreachable_total", {"call": "admit", "mode": "open"}
+    ) is None  # not counted as "unreachable", not failed open  # fmt: skip
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 503 and "refused our token" in ready.json()["problems"]["throttle"]
+    good = gateway_settings([sim.url], throttle_url=thr.url, throttle_token="thr-secret")
+    fixed = serve(gateway_app(good))
+    assert httpx.get(fixed.url + "/readyz").status_code == 200
+    ok = httpx.post(fixed.url + "/v1/chat/completions", json=CHAT, headers=auth("sk-acme"))
+    assert ok.status_code == 200, ok.text
+
+
 def test_connect_failure_moves_to_another_replica(serve: Callable[..., Any]) -> None:
     sim = serve(simulator_app())
     dead = f"http://127.0.0.1:{free_port()}"
