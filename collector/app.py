@@ -59,6 +59,7 @@ def _pending(spool: Spool) -> float:
 class _Hooks:
     def __init__(self, metrics: RequestMetrics) -> None:
         self.untrusted_tenant = metrics.untrusted_tenant.inc
+        self.client_request_id = metrics.client_request_ids.inc
         self._errors = {
             k: metrics.upstream_errors.labels(k) for k in ("connect", "timeout", "midstream")
         }

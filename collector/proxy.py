@@ -38,6 +38,7 @@ from infermeter.kernel.tenancy import (
 )
 
 REQUEST_ID_HEADER = "x-infermeter-request-id"
+CLIENT_REQUEST_ID_TAG = "client_request_id"  # an untrusted caller's own id, kept as a tag
 OVERHEAD_HEADER = b"x-infermeter-overhead-ms"
 USAGE_STREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 MAX_REQUEST_ID = 128
@@ -55,6 +56,8 @@ class ProxyHooks(Protocol):
     """Counters the proxy bumps directly (cheap, no I/O)."""
 
     def untrusted_tenant(self) -> None: ...
+
+    def client_request_id(self) -> None: ...
 
     def upstream_error(self, kind: str) -> None: ...
 
@@ -175,6 +178,15 @@ class Proxy:
         who = self._attribute(lower)
         if who.untrusted_header:
             self.hooks.untrusted_tenant()
+        tags = who.tags
+        if request_id is not None and not who.trusted:
+            # Metering de-duplicates on the id: a client choosing it could send many requests
+            # under one and pay for one. Only the gateway (shared secret) names the id; a
+            # client's is kept as a tag and the request gets an id of ours.
+            tags = {**tags, CLIENT_REQUEST_ID_TAG: request_id}
+            headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER]
+            request_id = None
+            self.hooks.client_request_id()
         if request_id is None:
             request_id = self.new_id()
             headers.append((REQUEST_ID_HEADER, request_id))
@@ -185,7 +197,7 @@ class Proxy:
             started_mono=t0,
             tenant=who.tenant,
             api_key_id=who.key_id,
-            tags=who.tags,
+            tags=tags,
             body=body,
         )
         strip = False

@@ -205,6 +205,12 @@ class RequestMetrics:
             "Requests whose tenant header lacked the gateway secret (header ignored)",
             registry=r,
         )
+        self.client_request_ids = Counter(
+            "infermeter_collector_client_request_ids",
+            "Requests whose x-infermeter-request-id came without the gateway secret (kept as "
+            "the client_request_id tag; the record got an id of the collector's)",
+            registry=r,
+        )
         self.tenant_overflow = Counter(
             "infermeter_collector_tenant_label_overflow",
             "Records whose tenant label became 'other' because of the cardinality cap",

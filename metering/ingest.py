@@ -19,6 +19,7 @@ that stores it commits and a failed write never marks an id as done.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -43,6 +44,8 @@ from infermeter.metering.errors import BatchError, RecordError, StorageError
 from infermeter.metering.sql_files import bind, query
 from infermeter.metering.store import Store
 
+log = logging.getLogger(__name__)
+
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
 MAX_PAYLOAD_CHARS = 65_536
 _SPOOL_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -53,11 +56,17 @@ class IngestResult:
     """What happened to one batch: stored, already known, and rejected records."""
 
     accepted: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # of which ``conflicts`` carried other content than the stored record
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": self.rejected,
+        }
 
 
 @dataclass(slots=True)
@@ -65,6 +74,7 @@ class KindCounters:
     received: int = 0
     stored: int = 0
     duplicate: int = 0
+    conflict: int = 0
     dead_lettered: int = 0
     batches: int = 0
     batches_failed: int = 0
@@ -85,6 +95,7 @@ class IngestStats:
             c.received += received
             c.stored += result.accepted
             c.duplicate += result.duplicates
+            c.conflict += result.conflicts
             c.dead_lettered += len(result.rejected)
             c.batches += 1
             c.fast_path_batches += int(fast)
@@ -171,11 +182,21 @@ def _run(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> i
     return int(row[0]) if row else 0
 
 
-def _insert_usage(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], rows: int) -> int:
+Letter = tuple[int, str, str, str]  # batch index (-1: unknown), field, error, payload
+
+
+def _insert_usage(
+    cur: duckdb.DuckDBPyConnection, params: dict[str, Any], rows: int, conflicts: list[Letter]
+) -> int:
+    """Insert the batch's new rows; the stored ids that came back with other content are
+    appended to ``conflicts`` (checked only when the batch has stored ids at all)."""
     if rows == 0:
         return 0
     if _run(cur, "stored_duplicates", params) == 0:
         return _run(cur, "insert_usage", params)
+    sql = query("ingest", "conflicting_duplicates")
+    for _rid, payload, error in cur.execute(sql, bind(sql, params)).fetchall():
+        conflicts.append((-1, "request_id", str(error), str(payload)[:MAX_PAYLOAD_CHARS]))
     return _run(cur, "insert_usage_new", params)
 
 
@@ -237,8 +258,9 @@ class Ingestor:
 
     def _usage_slow(self, cur: duckdb.DuckDBPyConnection, items: list[Any]) -> IngestResult:
         good: list[UsageRecord] = []
-        seen: set[str] = set()
-        dead: list[tuple[int, str, str, str]] = []
+        seen: dict[str, UsageRecord] = {}
+        dead: list[Letter] = []
+        conflicts: list[Letter] = []
         in_batch_dups = 0
         for index, item in enumerate(items):
             try:
@@ -246,19 +268,27 @@ class Ingestor:
             except RecordError as exc:
                 dead.append((index, exc.field, exc.message, _payload(item)))
                 continue
-            if record.request_id in seen:
+            first = seen.get(record.request_id)
+            if first is not None:
                 in_batch_dups += 1
+                if first != record:
+                    error = "conflict: id repeated in the batch for another request"
+                    conflicts.append((index, "request_id", error, _payload(item)))
                 continue
-            seen.add(record.request_id)
+            seen[record.request_id] = record
             good.append(record)
         _stage_arrow(cur, columns.usage_table(good))
         summary = _summary(cur)
-        result = self._commit_usage(cur, summary, dead)
+        result = self._commit_usage(cur, summary, dead, conflicts)
         result.duplicates += in_batch_dups
         return result
 
     def _commit_usage(
-        self, cur: duckdb.DuckDBPyConnection, batch: _Summary, dead: list[tuple[int, str, str, str]]
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        batch: _Summary,
+        dead: list[Letter],
+        conflicts: list[Letter] | None = None,
     ) -> IngestResult:
         """Store every row of ``usage_batch`` whose id is not stored yet, and the dead letters.
 
@@ -266,14 +296,25 @@ class Ingestor:
         the check, the insert and the commit hold the store's usage lock, so no other batch
         commits in between and an id counts as seen exactly when its transaction commits."""
         params = {"now": _now_naive(self.now), "lo": batch.lo, "hi": batch.hi}
+        clashes = list(conflicts or [])
+        letters = list(dead)
+
+        def insert() -> int:
+            stored_before = len(clashes)
+            inserted = _insert_usage(cur, params, batch.rows, clashes)
+            letters.extend(clashes)  # the conflicts are dead-lettered in the same transaction
+            if len(clashes) > stored_before:
+                log.warning("usage batch: %d ids stored for another request (dead-lettered)",
+                            len(clashes) - stored_before)  # fmt: skip
+            return inserted
+
         with self.store.usage_lock:
-            inserted = self._transaction(
-                cur, "usage", lambda: _insert_usage(cur, params, batch.rows), dead, params
-            )
+            inserted = self._transaction(cur, "usage", insert, letters, params)
         return IngestResult(
             accepted=inserted,
             duplicates=batch.rows - inserted,
             rejected=[{"index": i, "field": f, "error": e} for i, f, e, _ in dead],
+            conflicts=len(clashes),
         )
 
     @staticmethod
@@ -281,7 +322,7 @@ class Ingestor:
         cur: duckdb.DuckDBPyConnection,
         kind: str,
         insert: Callable[[], int],
-        dead: list[tuple[int, str, str, str]],
+        dead: list[Letter],
         params: dict[str, Any],
     ) -> int:
         try:

@@ -28,6 +28,11 @@ class MeteringCollector(Collector):
             "records_received": ("Records received in ingest batches.", "received"),
             "records_stored": ("Records stored (new request ids / sample keys).", "stored"),
             "records_duplicate": ("Records ignored because their id was stored.", "duplicate"),
+            "records_conflict": (
+                "Duplicate ids whose content differs from the stored record (another request "
+                "under a reused id: dead-lettered, never billed twice or silently dropped).",
+                "conflict",
+            ),
             "records_dead_lettered": (
                 "Records rejected into the dead-letter table.",
                 "dead_lettered",

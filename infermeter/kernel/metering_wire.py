@@ -71,6 +71,7 @@ class IngestReply:
     accepted: int = 0
     duplicates: int = 0
     rejected: tuple[Rejection, ...] = ()
+    conflicts: int = 0  # duplicates whose content differed from the stored record
 
 
 def parse_ingest_reply(obj: Any) -> IngestReply:
@@ -91,7 +92,9 @@ def parse_ingest_reply(obj: Any) -> IngestReply:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise MeteringReplyError(f"{name}.index", "must be a non-negative integer")
         items.append(Rejection(index, str(item.get("field") or ""), str(item.get("error") or "")))
-    return IngestReply(_count(obj, "accepted"), _count(obj, "duplicates"), tuple(items))
+    return IngestReply(
+        _count(obj, "accepted"), _count(obj, "duplicates"), tuple(items), _count(obj, "conflicts")
+    )
 
 
 def _count(obj: dict[str, Any], name: str) -> int:

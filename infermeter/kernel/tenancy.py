@@ -71,6 +71,7 @@ class Attribution:
     source: str = "anonymous"  # trusted_header | api_key | anonymous
     untrusted_header: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    trusted: bool = False  # the caller proved the shared secret (the gateway)
 
 
 def parse_tags(raw: str | None) -> dict[str, str]:
@@ -140,12 +141,14 @@ class TenantResolver:
         """Attribute a request; ``headers`` must have lower-case names."""
         tags = parse_tags(headers.get(TAGS_HEADER))
         claimed = headers.get(TENANT_HEADER)
-        if claimed and self._trusted(headers.get(SECRET_HEADER)):
+        trusted = self._trusted(headers.get(SECRET_HEADER))
+        if claimed and trusted:
             return Attribution(
                 tenant=claimed,
                 key_id=headers.get(KEY_ID_HEADER, ""),
                 source="trusted_header",
                 tags=tags,
+                trusted=True,
             )
         untrusted = bool(claimed)
         token = bearer_token(headers.get("authorization"))
@@ -158,9 +161,14 @@ class TenantResolver:
                 source="api_key",
                 untrusted_header=untrusted,
                 tags=tags,
+                trusted=trusted,
             )
         return Attribution(
-            tenant=self.default_tenant, untrusted_header=untrusted, source="anonymous", tags=tags
+            tenant=self.default_tenant,
+            untrusted_header=untrusted,
+            source="anonymous",
+            tags=tags,
+            trusted=trusted,
         )
 
 

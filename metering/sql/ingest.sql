@@ -234,3 +234,22 @@ ON CONFLICT DO NOTHING;
 -- name: insert_dead_letter
 INSERT INTO dead_letter (kind, received_at, batch_index, field, error, payload)
 SELECT kind, $now, batch_index, field, error, payload FROM dead_letter_arrow;
+
+-- name: conflicting_duplicates
+-- Rows of the batch whose id is already stored for *another* request (the content differs):
+-- a replay is identical and silently ignored; a conflict is kept in the dead-letter table.
+SELECT b.request_id,
+       to_json(b)::VARCHAR AS payload,
+       printf('conflict: id stored for another request (stored tenant=%s model=%s '
+              || 'started_at=%s tokens=%d/%d)', u.tenant, u.model, u.started_at::VARCHAR,
+              u.prompt_tokens, u.completion_tokens) AS error
+FROM usage_batch b
+JOIN usage u ON u.request_id = b.request_id AND u.started_at BETWEEN $lo AND $hi
+WHERE b.tenant IS DISTINCT FROM u.tenant OR b.model IS DISTINCT FROM u.model
+   OR b.replica IS DISTINCT FROM u.replica OR b.started_at IS DISTINCT FROM u.started_at
+   OR b.finished_at IS DISTINCT FROM u.finished_at
+   OR b.prompt_tokens IS DISTINCT FROM u.prompt_tokens
+   OR b.cached_prompt_tokens IS DISTINCT FROM u.cached_prompt_tokens
+   OR b.completion_tokens IS DISTINCT FROM u.completion_tokens
+   OR b.status IS DISTINCT FROM u.status
+ORDER BY b.request_id;

@@ -11,6 +11,11 @@ SECRET = "gateway-secret"
 API_KEY = "sk-tenant-b"
 
 
+def gateway_request_id(request_id: str) -> dict[str, str]:
+    """Headers of a request id the collector honours: sent with the gateway's secret."""
+    return {"x-infermeter-request-id": request_id, "x-infermeter-gateway-secret": SECRET}
+
+
 @dataclass
 class RunningCollector:
     """A collector app served on a loopback port, with its records and registry."""

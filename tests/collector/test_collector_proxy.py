@@ -11,7 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.collector.collector_helpers import API_KEY, SECRET, RunningCollector, sse_frames
+from tests.collector.collector_helpers import (
+    API_KEY,
+    SECRET,
+    RunningCollector,
+    gateway_request_id,
+    sse_frames,
+)
 
 
 def chat(stream: bool, include_usage: bool | None = None, **extra: Any) -> dict[str, Any]:
@@ -33,7 +39,7 @@ def test_stream_with_usage_is_byte_identical_and_metered(engine: Any, make_colle
     body = chat(True, include_usage=True)
     direct = httpx.post(f"{upstream.url}/v1/chat/completions", json=body).content
     resp = httpx.post(
-        f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "req-1"}
+        f"{col.url}/v1/chat/completions", json=body, headers=gateway_request_id("req-1")
     )
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -339,7 +345,7 @@ def test_many_concurrent_streams_each_metered_once(
 
             async def one(i: int) -> int:
                 r = await client.post(
-                    f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"r{i}"}
+                    f"{col.url}{path}", json=body, headers=gateway_request_id(f"r{i}")
                 )
                 return r.status_code
 

@@ -13,6 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
+from infermeter.kernel.tenancy import TenantResolver
+from tests.collector.collector_helpers import SECRET, gateway_request_id
 from tests.conftest import free_port
 
 
@@ -81,7 +83,9 @@ def test_genai_metrics_and_spans_arrive(
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     app = CollectorApp(
-        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None
+        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600),
+        TenantResolver(SECRET),
+        nvml=None,
     )
     assert app.telemetry is not None
     col = serve(app)
@@ -92,7 +96,7 @@ def test_genai_metrics_and_spans_arrive(
         "stream": True,
     }
     r = httpx.post(
-        f"{col.url}/v1/chat/completions", json=body, headers={"x-infermeter-request-id": "otel-1"}
+        f"{col.url}/v1/chat/completions", json=body, headers=gateway_request_id("otel-1")
     )
     assert r.status_code == 200
     deadline = time.monotonic() + 15
@@ -135,7 +139,9 @@ def test_export_failure_never_touches_traffic(
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
     app = CollectorApp(
-        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600), nvml=None
+        CollectorSettings(upstream=upstream.url, nvml=False, scrape_interval_s=3600),
+        TenantResolver(SECRET),
+        nvml=None,
     )
     col = serve(app)
     body = {"model": "tiny-llama", "prompt": "x", "max_tokens": 2, "stream": True}

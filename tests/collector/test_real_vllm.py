@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.collector.collector_helpers import RunningCollector, sse_frames
+from tests.collector.collector_helpers import RunningCollector, gateway_request_id, sse_frames
 from tests.collector.cutting_relay import CuttingRelay
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -78,7 +78,7 @@ def test_tokens_equal_vllm_usage_and_counters_agree(real_vllm: str, make_collect
     usages: list[dict[str, int] | None] = []
     for i, (path, body) in enumerate(cases):
         r = httpx.post(
-            f"{col.url}{path}", json=body, headers={"x-infermeter-request-id": f"v{i}"}, timeout=60
+            f"{col.url}{path}", json=body, headers=gateway_request_id(f"v{i}"), timeout=60
         )
         assert r.status_code == 200, r.text
         if body["stream"]:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.collector.collector_helpers import SECRET, gateway_request_id
 from tests.collector.usage_receiver import UsageReceiver
 from tests.conftest import REPO
 
@@ -50,7 +51,7 @@ def test_batches_reach_metering_and_survive_an_outage(
         httpx.post(
             f"{col.url}/v1/completions",
             json=completion(i),
-            headers={"x-infermeter-request-id": f"a{i}"},
+            headers=gateway_request_id(f"a{i}"),
         )
     wait_until(lambda: len(receiver.usage) == 12)
     assert receiver.order == [f"a{i}" for i in range(12)]  # in order
@@ -60,7 +61,7 @@ def test_batches_reach_metering_and_survive_an_outage(
         httpx.post(
             f"{col.url}/v1/completions",
             json=completion(i),
-            headers={"x-infermeter-request-id": f"a{i}"},
+            headers=gateway_request_id(f"a{i}"),
         )
     wait_until(lambda: receiver.refused >= 2)
     assert col.sample("infermeter_collector_spool_records", {"kind": "usage"}) == 18
@@ -146,7 +147,7 @@ def test_kill_9_loses_no_acknowledged_record(engine: Any, serve: Any, tmp_path: 
     receiver.down = True  # metering is down: everything must go through the spool
     metering = serve(receiver)
     config = tmp_path / "empty.toml"
-    config.write_text("")
+    config.write_text(f'[tenancy]\nshared_secret = "{SECRET}"\n')  # ids named as the gateway does
     spool = tmp_path / "spool"
     port = free_port()
     proc = _start_collector(upstream.url, metering.url, port, spool, config)
@@ -158,7 +159,7 @@ def test_kill_9_loses_no_acknowledged_record(engine: Any, serve: Any, tmp_path: 
                 r = client.post(
                     f"http://127.0.0.1:{port}/v1/completions",
                     json=completion(i),
-                    headers={"x-infermeter-request-id": rid},
+                    headers=gateway_request_id(rid),
                 )
                 assert r.status_code == 200
                 acknowledged.append(rid)  # the client saw the whole response

@@ -24,7 +24,7 @@ import httpx
 from infermeter.collector.app import CollectorApp
 from infermeter.collector.settings import CollectorSettings
 from infermeter.kernel.price_catalog import load_catalog
-from infermeter.kernel.tenancy import KeyEntry, TenantResolver, hash_key
+from infermeter.kernel.tenancy import SECRET_HEADER, KeyEntry, TenantResolver, hash_key
 from infermeter.metering.api import create_app as metering_app
 from infermeter.metering.context_weights import ContextWeights
 from infermeter.metering.service import MeteringService
@@ -35,6 +35,7 @@ from infermeter.serving.simulator.settings import SimulatorSettings
 from tests.conftest import ServerThread
 
 INGEST = "ingest-token"
+HARNESS_SECRET = "harness-gateway-secret"
 REPLICA = "sim-0"
 SYSTEM = "You are the billing assistant of a large cloud provider. " * 180  # ~2,000 tokens
 
@@ -145,8 +146,9 @@ def stack(
         wall=time.monotonic,
         epoch=clock.wall,
     )  # fmt: skip
-    resolver = TenantResolver(
-        "", {hash_key(f"sk-{t.name}"): KeyEntry(t.name, f"key-{t.name}") for t in TENANTS}
+    resolver = TenantResolver(  # the harness names request ids, as the gateway does
+        HARNESS_SECRET,
+        {hash_key(f"sk-{t.name}"): KeyEntry(t.name, f"key-{t.name}") for t in TENANTS},
     )
     with ExitStack() as running:
         metering = running.enter_context(ServerThread(metering_app(service, start_loop=False)))
@@ -182,7 +184,11 @@ async def _one(
         "ignore_eos": True,
         "stream": True,
     }
-    headers = {"authorization": f"Bearer sk-{tenant.name}", "x-infermeter-request-id": rid}
+    headers = {
+        "authorization": f"Bearer sk-{tenant.name}",
+        "x-infermeter-request-id": rid,
+        SECRET_HEADER: HARNESS_SECRET,
+    }
     abort_after = rng.randint(2, 40) if rng.random() < tenant.abort_p else None
     async with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
         assert r.status_code == 200, await r.aread()

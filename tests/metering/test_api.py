@@ -80,10 +80,34 @@ def test_batch_response_and_idempotency_over_http(url: str) -> None:
     assert r.json() == {
         "accepted": 4,
         "duplicates": 0,
+        "conflicts": 0,
         "rejected": [{"index": 2, "field": "completion_tokens", "error": "must be an integer"}],
     }
     again = httpx.post(f"{url}/v1/usage", content=orjson.dumps(records), headers=INGEST).json()
-    assert (again["accepted"], again["duplicates"]) == (0, 4)
+    assert (again["accepted"], again["duplicates"], again["conflicts"]) == (0, 4, 0)
+
+
+def test_a_reused_id_with_other_content_is_a_conflict_not_a_silent_drop(
+    url: str, service: MeteringService
+) -> None:
+    first = [usage(i) for i in range(3)]
+    assert httpx.post(f"{url}/v1/usage", json=first, headers=INGEST).json()["accepted"] == 3
+    reused = [usage(0, tenant="mallory"), usage(1), usage(2, completion_tokens=999)]
+    reply = httpx.post(f"{url}/v1/usage", json=reused, headers=INGEST).json()
+    assert (reply["accepted"], reply["duplicates"], reply["conflicts"]) == (0, 3, 2)
+    letters = (
+        service.store.cursor()
+        .execute("SELECT field, error, payload FROM dead_letter ORDER BY id")
+        .fetchall()
+    )
+    assert len(letters) == 2 and all(f == "request_id" for f, _, _ in letters)
+    assert "conflict" in letters[0][1] and "mallory" in letters[0][2]
+    # in one batch: the same id twice for two different requests
+    batch = [usage(10), usage(10, completion_tokens=7), usage(11), usage(11)]
+    reply = httpx.post(f"{url}/v1/usage", json=batch, headers=INGEST).json()
+    assert (reply["accepted"], reply["duplicates"], reply["conflicts"]) == (2, 2, 1)
+    metrics = httpx.get(f"{url}/metrics", headers=READ).text
+    assert 'infermeter_metering_records_conflict_total{kind="usage"} 3.0' in metrics
 
 
 def test_unreadable_body_is_400_naming_the_field(url: str) -> None:

@@ -55,7 +55,7 @@ def count(store: Store, table: str = "usage") -> int:
 def test_json_array_is_stored_with_every_field(store: Store, ingestor: Ingestor) -> None:
     records = [record(i) for i in range(50)]
     result = ingestor.usage(orjson.dumps(records))
-    assert result.to_json() == {"accepted": 50, "duplicates": 0, "rejected": []}
+    assert result.to_json() == {"accepted": 50, "duplicates": 0, "conflicts": 0, "rejected": []}
     row = store.connection.execute(
         "SELECT tenant, feature, prompt_tokens, cached_prompt_tokens, first_token_at, tags "
         "FROM usage WHERE request_id = 'req-7'"
@@ -148,7 +148,7 @@ def test_arrow_ipc_stream(store: Store, ingestor: Ingestor) -> None:
         writer.write_table(table)
     body = sink.getvalue().to_pybytes()
     result = ingestor.usage(body, "application/vnd.apache.arrow.stream")
-    assert result.to_json() == {"accepted": n, "duplicates": 0, "rejected": []}
+    assert result.to_json() == {"accepted": n, "duplicates": 0, "conflicts": 0, "rejected": []}
     assert ingestor.usage(body, "application/vnd.apache.arrow.stream").duplicates == n
     row = store.connection.execute(
         "SELECT started_at, status, endpoint, completion_tokens FROM usage WHERE request_id='a-3'"
