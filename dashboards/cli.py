@@ -23,8 +23,8 @@ OPTIONS = (
      "default http://127.0.0.1:8300)"),
     ("read_token", "--read-token", "metering read token ([dashboard] read_token, else "
      "[metering] read_token or ingest_token)"),
-    ("throttle_token", "--throttle-token", "throttle API token for tenant usage "
-     "([dashboard] throttle_token, else [throttle] api_token)"),
+    ("throttle_token", "--throttle-token", "throttle read token for tenants and autoscale "
+     "([dashboard] throttle_token, else [throttle] read_token, else api_token)"),
     ("refresh_s", "--refresh-s", "default auto-refresh interval in seconds, 0 = off "
      "([dashboard] refresh_s, default 30)"),
     ("timeout_s", "--timeout-s", "timeout of each call to metering or throttle in seconds "

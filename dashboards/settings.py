@@ -7,7 +7,8 @@ Keys (all optional; see ``infermeter.example.toml``):
 - ``throttle_url``: the throttle service (default http://127.0.0.1:8300).
 - ``read_token``: metering read token (empty: ``[metering] read_token``, else its
   ``ingest_token``).
-- ``throttle_token``: bearer token for throttle's tenant usage (empty: ``[throttle] api_token``).
+- ``throttle_token``: bearer token for throttle's reads (empty: ``[throttle] read_token``, else
+  ``api_token``).
 - ``timeout_s``: per-request timeout against the services (default 3).
 - ``refresh_s``: default auto-refresh interval of the pages in seconds (0 = off; default 30).
 - ``max_tenants``: how many tenants the Tenants page asks throttle about (default 50).
@@ -48,7 +49,8 @@ def load_settings(config: Config) -> DashboardSettings:
         if token:
             updates["read_token"] = str(token)
     if not settings.throttle_token:
-        token = config.table("throttle").get("api_token") or ""
+        throttle = config.table("throttle")
+        token = throttle.get("read_token") or throttle.get("api_token") or ""
         if token:
             updates["throttle_token"] = str(token)
     return settings.model_copy(update=updates) if updates else settings

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 
 MAX_TENANTS_LISTED = 10_000
+COMPLETE_POLICY = ("default_tier", "tiers")  # what a PUT /v1/policy must set
 
 
 def _response(reply: Reply) -> Response:
@@ -256,7 +257,7 @@ def build_router(rt: Runtime) -> APIRouter:
         if (denied := _deny_admin(request)) is not None:
             return denied
         text = (await request.body()).decode("utf-8", errors="replace")
-        policy = await rt.policies.apply(text, "admin api")
+        policy = await rt.policies.apply(text, "admin api", require=COMPLETE_POLICY)
         return _json({"version": policy.version, "applied": True})
 
     def _deny_admin(request: Request) -> Response | None:

@@ -68,10 +68,18 @@ class PolicyManager:
         self._install(policy, text)
         return policy
 
-    async def apply(self, text: str, source: str) -> Policy:
-        """Validate, install and publish a policy; raises PolicyError and keeps the old one."""
+    async def apply(self, text: str, source: str, require: tuple[str, ...] = ()) -> Policy:
+        """Validate, install and publish a policy; raises PolicyError and keeps the old one.
+
+        ``require`` names top-level keys the document must set (the admin API asks for a
+        complete policy: an empty or partial body would silently lift every limit).
+        """
         try:
             policy = parse_document(text, source=source)
+            given = policy.doc.model_fields_set
+            for key in require:
+                if key not in given or not getattr(policy.doc, key):
+                    raise PolicyError(key, "required: send the complete policy, not a part")
         except PolicyError as exc:
             self.rejected += 1
             self.last_error = str(exc)

@@ -3,7 +3,8 @@
 ``up`` wires every service through one generated ``infermeter.toml`` (the same file format a
 user writes by hand) plus a throttle policy, both rewritten on every start from the layout
 (ports, replicas) so they always match what runs. Secrets (the gateway's shared secret,
-metering's ingest and read tokens, throttle's admin token, one API key per demo tenant) are
+metering's ingest and read tokens, throttle's decisions, signals, read and admin tokens, one
+API key per demo tenant) are
 created once in ``secrets.json`` (mode 0600) and reused, so a second ``up`` on the same data
 directory serves the same keys and reads the same DuckDB file.
 
@@ -159,6 +160,12 @@ class StackLayout:
         return self.data_dir / "spool" / replica.name
 
 
+TOKEN_NAMES = (
+    "shared_secret", "ingest_token", "read_token", "admin_token",
+    "throttle_token", "signals_token", "throttle_read_token",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Tokens and demo API keys, created once per data directory."""
@@ -168,6 +175,9 @@ class Secrets:
     read_token: str
     admin_token: str
     api_keys: dict[str, str]  # tenant -> clear-text key
+    throttle_token: str = ""  # the throttle's decisions scope (gateway)
+    signals_token: str = ""  # the throttle's signals scope (collectors)
+    throttle_read_token: str = ""  # the throttle's read scope (dashboards)
 
     @classmethod
     def load_or_create(
@@ -183,7 +193,7 @@ class Secrets:
             if not isinstance(data, dict):
                 raise ConfigError("must be a JSON object", source=str(path))
         before = json.dumps(data, sort_keys=True)
-        for name in ("shared_secret", "ingest_token", "read_token", "admin_token"):
+        for name in TOKEN_NAMES:
             if not isinstance(data.get(name), str) or not data[name]:
                 data[name] = token(24)
         keys = data.get("api_keys")
@@ -200,6 +210,9 @@ class Secrets:
             read_token=data["read_token"],
             admin_token=data["admin_token"],
             api_keys={t.name: keys[t.name] for t in TENANTS},
+            throttle_token=data["throttle_token"],
+            signals_token=data["signals_token"],
+            throttle_read_token=data["throttle_read_token"],
         )
 
 
@@ -292,6 +305,7 @@ def config_document(
             "metering_url": layout.metering_url,
             "ingest_token": keys.ingest_token,
             "throttle_url": layout.throttle_url,
+            "throttle_token": keys.signals_token,
             "scrape_interval_s": 2.0,
             "batch_interval_s": 1.0,
         },
@@ -300,6 +314,9 @@ def config_document(
             "port": layout.throttle_port,
             "policy_file": str(layout.policy_path),
             "admin_token": keys.admin_token,
+            "api_token": keys.throttle_token,
+            "signals_token": keys.signals_token,
+            "read_token": keys.throttle_read_token,
             "metering_url": layout.metering_url,
             "metering_token": keys.read_token,
             "rates_refresh_s": 15.0,
@@ -308,6 +325,7 @@ def config_document(
             "host": host,
             "port": layout.gateway_port,
             "throttle_url": layout.throttle_url,
+            "throttle_token": keys.throttle_token,
             "metering_url": layout.metering_url,
             "metering_token": keys.ingest_token,
             "models": {
@@ -330,6 +348,7 @@ def config_document(
             "metering_url": layout.metering_url,
             "throttle_url": layout.throttle_url,
             "read_token": keys.read_token,
+            "throttle_token": keys.throttle_read_token,
             "refresh_s": 10,
         },
     }

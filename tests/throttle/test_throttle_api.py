@@ -224,6 +224,14 @@ def test_admin_policy_api(server: tuple[ServerThread, Runtime, ManualClock]) -> 
         ]
         == "tenants.acme.tier"
     )
+    # an empty or partial body would lift every limit: refused, the old policy stays
+    for partial, field in (("", "default_tier"), ("{}", "default_tier"),
+                           ('default_tier = "free"', "default_tier"),  # no such tier
+                           ('unit = "usd"', "default_tier")):  # fmt: skip
+        refused = httpx.put(f"{srv.url}/v1/policy", content=partial, headers=auth)
+        assert refused.status_code == 422, (partial, refused.text)
+        assert refused.json()["error"]["param"] == field
+    assert runtime.policy().doc.tiers["free"].rate == 0.6
     good = POLICY.replace("concurrency = 3", "concurrency = 1")
     applied = httpx.put(f"{srv.url}/v1/policy", content=good, headers=auth)
     assert applied.status_code == 200 and applied.json()["version"] >= 1
