@@ -33,18 +33,19 @@ from infermeter.collector.otel import GenAiTelemetry
 from infermeter.collector.pipeline import RecordExporter, RecordPipeline
 from infermeter.collector.prompt_tokens import PromptCounter
 from infermeter.collector.proxy import Proxy
-from infermeter.collector.proxy_wire import read_body, send_json
+from infermeter.collector.proxy_wire import send_json
 from infermeter.collector.request_metrics import RequestMetrics
 from infermeter.collector.settings import CollectorSettings
 from infermeter.collector.shipper import Shipper, ShipperMetrics
 from infermeter.collector.spool import Spool
-from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.asgi import BodyTooLarge, Message, Receive, Scope, Send, read_body
 from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.metering_client import MeteringClient
 from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
 from infermeter.kernel.tenancy import TenantResolver
 
 log = logging.getLogger(__name__)
+MAX_GET_BODY = 64 * 1024  # a GET of our own routes carries no body worth reading
 _NO_NVML = object()
 
 
@@ -221,6 +222,7 @@ class CollectorApp:
             force_usage=s.force_usage,
             overhead_header=s.overhead_header,
             max_tags_bytes=s.max_tags_bytes,
+            max_body_bytes=s.max_body_bytes,
             wall=self._wall,
             mono=self._mono,
         )
@@ -291,7 +293,10 @@ class CollectorApp:
                 await self._metrics(send)
                 return
             if path in ("/healthz", "/readyz", "/v1/signals"):
-                await read_body(receive)
+                try:
+                    await read_body(receive, MAX_GET_BODY)
+                except (ConnectionResetError, BodyTooLarge):
+                    return
                 await self._own(path, send)
                 return
         assert self.proxy is not None, "lifespan startup did not run"

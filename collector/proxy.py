@@ -22,12 +22,11 @@ from infermeter.collector.errors import RequestError
 from infermeter.collector.proxy_wire import (
     DisconnectWatch,
     forward_headers,
-    read_body,
     response_headers,
     send_json,
 )
 from infermeter.collector.record import RequestRecord
-from infermeter.kernel.asgi import Receive, Scope, Send
+from infermeter.kernel.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.request_ids import new_request_id
 from infermeter.kernel.sse_usage import SseUsageScanner, StreamUsage, parse_body
@@ -77,6 +76,7 @@ class Proxy:
         force_usage: bool = True,
         overhead_header: bool = True,
         max_tags_bytes: int = 512,
+        max_body_bytes: int = 32 * 1024 * 1024,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.perf_counter,
         new_id: Callable[[], str] | None = None,
@@ -90,6 +90,7 @@ class Proxy:
         self.force_usage = force_usage
         self.overhead_header = overhead_header
         self.max_tags_bytes = max_tags_bytes
+        self.max_body_bytes = max_body_bytes
         self.wall = wall
         self.mono = mono
         self.new_id = new_id or (lambda: new_request_id(wall))
@@ -102,8 +103,12 @@ class Proxy:
             return
         t0 = self.mono()
         try:
-            body = await read_body(receive)
+            body = await read_body(receive, self.max_body_bytes)
         except ConnectionResetError:
+            return
+        except BodyTooLarge as exc:
+            message = f"request body larger than the collector's limit of {exc.limit} bytes"
+            await send_json(send, 413, error_body(413, message, "BadRequestError", "body"))
             return
         path: str = scope["path"]
         if scope["method"] == "POST" and path in self.metered_paths:

@@ -44,19 +44,6 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body."""
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected while sending the request")
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def forward_headers(scope: Scope) -> tuple[list[tuple[str, str]], dict[str, str]]:
     out: list[tuple[str, str]] = []
     lower: dict[str, str] = {}

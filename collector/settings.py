@@ -27,6 +27,7 @@ class CollectorSettings(BaseModel):
     force_usage: bool = True  # ask vLLM for usage on streams and strip it from the client copy
     overhead_header: bool = True  # x-infermeter-overhead-ms on every proxied response
     max_tags_bytes: int = Field(512, ge=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger requests: 413
     metered_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_METERED_PATHS))
     upstream_connections: int = Field(1024, ge=1)
 

@@ -135,7 +135,11 @@ def create_app(runtime: Runtime, background: bool = True) -> FastPath:
 
     ``background=False`` leaves the loops (reload, probe, refresh, rates) to the caller.
     """
-    return FastPath(build_api(runtime, background), GatewayHandlers(runtime))
+    return FastPath(
+        build_api(runtime, background),
+        GatewayHandlers(runtime),
+        max_body_bytes=runtime.settings.max_body_bytes,
+    )
 
 
 def build_api(runtime: Runtime, background: bool = True) -> FastAPI:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from infermeter.kernel.asgi import ASGIApp
+from infermeter.kernel.asgi import ASGIApp, BodyTooLarge, read_body, replay
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.service_auth import SERVICE_TOKEN_HEADER
 from infermeter.throttle.algorithms.budgets import WindowCache
@@ -280,13 +280,23 @@ Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
 class FastPath:
     """Pure ASGI wrapper serving admit/settle/check directly, everything else by ``app``."""
 
-    def __init__(self, app: ASGIApp, handlers: GatewayHandlers) -> None:
+    def __init__(
+        self, app: ASGIApp, handlers: GatewayHandlers, max_body_bytes: int = 1024 * 1024
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/admit"): handlers.admit,
             ("POST", "/v1/settle"): handlers.settle,
         }
         self._check = handlers.check
+
+    @staticmethod
+    def _too_large(exc: BodyTooLarge) -> Handler:
+        async def refuse(_: bytes, __: Mapping[str, str]) -> Reply:
+            return error_reply(413, str(exc), "payload_too_large", "body")
+
+        return refuse
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -297,20 +307,18 @@ class FastPath:
         handler = self._routes.get((method, path))
         if handler is None and (path == "/v1/check" or path.startswith("/v1/check/")):
             handler = self._check
-        if handler is None:
-            await self.app(scope, receive, send)
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except ConnectionResetError:
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
+        except BodyTooLarge as exc:
+            handler, body = self._too_large(exc), b""
+        if handler is None:
+            await self.app(scope, replay(body, receive), send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            reply = await handler(chunks[0] if len(chunks) == 1 else b"".join(chunks), headers)
+            reply = await handler(body, headers)
         except ThrottleError as exc:
             reply = reply_for(exc)
         names = _HEADER_NAMES

@@ -31,6 +31,7 @@ def test_help_documents_every_setting() -> None:
     file_only = {
         "metered_paths",
         "max_tags_bytes",
+        "max_body_bytes",
         "upstream_connections",
         "record_queue_size",
         "engine_metrics_path",

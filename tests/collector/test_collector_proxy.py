@@ -379,3 +379,14 @@ def test_spaced_json_stream_is_metered_like_the_compact_one(
     assert len(col.records.gaps[0]) == len(col.records.gaps[1]) == 7
     if include_usage is None:  # the collector asked for usage itself: the client never sees it
         assert b'"usage"' not in resp.content
+
+
+def test_an_oversized_body_is_413_naming_the_limit(engine: Any, make_collector: Any) -> None:
+    _, upstream = engine
+    col = make_collector(upstream.url, max_body_bytes=4096)
+    resp = httpx.post(f"{col.url}/v1/completions", content=b"x" * 5000)
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["param"] == "body" and "4096" in resp.json()["error"]["message"]
+    ok = httpx.post(f"{col.url}/v1/completions", json={"model": "tiny-llama", "prompt": "a",
+                                                        "max_tokens": 1})  # fmt: skip
+    assert ok.status_code == 200

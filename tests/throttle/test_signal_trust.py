@@ -140,3 +140,14 @@ async def test_pools_and_replicas_are_capped(backend: Storage) -> None:
     with pytest.raises(LimitReached, match="pool"):
         await m.ingest(sample(clock, "r0", pool="p3"))
     assert m.refused == 2
+
+
+def test_oversized_bodies_are_413_naming_the_limit(throttle: tuple[str, ManualClock]) -> None:
+    url, clock = throttle
+    huge = b"[" + b",".join([b'{"pool":"p1","replica":"r0"}'] * 60_000) + b"]"
+    assert len(huge) > 1024 * 1024
+    for path in ("/v1/signals", "/v1/admit"):
+        reply = httpx.post(url + path, content=huge, headers={"authorization": f"Bearer {SIGNALS}"})
+        assert reply.status_code == 413, (path, reply.text)
+        assert reply.json()["error"]["param"] == "body" and "1048576" in reply.text
+    assert push(url, sample(clock)).status_code == 200  # the replayed small body still works
