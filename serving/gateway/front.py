@@ -17,7 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from infermeter.kernel.asgi import Scope
+from infermeter.kernel.asgi import BodyTooLarge as TooLarge
+from infermeter.kernel.asgi import Scope, read_body
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.request_ids import new_request_id
 from infermeter.kernel.tenancy import TenantResolver
@@ -232,19 +233,12 @@ class InferenceFront:
 
 
 async def _read_body(receive: Any, limit: int = MAX_BODY_BYTES) -> bytes:
-    parts = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestError("client disconnected before sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
+    try:
+        return await read_body(receive, limit)
+    except TooLarge as exc:
+        raise BodyTooLarge(exc.limit) from exc
+    except ConnectionResetError as exc:
+        raise RequestError("client disconnected before sending the body") from exc
 
 
 async def _send_whole(
