@@ -16,14 +16,14 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import aiohttp
 import orjson
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from infermeter.collector.engine_scraper import EngineScraper
@@ -42,6 +42,7 @@ from infermeter.kernel.asgi import BodyTooLarge, Message, Receive, Scope, Send, 
 from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.metering_client import MeteringClient
 from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
+from infermeter.kernel.supervision import supervised
 from infermeter.kernel.tenancy import TenantResolver
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ class CollectorApp:
         self.telemetry: GenAiTelemetry | None = telemetry  # type: ignore[assignment]
         self.shipper_metrics = ShipperMetrics(self.registry)
         self.dependency_auth = DependencyAuth("collector", self.registry, log)
+        self.task_restarts = Counter(
+            "infermeter_collector_task_restarts",
+            "Background tasks restarted after a failure (records, scraper, shippers, nvml)",
+            ["task"],
+            registry=self.registry,
+        )
         self.usage_spool: Spool | None = None
         self.gpu_spool: Spool | None = None
         near_full = Gauge(
@@ -239,13 +246,22 @@ class CollectorApp:
         self.registry.register(self.scraper)
         if s.nvml:
             self.sampler.start()
-        self._tasks = [asyncio.create_task(self.pipeline.run(), name="records")]
-        self._tasks.append(asyncio.create_task(self.scraper.run(), name="scraper"))
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "records": self.pipeline.run,
+            "scraper": self.scraper.run,
+        }
         for shipper in (self.usage_shipper, self.gpu_shipper):
             if shipper is not None:
-                self._tasks.append(asyncio.create_task(shipper.run(), name=shipper.kind))
+                loops[shipper.kind] = shipper.run
         if self.sampler.up:
-            self._tasks.append(asyncio.create_task(self._gpu_loop(), name="nvml"))
+            loops["nvml"] = self._gpu_loop
+        restart = self.task_restarts.labels
+        self._tasks = [
+            asyncio.create_task(
+                supervised(name, loop, on_restart=lambda n: restart(n).inc(), log=log), name=name
+            )
+            for name, loop in loops.items()
+        ]
 
     async def _gpu_loop(self) -> None:
         while True:
@@ -344,6 +360,12 @@ class CollectorApp:
         except (aiohttp.ClientError, TimeoutError) as exc:
             problems["upstream"] = f"unreachable: {type(exc).__name__}"
         problems.update(self.dependency_auth.problems())
+        spool_error = self.pipeline.spool_error if self.pipeline is not None else ""
+        if self.usage_shipper is not None and self.usage_shipper.ack_error:
+            spool_error = spool_error or self.usage_shipper.ack_error
+        if spool_error:
+            held = self.pipeline.held if self.pipeline is not None else 0
+            problems["spool"] = f"{spool_error} ({held} records held in memory)"
         body: dict[str, Any] = {"status": "ready" if not problems else "not ready"}
         if problems:
             body["problems"] = problems

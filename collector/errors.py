@@ -5,6 +5,8 @@ Hierarchy::
     CollectorError
     ├── RequestError        a client request the collector itself refuses (names the field)
     └── SpoolError          the on-disk spool is full or corrupt
+        ├── SpoolWriteError the disk refused a write (ENOSPC, EIO, EROFS): retry later
+        └── SpoolLocked     another collector owns the spool directory
 
 ``RequestError`` becomes an HTTP 4xx only in ``collector/proxy.py`` (the request path, where
 the engine being unreachable or slow maps aiohttp's own errors to 502 / 504); the others
@@ -34,3 +36,12 @@ class RequestError(CollectorError):
 
 class SpoolError(CollectorError):
     """The on-disk spool cannot accept more data or holds a corrupt segment."""
+
+
+class SpoolWriteError(SpoolError):
+    """The disk refused a spool write (ENOSPC, EIO, read-only file system): nothing was
+    written, the spool is as before, and the same write may succeed later."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process owns the spool directory."""

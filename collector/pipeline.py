@@ -6,6 +6,12 @@ updates Prometheus and any telemetry exporters (OpenTelemetry), and appends the 
 spool (one ``fsync``) for the shipper. With ``durable_ack`` the proxy waits, before it ends a
 response, until its record is on disk: a ``kill -9`` then loses nothing that a client saw
 finish. Exporter failures are counted and logged, never raised into the proxy.
+
+When the disk refuses the spool write (ENOSPC, EIO, a read-only remount) the records are
+held in a bounded in-memory backlog (``records_held``; beyond ``maxsize`` the oldest are
+dropped and counted), readiness names the error, and the write is retried at every batch and
+every ``retry_s`` until the disk takes it: nothing waits on the dead disk (durable acks are
+released) and nothing is lost while the backlog has room.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Protocol
 
 import orjson
 
-from infermeter.collector.errors import SpoolError
+from infermeter.collector.errors import SpoolError, SpoolWriteError
 from infermeter.collector.prompt_tokens import PromptCounter
 from infermeter.collector.record import RequestRecord, inter_token_gaps, to_usage_record
 from infermeter.collector.request_metrics import RequestMetrics
@@ -55,6 +61,7 @@ class RecordPipeline:
         exporters: Sequence[RecordExporter] = (),
         durable_ack: bool = False,
         prompt_counter: PromptCounter | None = None,
+        retry_s: float = 1.0,
     ) -> None:
         self.metrics = metrics
         self.prompt_counter = prompt_counter
@@ -70,7 +77,12 @@ class RecordPipeline:
         self._dropped_full = metrics.records_dropped.labels("queue_full")
         self._dropped_spool = metrics.records_dropped.labels("spool_full")
         self._export_failed = metrics.records_dropped.labels("exporter_error")
+        self._dropped_unwritable = metrics.records_dropped.labels("spool_unwritable")
         metrics.queue_depth.set_function(lambda: len(self._items))
+        self._held: deque[bytes] = deque()
+        metrics.records_held.set_function(lambda: len(self._held))
+        self.retry_s = retry_s
+        self.spool_error = ""  # the disk's refusal while records are held, else ""
         self.processed = 0
 
     def submit(self, rec: RequestRecord) -> None:
@@ -84,10 +96,22 @@ class RecordPipeline:
         self._items.append(rec)
         self._wake.set()
 
+    @property
+    def held(self) -> int:
+        """Records kept in memory because the disk refused them."""
+        return len(self._held)
+
     async def run(self) -> None:
-        """Consume forever (until cancelled)."""
+        """Consume forever (until cancelled); while records are held, retry every retry_s."""
         while True:
-            await self._wake.wait()
+            if self._held:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.retry_s)
+                except TimeoutError:
+                    await self._write(())
+                    continue
+            else:
+                await self._wake.wait()
             self._wake.clear()
             while self._items:
                 await self.process_batch()
@@ -117,18 +141,44 @@ class RecordPipeline:
                     log.exception("telemetry exporter %r failed", exporter)
             if self.spool is not None:
                 lines.append(orjson.dumps(usage.to_json()))
-        if self.spool is not None and lines:
-            try:
-                await asyncio.to_thread(self.spool.append, lines)
-            except SpoolError as exc:
-                self._dropped_spool.inc(len(lines))
-                log.error("%s: %d usage records not kept", exc, len(lines))
-            if self.shipper is not None:
-                self.shipper.notify()
+        if lines:
+            await self._write(lines)
         for rec in batch:
             if rec.durable is not None and not rec.durable.done():
                 rec.durable.set_result(None)
         self.processed += len(batch)
+
+    async def _write(self, lines: Sequence[bytes]) -> None:
+        """Append the held records and ``lines`` to the spool, or hold them."""
+        if self.spool is None:
+            return
+        batch = [*self._held, *lines]
+        if not batch:
+            return
+        try:
+            await asyncio.to_thread(self.spool.append, batch)
+        except SpoolWriteError as exc:
+            if not self.spool_error:
+                log.error("%s: holding usage records in memory until the disk takes them", exc)
+            self.spool_error = str(exc)
+            self._held.extend(lines)
+            overflow = len(self._held) - self.maxsize
+            if overflow > 0:
+                for _ in range(overflow):
+                    self._held.popleft()
+                self._dropped_unwritable.inc(overflow)
+            return
+        except SpoolError as exc:
+            self._dropped_spool.inc(len(batch))
+            log.error("%s: %d usage records not kept", exc, len(batch))
+            self._held.clear()
+            return
+        if self.spool_error:
+            log.warning("spool writable again: %d held records written", len(self._held))
+        self.spool_error = ""
+        self._held.clear()
+        if self.shipper is not None:
+            self.shipper.notify()
 
     async def drain(self) -> None:
         """Process everything queued (used at shutdown)."""

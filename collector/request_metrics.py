@@ -233,6 +233,12 @@ class RequestMetrics:
             "Finished records waiting for the background consumer",
             registry=r,
         )
+        self.records_held = Gauge(
+            "infermeter_collector_records_held",
+            "Usage records held in memory because the disk refused the spool write (ENOSPC, "
+            "EIO, read-only); written as soon as it takes them",
+            registry=r,
+        )
         self.rates = _TokenRates(now)
         r.register(self.rates)
         self.guard = TenantGuard(tenant_limit, self.tenant_overflow.inc)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from infermeter.collector.errors import SpoolWriteError
 from infermeter.collector.spool import Spool
 from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
 from infermeter.kernel.errors import (
@@ -102,6 +103,7 @@ class Shipper:
         self._rejected = metrics.rejected.labels(kind)
         self._auth = auth
         self.last_error: str = ""
+        self.ack_error: str = ""  # the disk refused the ack file
 
     def notify(self) -> None:
         """New payloads are in the spool."""
@@ -139,7 +141,16 @@ class Shipper:
                 await self._sleep(self.backoff.delay(retry, self._random))
                 retry += 1
                 continue
-            await asyncio.to_thread(self.spool.ack, pos, len(payloads))
+            try:
+                await asyncio.to_thread(self.spool.ack, pos, len(payloads))
+            except SpoolWriteError as exc:
+                # delivered but not marked: sent again later, metering de-duplicates
+                self.ack_error = str(exc)
+                log.error("%s (retrying)", exc)
+                await self._sleep(self.backoff.delay(retry, self._random))
+                retry += 1
+                continue
+            self.ack_error = ""
             self._shipped.inc(len(payloads))
             if self.last_error:
                 log.info("shipping %s to %s recovered", self.kind, self.url)

@@ -12,11 +12,18 @@ without consuming; :meth:`Spool.ack` moves the position (written atomically, ``f
 and deletes delivered segments. A torn frame at the end of the last segment (a crash inside
 ``append``, never acknowledged) is truncated on open. The spool refuses a batch that would
 take it past ``max_bytes`` (:class:`~infermeter.collector.errors.SpoolError`); callers count that.
+A write the disk refuses (ENOSPC, EIO, a read-only remount) is undone (the segment is
+truncated back, the ack file left as it was) and raised as
+:class:`~infermeter.collector.errors.SpoolWriteError`: the caller keeps the batch and retries.
+The directory is locked (``flock`` on ``lock``) by its owner: a second collector on it refuses
+to start (:class:`~infermeter.collector.errors.SpoolLocked`).
 Thread-safe: the collector calls it from worker threads so disk waits stay off the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -25,8 +32,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from infermeter.collector.errors import SpoolError
+from infermeter.collector.errors import SpoolError, SpoolLocked, SpoolWriteError
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">II")
@@ -77,6 +85,7 @@ class Spool:
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._take_lock()
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.warn_fraction = warn_fraction
@@ -102,6 +111,25 @@ class Spool:
         self._fh = open(self.dir / _segment_name(self._active), "ab")  # noqa: SIM115
 
     # -- state on open -----------------------------------------------------------------------
+
+    def _take_lock(self) -> IO[str]:
+        # a file object, so that a spool dropped without close() releases the lock when
+        # it is collected
+        handle = open(self.dir / "lock", "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.seek(0)
+            owner = handle.read(32).strip() or "?"
+            handle.close()
+            raise SpoolLocked(
+                f"spool {self.dir} is in use by another collector (pid {owner}); give each "
+                f"collector its own spool_dir"
+            ) from exc
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
 
     def _read_ack(self) -> Position:
         try:
@@ -153,14 +181,18 @@ class Spool:
                 raise SpoolError(
                     f"spool {self.dir} full ({self.depth_bytes} of {self.max_bytes} bytes)"
                 )
-            if (
-                self._sizes[self._active]
-                and self._sizes[self._active] + len(blob) > self.segment_bytes
-            ):
-                self._roll()
-            self._fh.write(blob)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                if (
+                    self._sizes[self._active]
+                    and self._sizes[self._active] + len(blob) > self.segment_bytes
+                ):
+                    self._roll()
+                self._fh.write(blob)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except (OSError, ValueError) as exc:  # ValueError: a handle a failed roll closed
+                self._rewind()
+                raise SpoolWriteError(f"spool {self.dir}: write refused: {exc}") from exc
             self._sizes[self._active] += len(blob)
             self.pending += len(payloads)
             self._check_near_full()
@@ -185,21 +217,41 @@ class Spool:
     def ack(self, pos: Position, count: int) -> None:
         """Mark everything before ``pos`` (``count`` payloads) delivered; drop old segments."""
         with self._lock:
-            self.ack_pos = pos
-            self._write_ack_unlocked()
+            previous, self.ack_pos = self.ack_pos, pos
+            try:
+                self._write_ack_unlocked()
+            except OSError as exc:
+                self.ack_pos = previous  # delivered again later: metering de-duplicates
+                raise SpoolWriteError(f"spool {self.dir}: ack not written: {exc}") from exc
             self.pending = max(0, self.pending - count)
             for seq in [s for s in self._sizes if s < pos.segment]:
                 (self.dir / _segment_name(seq)).unlink(missing_ok=True)
                 del self._sizes[seq]
             if self.pending == 0 and pos.segment == self._active and pos.offset > 0:
-                self._roll()  # start afresh so the delivered segment can go
+                try:
+                    self._roll()  # start afresh so the delivered segment can go
+                except OSError as exc:  # the next ack tries again
+                    log.warning("spool %s: could not start a new segment: %s", self.dir, exc)
             self._check_near_full()
 
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+            self._lock_fd.close()
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _rewind(self) -> None:
+        """Undo a failed append: drop the buffered bytes, cut the segment to its last size."""
+        path = self.dir / _segment_name(self._active)
+        with contextlib.suppress(OSError, ValueError):
+            self._fh.close()  # its flush fails again; the buffer goes with the handle
+        self._sizes.setdefault(self._active, 0)
+        try:
+            os.truncate(path, self._sizes[self._active])
+        except OSError as exc:
+            log.error("spool %s: cannot cut back %s: %s", self.dir, path.name, exc)
+        self._fh = open(path, "ab")  # noqa: SIM115
 
     def _roll(self) -> None:
         self._fh.close()

@@ -179,7 +179,10 @@ def test_tenants_show_budgets_throttle_decisions_and_fair_share(dashboard_env: S
 
 def test_capacity_shows_autoscale_and_rightsizing(dashboard_env: Stack) -> None:
     at = page(PAGES[3])
-    keda = httpx.get(f"{dashboard_env.throttle_url}/v1/autoscale/chat").json()
+    keda = httpx.get(
+        f"{dashboard_env.throttle_url}/v1/autoscale/chat",
+        headers={"Authorization": f"Bearer {THROTTLE_API}"},
+    ).json()
     shown = metrics(at)
     label = f"chat (driven by {keda['driver']})"
     assert shown[label] == f"{keda['desired_replicas']} desired"

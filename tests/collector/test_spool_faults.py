@@ -1,0 +1,147 @@
+"""Real disk faults under the collector's spool: a full file system, a second collector on
+the same directory, a background task that fails.
+
+The full-disk case mounts a small tmpfs (the machine's real kernel file system, no fake):
+that needs root, which the CI machine has; elsewhere it says so and skips. (A read-only
+remount cannot be staged under a running spool: the kernel refuses it while a segment is
+open for writing; EROFS and EIO take the same path as ENOSPC, any OSError of the write.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infermeter.collector.errors import SpoolLocked
+from infermeter.collector.spool import Spool
+from infermeter.kernel.supervision import supervised
+from infermeter.metering.api import create_app
+from infermeter.metering.service import MeteringService
+from infermeter.metering.settings import MeteringSettings
+from tests.collector.test_ship_to_metering import stored
+
+BODY = {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 2}
+
+
+def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs of its own (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the CI machine runs as root)")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system holding ``directory`` to ENOSPC; returns the filler file."""
+    filler = directory / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    return filler
+
+
+@pytest.fixture
+def metering(serve: Any) -> Iterator[tuple[MeteringService, str]]:
+    service = MeteringService(
+        MeteringSettings(storage="duckdb:///:memory:", ingest_token="tok", allocate_every_s=0)
+    )
+    try:
+        yield service, serve(create_app(service, start_loop=False)).url
+    finally:
+        service.stop()
+
+
+def test_a_full_disk_holds_records_and_loses_none(
+    engine: Any, make_collector: Any, metering: tuple[MeteringService, str], small_fs: Path
+) -> None:
+    _, upstream = engine
+    service, url = metering
+    col = make_collector(
+        upstream.url, metering_url=url, ingest_token="tok", spool_dir=str(small_fs / "spool"),
+        batch_interval_s=0.05, durable_ack=True,
+    )  # fmt: skip
+    pipeline = col.app.pipeline
+    filler = fill(small_fs)
+    produced = 30
+    for _ in range(produced):  # durable_ack: each response waits for its record's spool write
+        assert httpx.post(f"{col.url}/v1/completions", json=BODY, timeout=10).status_code == 200
+    wait_until(lambda: pipeline.held == produced)
+    ready = httpx.get(f"{col.url}/readyz")
+    assert ready.status_code == 503 and f"{produced} records held" in ready.json()["problems"][
+        "spool"]  # fmt: skip
+    assert col.sample("infermeter_collector_records_held") == produced
+    assert stored(service) == {}
+    # the disk has room again: the collector recovers by itself, every record arrives once
+    filler.unlink()
+    wait_until(lambda: len(stored(service)) == produced)
+    wait_until(lambda: httpx.get(f"{col.url}/readyz").status_code == 200)
+    assert pipeline.held == 0 and len(stored(service)) == produced
+    assert col.sample("infermeter_collector_records_dropped_total",
+                      {"reason": "spool_unwritable"}) == 0  # fmt: skip
+
+
+def test_a_second_collector_on_one_spool_refuses_to_start(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    with pytest.raises(SpoolLocked, match=f"pid {os.getpid()}"):
+        Spool(tmp_path)
+    first.close()
+    Spool(tmp_path).close()  # released on close
+
+
+async def test_a_failing_background_task_is_restarted_with_backoff_and_counted() -> None:
+    runs: list[int] = []
+    waits: list[float] = []
+    restarts: list[str] = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 4:
+            raise RuntimeError("boom")
+        await asyncio.Event().wait()  # healthy from the 4th run on
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    task = asyncio.create_task(
+        supervised(
+            "records",
+            flaky,
+            on_restart=restarts.append,
+            log=logging.getLogger("t"),
+            sleep=no_wait,
+            mono=lambda: 0.0,
+        )
+    )
+    for _ in range(50):
+        if len(runs) == 4:
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(runs) == 4 and restarts == ["records"] * 3
+    assert waits == [0.5, 1.0, 2.0]
