@@ -91,7 +91,9 @@ class CollectorApp:
         self.extra_exporters = list(exporters)
         self.resolver = resolver or TenantResolver()
         self.registry = registry or CollectorRegistry()
-        self.metrics = RequestMetrics(self.registry, s.tenant_label_limit)
+        self.metrics = RequestMetrics(
+            self.registry, s.tenant_label_limit, model_limit=s.model_label_limit
+        )
         self.replica = s.replica_name()
         env = os.environ if environ is None else environ
         if telemetry is _NO_NVML:

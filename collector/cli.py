@@ -42,6 +42,8 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--connect-timeout", "connect_timeout_s", float, "engine connect timeout before a 502, s"),
     ("--tenant-label-limit", "tenant_label_limit", int, "distinct tenant "
      "label values before 'other'"),
+    ("--model-label-limit", "model_label_limit", int, "distinct model "
+     "label values before 'other' (the model name is client-chosen)"),
 )  # fmt: skip
 _BOOLS = (
     ("force_usage", "ask vLLM for usage on streams whose client did not, and strip that extra "

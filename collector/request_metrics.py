@@ -29,12 +29,13 @@ E2E_BUCKETS = vllm_wire.REQUEST_SECONDS_BUCKETS
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
-OTHER_TENANT = "other"
+OTHER_LABEL = "other"  # the label value of every tenant or model past its cap
 RATE_WINDOW_S = 10.0
 
 
-class TenantGuard:
-    """Caps distinct tenant label values at ``limit``; the rest become ``other``."""
+class LabelGuard:
+    """Caps the distinct values of a client-chosen label (tenant, model) at ``limit``: the
+    first seen are kept, the rest become ``other`` (and are counted)."""
 
     def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
         self.limit = limit
@@ -49,7 +50,7 @@ class TenantGuard:
             return tenant
         if self._on_overflow is not None:
             self._on_overflow()
-        return OTHER_TENANT
+        return OTHER_LABEL
 
 
 class _TokenRates(Collector):
@@ -148,6 +149,7 @@ class RequestMetrics:
         registry: CollectorRegistry,
         tenant_limit: int = 100,
         now: Callable[[], float] = time.monotonic,
+        model_limit: int = 100,
     ) -> None:
         r = registry
         self.requests = Counter(
@@ -241,21 +243,29 @@ class RequestMetrics:
         )
         self.rates = _TokenRates(now)
         r.register(self.rates)
-        self.guard = TenantGuard(tenant_limit, self.tenant_overflow.inc)
+        self.model_overflow = Counter(
+            "infermeter_collector_model_label_overflow",
+            "Records whose model label became 'other' because of the cardinality cap (the "
+            "model is client-chosen: the usage record keeps the name)",
+            registry=r,
+        )
+        self.guard = LabelGuard(tenant_limit, self.tenant_overflow.inc)
+        self.models = LabelGuard(model_limit, self.model_overflow.inc)
         self._children: dict[tuple[str, str, str], tuple[object, ...]] = {}
         self.totals: dict[str, list[int]] = {}  # model -> [prompt, completion], all tenants
 
     def observe(self, rec: UsageRecord, token_gaps: list[float]) -> None:
         """Account one finished record (called by the background consumer)."""
         tenant = self.guard.label(rec.tenant)
-        key = (tenant, rec.model, rec.status)
+        model = self.models.label(rec.model)
+        key = (tenant, model, rec.status)
         children = self._children.get(key)
         if children is None:
             children = (
-                self.requests.labels(tenant, rec.model, rec.status),
-                self.prompt_tokens.labels(tenant, rec.model),
-                self.cached_prompt_tokens.labels(tenant, rec.model),
-                self.completion_tokens.labels(tenant, rec.model),
+                self.requests.labels(tenant, model, rec.status),
+                self.prompt_tokens.labels(tenant, model),
+                self.cached_prompt_tokens.labels(tenant, model),
+                self.completion_tokens.labels(tenant, model),
             )
             self._children[key] = children
         req, prompt, cached, completion = children
@@ -267,12 +277,12 @@ class RequestMetrics:
         if rec.completion_tokens:
             completion.inc(rec.completion_tokens)  # type: ignore[attr-defined]
         if rec.ttft_s is not None:
-            self.ttft.observe(rec.ttft_s, rec.model)
+            self.ttft.observe(rec.ttft_s, model)
         if token_gaps:
-            self.itl.observe_many(token_gaps, rec.model)
+            self.itl.observe_many(token_gaps, model)
         if rec.e2e_s is not None:
-            self.e2e.observe(rec.e2e_s, rec.model)
-        self.rates.add(rec.model, rec.prompt_tokens, rec.completion_tokens)
-        totals = self.totals.setdefault(rec.model, [0, 0])
+            self.e2e.observe(rec.e2e_s, model)
+        self.rates.add(model, rec.prompt_tokens, rec.completion_tokens)
+        totals = self.totals.setdefault(model, [0, 0])
         totals[0] += rec.prompt_tokens
         totals[1] += rec.completion_tokens

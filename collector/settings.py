@@ -34,6 +34,7 @@ class CollectorSettings(BaseModel):
     # records → metrics / OTel / shipping
     record_queue_size: int = Field(100_000, ge=10)
     tenant_label_limit: int = Field(100, ge=1)
+    model_label_limit: int = Field(100, ge=1)  # distinct model labels; the rest are "other"
 
     # engine scraper and signals
     scrape_interval_s: float = Field(5.0, gt=0)

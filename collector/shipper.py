@@ -84,6 +84,7 @@ class Shipper:
         now: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         auth: DependencyAuth | None = None,
+        dead_letter_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.spool = spool
         self.client = client
@@ -104,6 +105,7 @@ class Shipper:
         self._auth = auth
         self.last_error: str = ""
         self.ack_error: str = ""  # the disk refused the ack file
+        self.dead_letter_max_bytes = dead_letter_max_bytes
 
     def notify(self) -> None:
         """New payloads are in the spool."""
@@ -193,6 +195,12 @@ class Shipper:
 
     def _dead_letter(self, payloads: list[bytes], reason: str) -> None:
         log.error("metering refused a %s batch of %d: %s", self.kind, len(payloads), reason)
-        with open(self.spool.dir / "dead-letter.jsonl", "ab") as fh:
+        path = self.spool.dir / "dead-letter.jsonl"
+        try:
+            if path.stat().st_size >= self.dead_letter_max_bytes:
+                path.replace(path.with_name(path.name + ".1"))  # one older file is kept
+        except FileNotFoundError:
+            pass
+        with open(path, "ab") as fh:
             for p in payloads:
                 fh.write(p + b"\n")

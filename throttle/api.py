@@ -344,4 +344,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        return error(exc.status_code, str(exc.detail), None, "http_error")
+        reply = error(exc.status_code, str(exc.detail), None, "http_error")
+        reply.headers.update(exc.headers or {})  # 405 keeps its Allow
+        return reply

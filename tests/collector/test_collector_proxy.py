@@ -236,6 +236,21 @@ def test_tenant_label_cardinality_guard(engine: Any, make_collector: Any) -> Non
     assert col.sample("infermeter_collector_tenant_label_overflow_total") == 2
 
 
+def test_model_label_cardinality_guard(engine: Any, make_collector: Any) -> None:
+    """The model is client-chosen: a client inventing names cannot grow /metrics unbounded."""
+    _, upstream = engine
+    col = make_collector(upstream.url, model_label_limit=2)
+    for i in range(5):
+        httpx.post(f"{col.url}/v1/completions",
+                   json={"model": f"made-up-{i}", "prompt": "x", "max_tokens": 1})  # fmt: skip
+    recs = col.records.wait(5)
+    assert [r.model for r in recs] == [f"made-up-{i}" for i in range(5)]  # records keep it
+    text = httpx.get(f"{col.url}/metrics").text
+    assert 'model="made-up-1"' in text and 'model="made-up-2"' not in text
+    assert 'model="other"' in text
+    assert col.sample("infermeter_collector_model_label_overflow_total") == 3
+
+
 def test_upstream_down_gives_json_502_and_an_error_record(make_collector: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

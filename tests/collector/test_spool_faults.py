@@ -145,3 +145,42 @@ async def test_a_failing_background_task_is_restarted_with_backoff_and_counted()
         await task
     assert len(runs) == 4 and restarts == ["records"] * 3
     assert waits == [0.5, 1.0, 2.0]
+
+
+async def _refuse_everything(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A metering that refuses every batch as a whole (422)."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"error": {"message": "batch refused", "param": "body", "code": 422}}'
+    await send({"type": "http.response.start", "status": 422,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_the_dead_letter_file_is_rotated_by_size(tmp_path: Path, serve: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from infermeter.collector.shipper import Shipper, ShipperMetrics
+    from infermeter.kernel.metering_client import MeteringClient
+
+    refuser = serve(_refuse_everything)
+    spool = Spool(tmp_path)
+    client = MeteringClient(refuser.url, attempts=1)
+    shipper = Shipper(spool, client, "/v1/usage", "usage", ShipperMetrics(CollectorRegistry()),
+                      batch_size=10, dead_letter_max_bytes=2048)  # fmt: skip
+    try:
+        for batch in range(10):
+            spool.append([b'{"request_id": "r%d-%d", "pad": "%s"}' % (batch, i, b"x" * 40)
+                          for i in range(10)])  # fmt: skip
+            assert await shipper.drain()
+    finally:
+        await client.close()
+        spool.close()
+    current, older = tmp_path / "dead-letter.jsonl", tmp_path / "dead-letter.jsonl.1"
+    assert current.exists() and older.exists()
+    assert current.stat().st_size < 2048 + 10 * 80  # at most one batch past the limit
+    kept = current.read_text().splitlines() + older.read_text().splitlines()
+    assert len(kept) < 100 and spool.pending == 0  # the oldest rotated away, none blocking
+    assert not any('"r0-0"' in line for line in kept) and any('"r9-9"' in line for line in kept)

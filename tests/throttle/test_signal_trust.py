@@ -151,3 +151,10 @@ def test_oversized_bodies_are_413_naming_the_limit(throttle: tuple[str, ManualCl
         assert reply.status_code == 413, (path, reply.text)
         assert reply.json()["error"]["param"] == "body" and "1048576" in reply.text
     assert push(url, sample(clock)).status_code == 200  # the replayed small body still works
+
+
+def test_a_wrong_method_is_405_with_allow(throttle: tuple[str, ManualClock]) -> None:
+    url, _ = throttle
+    reply = httpx.delete(url + "/v1/signals")
+    assert reply.status_code == 405 and reply.headers["allow"] == "POST"
+    assert reply.json()["error"]["code"] == 405
