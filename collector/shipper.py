@@ -16,6 +16,7 @@ loop, waiting the kernel's ``Backoff`` (exponential, with jitter) between tries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random as _random
 import time
@@ -196,11 +197,9 @@ class Shipper:
     def _dead_letter(self, payloads: list[bytes], reason: str) -> None:
         log.error("metering refused a %s batch of %d: %s", self.kind, len(payloads), reason)
         path = self.spool.dir / "dead-letter.jsonl"
-        try:
+        with contextlib.suppress(FileNotFoundError):  # no dead letter yet
             if path.stat().st_size >= self.dead_letter_max_bytes:
                 path.replace(path.with_name(path.name + ".1"))  # one older file is kept
-        except FileNotFoundError:
-            pass
         with open(path, "ab") as fh:
             for p in payloads:
                 fh.write(p + b"\n")

@@ -58,6 +58,14 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     """Poll ``url`` until it answers (any status) or raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -15,16 +15,7 @@ import pytest
 
 from tests.collector.collector_helpers import SECRET, gateway_request_id
 from tests.collector.usage_receiver import UsageReceiver
-from tests.conftest import REPO
-
-
-def wait_until(cond: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tests.conftest import REPO, wait_until
 
 
 def completion(i: int) -> dict[str, Any]:

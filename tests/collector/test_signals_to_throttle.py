@@ -10,6 +10,7 @@ import httpx
 from infermeter.throttle.app import Runtime, create_app
 from infermeter.throttle.settings import ThrottleSettings
 from tests.conftest import VLLM_ARTIFACTS as ARTIFACTS
+from tests.conftest import wait_until
 
 
 def test_throttle_accepts_the_collectors_signals(
@@ -31,13 +32,6 @@ def test_throttle_accepts_the_collectors_signals(
     assert col.app.scraper.pushes >= 1 and col.app.scraper.push_failures == 0
 
 
-def _wait(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_signals_carry_the_signals_token_and_a_refusal_turns_readiness_red(
     engine: Any, make_collector: Any, serve: Any
 ) -> None:
@@ -50,14 +44,16 @@ def test_signals_carry_the_signals_token_and_a_refusal_turns_readiness_red(
         upstream.url, scrape_interval_s=0.1, throttle_url=throttle.url, pool="p1",
         replica="r1", throttle_token="signals",
     )  # fmt: skip
-    _wait(lambda: httpx.get(f"{throttle.url}/v1/autoscale/p1", headers=read).status_code == 200)
+    wait_until(
+        lambda: httpx.get(f"{throttle.url}/v1/autoscale/p1", headers=read).status_code == 200
+    )
     assert good.app.scraper.push_failures == 0
     assert httpx.get(f"{good.url}/readyz").status_code == 200
     bad = make_collector(
         upstream.url, scrape_interval_s=0.1, throttle_url=throttle.url, pool="p2",
         replica="r2", throttle_token="wrong",
     )  # fmt: skip
-    _wait(lambda: bad.app.scraper.push_failures >= 1)
+    wait_until(lambda: bad.app.scraper.push_failures >= 1)
     ready = httpx.get(f"{bad.url}/readyz")
     assert ready.status_code == 503, ready.text
     assert "throttle_token" in ready.json()["problems"]["throttle"]

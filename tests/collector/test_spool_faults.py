@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,15 @@ import pytest
 
 from infermeter.collector.errors import SpoolLocked
 from infermeter.collector.spool import Spool
+from infermeter.kernel.asgi import read_body
 from infermeter.kernel.supervision import supervised
 from infermeter.metering.api import create_app
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings
 from tests.collector.test_ship_to_metering import stored
+from tests.conftest import wait_until
 
 BODY = {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 2}
-
-
-def wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -151,8 +145,7 @@ async def _refuse_everything(scope: dict[str, Any], receive: Any, send: Any) -> 
     """A metering that refuses every batch as a whole (422)."""
     if scope["type"] != "http":
         return
-    while (await receive()).get("more_body"):
-        pass
+    await read_body(receive)
     body = b'{"error": {"message": "batch refused", "param": "body", "code": 422}}'
     await send({"type": "http.response.start", "status": 422,
                 "headers": [(b"content-type", b"application/json")]})  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import httpx
 import orjson
 
 from infermeter.serving.gateway.embeddings.local import LocalEmbedder
+from tests.conftest import wait_until
 from tests.serving.gateway.gateway_helpers import (
     METERING_TOKEN,
     MODEL,
@@ -30,13 +30,6 @@ def ask(url: str, key: str, question: str, **extra: Any) -> httpx.Response:
         **extra,
     }
     return httpx.post(url + "/v1/chat/completions", json=body, headers=auth(key))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_cache_hit_is_replayed_and_metered_with_its_saving(
