@@ -36,12 +36,12 @@ from infermeter.collector.proxy import Proxy
 from infermeter.collector.proxy_wire import send_json
 from infermeter.collector.request_metrics import RequestMetrics
 from infermeter.collector.settings import CollectorSettings
-from infermeter.collector.shipper import Shipper, ShipperMetrics
-from infermeter.collector.spool import Spool
 from infermeter.kernel.asgi import BodyTooLarge, Message, Receive, Scope, Send, read_body
 from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.metering_client import MeteringClient
 from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
+from infermeter.kernel.spool import Spool
+from infermeter.kernel.spool_shipper import Shipper, ShipperMetrics
 from infermeter.kernel.supervision import supervised
 from infermeter.kernel.tenancy import TenantResolver
 
@@ -99,7 +99,7 @@ class CollectorApp:
         if telemetry is _NO_NVML:
             telemetry = GenAiTelemetry.from_environment(env)
         self.telemetry: GenAiTelemetry | None = telemetry  # type: ignore[assignment]
-        self.shipper_metrics = ShipperMetrics(self.registry)
+        self.shipper_metrics = ShipperMetrics(self.registry, "collector")
         self.dependency_auth = DependencyAuth("collector", self.registry, log)
         self.task_restarts = Counter(
             "infermeter_collector_task_restarts",
@@ -143,6 +143,7 @@ class CollectorApp:
             segment_bytes=s.spool_segment_bytes,
             warn_fraction=s.spool_warn_fraction,
             on_near_full=lambda depth, cap: near.set(1),
+            owner="collector",
         )
 
     def _spool_gauges(self) -> None:
@@ -203,6 +204,7 @@ class CollectorApp:
                 attempts=1,
             )
             common["auth"] = self.dependency_auth
+            common["token_setting"] = "[collector] ingest_token"
             self.usage_shipper = Shipper(
                 self.usage_spool, client, USAGE_PATH, "usage", self.shipper_metrics, **common
             )

@@ -3,16 +3,13 @@
 Hierarchy::
 
     CollectorError
-    ├── RequestError        a client request the collector itself refuses (names the field)
-    └── SpoolError          the on-disk spool is full or corrupt
-        ├── SpoolWriteError the disk refused a write (ENOSPC, EIO, EROFS): retry later
-        └── SpoolLocked     another collector owns the spool directory
+    └── RequestError        a client request the collector itself refuses (names the field)
 
 ``RequestError`` becomes an HTTP 4xx only in ``collector/proxy.py`` (the request path, where
-the engine being unreachable or slow maps aiohttp's own errors to 502 / 504); the others
-stay counters and log lines: telemetry and shipping failures never reach proxied traffic.
-Shipping failures are the kernel's ``MeteringClientError`` (infermeter.kernel.errors), kept
-spooled and retried.
+the engine being unreachable or slow maps aiohttp's own errors to 502 / 504). Telemetry,
+spool and shipping failures stay counters and log lines, never reaching proxied traffic: they
+are the kernel's ``MeteringClientError`` and ``SpoolError`` subtrees (infermeter.kernel.errors;
+the spool and its shipper are the kernel's, shared with the gateway), kept and retried.
 """
 
 from __future__ import annotations
@@ -32,16 +29,3 @@ class RequestError(CollectorError):
         self.message = message
         self.status = status
         super().__init__(f"{field}: {message}")
-
-
-class SpoolError(CollectorError):
-    """The on-disk spool cannot accept more data or holds a corrupt segment."""
-
-
-class SpoolWriteError(SpoolError):
-    """The disk refused a spool write (ENOSPC, EIO, read-only file system): nothing was
-    written, the spool is as before, and the same write may succeed later."""
-
-
-class SpoolLocked(SpoolError):
-    """Another process owns the spool directory."""

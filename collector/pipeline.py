@@ -8,10 +8,11 @@ response, until its record is on disk: a ``kill -9`` then loses nothing that a c
 finish. Exporter failures are counted and logged, never raised into the proxy.
 
 When the disk refuses the spool write (ENOSPC, EIO, a read-only remount) the records are
-held in a bounded in-memory backlog (``records_held``; beyond ``maxsize`` the oldest are
-dropped and counted), readiness names the error, and the write is retried at every batch and
-every ``retry_s`` until the disk takes it: nothing waits on the dead disk (durable acks are
-released) and nothing is lost while the backlog has room.
+held in a bounded in-memory backlog (the kernel's
+:class:`~infermeter.kernel.spool_writer.SpoolWriter`: ``records_held``; beyond ``maxsize``
+the oldest are dropped and counted), readiness names the error, and the write is retried at
+every batch and every ``retry_s`` until the disk takes it: nothing waits on the dead disk
+(durable acks are released) and nothing is lost while the backlog has room.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Protocol
 
 import orjson
 
-from infermeter.collector.errors import SpoolError, SpoolWriteError
 from infermeter.collector.prompt_tokens import PromptCounter
 from infermeter.collector.record import RequestRecord, inter_token_gaps, to_usage_record
 from infermeter.collector.request_metrics import RequestMetrics
-from infermeter.collector.spool import Spool
 from infermeter.kernel.records import UsageRecord
+from infermeter.kernel.spool import Spool
+from infermeter.kernel.spool_writer import SpoolWriter
 
 log = logging.getLogger(__name__)
 BATCH = 256
@@ -75,14 +76,21 @@ class RecordPipeline:
         self._items: deque[RequestRecord] = deque()
         self._wake = asyncio.Event()
         self._dropped_full = metrics.records_dropped.labels("queue_full")
-        self._dropped_spool = metrics.records_dropped.labels("spool_full")
         self._export_failed = metrics.records_dropped.labels("exporter_error")
-        self._dropped_unwritable = metrics.records_dropped.labels("spool_unwritable")
+        dropped = {r: metrics.records_dropped.labels(r) for r in ("spool_full", "spool_unwritable")}
         metrics.queue_depth.set_function(lambda: len(self._items))
-        self._held: deque[bytes] = deque()
-        metrics.records_held.set_function(lambda: len(self._held))
+        self.writer = (
+            SpoolWriter(
+                spool,
+                max_held=maxsize,
+                on_written=shipper.notify if shipper is not None else None,
+                on_dropped=lambda reason, n: dropped[reason].inc(n),
+            )
+            if spool is not None
+            else None
+        )
+        metrics.records_held.set_function(lambda: self.held)
         self.retry_s = retry_s
-        self.spool_error = ""  # the disk's refusal while records are held, else ""
         self.processed = 0
 
     def submit(self, rec: RequestRecord) -> None:
@@ -99,16 +107,21 @@ class RecordPipeline:
     @property
     def held(self) -> int:
         """Records kept in memory because the disk refused them."""
-        return len(self._held)
+        return self.writer.held if self.writer is not None else 0
+
+    @property
+    def spool_error(self) -> str:
+        """The disk's refusal while records are held, else ``""``."""
+        return self.writer.error if self.writer is not None else ""
 
     async def run(self) -> None:
         """Consume forever (until cancelled); while records are held, retry every retry_s."""
         while True:
-            if self._held:
+            if self.writer is not None and self.writer.held:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.retry_s)
                 except TimeoutError:
-                    await self._write(())
+                    await self.writer.retry()
                     continue
             else:
                 await self._wake.wait()
@@ -141,44 +154,12 @@ class RecordPipeline:
                     log.exception("telemetry exporter %r failed", exporter)
             if self.spool is not None:
                 lines.append(orjson.dumps(usage.to_json()))
-        if lines:
-            await self._write(lines)
+        if lines and self.writer is not None:
+            await self.writer.write(lines)
         for rec in batch:
             if rec.durable is not None and not rec.durable.done():
                 rec.durable.set_result(None)
         self.processed += len(batch)
-
-    async def _write(self, lines: Sequence[bytes]) -> None:
-        """Append the held records and ``lines`` to the spool, or hold them."""
-        if self.spool is None:
-            return
-        batch = [*self._held, *lines]
-        if not batch:
-            return
-        try:
-            await asyncio.to_thread(self.spool.append, batch)
-        except SpoolWriteError as exc:
-            if not self.spool_error:
-                log.error("%s: holding usage records in memory until the disk takes them", exc)
-            self.spool_error = str(exc)
-            self._held.extend(lines)
-            overflow = len(self._held) - self.maxsize
-            if overflow > 0:
-                for _ in range(overflow):
-                    self._held.popleft()
-                self._dropped_unwritable.inc(overflow)
-            return
-        except SpoolError as exc:
-            self._dropped_spool.inc(len(batch))
-            log.error("%s: %d usage records not kept", exc, len(batch))
-            self._held.clear()
-            return
-        if self.spool_error:
-            log.warning("spool writable again: %d held records written", len(self._held))
-        self.spool_error = ""
-        self._held.clear()
-        if self.shipper is not None:
-            self.shipper.notify()
 
     async def drain(self) -> None:
         """Process everything queued (used at shutdown)."""

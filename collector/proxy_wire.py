@@ -4,12 +4,13 @@ noticing a client that goes away (no metering here: see :mod:`infermeter.collect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 
-from infermeter.kernel.asgi import Message, Receive, Scope, Send
+from infermeter.kernel.asgi import Message, Receive, Scope, send_json
+
+__all__ = ["DisconnectWatch", "forward_headers", "response_headers", "send_json"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -29,19 +30,6 @@ HOP_BY_HOP = frozenset(
 HOP_BY_HOP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
 )
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    """Send a complete JSON response."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def forward_headers(scope: Scope) -> tuple[list[tuple[str, str]], dict[str, str]]:

@@ -1,10 +1,10 @@
 """ASGI type aliases shared by the pure-ASGI servers (collector, gateway front, simulator,
-throttle fast path): one definition, as starlette's ``types.py`` does; and the bounded read
-of a request body every one of them does first."""
+throttle fast path): one definition, as starlette's ``types.py`` does; the bounded read
+of a request body every one of them does first, and a whole JSON reply."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from infermeter.kernel.errors import InfermeterError
@@ -57,3 +57,16 @@ def replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return again
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a complete JSON response (``extra``: more headers)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

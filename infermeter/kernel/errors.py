@@ -12,6 +12,9 @@ subtree in its ``errors.py``. Hierarchy::
     │   ├── MeteringUnavailable    not reached, timed out, or 5xx/408/425/429 on every attempt
     │   ├── MeteringRefused        a 4xx: the status, metering's message and the field it names
     │   └── MeteringReplyError     a 2xx whose body is not the documented reply (names the field)
+    ├── SpoolError             an on-disk spool (infermeter.kernel.spool) is full or corrupt
+    │   ├── SpoolWriteError        the disk refused a write (ENOSPC, EIO, EROFS): retry later
+    │   └── SpoolLocked            another process owns the spool directory
     ├── CollectorError         infermeter.collector.errors
     ├── MeteringError          infermeter.metering.errors
     ├── ThrottleError          infermeter.throttle.errors
@@ -109,3 +112,16 @@ class MeteringReplyError(MeteringClientError):
         self.field = field
         self.message = message
         super().__init__(f"metering reply: {field}: {message}")
+
+
+class SpoolError(InfermeterError):
+    """An on-disk spool cannot accept more data or holds a corrupt segment."""
+
+
+class SpoolWriteError(SpoolError):
+    """The disk refused a spool write (ENOSPC, EIO, read-only file system): nothing was
+    written, the spool is as before, and the same write may succeed later."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process owns the spool directory."""

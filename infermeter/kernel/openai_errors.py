@@ -4,12 +4,31 @@
 official ``openai`` SDK parses into ``APIStatusError`` and what vLLM's OpenAI server sends.
 ``param`` names the offending field (or query parameter), ``None`` when no single one is at
 fault. The arguments are always in this order: status, message, type, param.
+:data:`ERROR_SCHEMA` is the body as JSON Schema, for every OpenAPI document that returns it.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The OpenAI/vLLM error body",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"], "description": "the field at fault"},
+                "code": {"type": ["integer", "string", "null"], "description": "HTTP status"},
+            },
+        }
+    },
+}
 
 
 def error_object(status: int, message: str, type_: str, param: str | None = None) -> dict[str, Any]:

@@ -328,6 +328,7 @@ def config_document(
             "throttle_token": keys.throttle_token,
             "metering_url": layout.metering_url,
             "metering_token": keys.ingest_token,
+            "spool_dir": str(layout.data_dir / "gateway-spool"),
             "models": {
                 layout.model: {
                     "upstream": "self_hosted",

@@ -18,6 +18,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -42,6 +43,7 @@ from infermeter.serving.gateway.requests import CHAT, COMPLETIONS, parse_inferen
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 KEEPALIVE_S = 15.0
 Readiness = Callable[[], Awaitable[dict[str, str]]]
+ReadinessDetails = Callable[[], dict[str, Any]]
 # (path, GatewayApi method, HTTP method)
 ROUTES = (
     ("/v1/models", "models", "GET"),
@@ -71,6 +73,7 @@ class GatewayApi:
         registry: CollectorRegistry,
         job_deadline_s: float,
         readiness: Readiness,
+        readiness_details: ReadinessDetails | None = None,
         closing: asyncio.Event | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -80,6 +83,7 @@ class GatewayApi:
         self.registry = registry
         self._deadline_s = job_deadline_s
         self._readiness = readiness
+        self._details = readiness_details
         self._closing = closing if closing is not None else asyncio.Event()
         self._now = now
         self.responses = Counter(
@@ -243,12 +247,15 @@ class GatewayApi:
         return Response(b'{"status":"ok"}', 200, media_type="application/json")
 
     async def readyz(self, request: Request) -> Response:
-        """Dependencies reachable: 503 naming those that are not."""
+        """Dependencies reachable: 503 naming those that are not; the usage spool's backlog
+        (informational: metering being down does not make the gateway unready)."""
         problems = await self._readiness()
+        details = self._details() if self._details is not None else {}
         if problems:
-            body = {"status": "unavailable", "problems": problems}
+            body = {"status": "unavailable", "problems": problems, **details}
             return Response(orjson.dumps(body), 503, media_type="application/json")
-        return Response(b'{"status":"ready"}', 200, media_type="application/json")
+        body = {"status": "ready", **details}
+        return Response(orjson.dumps(body), 200, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition."""

@@ -1,7 +1,8 @@
 """Wiring: build the gateway's ASGI app from its settings.
 
 Everything that needs the event loop (the aiohttp session, background tasks) is created at
-ASGI lifespan startup and closed at shutdown: the usage shipper (flushed), the signal
+ASGI lifespan startup and closed at shutdown: the usage spool and its shipper (queued
+records written to disk, shipped for up to ``shutdown_flush_s``, the rest kept), the signal
 poller, the job workers (their jobs left for redelivery) and the job backend. Tests inject
 the clock, the metrics registry and the embedder (to load the model once).
 """
@@ -48,10 +49,13 @@ def job_backend(settings: GatewaySettings) -> JobBackend:
     """The job backend named by ``[gateway.jobs] queue`` (memory:// or redis://...)."""
     uri = settings.jobs.queue
     if uri.startswith("memory:"):
-        return MemoryJobs(retention_s=settings.jobs.retention_s)
+        return MemoryJobs(
+            retention_s=settings.jobs.retention_s, max_per_tenant=settings.max_jobs_per_tenant
+        )
     if uri.startswith(("redis://", "rediss://", "unix://")):
         return RedisJobs(
             uri,
+            max_per_tenant=settings.max_jobs_per_tenant,
             max_attempts=settings.jobs.max_attempts,
             claim_idle_s=settings.jobs.claim_idle_s,
             retention_s=settings.jobs.retention_s,
@@ -201,6 +205,8 @@ class GatewayApp:
             s.metering_url,
             s.metering_token,
             registry=self.registry,
+            spool_dir=s.spool_dir,
+            spool_max_bytes=s.spool_max_bytes,
             flush_interval_s=s.metering_flush_s,
             auth=self.dependency_auth,
         )
@@ -227,6 +233,7 @@ class GatewayApp:
             registry=self.registry,
             job_deadline_s=s.jobs.deadline_s,
             readiness=self.readiness,
+            readiness_details=metering.details,
             closing=self.closing,
             now=self._now,
         )
@@ -271,7 +278,8 @@ class GatewayApp:
             await self._session.close()
 
     async def readiness(self) -> dict[str, str]:
-        """What is not reachable: the throttle, metering, the job backend."""
+        """What is not reachable: the throttle, metering, the job backend; a disk refusing
+        the usage spool."""
         problems: dict[str, str] = {}
         assert self._session is not None
         for name, url in (("throttle", self.settings.throttle_url),
@@ -289,6 +297,8 @@ class GatewayApp:
         if self.pipeline is not None and "throttle" not in problems:
             await self.pipeline.throttle.probe_auth()
         problems.update(self.dependency_auth.problems())
+        if self.pipeline is not None:
+            problems.update(self.pipeline.metering.problems())
         try:
             await self.jobs.get("readiness-probe")
         except GatewayError as exc:

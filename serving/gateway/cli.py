@@ -26,6 +26,8 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("throttle_token", str, "the throttle's decisions token (prefer throttle_token_file)"),
     ("metering_url", str, "metering base URL for cache-hit/managed/throttled usage records"),
     ("metering_token", str, "bearer token for metering"),
+    ("spool_dir", str, "on-disk spool of gateway-made usage records (default .data/gateway-spool)"),
+    ("max_jobs_per_tenant", int, "async jobs one tenant may have queued or running (default 100)"),
     ("connect_retries", int, "other replicas tried when connecting fails (default 2)"),
     (
         "shutdown_grace_s",

@@ -13,6 +13,7 @@ Hierarchy::
     │   └── ThrottleMisconfigured  the throttle refuses our token (401/403): never fail-open
     ├── UpstreamError         no replica could be reached / upstream failed → 502
     │   └── UpstreamConnectError  connecting failed: safe to retry on another replica
+    ├── TooManyJobs           the tenant has max_jobs_per_tenant jobs queued or running → 429
     ├── QueueError            the job queue backend failed → 503
     └── EmbeddingError        the embedding model cannot be loaded or called
 
@@ -84,6 +85,19 @@ class UpstreamError(GatewayError):
 
 class UpstreamConnectError(UpstreamError):
     """Connecting to an upstream failed before any request byte was accepted."""
+
+
+class TooManyJobs(GatewayError):
+    """The tenant already has ``limit`` jobs queued or running (``[gateway]
+    max_jobs_per_tenant``); others' jobs are unaffected."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(
+            f"tenant {tenant!r} has {limit} jobs queued or running, the most allowed "
+            f"(max_jobs_per_tenant = {limit}); wait for one to finish"
+        )
+        self.tenant = tenant
+        self.limit = limit
 
 
 class QueueError(GatewayError):

@@ -32,6 +32,7 @@ from infermeter.serving.gateway.errors import (
     RequestError,
     Throttled,
     ThrottleUnavailable,
+    TooManyJobs,
     UpstreamConnectError,
     UpstreamError,
 )
@@ -73,6 +74,8 @@ def error_parts(exc: GatewayError) -> tuple[int, bytes, dict[str, str]]:
         return 404, error_body(404, str(exc), "not_found_error", "id"), {}
     if isinstance(exc, Throttled):
         return 429, error_body(429, str(exc), "rate_limit_error"), dict(exc.headers)
+    if isinstance(exc, TooManyJobs):
+        return 429, error_body(429, str(exc), "rate_limit_error", "max_jobs_per_tenant"), {}
     if isinstance(exc, ThrottleUnavailable | QueueError):
         return 503, error_body(503, str(exc), "service_unavailable"), retry
     if isinstance(exc, UpstreamConnectError):

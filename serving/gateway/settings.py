@@ -103,6 +103,14 @@ class GatewaySettings(_Strict):
     signal_poll_s: float = Field(1.0, gt=0.0, description="0 disables polling of /metrics")
     default_max_tokens: int = Field(256, ge=1, description="admission estimate when absent")
     metering_flush_s: float = Field(0.5, gt=0.0, description="usage records are posted this often")
+    spool_dir: str = Field(
+        ".data/gateway-spool",
+        description="on-disk spool of gateway-made usage records (locked by one gateway)",
+    )
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="spool size limit")
+    max_jobs_per_tenant: int = Field(
+        100, ge=1, description="async jobs one tenant may have queued or running (else 429)"
+    )
     shutdown_grace_s: float = Field(
         5.0, ge=0.0, description="on stop, how long in-flight requests may take to finish"
     )

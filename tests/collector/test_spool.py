@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.collector.errors import SpoolError
-from infermeter.collector.spool import Spool
+from infermeter.kernel.errors import SpoolError
+from infermeter.kernel.spool import Spool
 
 
 def payloads(start: int, n: int) -> list[bytes]:

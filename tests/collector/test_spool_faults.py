@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from infermeter.collector.errors import SpoolLocked
-from infermeter.collector.spool import Spool
 from infermeter.kernel.asgi import read_body
+from infermeter.kernel.errors import SpoolLocked
+from infermeter.kernel.spool import Spool
 from infermeter.kernel.supervision import supervised
 from infermeter.metering.api import create_app
 from infermeter.metering.service import MeteringService
@@ -155,8 +155,8 @@ async def _refuse_everything(scope: dict[str, Any], receive: Any, send: Any) -> 
 async def test_the_dead_letter_file_is_rotated_by_size(tmp_path: Path, serve: Any) -> None:
     from prometheus_client import CollectorRegistry
 
-    from infermeter.collector.shipper import Shipper, ShipperMetrics
     from infermeter.kernel.metering_client import MeteringClient
+    from infermeter.kernel.spool_shipper import Shipper, ShipperMetrics
 
     refuser = serve(_refuse_everything)
     spool = Spool(tmp_path)

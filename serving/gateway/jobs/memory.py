@@ -2,7 +2,8 @@
 
 Jobs, queues and event logs live in this process; a restart loses them, which is why
 several replicas or restart safety need the Redis backend. Event ids are decimal integers.
-Finished jobs are forgotten after ``retention_s``.
+Finished jobs are forgotten after ``retention_s``. A tenant with ``max_per_tenant`` jobs
+queued or running gets :class:`~infermeter.serving.gateway.errors.TooManyJobs` on submit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from infermeter.serving.gateway.errors import TooManyJobs
 from infermeter.serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobEvent
 
 
@@ -20,19 +22,29 @@ class MemoryJobs:
     """Queues as asyncio queues, events as lists with a condition to wait on."""
 
     def __init__(
-        self, *, retention_s: float = 86_400.0, now: Callable[[], float] = time.time
+        self,
+        *,
+        retention_s: float = 86_400.0,
+        max_per_tenant: int = 100,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, list[JobEvent]] = {}
         self._queues: defaultdict[str, asyncio.Queue[str]] = defaultdict(asyncio.Queue)
         self._changed: dict[str, asyncio.Condition] = {}
         self._attempts: dict[str, int] = {}
+        self._active: defaultdict[str, set[str]] = defaultdict(set)  # tenant -> unfinished ids
+        self.max_per_tenant = max_per_tenant
         self._retention = retention_s
         self._now = now
 
     async def submit(self, job: Job) -> None:
-        """Store, log ``queued`` and enqueue."""
+        """Store, log ``queued`` and enqueue; refused when the tenant is at its cap."""
         self._expire()
+        active = self._active[job.tenant]
+        if len(active) >= self.max_per_tenant:
+            raise TooManyJobs(job.tenant, self.max_per_tenant)
+        active.add(job.id)
         self._jobs[job.id] = Job.from_json(job.to_json())
         self._events[job.id] = []
         self._changed[job.id] = asyncio.Condition()
@@ -71,8 +83,21 @@ class MemoryJobs:
         return Job.from_json(job.to_json()) if job is not None else None
 
     async def save(self, job: Job) -> None:
-        """Overwrite the job record."""
+        """Overwrite the job record; a finished job stops counting against its tenant."""
         self._jobs[job.id] = Job.from_json(job.to_json())
+        if job.status in TERMINAL:
+            self._forget_active(job.tenant, job.id)
+
+    async def active(self, tenant: str) -> int:
+        """How many of the tenant's jobs are queued or running."""
+        return len(self._active.get(tenant, ()))
+
+    def _forget_active(self, tenant: str, job_id: str) -> None:
+        ids = self._active.get(tenant)
+        if ids is not None:
+            ids.discard(job_id)
+            if not ids:
+                del self._active[tenant]
 
     async def append(self, job_id: str, type_: str, data: dict[str, Any]) -> str:
         """Append an event and wake readers."""

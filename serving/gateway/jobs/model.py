@@ -91,7 +91,19 @@ class JobBackend(Protocol):
     """Job records, per-pool queues and per-job event logs (memory or Redis)."""
 
     async def submit(self, job: Job) -> None:
-        """Store the job, log ``queued`` and enqueue it, atomically."""
+        """Store the job, log ``queued`` and enqueue it, atomically; raise
+        :class:`~infermeter.serving.gateway.errors.TooManyJobs` instead when the tenant
+        already has ``max_per_tenant`` jobs queued or running (saving a job with a terminal
+        status frees its place)."""
+        ...
+
+    @property
+    def max_per_tenant(self) -> int:
+        """Jobs one tenant may have queued or running."""
+        ...
+
+    async def active(self, tenant: str) -> int:
+        """How many of the tenant's jobs count against ``max_per_tenant``."""
         ...
 
     async def claim(self, pool: str, worker: str, block_s: float) -> Delivery | None:

@@ -6,9 +6,13 @@ Keys (``P`` = prefix)::
     P:events:<id>     stream   the job's event log; entry ids are the SSE event ids
     P:queue:<pool>    stream   pending jobs of a pool, consumer group ``workers``
     P:dead:<pool>     stream   jobs that failed max_attempts deliveries
+    P:active:<tenant> set      ids of the tenant's jobs not yet finished (the per-tenant cap)
 
-A job is accepted only once its record, its ``queued`` event and its queue entry are written
-in one MULTI/EXEC, so a gateway restart after the 202 loses nothing. Workers read with
+A job is accepted only once its record, its ``queued`` event, its queue entry and its place
+in the tenant's active set are written by one Lua script (``lua/submit.lua``), so a gateway
+restart after the 202 loses nothing; the script refuses the job (:class:`TooManyJobs`) when
+the tenant already has ``max_per_tenant`` jobs queued or running, counted across every
+gateway on the prefix. Saving a finished job takes it out of the set. Workers read with
 XREADGROUP and XACK only after the job finished. A worker that dies leaves its entry
 pending; once idle longer than ``claim_idle_s`` another worker takes it with XAUTOCLAIM
 (live workers refresh their claim with XCLAIM ... JUSTID as a heartbeat). The delivery
@@ -19,6 +23,7 @@ dead-lettered and marked failed.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -26,11 +31,19 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from infermeter.serving.gateway.errors import QueueError
-from infermeter.serving.gateway.jobs.model import Delivery, Job, JobEvent
+from infermeter.serving.gateway.errors import QueueError, TooManyJobs
+from infermeter.serving.gateway.jobs.model import TERMINAL, Delivery, Job, JobEvent
 
 GROUP = "workers"
 _EVENT_ID = re.compile(r"^\d+-\d+$")
+
+
+def _script(name: str) -> str:
+    return (
+        resources.files("infermeter.serving.gateway.jobs")
+        .joinpath("lua", f"{name}.lua")
+        .read_text("utf-8")
+    )
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -52,9 +65,12 @@ class RedisJobs:
         max_attempts: int = 3,
         claim_idle_s: float = 30.0,
         retention_s: float = 86_400.0,
+        max_per_tenant: int = 100,
     ) -> None:
         url, self.prefix = split_uri(uri)
         self._r = aioredis.Redis.from_url(url)
+        self._submit = self._r.register_script(_script("submit"))
+        self.max_per_tenant = max_per_tenant
         self._max_attempts = max_attempts
         self._idle_ms = int(claim_idle_s * 1000)
         self._retention = int(retention_s)
@@ -75,19 +91,36 @@ class RedisJobs:
         return key
 
     async def submit(self, job: Job) -> None:
-        """Record, ``queued`` event and queue entry in one transaction."""
+        """Record, ``queued`` event, queue entry and active-set member in one script;
+        :class:`TooManyJobs` when the tenant is at ``max_per_tenant``."""
         try:
             queue = await self._group(job.pool)
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("job", job.id), orjson.dumps(job.to_json()))
-                pipe.xadd(
+            accepted = await self._submit(
+                keys=[
+                    self._k("active", job.tenant),
+                    self._k("job", job.id),
                     self._k("events", job.id),
-                    {"type": "queued", "data": orjson.dumps({"id": job.id})},
-                )
-                pipe.xadd(queue, {"job": job.id})
-                await pipe.execute()
+                    queue,
+                ],
+                args=[
+                    job.id,
+                    orjson.dumps(job.to_json()),
+                    orjson.dumps({"id": job.id}),
+                    self.max_per_tenant,
+                    self._k("job", ""),
+                ],
+            )
         except RedisError as exc:
             raise QueueError(f"cannot enqueue job: {exc}") from exc
+        if not int(accepted):
+            raise TooManyJobs(job.tenant, self.max_per_tenant)
+
+    async def active(self, tenant: str) -> int:
+        """How many of the tenant's jobs are counted as queued or running."""
+        try:
+            return int(await self._r.scard(self._k("active", tenant)))
+        except RedisError as exc:
+            raise QueueError(f"cannot count jobs: {exc}") from exc
 
     async def claim(self, pool: str, worker: str, block_s: float) -> Delivery | None:
         """A job abandoned by a dead worker first, else a new one."""
@@ -172,9 +205,14 @@ class RedisJobs:
         return Job.from_json(orjson.loads(raw)) if raw else None
 
     async def save(self, job: Job) -> None:
-        """Overwrite the job record (keeping its expiry if any)."""
+        """Overwrite the job record (keeping its expiry if any); a finished job leaves its
+        tenant's active set."""
         try:
-            await self._r.set(self._k("job", job.id), orjson.dumps(job.to_json()), keepttl=True)
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("job", job.id), orjson.dumps(job.to_json()), keepttl=True)
+                if job.status in TERMINAL:
+                    pipe.srem(self._k("active", job.tenant), job.id)
+                await pipe.execute()
         except RedisError as exc:
             raise QueueError(f"cannot write job: {exc}") from exc
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ def simulator_app(name: str = MODEL, time_scale: float = 1.0, **kw: Any) -> Any:
 def gateway_settings(replica_urls: list[str], **overrides: Any) -> GatewaySettings:
     data: dict[str, Any] = {
         "signal_poll_s": 0.2,
+        # Each gateway its own usage spool (a shared one is locked, and would replay records).
+        "spool_dir": tempfile.mkdtemp(prefix="infermeter-gw-spool-"),
         "models": {
             MODEL: {
                 "replicas": [{"url": u, "signals_url": u + "/metrics"} for u in replica_urls],

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from infermeter.serving.gateway.errors import TooManyJobs
 from infermeter.serving.gateway.jobs.memory import MemoryJobs
 from infermeter.serving.gateway.jobs.model import Job, JobBackend
 from infermeter.serving.gateway.jobs.redis_streams import RedisJobs, split_uri
@@ -117,6 +118,73 @@ async def test_redis_redelivers_an_abandoned_job_then_dead_letters() -> None:
     finally:
         await be.close()
         await _cleanup(prefix)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two_gateways(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[JobBackend, JobBackend]]:
+    """Two gateways' backends on one store, each capping a tenant at 2 jobs."""
+    if request.param == "memory":
+        one = MemoryJobs(max_per_tenant=2)
+        yield one, one
+        return
+    uri = f"{REDIS}?prefix=test-gw-{uuid.uuid4().hex[:8]}"
+    first, second = RedisJobs(uri, max_per_tenant=2), RedisJobs(uri, max_per_tenant=2)
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+        await _cleanup(split_uri(uri)[1])
+
+
+async def test_a_tenant_at_its_job_cap_is_refused_and_others_are_not(
+    two_gateways: tuple[JobBackend, JobBackend],
+) -> None:
+    a, b = two_gateways
+    first, second = job(), job()
+    await a.submit(first)
+    await b.submit(second)  # the cap counts every gateway's jobs
+    assert await a.active("acme") == await b.active("acme") == 2
+    refused = job()
+    with pytest.raises(TooManyJobs) as info:
+        await b.submit(refused)
+    assert info.value.limit == 2 and info.value.tenant == "acme"
+    assert await a.get(refused.id) is None, "a refused job must leave nothing behind"
+    await a.submit(job(tenant="globex"))  # another tenant is not affected
+    # A job that finished frees its place; one still running does not.
+    running = await a.get(first.id)
+    assert running is not None
+    running.status = "running"
+    await a.save(running)
+    with pytest.raises(TooManyJobs):
+        await a.submit(job())
+    running.status = "succeeded"
+    await a.save(running)
+    assert await b.active("acme") == 1
+    await b.submit(job())
+    assert await a.active("acme") == 2
+
+
+async def test_redis_forgets_a_capped_job_whose_record_is_gone() -> None:
+    """A job record that expired or was deleted without its removal from the active set
+    (a gateway died in between) must not keep the tenant out for good."""
+    uri = f"{REDIS}?prefix=test-gw-{uuid.uuid4().hex[:8]}"
+    be = RedisJobs(uri, max_per_tenant=1)
+    r = aioredis.Redis.from_url(REDIS)
+    try:
+        lost = job()
+        await be.submit(lost)
+        with pytest.raises(TooManyJobs):
+            await be.submit(job())
+        await r.delete(f"{be.prefix}:job:{lost.id}")
+        await be.submit(job())
+        assert await be.active("acme") == 1
+    finally:
+        await r.aclose()
+        await be.close()
+        await _cleanup(be.prefix)
 
 
 def test_split_uri_keeps_other_parameters() -> None:

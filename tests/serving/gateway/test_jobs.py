@@ -72,6 +72,21 @@ def test_job_validation(serve: Callable[..., Any]) -> None:
     assert missing.status_code == 404
 
 
+def test_a_tenant_over_its_job_cap_gets_429_naming_the_setting(
+    serve: Callable[..., Any],
+) -> None:
+    sim = serve(simulator_app())
+    gw = serve(gateway_app(gateway_settings([sim.url], max_jobs_per_tenant=2), run_workers=False))
+    url = gw.url + "/v1/jobs"
+    for _ in range(2):
+        assert httpx.post(url, json=JOB, headers=auth("sk-acme")).status_code == 202
+    over = httpx.post(url, json=JOB, headers=auth("sk-acme"))
+    assert over.status_code == 429, over.text
+    error = over.json()["error"]
+    assert error["param"] == "max_jobs_per_tenant" and error["type"] == "rate_limit_error"
+    assert httpx.post(url, json=JOB, headers=auth("sk-globex")).status_code == 202
+
+
 POLICY = f"""
 unit = "usd"
 default_tier = "pro"

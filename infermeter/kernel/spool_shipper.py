@@ -1,7 +1,11 @@
 """Ships spooled payloads to metering in order: batches by size and time, retry with backoff.
 
-One :class:`Shipper` per destination (``/v1/usage`` for usage records, ``/v1/gpu-samples``
-for GPU samples). Payloads are acknowledged in the spool only after metering answered 200,
+One :class:`Shipper` per spool and destination: the collector's usage records
+(``/v1/usage``) and GPU samples (``/v1/gpu-samples``), the gateway's own usage records
+(``/v1/usage``). Its counters are named after the ``service`` that ships
+(``infermeter_<service>_shipped_records`` …), and a 401/403 names that service's token
+setting (``token_setting``) in the :class:`~infermeter.kernel.dependency_auth.DependencyAuth`
+refusal. Payloads are acknowledged in the spool only after metering answered 200,
 which it does only once the batch is durably committed (docs/api-contracts.md); a crash
 between the two replays the batch, and metering ignores the duplicates by key. Records that
 metering rejects one by one are logged and counted (metering keeps them in its dead-letter
@@ -10,7 +14,8 @@ the spool directory so it never blocks the ones behind it.
 
 The wire and the HTTP call are the kernel's metering client
 (:mod:`infermeter.kernel.metering_client`), called with ``attempts=1``: the spool is the retry
-loop, waiting the kernel's ``Backoff`` (exponential, with jitter) between tries.
+loop, waiting the kernel's ``Backoff`` (exponential, with jitter, so shippers that lost
+metering at the same moment do not retry in lockstep) between tries.
 """
 
 from __future__ import annotations
@@ -24,16 +29,16 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from infermeter.collector.errors import SpoolWriteError
-from infermeter.collector.spool import Spool
 from infermeter.kernel.dependency_auth import AUTH_STATUSES, DependencyAuth
 from infermeter.kernel.errors import (
     MeteringClientError,
     MeteringRefused,
     MeteringReplyError,
+    SpoolWriteError,
 )
 from infermeter.kernel.metering_client import Backoff, MeteringClient
 from infermeter.kernel.metering_wire import IngestReply
+from infermeter.kernel.spool import Spool
 
 log = logging.getLogger(__name__)
 # Refusals that are not the batch's fault (token, route, conflict): keep it spooled and retry.
@@ -42,23 +47,23 @@ _KEEP_SPOOLED_4XX = frozenset({401, 403, 404, 409})
 
 
 class ShipperMetrics:
-    """Counters shared by every shipper (label ``kind`` = usage | gpu_samples)."""
+    """Counters shared by a service's shippers (label ``kind`` = usage | gpu_samples)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, service: str = "collector") -> None:
         self.shipped = Counter(
-            "infermeter_collector_shipped_records",
+            f"infermeter_{service}_shipped_records",
             "Payloads acknowledged by metering",
             ["kind"],
             registry=registry,
         )
         self.failures = Counter(
-            "infermeter_collector_shipping_failures",
+            f"infermeter_{service}_shipping_failures",
             "Failed attempts to ship a batch to metering (retried from the spool)",
             ["kind"],
             registry=registry,
         )
         self.rejected = Counter(
-            "infermeter_collector_rejected_records",
+            f"infermeter_{service}_rejected_records",
             "Payloads metering refused as invalid (kept in its dead-letter table or ours)",
             ["kind"],
             registry=registry,
@@ -85,6 +90,7 @@ class Shipper:
         now: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         auth: DependencyAuth | None = None,
+        token_setting: str = "the metering ingest token",
         dead_letter_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.spool = spool
@@ -104,6 +110,7 @@ class Shipper:
         self._failures = metrics.failures.labels(kind)
         self._rejected = metrics.rejected.labels(kind)
         self._auth = auth
+        self._token_setting = token_setting
         self.last_error: str = ""
         self.ack_error: str = ""  # the disk refused the ack file
         self.dead_letter_max_bytes = dead_letter_max_bytes
@@ -173,7 +180,7 @@ class Shipper:
             return
         except MeteringRefused as exc:
             if exc.status in AUTH_STATUSES and self._auth is not None:
-                self._auth.refused("metering", exc.status, "[collector] ingest_token")
+                self._auth.refused("metering", exc.status, self._token_setting)
             if exc.status in _KEEP_SPOOLED_4XX:
                 raise
             # the batch as a whole is malformed: set it aside so it never blocks the rest

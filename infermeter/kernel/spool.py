@@ -11,13 +11,17 @@ Layout of the spool directory::
 without consuming; :meth:`Spool.ack` moves the position (written atomically, ``fsync``\\ ed)
 and deletes delivered segments. A torn frame at the end of the last segment (a crash inside
 ``append``, never acknowledged) is truncated on open. The spool refuses a batch that would
-take it past ``max_bytes`` (:class:`~infermeter.collector.errors.SpoolError`); callers count that.
+take it past ``max_bytes`` (:class:`~infermeter.kernel.errors.SpoolError`); callers count that.
 A write the disk refuses (ENOSPC, EIO, a read-only remount) is undone (the segment is
 truncated back, the ack file left as it was) and raised as
-:class:`~infermeter.collector.errors.SpoolWriteError`: the caller keeps the batch and retries.
-The directory is locked (``flock`` on ``lock``) by its owner: a second collector on it refuses
-to start (:class:`~infermeter.collector.errors.SpoolLocked`).
-Thread-safe: the collector calls it from worker threads so disk waits stay off the loop.
+:class:`~infermeter.kernel.errors.SpoolWriteError`: the caller keeps the batch and retries.
+The directory is locked (``flock`` on ``lock``) by its owner: a second process on it refuses
+to start (:class:`~infermeter.kernel.errors.SpoolLocked`, naming the ``owner`` kind).
+Thread-safe: callers use it from worker threads so disk waits stay off the loop.
+
+Used by the collector (usage records, GPU samples) and the gateway (its own usage records);
+:mod:`infermeter.kernel.spool_writer` holds what the disk refuses and
+:mod:`infermeter.kernel.spool_shipper` drains a spool to metering.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from infermeter.collector.errors import SpoolError, SpoolLocked, SpoolWriteError
+from infermeter.kernel.errors import SpoolError, SpoolLocked, SpoolWriteError
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">II")
@@ -82,8 +86,10 @@ class Spool:
         segment_bytes: int = 8 * 1024 * 1024,
         warn_fraction: float = 0.8,
         on_near_full: Callable[[int, int], None] | None = None,
+        owner: str = "process",
     ) -> None:
         self.dir = Path(directory)
+        self.owner = owner
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock()
         self.max_bytes = max_bytes
@@ -120,11 +126,11 @@ class Spool:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             handle.seek(0)
-            owner = handle.read(32).strip() or "?"
+            pid = handle.read(32).strip() or "?"
             handle.close()
             raise SpoolLocked(
-                f"spool {self.dir} is in use by another collector (pid {owner}); give each "
-                f"collector its own spool_dir"
+                f"spool {self.dir} is in use by another {self.owner} (pid {pid}); give each "
+                f"{self.owner} its own spool_dir"
             ) from exc
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
