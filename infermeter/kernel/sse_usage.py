@@ -139,6 +139,8 @@ class SseUsageScanner:
     def _account(self, frames: bytes, now: float) -> bytes:
         """Account for whole frames; returns them, less the usage-only frame in strip mode."""
         n = frames.count(b"\n\ndata:") + frames.startswith(b"data:")
+        if frames.count(b"\n\n") != n:  # an event opening with a comment or another field
+            n = _data_events(frames)
         if not n:
             return frames
         if self._on_text is not None:
@@ -152,14 +154,15 @@ class SseUsageScanner:
         ):  # token frames only (vLLM mid-stream): nothing to parse
             self._tokens(n, now)
             return frames
-        skip = 0
-        marked = self._marked_frames(frames)
-        for start, stop in reversed(marked):  # backwards: cutting keeps earlier offsets
-            kind = self._inspect(frames[start:stop])
+        # In stream order (a later usage object or finish reason wins), then cut backwards
+        # (cutting keeps the earlier offsets).
+        kinds = [
+            (span, self._inspect(frames[span[0] : span[1]])) for span in self._marked_frames(frames)
+        ]
+        for (start, stop), kind in reversed(kinds):
             if kind == "usage_only" and self.strip_usage:
                 frames = frames[:start] + frames[stop:]
-            skip += kind != "token"
-        self._tokens(n - skip, now)
+        self._tokens(n - sum(kind not in ("token", "none") for _, kind in kinds), now)
         return frames
 
     def _account_each(self, frames: bytes, now: float) -> bytes:
@@ -197,9 +200,7 @@ class SseUsageScanner:
                 continue  # every finish reason is a compact null
             hits.extend(m.start() for m in pattern.finditer(frames))
         if not self.token_frames:  # the chat role frame precedes the first token
-            role = _ROLE.search(frames, 0, 4096)
-            if role is not None:
-                hits.append(role.start())
+            hits.extend(m.start() for m in _ROLE.finditer(frames))
         spans: dict[int, int] = {}
         for at in sorted(hits):
             start = frames.rfind(b"\n\n", 0, at)
@@ -210,11 +211,12 @@ class SseUsageScanner:
         return sorted(spans.items())
 
     def _inspect(self, frame: bytes, text: bool = False) -> str:
-        """Classify one frame: ``token``, ``usage_only``, ``role``, ``error``, ``done`` or
-        ``other`` (not a data frame); reads usage, finish reason and text on the way."""
+        """Classify one frame: ``token``, ``usage_only``, ``role``, ``error``, ``done``,
+        ``other`` (data, but no token) or ``none`` (no data line: a comment or a keep-alive);
+        reads usage, finish reason and text on the way."""
         payload = _payload(frame)
         if payload is None:
-            return "other"
+            return "none"
         if _DONE.match(payload):
             self.done = True
             return "done"
@@ -244,6 +246,12 @@ class SseUsageScanner:
             if isinstance(value, str) and value:
                 self._on_text(value)
         return "token"
+
+
+def _data_events(frames: bytes) -> int:
+    """How many events of ``frames`` hold a ``data:`` line (SSE lets an event open with a
+    comment, ``event:`` or ``id:`` line; comment-only events are keep-alives)."""
+    return sum(1 for f in frames.split(b"\n\n") if f.startswith(b"data:") or b"\ndata:" in f)
 
 
 def _payload(frame: bytes) -> bytes | None:
