@@ -67,14 +67,16 @@ _WANTED = (RUNNING, WAITING, KV_USAGE, PROMPT_TOKENS, GENERATION_TOKENS, PREEMPT
 
 def _relevant(text: str) -> str:
     """Only the sample lines we use (client_python's parser is pure Python: ~16 ms for a
-    full vLLM exposition, ~1 ms for these)."""
-    keep = [line for line in text.splitlines() if line.startswith(_WANTED)]
+    full vLLM exposition, ~1 ms for these). Lines end at a line feed only (a label value may
+    hold any other line separator) and may be indented, as in the parser."""
+    keep = [line for line in text.split("\n") if line.lstrip(" \t").startswith(_WANTED)]
     keep.append("")
     return "\n".join(keep)
 
 
 def parse_exposition(text: str) -> dict[str, tuple[dict[str, float], _Snapshot]]:
-    """Per model: gauges, counters and cumulative histogram buckets summed over engines."""
+    """Per model: gauges, counters and cumulative histogram buckets summed over engines.
+    Raises ``ValueError`` (only) for an exposition it cannot read."""
     gauges: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     gauge_n: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -91,6 +93,8 @@ def parse_exposition(text: str) -> dict[str, tuple[dict[str, float], _Snapshot]]
             elif name in _COUNTERS:
                 counters[model][name] += sample.value
             elif name.endswith("_bucket") and name[: -len("_bucket")] in _HISTOGRAMS:
+                if "le" not in sample.labels:
+                    raise ValueError(f"{name} sample without an le label")
                 le = float(sample.labels["le"])
                 buckets[model][name[: -len("_bucket")]][le] += sample.value
     out: dict[str, tuple[dict[str, float], _Snapshot]] = {}
@@ -116,7 +120,8 @@ class SignalDeriver:
         self.totals: dict[str, dict[str, float]] = {}
 
     def update(self, text: str, mono: float, wall: float) -> list[EngineSignals]:
-        """Feed one exposition read at ``mono`` (monotonic) / ``wall`` (epoch seconds)."""
+        """Feed one exposition read at ``mono`` (monotonic) / ``wall`` (epoch seconds); raises
+        ``ValueError`` for an exposition it cannot read."""
         parsed = parse_exposition(text)
         signals: list[EngineSignals] = []
         for model, (gauges, snap) in sorted(parsed.items()):
