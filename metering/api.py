@@ -1,8 +1,10 @@
 """The metering HTTP API (FastAPI). This module only maps HTTP to the service and domain
 errors to status codes: RecordError/BatchError/QueryError -> 400, bad token -> 401, unknown
 request -> 404, oversized body -> 413, RangeError (``since`` / ``until`` unparsable, or
-``until`` not after ``since``) -> 422, StorageError -> 503. Error bodies use the OpenAI shape
-``{"error": {"message", "type", "param", "code"}}``. Endpoints: docs/metering.md."""
+``until`` not after ``since``) -> 422, StorageError -> 503; an unknown path is 404 and a wrong
+method 405 (with ``Allow``). Error bodies use the OpenAI shape
+``{"error": {"message", "type", "param", "code"}}``. Endpoints: docs/metering.md; the OpenAPI
+document (``metering/openapi.py``) lists each route's parameters, bodies and statuses."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infermeter.kernel.openai_errors import error_object
 from infermeter.kernel.service_auth import BearerCheck
@@ -33,6 +36,7 @@ from infermeter.metering.errors import (
 )
 from infermeter.metering.focus.export import export_focus, format_for
 from infermeter.metering.metrics import MeteringCollector
+from infermeter.metering.openapi import MAX_CALIBRATION_LIMIT, install
 from infermeter.metering.service import MeteringService
 from infermeter.metering.timeparse import check_range, parse_time
 
@@ -81,7 +85,14 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         yield
 
     app = FastAPI(title="infermeter metering", lifespan=lifespan)
+    install(app)
     app.state.service = service
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reply = _error(exc.status_code, str(exc.detail), "invalid_request_error")
+        reply.headers.update(exc.headers or {})  # a 405 keeps its Allow
+        return reply
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
@@ -127,7 +138,12 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
 
     async def _body(request: Request) -> bytes:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        if (
+            length
+            and length.isascii()
+            and length.isdigit()
+            and int(length) > settings.max_body_bytes
+        ):
             raise TooLarge(settings.max_body_bytes)
         body = await request.body()
         if len(body) > settings.max_body_bytes:
@@ -282,8 +298,8 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
     async def calibration(request: Request) -> dict[str, Any]:
         q = request.query_params
         limit = q.get("limit", "50")
-        if not limit.isdigit():
-            raise QueryError("limit", "must be a positive integer")
+        if not (limit.isascii() and limit.isdigit()) or int(limit) > MAX_CALIBRATION_LIMIT:
+            raise QueryError("limit", f"must be an integer 0..{MAX_CALIBRATION_LIMIT}")
         return await run_in_threadpool(service.reports.calibration, q.get("model", ""), int(limit))
 
     @app.get("/v1/export/focus", dependencies=[Depends(read_auth)])

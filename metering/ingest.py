@@ -139,6 +139,12 @@ def _payload(obj: Any) -> str:
     return text[:MAX_PAYLOAD_CHARS]
 
 
+def _require_body(body: bytes) -> None:
+    """An empty body is an error on both ingest routes (``[]`` is the empty batch)."""
+    if not body.strip():
+        raise BatchError("body", "is empty: send a JSON array ([] for none) or an Arrow stream")
+
+
 def _json_items(body: bytes) -> list[Any]:
     try:
         items = orjson.loads(body)
@@ -222,6 +228,7 @@ class Ingestor:
         return result
 
     def _usage(self, body: bytes, content_type: str) -> tuple[IngestResult, int, bool]:
+        _require_body(body)
         cur = self.store.cursor()
         try:
             if content_type.split(";")[0].strip().lower() in ARROW_TYPES:
@@ -343,6 +350,7 @@ class Ingestor:
     def gpu_samples(self, body: bytes, content_type: str = "application/json") -> IngestResult:
         """Ingest one batch of GPU samples (key ``(node, gpu_uuid, mig_uuid, ts)``)."""
         try:
+            _require_body(body)
             if content_type.split(";")[0].strip().lower() in ARROW_TYPES:
                 table = columns.read_arrow(body, columns.SAMPLE_SCHEMA, ("ts", "node", "gpu_uuid"))
                 items: list[Any] = columns.records_from_arrow(table)
