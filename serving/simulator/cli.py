@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import socket
 import sys
 from typing import Any
@@ -106,6 +107,15 @@ def register(
         help="uvicorn log level",
     )
     parser.set_defaults(func=run)
+    sub = parser.add_subparsers(dest="simulate_command", metavar="SUBCOMMAND")
+    spec = sub.add_parser(
+        "openapi",
+        parents=[common],
+        help="print the OpenAPI document served at /openapi.json (JSON)",
+        description="Print the simulator's OpenAPI 3.1 document for the model and context "
+        "length the options give, without a server.",
+    )
+    spec.set_defaults(func=run_openapi)
 
 
 def settings_from(args: argparse.Namespace, config: Config) -> SimulatorSettings:
@@ -122,6 +132,17 @@ def settings_from(args: argparse.Namespace, config: Config) -> SimulatorSettings
         name = str(first["loc"][0]) if first["loc"] else ""
         flag = "--" + name.replace("_", "-")
         raise ConfigError(first["msg"], source="command line", field=flag) from exc
+
+
+def run_openapi(args: argparse.Namespace, config: Config) -> int:
+    """Handler of ``infermeter engine simulate openapi``."""
+    from infermeter.serving.simulator.openapi import simulator_openapi
+    from infermeter.serving.simulator.settings import build_profile
+
+    settings = settings_from(args, config)
+    doc = simulator_openapi(settings.served_name, build_profile(settings).max_model_len)
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
 
 
 def bind(host: str, port: int) -> socket.socket:

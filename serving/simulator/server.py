@@ -1,7 +1,8 @@
 """The simulator's HTTP server: a raw ASGI app (no framework on the streaming path).
 
 Routes as vLLM's OpenAI server: ``GET /health``, ``/metrics``, ``/version``, ``/v1/models``,
-``POST /v1/completions`` and ``/v1/chat/completions`` (streaming or not). Each generation
+``POST /v1/completions``, ``/v1/chat/completions`` (streaming or not) and ``/tokenize``;
+``GET /openapi.json`` is :mod:`openapi`'s document, which also decides 404 and 405. Each generation
 request becomes a :class:`SimRequest` in the one :class:`Engine`; the engine loop wakes the
 handler when the request has new tokens and the handler writes every pending chunk in one
 ``send``. A client that disconnects aborts its request (its KV is freed, the tokens already
@@ -23,11 +24,18 @@ from prometheus_client import generate_latest
 
 from infermeter.kernel.asgi import Receive, Scope, Send
 from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.openapi import (
+    allowed_methods,
+    document_bytes,
+    method_not_allowed,
+    not_found,
+)
 from infermeter.serving.simulator.engine import FINISHED, Engine, SimRequest
 from infermeter.serving.simulator.errors import RequestError
 from infermeter.serving.simulator.ledger import StepLedger
 from infermeter.serving.simulator.loop import EngineLoop, Sleep, model_clock
 from infermeter.serving.simulator.metrics import CONTENT_TYPE, VllmMetrics
+from infermeter.serving.simulator.openapi import simulator_openapi
 from infermeter.serving.simulator.responses import (
     DONE,
     VLLM_VERSION,
@@ -123,6 +131,8 @@ class SimulatorApp:
         self.rng = random.Random(settings.seed)
         self.length = OutputLength(settings.output_tokens_median, settings.output_tokens_sigma)
         self.created = int(epoch())
+        self.openapi = simulator_openapi(self.served, self.max_model_len)
+        self.openapi_bytes = document_bytes(self.openapi)
 
     # -- ASGI ---------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,21 +148,23 @@ class SimulatorApp:
         started = self.wall()
         status, request_bytes, response_bytes = 200, 0, 0
         try:
-            if path == "/v1/completions" or path == "/v1/chat/completions":
-                if method != "POST":
-                    status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
-                    return
+            allow = allowed_methods(self.openapi, path)
+            if allow is None:
+                status = 404
+                await not_found(send, path)
+            elif method not in allow:
+                status = 405
+                await method_not_allowed(send, allow)
+            elif path == "/v1/completions" or path == "/v1/chat/completions":
                 raw = await _read_body(receive)
                 request_bytes = len(raw)
                 status, response_bytes = await self._generate(
                     raw, path == "/v1/chat/completions", receive, send, _client_id(scope)
                 )
-            elif path == "/tokenize" and method == "POST":
+            elif path == "/tokenize":
                 raw = await _read_body(receive)
                 request_bytes = len(raw)
                 status = await self._tokenize(raw, send)
-            elif method not in ("GET", "HEAD"):
-                status = await self._plain(send, 405, b'{"detail":"Method Not Allowed"}')
             elif path == "/health":
                 await send({"type": "http.response.start", "status": 200, "headers": []})
                 await send({"type": "http.response.body", "body": b""})
@@ -170,8 +182,8 @@ class SimulatorApp:
                 body = b'{"version":"' + VLLM_VERSION.encode() + b'"}'
                 response_bytes = len(body)
                 await _respond(send, 200, JSON_HEADERS, body)
-            else:
-                status = await self._plain(send, 404, b'{"detail":"Not Found"}')
+            else:  # /openapi.json
+                await _respond(send, 200, JSON_HEADERS, self.openapi_bytes)
         finally:
             if path in INSTRUMENTED:
                 self.metrics.http.observe(
