@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infermeter.kernel.service_auth import BearerCheck
@@ -22,11 +22,10 @@ from infermeter.throttle.algorithms import budgets
 from infermeter.throttle.decision_log import counts_by_reason
 from infermeter.throttle.errors import ThrottleError
 from infermeter.throttle.gateway_http import (
+    CHECK_METHODS,
     JSON,
-    AdmitBody,
     GatewayHandlers,
     Reply,
-    SettleBody,
     error_reply,
     finite,
     reply_for,
@@ -56,15 +55,6 @@ def error(status: int, message: str, param: str | None, kind: str) -> Response:
     return _response(error_reply(status, message, kind, param))
 
 
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": model.model_json_schema()}},
-        }
-    }
-
-
 def build_router(rt: Runtime) -> APIRouter:
     """All routes of the throttle service bound to one runtime."""
     router = APIRouter()
@@ -74,20 +64,22 @@ def build_router(rt: Runtime) -> APIRouter:
     def _deny(request: Request, scope: BearerCheck) -> Response | None:
         if scope.allows(request.headers.get("authorization")):
             return None
-        return error(
+        reply = error(
             401, f"missing or invalid bearer token ({scope.scope} scope)", "authorization",
             "auth_error",
         )  # fmt: skip
+        reply.headers["WWW-Authenticate"] = "Bearer"
+        return reply
 
     def _deny_api(request: Request) -> Response | None:
         return _deny(request, auth.read)
 
-    @router.post("/v1/admit", openapi_extra=_schema(AdmitBody), tags=["gateway"])
+    @router.post("/v1/admit", tags=["gateway"])
     async def admit(request: Request) -> Response:
         """Reserve the estimated cost of an inference, or say why not and when to retry."""
         return _response(await handlers.admit(await request.body(), request.headers))
 
-    @router.post("/v1/settle", openapi_extra=_schema(SettleBody), tags=["gateway"])
+    @router.post("/v1/settle", tags=["gateway"])
     async def settle(request: Request) -> Response:
         """Replace a reservation's estimate by the actual usage (refund or extra debit)."""
         return _response(await handlers.settle(await request.body(), request.headers))
@@ -95,27 +87,12 @@ def build_router(rt: Runtime) -> APIRouter:
     async def check(request: Request) -> Response:
         return _response(await handlers.check(b"", request.headers))
 
-    check_doc = (
-        "Header-only admission for Envoy ext_authz (200 allows, 429 refuses) and nginx "
-        "auth_request (send X-Infermeter-Deny-Status: 403)."
+    # served by the fast path ahead of this app; routed here too so the app alone answers
+    # them and a method outside CHECK_METHODS is 405 either way
+    router.add_api_route("/v1/check", check, methods=list(CHECK_METHODS), tags=["proxy"])
+    router.add_api_route(
+        "/v1/check/{path:path}", check, methods=list(CHECK_METHODS), tags=["proxy"]
     )
-    for method in ("GET", "POST", "HEAD", "PUT", "DELETE"):
-        router.add_api_route(
-            "/v1/check",
-            check,
-            methods=[method],
-            tags=["proxy"],
-            description=check_doc,
-            operation_id=f"check_{method.lower()}",
-        )
-        router.add_api_route(
-            "/v1/check/{path:path}",
-            check,
-            methods=[method],
-            tags=["proxy"],
-            description=check_doc + " (Envoy path_prefix form: the original path follows)",
-            operation_id=f"check_path_{method.lower()}",
-        )
 
     @router.get("/v1/tenants/{tenant}/usage", tags=["gateway"])
     async def usage(tenant: str, request: Request) -> Response:
@@ -344,6 +321,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        reply = error(exc.status_code, str(exc.detail), None, "http_error")
+        reply = error(exc.status_code, str(exc.detail), None, "invalid_request_error")
         reply.headers.update(exc.headers or {})  # 405 keeps its Allow
         return reply
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return error(400, str(first["msg"]), param, "invalid_request_error")

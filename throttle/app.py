@@ -25,6 +25,7 @@ from infermeter.throttle.errors import StorageError
 from infermeter.throttle.gateway_http import FastPath, GatewayHandlers
 from infermeter.throttle.metering_rates import MeteringRates
 from infermeter.throttle.metrics import ThrottleCollector
+from infermeter.throttle.openapi import install
 from infermeter.throttle.policy import Policy
 from infermeter.throttle.policy_source import PolicyManager
 from infermeter.throttle.service import Throttle
@@ -169,5 +170,6 @@ def build_api(runtime: Runtime, background: bool = True) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(build_router(runtime))
+    install(app)
     app.state.runtime = runtime
     return app

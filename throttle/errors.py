@@ -5,6 +5,7 @@ Hierarchy::
     ThrottleError
     ├── PolicyError            a policy document is invalid (names the field at fault)
     ├── RequestError           an API request is invalid (names the field at fault)
+    │   └── ClockSkew          a valid signal dated too far from the throttle's clock
     ├── LimitReached           a bounded table is full (pools, replicas per pool)
     ├── UnknownReservation     settle of a reservation id that does not exist (or expired long ago)
     ├── UnknownPool            autoscale read of a pool the policy does not declare
@@ -39,6 +40,11 @@ class RequestError(ThrottleError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class ClockSkew(RequestError):
+    """A well-formed signal whose ``ts`` is outside the accepted skew: refused on its content
+    (422), where a malformed request is a 400."""
 
 
 class LimitReached(ThrottleError):

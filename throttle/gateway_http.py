@@ -23,6 +23,7 @@ from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.service_auth import SERVICE_TOKEN_HEADER
 from infermeter.throttle.algorithms.budgets import WindowCache
 from infermeter.throttle.errors import (
+    ClockSkew,
     LimitReached,
     PolicyError,
     RequestError,
@@ -42,6 +43,9 @@ DENY_STATUS_HEADER = "x-infermeter-deny-status"
 MODEL_HEADER = "x-infermeter-model"
 MAX_TOKENS_HEADER = "x-infermeter-max-tokens"
 ORIGINAL_LENGTH_HEADER = "x-original-content-length"
+# what /v1/check answers: Envoy's ext_authz forwards the client's method, nginx sends GET
+CHECK_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CHECK_ALLOW = ", ".join(CHECK_METHODS)
 
 
 class AdmitBody(BaseModel):
@@ -90,16 +94,21 @@ def error_reply(status: int, message: str, kind: str, param: str | None = None) 
 
 
 def validation_reply(exc: ValidationError) -> Reply:
+    """400 naming the first field at fault (``body`` when the body itself is: not JSON, not
+    an object)."""
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    return error_reply(422, message, "invalid_request_error", param)
+    param = ".".join(str(p) for p in first["loc"]) or "body"
+    return error_reply(400, f"{param}: {first['msg']}", "invalid_request_error", param)
 
 
 def reply_for(exc: ThrottleError) -> Reply:
-    """Map a domain error to its HTTP status (the only place that does)."""
-    if isinstance(exc, RequestError):
+    """Map a domain error to its HTTP status (the only place that does): a request that does
+    not match the API's schema is 400, one refused on its content (a policy, a signal's
+    clock) 422."""
+    if isinstance(exc, ClockSkew):
         return error_reply(422, str(exc), "invalid_request_error", exc.field)
+    if isinstance(exc, RequestError):
+        return error_reply(400, str(exc), "invalid_request_error", exc.field)
     if isinstance(exc, PolicyError):
         return error_reply(422, str(exc), "invalid_policy", exc.field or None)
     if isinstance(exc, LimitReached):
@@ -155,9 +164,12 @@ class GatewayHandlers:
         return self._scope.allows(headers.get("authorization"))
 
     def unauthorized(self, header: str = "authorization") -> Reply:
-        return error_reply(
+        reply = error_reply(
             401, "missing or invalid bearer token (decisions scope)", "auth_error", header
         )
+        if header == "authorization":
+            reply.headers["WWW-Authenticate"] = "Bearer"
+        return reply
 
     def _headers(self, result: AdmitResult) -> dict[str, str]:
         now = self._rt.now()
@@ -270,11 +282,19 @@ _HEADER_NAMES = {
         "X-Infermeter-Tenant",
         "X-Infermeter-Reservation-Id",
         "X-Infermeter-Reason",
+        "WWW-Authenticate",
+        "Allow",
     )
 }
 _CONTENT_TYPE = (b"content-type", JSON.encode())
 
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
+
+
+async def _not_allowed(_: bytes, __: Mapping[str, str]) -> Reply:
+    reply = error_reply(405, "Method Not Allowed", "invalid_request_error")
+    reply.headers["Allow"] = CHECK_ALLOW
+    return reply
 
 
 class FastPath:
@@ -306,7 +326,7 @@ class FastPath:
         method: str = scope["method"]
         handler = self._routes.get((method, path))
         if handler is None and (path == "/v1/check" or path.startswith("/v1/check/")):
-            handler = self._check
+            handler = self._check if method in CHECK_METHODS else _not_allowed
         try:
             body = await read_body(receive, self.max_body_bytes)
         except ConnectionResetError:

@@ -39,13 +39,17 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from infermeter.kernel.engine_signals import SIGNAL_NAMES
 from infermeter.kernel.errors import CatalogError
 from infermeter.kernel.price_catalog import load_catalog
+from infermeter.throttle.algorithms import autoscale
 from infermeter.throttle.errors import PolicyError
 
 DEFAULT_MODEL = "*"
+MAX_CONCURRENCY = 1_000_000  # leases per tenant (0 = unlimited)
+MAX_CHECK_TOKENS = 10_000_000  # as an admission's max_tokens
 
 
 class _Strict(BaseModel):
-    model_config = {"extra": "forbid"}
+    # numbers are finite (0 means unlimited) and every answer that shows them is JSON
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
 
 class Tier(_Strict):
@@ -54,7 +58,7 @@ class Tier(_Strict):
     rate: float = Field(default=0.0, ge=0)  # per `per_s` seconds; 0 = unlimited
     per_s: float = Field(default=60.0, gt=0)
     burst: float = Field(default=0.0, ge=0)  # 0 = one `rate` worth
-    concurrency: int = Field(default=0, ge=0)
+    concurrency: int = Field(default=0, ge=0, le=MAX_CONCURRENCY)
     daily_budget: float = Field(default=0.0, ge=0)
     monthly_budget: float = Field(default=0.0, ge=0)
     weight: float = Field(default=1.0, gt=0)
@@ -67,7 +71,7 @@ class TenantEntry(_Strict):
     rate: float | None = Field(default=None, ge=0)
     per_s: float | None = Field(default=None, gt=0)
     burst: float | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0, le=MAX_CONCURRENCY)
     daily_budget: float | None = Field(default=None, ge=0)
     monthly_budget: float | None = Field(default=None, ge=0)
     weight: float | None = Field(default=None, gt=0)
@@ -105,8 +109,8 @@ class ModelRate(_Strict):
 class Autoscale(_Strict):
     """HPA-style replica recommendation for a pool."""
 
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=10, ge=1)
+    min_replicas: int = Field(default=1, ge=0, le=autoscale.MAX_REPLICAS)
+    max_replicas: int = Field(default=10, ge=1, le=autoscale.MAX_REPLICAS)
     tolerance: float = Field(default=0.1, ge=0, lt=1)
     scale_up_window_s: float = Field(default=0.0, ge=0)
     scale_down_window_s: float = Field(default=300.0, ge=0)
@@ -153,7 +157,7 @@ class PolicyDocument(_Strict):
     check_lease_s: float = Field(default=30.0, gt=0)
     settle_grace_s: float = Field(default=3600.0, ge=0)
     chars_per_token: float = Field(default=4.0, gt=0)
-    check_max_tokens: int = Field(default=256, ge=0)
+    check_max_tokens: int = Field(default=256, ge=0, le=MAX_CHECK_TOKENS)
     cached_prompt_factor: float = Field(default=0.1, ge=0, le=1)
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier.model_validate({})})
     tenants: dict[str, TenantEntry] = Field(default_factory=dict)

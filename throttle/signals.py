@@ -29,11 +29,12 @@ from typing import Any
 
 from infermeter.kernel.engine_signals import SIGNAL_NAMES
 from infermeter.throttle.algorithms import autoscale
-from infermeter.throttle.errors import LimitReached, RequestError, UnknownPool
+from infermeter.throttle.errors import ClockSkew, LimitReached, RequestError, UnknownPool
 from infermeter.throttle.policy import Policy
 from infermeter.throttle.storage.base import Storage
 
 MAX_NAME = 200
+MAX_SIGNAL = 1e12  # any engine signal above it is refused (sums of them stay finite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,8 @@ class SignalLimits:
 def parse_signal(
     raw: Any, now: float, index: int | None = None, max_skew_s: float = math.inf
 ) -> dict[str, Any]:
-    """Validate one pushed signal object; raises :class:`RequestError` naming the field."""
+    """Validate one pushed signal object; raises :class:`RequestError` naming the field
+    (:class:`ClockSkew` for a ``ts`` outside ``max_skew_s``)."""
     where = f"[{index}]." if index is not None else ""
     if not isinstance(raw, Mapping):
         raise RequestError(where.rstrip(".") or "body", "must be a JSON object")
@@ -67,7 +69,7 @@ def parse_signal(
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise RequestError(f"{where}ts", "must be a number (epoch seconds)")
     if abs(ts - now) > max_skew_s:
-        raise RequestError(
+        raise ClockSkew(
             f"{where}ts",
             f"is {ts - now:+.0f} s from the throttle's clock; accepted within "
             f"±{max_skew_s:g} s (check the collector's clock)",
@@ -79,8 +81,8 @@ def parse_signal(
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError(f"{where}{name}", "must be a number")
-        if not math.isfinite(value) or value < 0:
-            raise RequestError(f"{where}{name}", "must be a finite number >= 0")
+        if not 0 <= value <= MAX_SIGNAL:
+            raise RequestError(f"{where}{name}", f"must be a number in [0, {MAX_SIGNAL:g}]")
         if name == "kv_cache_usage_perc" and value > 1:
             raise RequestError(f"{where}{name}", "is a fraction: must be within [0, 1]")
         out[name] = float(value)

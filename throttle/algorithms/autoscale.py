@@ -13,8 +13,11 @@ scale-down window of lower desires.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+MAX_REPLICAS = 100_000  # no desire exceeds it (a policy's max_replicas is at most this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +45,19 @@ class Recommendation:
 def desire(
     signal: str, current: int, observed: float, target: float, tolerance: float
 ) -> SignalDesire:
-    """HPA rule for one signal; ``current`` 0 is treated as 1 so demand can wake a pool."""
+    """HPA rule for one signal; ``current`` 0 is treated as 1 so demand can wake a pool.
+
+    The desire is at most :data:`MAX_REPLICAS` and the ratio finite, however large the
+    observed value."""
     base = max(current, 1)
-    ratio = observed / target if target > 0 else 0.0
-    wanted = base if abs(ratio - 1.0) <= tolerance else math.ceil(base * ratio - 1e-9)
+    ratio = min(observed / target, sys.float_info.max) if target > 0 else 0.0
+    scaled = base * ratio
+    if abs(ratio - 1.0) <= tolerance:
+        wanted = base
+    elif scaled >= MAX_REPLICAS:
+        wanted = MAX_REPLICAS
+    else:
+        wanted = math.ceil(scaled - 1e-9)
     return SignalDesire(signal, observed, target, ratio, max(wanted, 0))
 
 
