@@ -162,8 +162,16 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
 
     # -- health --------------------------------------------------------------------------
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        """Alive unless the store hit a fatal error: DuckDB then refuses every query until the
+        process restarts, so liveness fails and the orchestrator restarts it (collectors
+        keep their records spooled meanwhile)."""
+        fatal = await run_in_threadpool(service.store.fatal_error)
+        if fatal:
+            return JSONResponse(
+                {"status": "failed", "problems": {"storage": fatal}}, status_code=503
+            )
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -325,17 +325,19 @@ def build() -> Schema:
     """The whole document."""
     scopes = "; ".join(f"`{name}`: {what}" for name, what in SCOPES.items())
     scheme = {**BEARER_SCHEME, "description": f"Scoped bearer tokens. {scopes}."}
+    operations = service_paths(
+        readiness="The store answers", metrics="Metering's own metrics (promtool-clean)"
+    )
+    operations["/healthz"]["get"]["responses"]["503"] = json_response(
+        "The store hit a fatal error (DuckDB invalidated the database): restart the process",
+        ref("Status"),
+    )
     return document(
         "infermeter metering",
         "1",
         "Usage records and GPU samples in; cost allocation, reports, rates, budgets and the "
         "FOCUS export out. Errors: the OpenAI error body, 4xx naming the field.",
-        {
-            **paths(),
-            **service_paths(
-                readiness="The store answers", metrics="Metering's own metrics (promtool-clean)"
-            ),
-        },
+        {**paths(), **operations},
         SCHEMAS,
         security_schemes={BEARER: scheme},
     )

@@ -43,6 +43,24 @@ class Store:
         with self.lock:
             return self.connection.cursor()
 
+    def fatal_error(self) -> str:
+        """The fatal error that invalidated the database ("" while it is usable).
+
+        After a fatal error (e.g. a checkpoint that the disk refused) DuckDB answers every
+        query with ``FatalException`` until the process restarts; transient errors (a
+        commit refused for lack of space, which DuckDB rolls back) are not fatal."""
+        try:
+            cur = self.cursor()
+            try:
+                cur.execute("SELECT 1").fetchone()
+            finally:
+                cur.close()
+        except duckdb.FatalException as exc:
+            return " ".join(str(exc).split("Stack Trace:", 1)[0].split())
+        except duckdb.Error:
+            return ""
+        return ""
+
     def size_bytes(self) -> int:
         """Bytes the database file (and its WAL) takes on disk; 0 in memory."""
         if not self.path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -196,3 +198,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for name, seconds in STARTUP_SECONDS.items():
         terminalreporter.write_line(f"{name} healthy after {seconds:.1f} s")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems of their own (``tmpfs("2m")``: the machine's real kernel
+    file system, for disk-full faults; root only: the CI machine runs as root, elsewhere the
+    test says so and skips). Unmounted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the CI machine runs as root)")
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True
+        )
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmpfs: Callable[[str], Path]) -> Path:
+    """A 2 MiB tmpfs of its own (root only)."""
+    return tmpfs("2m")
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system holding ``directory`` to ENOSPC; returns the filler file."""
+    filler = directory / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    return filler

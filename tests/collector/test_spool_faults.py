@@ -10,10 +10,8 @@ open for writing; EROFS and EIO take the same path as ENOSPC, any OSError of the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,33 +27,9 @@ from infermeter.metering.api import create_app
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings
 from tests.collector.test_ship_to_metering import stored
-from tests.conftest import wait_until
+from tests.conftest import fill, wait_until
 
 BODY = {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 2}
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs of its own (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the CI machine runs as root)")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system holding ``directory`` to ENOSPC; returns the filler file."""
-    filler = directory / "filler"
-    with open(filler, "wb") as fh, contextlib.suppress(OSError):
-        while True:
-            fh.write(b"\0" * 65536)
-            fh.flush()
-    return filler
 
 
 @pytest.fixture
