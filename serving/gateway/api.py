@@ -8,7 +8,10 @@ The inference routes (``POST /v1/chat/completions``, ``/v1/completions``,
     POST /v1/jobs                       202 + job id, status URL, events URL
     GET  /v1/jobs/{id}                  status, result, usage, cost
     GET  /v1/jobs/{id}/events           server-sent events; Last-Event-ID resumes
-    GET  /healthz, /readyz, /metrics
+    GET  /healthz, /readyz, /metrics, /openapi.json
+
+Every route is in :func:`openapi.gateway_openapi`'s document; an unknown path is a 404 and
+a wrong method a 405 with ``Allow`` (:data:`EXCEPTION_HANDLERS`), both OpenAI error bodies.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.openapi import document_bytes
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.serving.gateway.errors import (
     AuthError,
@@ -37,6 +43,7 @@ from infermeter.serving.gateway.errors import (
 )
 from infermeter.serving.gateway.front import MAX_BODY_BYTES, authenticate, error_parts
 from infermeter.serving.gateway.jobs.model import Job, JobBackend, JobEvent
+from infermeter.serving.gateway.openapi import gateway_openapi
 from infermeter.serving.gateway.pipeline import Caller, Pipeline
 from infermeter.serving.gateway.requests import CHAT, COMPLETIONS, parse_inference
 
@@ -53,7 +60,24 @@ ROUTES = (
     ("/healthz", "healthz", "GET"),
     ("/readyz", "readyz", "GET"),
     ("/metrics", "metrics", "GET"),
+    ("/openapi.json", "openapi", "GET"),
 )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's routing 404 and 405 as OpenAI error bodies (``Allow`` kept)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        body = error_body(405, "Method Not Allowed", "invalid_request_error")
+    else:
+        body = error_body(404, f"No route {request.url.path!r}", "not_found_error")
+    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    404: _http_error,
+    405: _http_error,
+}
 
 
 def _map_error(exc: GatewayError) -> Response:
@@ -86,6 +110,7 @@ class GatewayApi:
         self._details = readiness_details
         self._closing = closing if closing is not None else asyncio.Event()
         self._now = now
+        self._openapi: bytes | None = None
         self.responses = Counter(
             "infermeter_gateway_responses",
             "Responses by route and HTTP status",
@@ -256,6 +281,12 @@ class GatewayApi:
             return Response(orjson.dumps(body), 503, media_type="application/json")
         body = {"status": "ready", **details}
         return Response(orjson.dumps(body), 200, media_type="application/json")
+
+    async def openapi(self, request: Request) -> Response:
+        """This gateway's OpenAPI document (its routed models in ``model``)."""
+        if self._openapi is None:
+            self._openapi = document_bytes(gateway_openapi(sorted(self.pipeline.pools)))
+        return Response(self._openapi, 200, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition."""

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.tenancy import TenantResolver
-from infermeter.serving.gateway.api import ROUTES, GatewayApi
+from infermeter.serving.gateway.api import EXCEPTION_HANDLERS, ROUTES, GatewayApi
 from infermeter.serving.gateway.cache import SemanticCache
 from infermeter.serving.gateway.embeddings import Embedder
 from infermeter.serving.gateway.errors import GatewayError
@@ -120,7 +120,9 @@ class GatewayApp:
         self._session: aiohttp.ClientSession | None = None
         self._poller: SignalPoller | None = None
         self.closing = asyncio.Event()
-        self._starlette = Starlette(routes=self._routes(), lifespan=self._lifespan)
+        self._starlette = Starlette(
+            routes=self._routes(), lifespan=self._lifespan, exception_handlers=EXCEPTION_HANDLERS
+        )
 
     def _routes(self) -> list[Route]:
         def bound(name: str) -> Callable[[Request], Any]:
@@ -318,7 +320,7 @@ class GatewayApp:
             await self._starlette(scope, receive, send)
             return
         send = with_request_id(scope, send)
-        if scope["method"] == "POST" and scope["path"] in PATHS:
+        if scope["path"] in PATHS:
             assert self.front is not None, "lifespan startup did not run"
             await self.front(scope, receive, send)
             return

@@ -3,12 +3,13 @@
 Configuration is the ``[gateway]`` table (pools under ``[gateway.models."<model>"]``, cache
 under ``[gateway.cache]``, jobs under ``[gateway.jobs]``) and API keys under the shared
 ``[tenancy.keys]`` table (SHA-256 of each key; ``infermeter gateway hash-key KEY`` prints
-it). Flags override the file.
+it). Flags override the file. ``infermeter gateway openapi`` prints the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import socket
 from typing import Any
@@ -78,6 +79,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     hk.add_argument("key", help="the clear-text API key")
     hk.set_defaults(func=run_hash_key)
+    spec = sub.add_parser(
+        "openapi",
+        parents=[common],
+        help="print the OpenAPI document served at /openapi.json (JSON)",
+        description="Print the gateway's OpenAPI 3.1 document for the models the [gateway] "
+        "table routes, without a server.",
+    )
+    spec.set_defaults(func=run_openapi)
 
 
 def settings_from(args: argparse.Namespace, config: Config) -> GatewaySettings:
@@ -126,6 +135,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
             await super().shutdown(sockets)
 
     GatewayServer(server_config).run()
+    return 0
+
+
+def run_openapi(args: argparse.Namespace, config: Config) -> int:
+    """Print the document ``GET /openapi.json`` serves."""
+    from infermeter.serving.gateway.openapi import gateway_openapi
+
+    settings = settings_from(args, config)
+    print(json.dumps(gateway_openapi(sorted(settings.models)), indent=2, sort_keys=True))
     return 0
 
 

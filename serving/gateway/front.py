@@ -1,6 +1,7 @@
 """The inference front door as a raw ASGI handler: the request path with nothing extra on it.
 
-``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``: authenticate,
+``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` (another method:
+405 with ``Allow: POST``): authenticate,
 parse, then :meth:`Pipeline.begin` (cache, admit, route); the upstream body is passed
 through as it arrives. A watcher on ``receive`` notices a client that goes away and cancels
 the pass-through, so the flight is finished as ``client_abort`` with the tokens seen so
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from infermeter.kernel.asgi import BodyTooLarge as TooLarge
 from infermeter.kernel.asgi import Scope, read_body
 from infermeter.kernel.openai_errors import error_body
+from infermeter.kernel.openapi import method_not_allowed
 from infermeter.kernel.request_ids import new_request_id
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.serving.gateway.errors import (
@@ -141,6 +143,9 @@ class InferenceFront:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         route = scope["path"]
+        if scope["method"] != "POST":
+            await method_not_allowed(send, ("POST",))
+            return
         rid = request_id_of(scope)
         rid_header = (_RID, rid.encode("latin-1"))
         try:

@@ -9,9 +9,10 @@ back unchanged. The statuses are those :func:`front.error_parts` maps the gatewa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from infermeter.kernel.openai_schemas import (
     RESPONSE_SCHEMAS,
-    SSE_STREAM,
     chat_request,
     completion_request,
     embedding_request,
@@ -72,13 +73,30 @@ _STRICT: dict[str, Schema | None] = {
 _PROMPT: Schema = {
     "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]
 }
-SCHEMAS: dict[str, Schema] = {
-    **RESPONSE_SCHEMAS,
-    "ChatRequest": chat_request(_STRICT),
-    "CompletionRequest": completion_request({**_STRICT, "prompt": _PROMPT}),
-    "EmbeddingRequest": embedding_request({"stream": {"const": False}}),
-    "Job": JOB,
+JOB_EVENT: Schema = {
+    "type": "object",
+    "description": "One job event; its `id` resumes the stream (`Last-Event-ID`)",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"enum": ["queued", "started", "throttled", "delta", "done", "failed"]},
+        "data": {"type": "string", "pattern": r"^\{.*\}$", "description": "a JSON object"},
+    },
 }
+
+
+def _schemas(models: Sequence[str]) -> dict[str, Schema]:
+    model: Schema = {"type": "string", "minLength": 1, "description": "a model this gateway routes"}
+    if models:
+        model["enum"] = list(models)
+    strict = {**_STRICT, "model": model}
+    return {
+        **RESPONSE_SCHEMAS,
+        "ChatRequest": chat_request(strict),
+        "CompletionRequest": completion_request({**strict, "prompt": _PROMPT}),
+        "EmbeddingRequest": embedding_request({"model": model, "stream": {"const": False}}),
+        "Job": JOB,
+    }
 
 
 def _errors(*statuses: str) -> dict[str, Schema]:
@@ -88,7 +106,8 @@ def _errors(*statuses: str) -> dict[str, Schema]:
         "401": "Missing or unknown API key",
         "404": "No such model (or job) for this key",
         "413": "Request body over the gateway's limit",
-        "429": "The throttle denied admission",
+        "429": "The throttle denied admission (a job: the tenant's job cap, "
+        "`error.param` `max_jobs_per_tenant`)",
         "502": "The upstream failed",
         "503": "Throttle, job queue or every replica unavailable",
     }
@@ -144,16 +163,6 @@ def _paths() -> dict[str, Schema]:
                 tags=["inference"],
             ),
         },
-        "/v1/models/{model}": {
-            "get": operation(
-                "model",
-                "One model",
-                {"200": json_response("The model", ref("Model")), **_errors("401", "404")},
-                parameters=[parameter("path", "model", {"type": "string"}, "the model id")],
-                security=SECURED,
-                tags=["inference"],
-            ),
-        },
         "/v1/jobs": {
             "post": operation(
                 "submit_job",
@@ -164,7 +173,7 @@ def _paths() -> dict[str, Schema]:
                         ref("Job"),
                         {"location": {"description": "status URL", "schema": {"type": "string"}}},
                     ),
-                    **_errors("400", "401", "404", "413", "503"),
+                    **_errors("400", "401", "404", "413", "429", "503"),
                 },
                 body={"anyOf": [ref("ChatRequest"), ref("CompletionRequest")]},
                 security=SECURED,
@@ -191,7 +200,7 @@ def _paths() -> dict[str, Schema]:
                     "200": response(
                         "Events `queued`, `started`, `throttled`, `delta`, then `done` or "
                         "`failed`; ids resume with `Last-Event-ID`",
-                        {SSE: SSE_STREAM},
+                        {SSE: ref("JobEvent")},
                     ),
                     **_errors("400", "401", "404"),
                 },
@@ -220,13 +229,13 @@ def _paths() -> dict[str, Schema]:
     }
 
 
-def gateway_openapi(version: str = "1") -> Schema:
-    """The gateway's OpenAPI 3.1 document."""
+def gateway_openapi(models: Sequence[str] = (), version: str = "1") -> Schema:
+    """The gateway's OpenAPI 3.1 document; ``models`` (those it routes) narrow ``model``."""
     return document(
         "infermeter gateway",
         version,
         "OpenAI-compatible gateway: API keys, throttle admission, routing, async jobs, cache.",
         _paths(),
-        SCHEMAS,
+        {**_schemas(models), "JobEvent": JOB_EVENT},
         security_schemes={BEARER: BEARER_SCHEME},
     )
