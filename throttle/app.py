@@ -115,6 +115,16 @@ class Runtime:
             except StorageError as exc:
                 log.warning("pool refresh: %s", exc)
 
+    async def evict_loop(self) -> None:
+        """Forget idle tenants' state every tenth of ``tenant_idle_s`` (at most a minute)."""
+        idle_s = self.settings.tenant_idle_s
+        while True:
+            await asyncio.sleep(min(60.0, idle_s / 10))
+            try:
+                await self.throttle.evict_idle(idle_s)
+            except StorageError as exc:
+                log.warning("tenant eviction: %s", exc)
+
     async def start(self) -> list[asyncio.Task[None]]:
         """Publish the startup policy and start the background loops."""
         try:
@@ -125,6 +135,7 @@ class Runtime:
             self.policies.run(),
             self.probe_loop(),
             self.refresh_loop(),
+            self.evict_loop(),
         ]
         if self.rates is not None:
             loops.append(self.rates.run())

@@ -77,6 +77,20 @@ class DecisionLog:
         allowed = sum(1 for entry in ring if entry[1])
         return TenantActivity(tenant, len(ring), allowed, len(ring) - allowed, ring[-1][0])
 
+    def evict_idle(self, before: float) -> int:
+        """Forget tenants whose last decision is older than ``before``; returns how many
+        (the least recently decided come first, so this stops at the first recent one)."""
+        logs = self._logs
+        gone = 0
+        while logs:
+            name = next(iter(logs))
+            ring = logs[name]
+            if ring and ring[-1][0] >= before:
+                break
+            del logs[name]
+            gone += 1
+        return gone
+
     def clear(self) -> None:
         self._logs.clear()
 

@@ -140,3 +140,8 @@ class ThrottleCollector(Collector):
             "Pools forgotten after evict_after_s without a fresh signal.",
             value=self._monitor.evicted,
         )
+        yield CounterMetricFamily(
+            P + "tenants_evicted",
+            "Idle tenants' state forgotten after tenant_idle_s (it could change no decision).",
+            value=self._throttle.tenants_evicted,
+        )

@@ -76,6 +76,7 @@ class Throttle:
         self._span = self._roll_span(now())  # (day, month) windows of the last decision
         self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
         self.recorder: DecisionLog | None = DecisionLog()
+        self.tenants_evicted = 0  # tenant states forgotten after idle_s (see evict_idle)
 
     @property
     def storage(self) -> Storage:
@@ -286,6 +287,16 @@ class Throttle:
             activity = self.recorder.activity(name) if self.recorder is not None else None
             out.append(KnownTenant(await self.usage(name), name in in_policy, activity))
         return out, len(names)
+
+    async def evict_idle(self, idle_s: float) -> int:
+        """Forget the state of tenants idle for ``idle_s`` that can change no later decision
+        (storage) and their entries in the decision log; returns how many tenant states."""
+        now = self._now()
+        gone = await self._storage.evict_idle(now, idle_s)
+        if self.recorder is not None:
+            self.recorder.evict_idle(now - idle_s)
+        self.tenants_evicted += gone
+        return gone
 
     def decisions_since(self, tenant: str, since: float) -> list[Entry]:
         """This replica's recent decisions for ``tenant`` with ``ts >= since``, oldest first."""

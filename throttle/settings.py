@@ -38,6 +38,7 @@ class ThrottleSettings(BaseModel):
     max_pools: int = Field(default=1_000, ge=1)  # pools that may report signals at once
     max_replicas_per_pool: int = Field(default=1_000, ge=1)
     evict_after_s: float = Field(default=3_600.0, gt=0)  # idle undeclared pools forgotten
+    tenant_idle_s: float = Field(default=3_600.0, gt=0)  # idle tenants' state forgotten
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # larger request bodies: 413
     fail_closed: bool = False  # refuse every admission while the shared storage is down
     reload_interval_s: float = Field(default=5.0, gt=0)  # policy file / shared policy poll

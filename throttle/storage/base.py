@@ -201,6 +201,11 @@ class Storage(Protocol):
         """Drop a pool's signals and recommendation history (it went idle)."""
         ...
 
+    async def evict_idle(self, now: float, idle_s: float) -> int:
+        """Forget tenants idle for ``idle_s`` whose state can no longer change a decision;
+        returns how many (a backend whose keys expire by themselves answers 0)."""
+        ...
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

@@ -141,6 +141,16 @@ class FailoverStorage:
         await self.local.forget_pool(pool)
         await self._run(lambda s: s.forget_pool(pool))
 
+    async def evict_idle(self, now: float, idle_s: float) -> int:
+        local = await self.local.evict_idle(now, idle_s)  # the fallback's own tenants
+        if self.degraded:
+            return local
+        try:
+            return local + await self.primary.evict_idle(now, idle_s)
+        except StorageUnavailable as exc:
+            self._down(exc)
+            return local
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

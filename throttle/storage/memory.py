@@ -118,6 +118,9 @@ class MemoryStorage(MemoryLedger):
         self._signals.pop(pool, None)
         self._history.pop(pool, None)
 
+    async def evict_idle(self, now: float, idle_s: float) -> int:
+        return self.evict_idle_now(now, idle_s)
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:

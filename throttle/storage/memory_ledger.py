@@ -13,7 +13,7 @@ the :class:`Storage` protocol around it.
 from __future__ import annotations
 
 import math
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 
 from infermeter.throttle.algorithms import gcra, leases
 from infermeter.throttle.algorithms.fairshare import FairParams
@@ -73,9 +73,9 @@ class MemoryLedger:
             record = records.get(rid)
             if record is None:
                 continue  # swept with its record
-            held = tenants[record[0]].held
-            if held.get(rid) == expires:
-                del held[rid]
+            me = tenants.get(record[0])
+            if me is not None and me.held.get(rid) == expires:  # else settled and evicted
+                del me.held[rid]
                 self._release(record[0], record[5][0])
 
     def _sweep(self, now: float) -> None:
@@ -87,9 +87,9 @@ class MemoryLedger:
             record = self._records.pop(rid, None)
             self._settled.pop(rid, None)
             if record is not None:
-                tenant = record[0]
-                if self._tenants[tenant].held.pop(rid, None) is not None:
-                    self._release(tenant, record[5][0])
+                me = self._tenants.get(record[0])
+                if me is not None and me.held.pop(rid, None) is not None:
+                    self._release(record[0], record[5][0])
 
     # -- decisions -----------------------------------------------------------------------
     def decide(
@@ -137,6 +137,9 @@ class MemoryLedger:
         me = self._tenants.get(tenant)
         if me is None:
             me = self._tenant(tenant)
+        me.last = now
+        if daily_budget > 0 or monthly_budget > 0:
+            me.budgeted = True
         held = me.held
         windows = me.windows
         day_entry = windows.get(day_key)
@@ -280,7 +283,7 @@ class MemoryLedger:
             (prompt_tokens - cached) + cached * cached_factor
         ) * prompt_price + completion_tokens * completion_price  # costs.usage_cost
         delta = actual - estimate
-        me = self._tenants[tenant]  # made at the admission, never dropped
+        me = self._tenants.get(tenant) or self._tenant(tenant)  # evicted since: fresh
         if rate_per_s > 0 and rate_per_s != math.inf:  # gcra.adjust
             tat = me.tat
             moved = (tat if tat > now else now) + delta * (1.0 / rate_per_s)
@@ -304,3 +307,31 @@ class MemoryLedger:
                 state.set_counter(tenant, counter if counter > 0.0 else 0.0)
         self._settled[reservation_id] = actual
         return _new(Settlement, (reservation_id, tenant, pool, estimate, actual, False))
+
+    # -- eviction ------------------------------------------------------------------------
+    def evict_idle_now(self, now: float, idle_s: float) -> int:
+        """Forget every tenant idle for ``idle_s`` whose state can change no later decision
+        (:meth:`TenantState.idle`), and its rows in the pools' fair-share tables (a pool's
+        table goes with its last tenant); returns how many tenants were forgotten.
+
+        A late settle of an evicted tenant finds fresh state and still applies its delta."""
+        self._expire_leases(now)  # lapsed leases are no longer held
+        while self._expiry and self._expiry[0][0] <= now:
+            self._sweep(now)
+        before = now - idle_s
+        gone = [name for name, me in self._tenants.items() if me.idle(now, before)]
+        for name in gone:
+            del self._tenants[name]
+        for pool, state in list(self._pools.items()):
+            idle = [
+                n for n, seen in state.seen.items() if seen < before and n not in state.inflight
+            ]
+            for name in idle:
+                del state.seen[name]
+                state.counters.pop(name, None)
+            if idle:  # one heap entry per tenant still seen
+                state.seen_heap[:] = [(seen, name) for name, seen in state.seen.items()]
+                heapify(state.seen_heap)
+            if not state.seen and not state.inflight and not state.counters:
+                del self._pools[pool]
+        return len(gone)

@@ -19,15 +19,27 @@ Record = tuple[str, float, float, str, str, Terms]
 
 
 class TenantState:
-    """One tenant's bucket, leases and budget counters (every pool)."""
+    """One tenant's bucket, leases and budget counters (every pool), and what eviction
+    reads: when it last asked (``last``) and whether a budget ever applied to it."""
 
-    __slots__ = ("held", "tat", "windows")
+    __slots__ = ("budgeted", "held", "last", "tat", "windows")
 
     def __init__(self) -> None:
         # GCRA theoretical arrival time; any value <= now is a full bucket, like none stored
         self.tat = -math.inf
         self.held: dict[str, float] = {}  # reservation id -> lease expiry
         self.windows: dict[str, list[float]] = {}  # window key -> [spent, kept until]
+        self.last = -math.inf  # time of its last admission request
+        self.budgeted = False  # a daily or monthly budget applied to one of its requests
+
+    def idle(self, now: float, before: float) -> bool:
+        """Whether forgetting this state now changes no later decision: nothing asked since
+        ``before``, no lease held, a full bucket, and no live spend that a budget counts."""
+        if self.last >= before or self.held or self.tat > now:
+            return False
+        if not self.budgeted:
+            return True  # spend without a budget is only reported (metering owns it)
+        return not any(until > now and spent > 0 for spent, until in self.windows.values())
 
 
 def window_spent(windows: dict[str, list[float]], key: str, now: float) -> float:

@@ -256,6 +256,9 @@ class RedisStorage:
             pipe.delete(self.key("signals", pool), self.key("history", pool))
             await self._do(pipe.execute())
 
+    async def evict_idle(self, now: float, idle_s: float) -> int:
+        return 0  # every tenant key carries its own TTL (reserve.lua)
+
     async def record_recommendation(
         self, pool: str, ts: float, value: int, keep_s: float
     ) -> list[tuple[float, int]]:
