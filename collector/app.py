@@ -1,11 +1,13 @@
 """Wiring: the collector's ASGI app (own endpoints + proxy) and its background tasks.
 
 Own endpoints: ``GET /metrics`` (the collector's Prometheus exposition; the engine's own is
-scraped, not proxied), ``GET /healthz``, ``GET /readyz`` (engine reachable) and
-``GET /v1/signals`` (the latest engine signals, the body throttle receives). Every other
-route goes to :class:`~infermeter.collector.proxy.Proxy`. Background tasks: the record pipeline, the
-usage and GPU shippers, the engine scraper and the NVML sampler, all started by the ASGI
-lifespan and stopped (records drained to the spool) at shutdown.
+scraped, not proxied), ``GET /healthz``, ``GET /readyz`` (engine reachable),
+``GET /v1/signals`` (the latest engine signals, the body throttle receives) and
+``GET /openapi.json`` (:mod:`~infermeter.collector.openapi`; another method on these paths
+is a 405 with ``Allow``). Every other path goes to :class:`~infermeter.collector.proxy.Proxy`.
+Background tasks: the record pipeline, the usage and GPU shippers, the engine scraper and
+the NVML sampler, all started by the ASGI lifespan and stopped (records drained to the
+spool) at shutdown.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from infermeter.collector.engine_scraper import EngineScraper
 from infermeter.collector.engine_signals import SignalDeriver
 from infermeter.collector.gpu import NvmlSampler, dcgm_exposition, load_nvml
+from infermeter.collector.openapi import collector_openapi
 from infermeter.collector.otel import GenAiTelemetry
 from infermeter.collector.pipeline import RecordExporter, RecordPipeline
 from infermeter.collector.prompt_tokens import PromptCounter
@@ -40,6 +43,7 @@ from infermeter.kernel.asgi import BodyTooLarge, Message, Receive, Scope, Send, 
 from infermeter.kernel.dependency_auth import DependencyAuth
 from infermeter.kernel.metering_client import MeteringClient
 from infermeter.kernel.metering_wire import GPU_SAMPLES_PATH, USAGE_PATH
+from infermeter.kernel.openapi import allowed_methods, document_bytes, method_not_allowed
 from infermeter.kernel.spool import Spool
 from infermeter.kernel.spool_shipper import Shipper, ShipperMetrics
 from infermeter.kernel.supervision import supervised
@@ -47,6 +51,8 @@ from infermeter.kernel.tenancy import TenantResolver
 
 log = logging.getLogger(__name__)
 MAX_GET_BODY = 64 * 1024  # a GET of our own routes carries no body worth reading
+# The collector's own routes (GET and HEAD only); every other path is the engine's.
+OWN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/v1/signals", "/openapi.json"})
 _NO_NVML = object()
 
 
@@ -95,6 +101,8 @@ class CollectorApp:
             self.registry, s.tenant_label_limit, model_limit=s.model_label_limit
         )
         self.replica = s.replica_name()
+        self.openapi = collector_openapi(s.metered_paths, s.max_tags_bytes)
+        self.openapi_bytes = document_bytes(self.openapi)
         env = os.environ if environ is None else environ
         if telemetry is _NO_NVML:
             telemetry = GenAiTelemetry.from_environment(env)
@@ -307,18 +315,21 @@ class CollectorApp:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        if kind == "http" and scope["method"] == "GET":
+        if kind == "http" and scope["path"] in OWN_PATHS:
             path = scope["path"]
+            allow = allowed_methods(self.openapi, path) or ()
+            if scope["method"] not in allow:
+                await method_not_allowed(send, allow)
+                return
             if path == "/metrics":
                 await self._metrics(send)
                 return
-            if path in ("/healthz", "/readyz", "/v1/signals"):
-                try:
-                    await read_body(receive, MAX_GET_BODY)
-                except (ConnectionResetError, BodyTooLarge):
-                    return
-                await self._own(path, send)
+            try:
+                await read_body(receive, MAX_GET_BODY)
+            except (ConnectionResetError, BodyTooLarge):
                 return
+            await self._own(path, send)
+            return
         assert self.proxy is not None, "lifespan startup did not run"
         await self.proxy(scope, receive, send)
 
@@ -345,6 +356,9 @@ class CollectorApp:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _own(self, path: str, send: Send) -> None:
+        if path == "/openapi.json":
+            await send_json(send, 200, self.openapi_bytes)
+            return
         if path == "/healthz":
             await send_json(send, 200, b'{"status":"ok"}')
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from typing import Any
 
@@ -78,6 +79,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="log level (default info)",
     )  # fmt: skip
     parser.set_defaults(func=run)
+    sub = parser.add_subparsers(
+        dest="collector_command", metavar="SUBCOMMAND", help="openapi: print the OpenAPI document"
+    )
+    spec = sub.add_parser(
+        "openapi",
+        parents=[common],
+        help="print the OpenAPI document served at /openapi.json (JSON)",
+        description="Print the collector's OpenAPI 3.1 document, without a server.",
+    )
+    spec.set_defaults(func=run_openapi)
 
 
 def settings_from(args: argparse.Namespace, config: Config) -> CollectorSettings:
@@ -96,6 +107,16 @@ def settings_from(args: argparse.Namespace, config: Config) -> CollectorSettings
 def resolver_from(config: Config) -> TenantResolver:
     """Tenant attribution from the shared [tenancy] table."""
     return tenancy_from_config(config)[0]
+
+
+def run_openapi(args: argparse.Namespace, config: Config) -> int:
+    """Print the document ``GET /openapi.json`` serves."""
+    from infermeter.collector.openapi import collector_openapi
+
+    settings = settings_from(args, config)
+    doc = collector_openapi(settings.metered_paths, settings.max_tags_bytes)
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
