@@ -31,7 +31,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from infermeter.kernel.openai_errors import error_body
-from infermeter.kernel.openapi import document_bytes
+from infermeter.kernel.openapi import HTTP_METHODS, document_bytes
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.serving.gateway.errors import (
     AuthError,
@@ -67,11 +67,15 @@ ROUTES = (
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's routing 404 and 405 as OpenAI error bodies (``Allow`` kept)."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        body = error_body(405, "Method Not Allowed", "invalid_request_error")
-    else:
+    if exc.status_code != 405:
         body = error_body(404, f"No route {request.url.path!r}", "not_found_error")
-    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+        return Response(body, 404, media_type="application/json")
+    body = error_body(405, "Method Not Allowed", "invalid_request_error")
+    # Starlette's order is a set's; the other services list GET, HEAD first (allowed_methods)
+    methods = [m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()]
+    order = ["GET", "HEAD", *(m.upper() for m in HTTP_METHODS if m not in ("get", "head"))]
+    allow = ", ".join(sorted(methods, key=lambda m: order.index(m) if m in order else 99))
+    return Response(body, 405, {"allow": allow}, media_type="application/json")
 
 
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
