@@ -7,7 +7,9 @@ upstream's ``POST /tokenize`` (vLLM's route: the same tokenizer and, for chat me
 same chat template as the request) for the count, and marks the record's tags so reports can
 tell measured from derived counts: ``infermeter.prompt_tokens = tokenize`` and
 ``infermeter.completion_tokens = stream`` (the generation frames the collector counted). An
-upstream without the route (404/405) is remembered and not asked again.
+upstream without the route (405, or a 404 that is not an OpenAI error body: a 404 *naming*
+something, such as an unknown model, is that request's failure only) is remembered and not
+asked again.
 """
 
 from __future__ import annotations
@@ -54,12 +56,12 @@ class PromptCounter:
             return
         try:
             async with self.session.post(self.url, json=query, timeout=self.timeout) as resp:
-                if resp.status in (404, 405):
+                body = await resp.read()
+                if resp.status == 405 or (resp.status == 404 and not _is_error_body(body)):
                     self.unsupported = True
                     log.warning("%s: no /tokenize route; aborted requests keep 0", self.url)
                     return
-                body = await resp.read()
-                if resp.status != 200:
+                if resp.status != 200:  # incl. a 404 naming the request's model: this one only
                     self.failures += 1
                     return
         except (TimeoutError, aiohttp.ClientError):
@@ -76,3 +78,12 @@ class PromptCounter:
             if rec.completion_tokens is None:
                 rec.tags[DERIVED_COMPLETION] = "stream"
             self.counted += 1
+
+
+def _is_error_body(body: bytes) -> bool:
+    """Whether ``body`` is an OpenAI error object (the engine judged the request)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)

@@ -55,3 +55,18 @@ def test_upstream_without_tokenize_keeps_zero_and_is_not_asked_again(
         assert "infermeter.prompt_tokens" not in rec.tags
     asked = [path for path, _, _ in scripted.requests if path == "/tokenize"]
     assert len(asked) == 1  # remembered as unsupported
+
+
+def test_a_404_naming_the_model_does_not_turn_tokenize_off(serve: Any, make_collector: Any) -> None:
+    """/tokenize answers 404 with an error body for an unknown model: that request's failure,
+    not a missing route (the next aborted stream is still counted)."""
+    sim = serve(create_app(SimulatorSettings(time_scale=1.0, served_model_name="m")))
+    col: RunningCollector = make_collector(sim.url)
+    unknown = {"model": "nope", "prompt": PROMPT, "max_tokens": 4}
+    assert httpx.post(f"{col.url}/v1/completions", json=unknown).status_code == 404
+    col.records.wait(1)
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    _abort(col, body, "/v1/completions")
+    rec = col.records.wait(2)[-1]
+    assert rec.status == "client_abort" and rec.prompt_tokens > 100, rec
+    assert rec.tags["infermeter.prompt_tokens"] == "tokenize"
