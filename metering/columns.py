@@ -5,7 +5,7 @@ form DuckDB stores), and the reading of Arrow IPC bodies into those schemas."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -101,14 +101,29 @@ def sample_table(samples: Sequence[GpuSample]) -> pa.Table:
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _aware(micros: int | None) -> object:
+    """Microseconds since the epoch as an aware datetime; past what Python holds (years 1 to
+    9999), a string that the record parser refuses, naming the column."""
+    if micros is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        return f"{micros} us since the epoch (out of range)"
+
+
 def records_from_arrow(table: pa.Table) -> list[dict[str, object]]:
-    """Rows of an Arrow batch as wire-form dicts (for the per-record validation path)."""
-    rows = table.to_pylist()
-    for row in rows:
-        for name in TIMESTAMP_COLUMNS & row.keys():
-            value = row[name]
-            if isinstance(value, datetime) and value.tzinfo is None:
-                row[name] = value.replace(tzinfo=UTC)
+    """Rows of an Arrow batch (timestamps naive UTC, as :func:`read_arrow` casts them) as
+    wire-form dicts (for the per-record validation path)."""
+    times = [name for name in table.column_names if name in TIMESTAMP_COLUMNS]
+    micros = {name: table.column(name).cast(pa.int64()).to_pylist() for name in times}
+    rows = table.drop_columns(times).to_pylist()
+    for i, row in enumerate(rows):
+        for name in times:
+            row[name] = _aware(micros[name][i])
         tags = row.get("tags")
         if isinstance(tags, list):
             row["tags"] = dict(tags)

@@ -257,7 +257,7 @@ class Ingestor:
             spool.flush()
             try:
                 cur.execute(query("ingest", "stage_usage_json"), {"path": spool.name})
-            except duckdb.Error:
+            except (duckdb.Error, UnicodeDecodeError):  # DuckDB's message quotes bad bytes
                 return False
         cur.execute(query("ingest", "batch_from_json"))
         cur.execute(query("ingest", "checks_from_json"))

@@ -17,6 +17,7 @@ RFC 3339 strings (``2026-11-24T13:45:57.123456Z``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -121,7 +122,10 @@ def parse_ts(value: Any, name: str) -> datetime:
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        dt = datetime.fromtimestamp(float(value), tz=UTC)
+        try:
+            dt = datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise RecordError(name, f"epoch seconds out of range: {value!r}") from exc
     elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -131,7 +135,10 @@ def parse_ts(value: Any, name: str) -> datetime:
         raise RecordError(name, "must be an RFC 3339 timestamp string")
     if dt.tzinfo is None:
         raise RecordError(name, "timestamp must carry a timezone (use Z for UTC)")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00
+        raise RecordError(name, "out of range once in UTC (years 1 to 9999)") from exc
 
 
 def _str(obj: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
@@ -170,9 +177,13 @@ def _float(obj: dict[str, Any], name: str, *, optional: bool = True) -> float | 
         raise RecordError(name, "is required")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordError(name, "must be a number")
-    if value < 0 or value != value:
-        raise RecordError(name, "must be a non-negative number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:  # an integer past the largest double
+        raise RecordError(name, "must be a finite non-negative number") from exc
+    if number < 0 or not math.isfinite(number):
+        raise RecordError(name, "must be a finite non-negative number")
+    return number
 
 
 def _tags(obj: dict[str, Any]) -> dict[str, str]:

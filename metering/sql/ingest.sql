@@ -8,7 +8,8 @@
 -- field is read as its JSON text (`rec`), whose first character tells its JSON type: `"` a
 -- string (unescaped by slicing, or by the JSON extractor when it holds a backslash), a digit or
 -- `-` a number (an integer when it casts to BIGINT and back to the same text), `true`/`false`.
--- Plain string operations on the text, no JSON parsing per check; `typed` checks and converts.
+-- Plain string operations on the text, no JSON parsing per check; `typed` checks and converts
+-- (durations finite and non-negative, times within years 1 to 9999 once in UTC).
 CREATE OR REPLACE TEMP TABLE usage_json AS
 WITH raw AS (
     SELECT * FROM read_json($path, format = 'array', maximum_object_size = 16777216, columns = {
@@ -96,15 +97,15 @@ WITH raw AS (
         AND (completion_tokens_r IS NULL OR coalesce(completion_tokens_v >= 0, false))
         AND coalesce(http_status_v, 200) BETWEEN 100 AND 599
         AND coalesce(cached_prompt_tokens_v, 0) <= coalesce(prompt_tokens_v, 0)
-        AND (queue_s_r IS NULL OR coalesce(queue_s_v >= 0, false))
-        AND (ttft_s_r IS NULL OR coalesce(ttft_s_v >= 0, false))
-        AND (itl_mean_s_r IS NULL OR coalesce(itl_mean_s_v >= 0, false))
-        AND (itl_p50_s_r IS NULL OR coalesce(itl_p50_s_v >= 0, false))
-        AND (itl_max_s_r IS NULL OR coalesce(itl_max_s_v >= 0, false))
-        AND (e2e_s_r IS NULL OR coalesce(e2e_s_v >= 0, false))
-        AND coalesce(regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND started_at_t IS NOT NULL, false)
-        AND coalesce(regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND finished_at_t IS NOT NULL, false)
-        AND (first_token_at_r IS NULL OR coalesce(regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND first_token_at_t IS NOT NULL, false))
+        AND (queue_s_r IS NULL OR coalesce(isfinite(queue_s_v) AND queue_s_v >= 0, false))
+        AND (ttft_s_r IS NULL OR coalesce(isfinite(ttft_s_v) AND ttft_s_v >= 0, false))
+        AND (itl_mean_s_r IS NULL OR coalesce(isfinite(itl_mean_s_v) AND itl_mean_s_v >= 0, false))
+        AND (itl_p50_s_r IS NULL OR coalesce(isfinite(itl_p50_s_v) AND itl_p50_s_v >= 0, false))
+        AND (itl_max_s_r IS NULL OR coalesce(isfinite(itl_max_s_v) AND itl_max_s_v >= 0, false))
+        AND (e2e_s_r IS NULL OR coalesce(isfinite(e2e_s_v) AND e2e_s_v >= 0, false))
+        AND coalesce(regexp_full_match(started_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND started_at_t BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999', false)
+        AND coalesce(regexp_full_match(finished_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND finished_at_t BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999', false)
+        AND (first_token_at_r IS NULL OR coalesce(regexp_full_match(first_token_at_s, '\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})') AND first_token_at_t BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999', false))
         AND (tags_r IS NULL OR coalesce(cardinality(tags_j) <= 16 AND coalesce(list_bool_and(list_transform(map_entries(tags_j), e -> coalesce(strlen(e.key) <= 128 AND starts_with(e.value, '"') AND strlen(e.value) <= 130, false))), true), false))
         AND coalesce(finished_at_t >= started_at_t, false) AS ok,
         request_id_s AS request_id,
@@ -166,6 +167,8 @@ SELECT
 FROM usage_arrow;
 
 -- name: checks_from_arrow
+-- As `typed` above: durations finite (DuckDB orders NaN above every number, so `>= 0` alone
+-- lets it through) and times within what every reader can hold (years 1 to 9999, UTC).
 CREATE OR REPLACE TEMP VIEW usage_checks AS
 SELECT
     request_id IS NOT NULL AND strlen(request_id) BETWEEN 1 AND 512
@@ -177,11 +180,17 @@ SELECT
     AND coalesce(upstream, 'self_hosted') IN ('self_hosted', 'managed')
     AND coalesce(http_status, 200) BETWEEN 100 AND 599
     AND started_at IS NOT NULL AND finished_at IS NOT NULL AND finished_at >= started_at
+    AND started_at >= TIMESTAMP '0001-01-01' AND finished_at <= TIMESTAMP '9999-12-31 23:59:59.999999'
+    AND coalesce(first_token_at BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999', true)
     AND coalesce(prompt_tokens, 0) >= 0 AND coalesce(cached_prompt_tokens, 0) >= 0
     AND coalesce(completion_tokens, 0) >= 0
     AND coalesce(cached_prompt_tokens, 0) <= coalesce(prompt_tokens, 0)
-    AND coalesce(queue_s, 0) >= 0 AND coalesce(ttft_s, 0) >= 0 AND coalesce(itl_mean_s, 0) >= 0
-    AND coalesce(itl_p50_s, 0) >= 0 AND coalesce(itl_max_s, 0) >= 0 AND coalesce(e2e_s, 0) >= 0
+    AND isfinite(coalesce(queue_s, 0)) AND coalesce(queue_s, 0) >= 0
+    AND isfinite(coalesce(ttft_s, 0)) AND coalesce(ttft_s, 0) >= 0
+    AND isfinite(coalesce(itl_mean_s, 0)) AND coalesce(itl_mean_s, 0) >= 0
+    AND isfinite(coalesce(itl_p50_s, 0)) AND coalesce(itl_p50_s, 0) >= 0
+    AND isfinite(coalesce(itl_max_s, 0)) AND coalesce(itl_max_s, 0) >= 0
+    AND isfinite(coalesce(e2e_s, 0)) AND coalesce(e2e_s, 0) >= 0
     AND coalesce(cardinality(tags), 0) <= 16
     AND coalesce(list_bool_and(list_transform(map_keys(tags), k -> strlen(k) <= 128)), true)
     AND coalesce(list_bool_and(list_transform(map_values(tags),
