@@ -237,3 +237,52 @@ def fill(directory: Path) -> Path:
             fh.write(b"\0" * 65536)
             fh.flush()
     return filler
+
+
+class Ext4Disk:
+    """A real ext4 file system on a loop device (an image file under the test's tmp_path),
+    mounted at ``path``. :meth:`fail` makes the kernel turn it read-only under open files as
+    it does after a disk error (``remount,abort``: every write then fails with EROFS);
+    :meth:`repair` unmounts it (lazily: open files keep the failed one), checks a copy of it
+    with ``e2fsck`` and mounts that at the same path, as an operator restoring the disk would."""
+
+    def __init__(self, image: Path, path: Path) -> None:
+        self.image, self.path = image, path
+        self.copies: list[Path] = []
+        subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+        path.mkdir()
+        self._mount()
+
+    def _mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.path)], check=True)
+
+    def fail(self) -> None:
+        subprocess.run(["mount", "-o", "remount,abort", str(self.path)], check=True)
+
+    def repair(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=True)
+        # a copy of the image: the failed file system lives on while files are open on it,
+        # and a second mount of the same loop device would get that one back
+        copy = self.image.with_name(f"{self.image.stem}-{len(self.copies)}.img")
+        shutil.copyfile(self.image, copy)
+        self.copies.append(copy)
+        self.image = copy
+        subprocess.run(["e2fsck", "-fy", str(self.image)], check=False, capture_output=True)
+        self._mount()
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def ext4_disk(tmp_path: Path) -> Iterator[Ext4Disk]:
+    """An :class:`Ext4Disk` (root and loop devices: the CI machine has both; elsewhere the
+    test says so and skips)."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4") or not Path("/dev/loop-control").exists():
+        pytest.skip("a loop-mounted ext4 needs root, mkfs.ext4 and loop devices (CI has them)")
+    disk = Ext4Disk(tmp_path / "disk.img", tmp_path / "disk")
+    try:
+        yield disk
+    finally:
+        disk.unmount()

@@ -188,6 +188,8 @@ class Spool:
                     f"spool {self.dir} full ({self.depth_bytes} of {self.max_bytes} bytes)"
                 )
             try:
+                if self._fh.closed:  # a failed write or roll could not reopen it: now
+                    self._fh = open(self.dir / _segment_name(self._active), "ab")  # noqa: SIM115
                 if (
                     self._sizes[self._active]
                     and self._sizes[self._active] + len(blob) > self.segment_bytes
@@ -255,9 +257,9 @@ class Spool:
         self._sizes.setdefault(self._active, 0)
         try:
             os.truncate(path, self._sizes[self._active])
-        except OSError as exc:
-            log.error("spool %s: cannot cut back %s: %s", self.dir, path.name, exc)
-        self._fh = open(path, "ab")  # noqa: SIM115
+            self._fh = open(path, "ab")  # noqa: SIM115
+        except OSError as exc:  # a read-only disk: the next append reopens it
+            log.error("spool %s: cannot cut back or reopen %s: %s", self.dir, path.name, exc)
 
     def _roll(self) -> None:
         self._fh.close()

@@ -1,10 +1,12 @@
-"""Real disk faults under the collector's spool: a full file system, a second collector on
-the same directory, a background task that fails.
+"""Real disk faults under the collector's spool: a full file system, a disk the kernel turns
+read-only under the running collector, a second collector on the same directory, a
+background task that fails.
 
-The full-disk case mounts a small tmpfs (the machine's real kernel file system, no fake):
-that needs root, which the CI machine has; elsewhere it says so and skips. (A read-only
-remount cannot be staged under a running spool: the kernel refuses it while a segment is
-open for writing; EROFS and EIO take the same path as ENOSPC, any OSError of the write.)
+The full disk is a small tmpfs, the read-only one an ext4 on a loop device that the kernel
+aborts (``remount,abort``: its emergency read-only mode after a disk error, which a plain
+``remount,ro`` cannot stage while the spool holds a segment open for writing): the machine's
+real kernel file systems, no fake. Both need root (and loop devices), which the CI machine
+has; elsewhere the tests say so and skip.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from infermeter.metering.api import create_app
 from infermeter.metering.service import MeteringService
 from infermeter.metering.settings import MeteringSettings
 from tests.collector.test_ship_to_metering import stored
-from tests.conftest import fill, wait_until
+from tests.conftest import Ext4Disk, fill, wait_until
 
 BODY = {"model": "tiny-llama", "prompt": "a b c", "max_tokens": 2}
 
@@ -68,6 +70,38 @@ def test_a_full_disk_holds_records_and_loses_none(
     wait_until(lambda: len(stored(service)) == produced)
     wait_until(lambda: httpx.get(f"{col.url}/readyz").status_code == 200)
     assert pipeline.held == 0 and len(stored(service)) == produced
+    assert col.sample("infermeter_collector_records_dropped_total",
+                      {"reason": "spool_unwritable"}) == 0  # fmt: skip
+
+
+def test_a_disk_turned_read_only_holds_records_and_loses_none(
+    engine: Any, make_collector: Any, metering: tuple[MeteringService, str], ext4_disk: Ext4Disk
+) -> None:
+    """The kernel turns the spool's ext4 read-only under the running collector (as after a
+    disk error); records are held, readiness says EROFS, responses do not wait; once the disk
+    is checked and mounted again every record arrives exactly once."""
+    _, upstream = engine
+    service, url = metering
+    col = make_collector(
+        upstream.url, metering_url=url, ingest_token="tok",
+        spool_dir=str(ext4_disk.path / "spool"), batch_interval_s=0.05, durable_ack=True,
+    )  # fmt: skip
+    pipeline = col.app.pipeline
+    before, after = 10, 20
+    for _ in range(before):
+        assert httpx.post(f"{col.url}/v1/completions", json=BODY, timeout=10).status_code == 200
+    wait_until(lambda: len(stored(service)) == before)
+    ext4_disk.fail()
+    for _ in range(after):
+        assert httpx.post(f"{col.url}/v1/completions", json=BODY, timeout=10).status_code == 200
+    wait_until(lambda: pipeline.held == after)
+    ready = httpx.get(f"{col.url}/readyz")
+    assert ready.status_code == 503 and "Read-only file system" in ready.json()["problems"][
+        "spool"]  # fmt: skip
+    ext4_disk.repair()
+    wait_until(lambda: len(stored(service)) == before + after, timeout=30)
+    wait_until(lambda: httpx.get(f"{col.url}/readyz").status_code == 200, timeout=30)
+    assert pipeline.held == 0 and len(stored(service)) == before + after
     assert col.sample("infermeter_collector_records_dropped_total",
                       {"reason": "spool_unwritable"}) == 0  # fmt: skip
 
