@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infermeter.kernel.openai_errors import error_object
+from infermeter.kernel.openapi import serve_built
 from infermeter.kernel.service_auth import BearerCheck
 from infermeter.metering.errors import (
     BatchError,
@@ -36,7 +37,7 @@ from infermeter.metering.errors import (
 )
 from infermeter.metering.focus.export import export_focus, format_for
 from infermeter.metering.metrics import MeteringCollector
-from infermeter.metering.openapi import MAX_CALIBRATION_LIMIT, install
+from infermeter.metering.openapi import MAX_CALIBRATION_LIMIT, build
 from infermeter.metering.service import MeteringService
 from infermeter.metering.timeparse import check_range, parse_time
 
@@ -85,7 +86,7 @@ def create_app(service: MeteringService, *, start_loop: bool = True) -> FastAPI:
         yield
 
     app = FastAPI(title="infermeter metering", lifespan=lifespan)
-    install(app)
+    serve_built(app, build)
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)

@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
-
 from infermeter.kernel.openapi import (
     BEARER,
     BEARER_SCHEME,
@@ -341,15 +339,3 @@ def build() -> Schema:
         SCHEMAS,
         security_schemes={BEARER: scheme},
     )
-
-
-def install(app: FastAPI) -> None:
-    """Serve :func:`build`'s document as the app's ``/openapi.json`` (built once)."""
-    cache: list[Schema] = []
-
-    def openapi() -> Schema:
-        if not cache:
-            cache.append(build())
-        return cache[0]
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from infermeter.kernel.openapi import serve_built
 from infermeter.kernel.tenancy import TenantResolver
 from infermeter.throttle.api import build_router, install_error_handlers
 from infermeter.throttle.auth import ThrottleAuth
@@ -25,7 +26,7 @@ from infermeter.throttle.errors import StorageError
 from infermeter.throttle.gateway_http import FastPath, GatewayHandlers
 from infermeter.throttle.metering_rates import MeteringRates
 from infermeter.throttle.metrics import ThrottleCollector
-from infermeter.throttle.openapi import install
+from infermeter.throttle.openapi import build
 from infermeter.throttle.policy import Policy
 from infermeter.throttle.policy_source import PolicyManager
 from infermeter.throttle.service import Throttle
@@ -181,6 +182,6 @@ def build_api(runtime: Runtime, background: bool = True) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(build_router(runtime))
-    install(app)
+    serve_built(app, build)
     app.state.runtime = runtime
     return app

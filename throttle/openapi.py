@@ -22,8 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
-
 from infermeter.kernel.openapi import (
     BEARER,
     BEARER_SCHEME,
@@ -371,15 +369,3 @@ def build() -> Schema:
             SERVICE_TOKEN: service,
         },
     )
-
-
-def install(app: FastAPI) -> None:
-    """Serve :func:`build`'s document as the app's ``/openapi.json`` (built once)."""
-    cache: list[Schema] = []
-
-    def openapi() -> Schema:
-        if not cache:
-            cache.append(build())
-        return cache[0]
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
