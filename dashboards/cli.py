@@ -4,12 +4,14 @@ headless on 127.0.0.1, reading metering and throttle over their HTTP APIs."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from infermeter.dashboards.settings import DashboardSettings, load_settings
+from infermeter.kernel.service_auth import guard_exposure
 from infermeter.kernel.settings import CONFIG_ENV, Config
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -96,6 +98,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         )
         return 2
     settings = resolve(args, config)
+    guard_exposure(
+        "dashboard",
+        settings.host,
+        {"login": ""},  # the app has none: off loopback it needs --insecure (an SSO proxy)
+        insecure=settings.insecure or getattr(args, "insecure", False),
+        log=logging.getLogger("infermeter.dashboards"),
+    )
     argv, env = streamlit_command(settings, args.config, os.environ)
     print(f"infermeter dashboard: http://{settings.host}:{settings.port}", file=sys.stderr)
     sys.stderr.flush()

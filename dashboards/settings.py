@@ -35,6 +35,8 @@ class DashboardSettings(BaseModel):
     timeout_s: float = Field(default=3.0, gt=0, le=60)
     refresh_s: int = Field(default=30, ge=0, le=3600)
     max_tenants: int = Field(default=50, ge=1, le=1000)
+    # the app has no login: bind off loopback only with this (or --insecure), behind an SSO proxy
+    insecure: bool = False
 
 
 def load_settings(config: Config) -> DashboardSettings:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from infermeter.kernel.price_catalog import Catalog
 from infermeter.metering import calibration, window_costs
 from infermeter.metering.context_weights import ContextWeightBook, ContextWeights
-from infermeter.metering.errors import QueryError, StorageError
+from infermeter.metering.errors import QueryError, RangeError, StorageError
 from infermeter.metering.settings import ReplicaSettings
 from infermeter.metering.sql_files import bind, query
 from infermeter.metering.store import Store
@@ -168,6 +168,7 @@ class Allocator:
         replicas: Mapping[str, ReplicaSettings] | None = None,
         price_energy: bool = False,
         context: window_costs.ContextOf | None = None,
+        max_range_days: int = 400,
         now: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -179,6 +180,7 @@ class Allocator:
         self.replicas = dict(replicas or {})
         self.price_energy = price_energy
         self.context = context or ContextWeightBook()
+        self.max_range_days = max_range_days
         self.now = now
         self.clock = clock
 
@@ -209,6 +211,15 @@ class Allocator:
         )
         if w_until <= w_since:
             return result
+        if (w_until - w_since) * self.window_us > self.max_range_days * 86_400_000_000:
+            # every window of a configured replica is a row: an unbounded range is unbounded
+            # memory (since=100000w was 24 GB); backfills run in parts
+            raise RangeError(
+                "since",
+                f"the range {result.range_start.isoformat()}Z .. "
+                f"{result.range_end.isoformat()}Z is longer than max_allocate_days "
+                f"({self.max_range_days} days): allocate it in parts",
+            )
         started = self.clock()
         params: dict[str, object] = {
             "w_since": w_since,

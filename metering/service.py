@@ -59,6 +59,7 @@ class MeteringService:
             replicas=settings.replicas,
             price_energy=settings.price_energy,
             context=context,
+            max_range_days=settings.max_allocate_days,
             now=now,
         )
         self.allocator.register_replicas()

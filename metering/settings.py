@@ -86,6 +86,8 @@ class MeteringSettings(BaseModel):
     share_idle: bool = False
     price_energy: bool = False
     allocate_every_s: float = Field(default=60.0, ge=0)
+    # the longest range one allocation run may cover (a longer one is refused: split it)
+    max_allocate_days: int = Field(default=400, ge=1, le=36_600)
     allocation_lag_s: float = Field(default=120.0, ge=0)
     reallocate_s: float = Field(default=3600.0, ge=0)
     alert_webhook: str = ""

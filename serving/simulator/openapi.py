@@ -99,7 +99,8 @@ def _errors(*, not_found: bool = True) -> dict[str, Schema]:
         "400": error(
             "Invalid request; `error.param` names the field (`body.<field>` for a missing "
             "field or malformed JSON, `input_tokens` for a prompt over `max_model_len`)"
-        )
+        ),
+        "413": error("The request body is larger than the limit (32 MiB); `param` is `body`"),
     }
     if not_found:
         out["404"] = error("The model is not the one served here")

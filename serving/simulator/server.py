@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from prometheus_client import generate_latest
 
-from infermeter.kernel.asgi import Receive, Scope, Send
+from infermeter.kernel.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from infermeter.kernel.openai_errors import error_body
 from infermeter.kernel.openapi import (
     allowed_methods,
@@ -60,6 +60,7 @@ from infermeter.serving.simulator.validation import ParsedRequest, parse_request
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"vary", b"Origin")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"vary", b"Origin")]
 FAST_MODE_LOOKAHEAD = 32  # tokens a stream may run ahead of its client at time scale 0
+MAX_BODY_BYTES = 32 * 1024 * 1024  # a longer request body is 413 naming the limit
 INSTRUMENTED = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/version"}
 
 
@@ -155,16 +156,26 @@ class SimulatorApp:
             elif method not in allow:
                 status = 405
                 await method_not_allowed(send, allow)
-            elif path == "/v1/completions" or path == "/v1/chat/completions":
-                raw = await _read_body(receive)
+            elif path in ("/v1/completions", "/v1/chat/completions", "/tokenize"):
+                try:
+                    raw = await read_body(receive, MAX_BODY_BYTES)
+                except BodyTooLarge as exc:
+                    status = 413
+                    message = f"request body larger than {exc.limit} bytes (the limit)"
+                    await _respond(
+                        send, 413, JSON_HEADERS, error_body(413, message, "BadRequestError", "body")
+                    )
+                    return
+                except ConnectionResetError:
+                    status = 499  # the client left before sending its whole request
+                    return
                 request_bytes = len(raw)
-                status, response_bytes = await self._generate(
-                    raw, path == "/v1/chat/completions", receive, send, _client_id(scope)
-                )
-            elif path == "/tokenize":
-                raw = await _read_body(receive)
-                request_bytes = len(raw)
-                status = await self._tokenize(raw, send)
+                if path == "/tokenize":
+                    status = await self._tokenize(raw, send)
+                else:
+                    status, response_bytes = await self._generate(
+                        raw, path == "/v1/chat/completions", receive, send, _client_id(scope)
+                    )
             elif path == "/health":
                 await send({"type": "http.response.start", "status": 200, "headers": []})
                 await send({"type": "http.response.body", "body": b""})
@@ -378,18 +389,6 @@ class SimulatorApp:
                 await send(
                     {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
                 )
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
 
 
 async def _watch_disconnect(receive: Receive, wakeup: _Wakeup) -> None:

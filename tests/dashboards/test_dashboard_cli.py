@@ -88,3 +88,15 @@ def test_a_legacy_pages_folder_is_refused(tmp_path: Path) -> None:
     assert legacy_pages_folder(app) is None
     (tmp_path / "pages").mkdir()
     assert legacy_pages_folder(app) == tmp_path / "pages"
+
+
+def test_binding_off_loopback_without_insecure_is_refused() -> None:
+    """The app has no login: off loopback it starts only with --insecure (behind an SSO
+    proxy); the refusal names the setting and starts nothing."""
+    out = subprocess.run(
+        [sys.executable, "-m", "infermeter", "dashboard", "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "dashboard would listen on 0.0.0.0" in out.stderr and "--insecure" in out.stderr
+    assert "streamlit" not in out.stderr.lower()

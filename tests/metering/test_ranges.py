@@ -216,6 +216,10 @@ def test_allocate_over_http_clamps_and_refuses_inverted_ranges(url: str) -> None
     assert r.status_code == 422 and r.json()["error"]["param"] == "until"
     r = httpx.post(f"{url}/v1/admin/allocate", params={"until": "x"}, headers=INGEST)
     assert r.status_code == 422 and r.json()["error"]["param"] == "until"
+    # a range of 1,900 years was a window row per replica per minute: 24 GB, then killed
+    r = httpx.post(f"{url}/v1/admin/allocate", params={"since": "100000w"}, headers=INGEST)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "since", r.text
+    assert "max_allocate_days" in r.json()["error"]["message"]
     report = httpx.get(
         f"{url}/v1/reports/cost",
         params={"since": "2026-11-02", "until": "2026-11-03"},

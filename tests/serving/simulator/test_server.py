@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermeter.serving.simulator.server import create_app
+from infermeter.serving.simulator.server import MAX_BODY_BYTES, create_app
 from infermeter.serving.simulator.settings import SimulatorSettings
 from tests.conftest import VLLM_ARTIFACTS, promtool_check
 
@@ -378,3 +378,15 @@ def test_repeated_prompt_prefix_hits_the_prefix_cache(start: Callable[..., httpx
     for _ in range(2):
         off.post("/v1/chat/completions", json={"model": MODEL, "messages": [system]})
     assert metric(off, "vllm:prefix_cache_hits_total") == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize"])
+def test_an_oversized_body_is_413_naming_the_limit(
+    start: Callable[..., httpx.Client], path: str
+) -> None:
+    client = start()
+    answer = client.post(path, content=b'{"prompt": "' + b"a" * MAX_BODY_BYTES + b'"}')
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "body" and str(MAX_BODY_BYTES) in error["message"]
+    assert client.get("/health").status_code == 200  # the server is fine afterwards
