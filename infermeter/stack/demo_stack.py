@@ -105,6 +105,7 @@ class StackLayout:
     gateway_port: int
     dashboard_port: int
     pool: str = POOL
+    insecure: bool = False  # --insecure: the dashboards (no login) may bind off loopback
 
     @property
     def connect_host(self) -> str:
@@ -351,6 +352,7 @@ def config_document(
             "read_token": keys.read_token,
             "throttle_token": keys.throttle_read_token,
             "refresh_s": 10,
+            "insecure": layout.insecure,
         },
     }
 

@@ -52,6 +52,7 @@ class UpSettings(BaseModel):
     traffic_seed: int = 0
     traffic_rate: float = Field(default=3.0, gt=0.0, le=50.0)
     startup_timeout: float = Field(default=60.0, gt=0.0)
+    insecure: bool = False  # --insecure: lets the dashboards (no login) bind off loopback
 
 
 PORT_OPTIONS = {
@@ -115,6 +116,7 @@ class Plan:
             throttle_port=settings.throttle_port,
             gateway_port=settings.gateway_port,
             dashboard_port=settings.dashboard_port,
+            insecure=settings.insecure,
         )
 
     def unpriced(self) -> list[str]:
@@ -137,6 +139,13 @@ class Plan:
     def services(self) -> list[ServiceSpec]:
         """Every service ``up`` starts, with its stage."""
         lay = self.layout
+        if not is_loopback(lay.host) and not lay.insecure:
+            raise ConfigError(
+                f"the dashboards have no login of their own: binding every service on "
+                f"{lay.host} needs --insecure (then put the dashboards behind your SSO proxy), "
+                "or bind 127.0.0.1",
+                field="--host",
+            )
         specs = [
             self._spec("metering", ["metering", "serve", "--log-level", "warning"],
                        lay.metering_port, "/readyz", f"costs, DuckDB {lay.storage_path}",

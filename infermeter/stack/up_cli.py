@@ -122,6 +122,8 @@ def settings_from(args: argparse.Namespace, config: Config) -> UpSettings:
     for name in ("simulator_gpus", "vllm_gpus"):
         if isinstance(updates.get(name), str):
             updates[name] = [g.strip() for g in str(updates[name]).split(",") if g.strip()]
+    if getattr(args, "insecure", False):
+        updates["insecure"] = True
     for name in ("engine", "traffic"):
         if getattr(args, name, None) is not None:
             updates[name] = getattr(args, name)

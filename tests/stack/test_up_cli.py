@@ -294,15 +294,17 @@ def test_a_service_never_healthy_is_named_with_its_url(tmp_path: Path) -> None:
 def test_wildcard_host_is_reached_on_loopback_and_remote_hosts_get_no_traffic(
     tmp_path: Path,
 ) -> None:
-    specs = {s.name: s for s in plan(["--host", "0.0.0.0"], tmp_path).services()}
+    with pytest.raises(ConfigError, match="--insecure") as refused:  # dashboards: no login
+        plan(["--host", "0.0.0.0"], tmp_path).services()
+    assert refused.value.field == "--host"
+    specs = {s.name: s for s in plan(["--host", "0.0.0.0", "--insecure"], tmp_path).services()}
     assert flag(list(specs["simulator-0"].argv), "--host") == "0.0.0.0"
     assert flag(list(specs["demo-traffic"].argv), "--gateway") == "http://127.0.0.1:8080"
     assert specs["gateway"].health_url == "http://127.0.0.1:8080/healthz"
     with pytest.raises(ConfigError, match="--no-traffic"):
-        plan(["--host", "10.1.2.3"], tmp_path).services()
-    assert "demo-traffic" not in {
-        s.name for s in plan(["--host", "10.1.2.3", "--no-traffic"], tmp_path).services()
-    }
+        plan(["--host", "10.1.2.3", "--insecure"], tmp_path).services()
+    remote = plan(["--host", "10.1.2.3", "--no-traffic", "--insecure"], tmp_path).services()
+    assert "demo-traffic" not in {s.name for s in remote}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
