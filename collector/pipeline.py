@@ -117,15 +117,11 @@ class RecordPipeline:
     async def run(self) -> None:
         """Consume forever (until cancelled); while records are held, retry every retry_s."""
         while True:
-            if self.writer is not None and self.writer.held:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.retry_s)
-                except TimeoutError:
-                    await self.writer.retry()
-                    continue
+            if self.writer is not None:
+                await self.writer.wait(self._wake, self.retry_s)
             else:
                 await self._wake.wait()
-            self._wake.clear()
+                self._wake.clear()
             while self._items:
                 await self.process_batch()
 

@@ -84,6 +84,19 @@ class SpoolWriter:
         """Try the held payloads again (nothing to do when none are held)."""
         return await self.write(())
 
+    async def wait(self, wake: asyncio.Event, retry_s: float) -> None:
+        """Wait until ``wake`` is set (and clear it), retrying the held payloads every
+        ``retry_s`` meanwhile: the loop of a task that feeds this writer."""
+        while self._held:
+            try:
+                await asyncio.wait_for(wake.wait(), retry_s)
+                break
+            except TimeoutError:
+                await self.retry()
+        else:
+            await wake.wait()
+        wake.clear()
+
     def _dropped(self, reason: str, count: int) -> None:
         if self._on_dropped is not None:
             self._on_dropped(reason, count)

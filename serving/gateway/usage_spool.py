@@ -156,15 +156,7 @@ class UsageSpool:
 
     async def _write_loop(self) -> None:
         while True:
-            if self.writer.held:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._retry_s)
-                except TimeoutError:
-                    await self.writer.retry()
-                    continue
-            else:
-                await self._wake.wait()
-            self._wake.clear()
+            await self.writer.wait(self._wake, self._retry_s)
             await self.write_queued()
 
     async def write_queued(self) -> None:
