@@ -7,7 +7,7 @@ The one entry point is :func:`fuzz_service`::
         server.url,                         # a real server on 127.0.0.1, auth ON
         headers={"Authorization": "Bearer t"},
         max_examples=25,                    # per operation and phase (hypothesis examples)
-        time_budget_s=40,                   # the whole run stops there
+        time_budget_s=300,                  # a hang guard: size runs by examples
         exclude=["GET /metrics"],           # operation names "METHOD /path", skipped
     )
     report.assert_clean(min_operations=15, min_examples=300)
