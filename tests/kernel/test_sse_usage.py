@@ -77,13 +77,13 @@ def test_any_chunking_gives_the_same_accounting(cuts: list[int], strip: bool, ch
     assert times == sorted(times)
 
 
-def _shuffled(value: Any, rng: random.Random) -> Any:
+def shuffled_keys(value: Any, rng: random.Random) -> Any:
     if isinstance(value, dict):
         items = list(value.items())
         rng.shuffle(items)
-        return {k: _shuffled(v, rng) for k, v in items}
+        return {k: shuffled_keys(v, rng) for k, v in items}
     if isinstance(value, list):
-        return [_shuffled(v, rng) for v in value]
+        return [shuffled_keys(v, rng) for v in value]
     return value
 
 
@@ -101,7 +101,7 @@ def reserialise(raw: bytes, seed: int) -> bytes:
         if payload == "[DONE]":
             out.append(prefix + payload)
             continue
-        obj = _shuffled(json.loads(payload), rng)
+        obj = shuffled_keys(json.loads(payload), rng)
         style = rng.randrange(4)
         if style == 0:
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=rng.random() < 0.5)

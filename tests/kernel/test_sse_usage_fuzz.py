@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from infermeter.kernel.sse_usage import _MAX_TAIL, SseUsageScanner, StreamUsage
+from tests.kernel.test_sse_usage import shuffled_keys
 
 FUZZ = settings(
     max_examples=300,
@@ -123,16 +124,6 @@ def streams(draw: st.DrawFn) -> list[Event]:
     return events
 
 
-def _shuffled(value: Any, rng: random.Random) -> Any:
-    if isinstance(value, dict):
-        items = list(value.items())
-        rng.shuffle(items)
-        return {k: _shuffled(v, rng) for k, v in items}
-    if isinstance(value, list):
-        return [_shuffled(v, rng) for v in value]
-    return value
-
-
 def serialise(events: list[Event], seed: int) -> bytes:
     """The events as one SSE body, written in one of many valid ways (seeded)."""
     rng = random.Random(seed)
@@ -146,7 +137,7 @@ def serialise(events: list[Event], seed: int) -> bytes:
         if event.obj is None:
             blocks.append(prefix + rng.choice(["[DONE]", "[DONE] "]))
             continue
-        obj = _shuffled(event.obj, rng)
+        obj = shuffled_keys(event.obj, rng)
         style = rng.randrange(4)
         if style == 0:
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=rng.random() < 0.5)
